@@ -1,0 +1,1 @@
+"""Prefect flows: the DAGs that run MetaClaw's steps on schedules and on demand."""

@@ -1,0 +1,1 @@
+"""MetaClaw: agents that improve themselves from their own conversations."""

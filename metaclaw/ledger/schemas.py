@@ -1,0 +1,191 @@
+"""The ledger's tables: the single source of truth for every column.
+
+Every table is append-only, every row has a stable id (`TableSpec.id_column`), and every table
+is partitioned by the UTC date of its time column, so Parquet files land under
+`<table>/date=YYYY-MM-DD/`. Columns holding JSON documents are stored as UTF-8 text in Parquet
+and exposed as DuckDB `JSON` in the views. docs/architecture.md renders these schemas; the
+test `test_schemas_documented` fails when the two drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+TS = pa.timestamp("us", tz="UTC")
+PARTITION_COLUMN = "date"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A ledger table: its Arrow schema and the columns with a special role."""
+
+    name: str
+    schema: pa.Schema
+    id_column: str
+    time_column: str
+    json_columns: tuple[str, ...] = ()
+
+    def partition_value(self, row: dict[str, Any]) -> str:
+        """The `date=` partition of a row, from its time column (epoch µs or datetime)."""
+        value = row.get(self.time_column)
+        if value is None:
+            return "unknown"
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).strftime("%Y-%m-%d")
+        return datetime.fromtimestamp(value / 1_000_000, UTC).strftime("%Y-%m-%d")
+
+
+def _schema(*fields: tuple[str, pa.DataType] | tuple[str, pa.DataType, bool]) -> pa.Schema:
+    return pa.schema([pa.field(f[0], f[1], nullable=f[2] if len(f) == 3 else True) for f in fields])
+
+
+TURNS = TableSpec(
+    name="turns",
+    id_column="turn_id",
+    time_column="ts_start",
+    json_columns=("request", "response", "tool_calls", "usage"),
+    schema=_schema(
+        ("turn_id", pa.string(), False),
+        ("session_id", pa.string(), False),
+        ("turn_index", pa.int32()),
+        ("ts_start", TS, False),
+        ("ts_end", TS),
+        ("client", pa.string()),  # openai | anthropic
+        ("endpoint", pa.string()),  # /v1/chat/completions | /v1/messages
+        ("request", pa.string()),  # JSON body exactly as the client sent it
+        ("injected_skills", pa.list_(pa.string())),  # skill_id@version
+        ("skill_set_version", pa.int64()),
+        ("served_by", pa.string()),  # upstream | policy
+        ("model", pa.string()),
+        ("policy_checkpoint", pa.string()),  # null when served by the upstream
+        ("response", pa.string()),  # JSON, the (reassembled) non-streaming response
+        ("completion_text", pa.string()),
+        ("tool_calls", pa.string()),  # JSON array, OpenAI shape
+        ("finish_reason", pa.string()),
+        ("prompt_token_ids", pa.list_(pa.int32())),
+        ("completion_token_ids", pa.list_(pa.int32())),
+        ("completion_logprobs", pa.list_(pa.float32())),
+        ("usage", pa.string()),  # JSON
+        ("latency_ms", pa.float64()),
+        ("ttft_ms", pa.float64()),
+        ("stream", pa.bool_()),
+        ("status", pa.string()),  # ok | upstream_error | client_error | disconnected
+        ("http_status", pa.int32()),
+        ("error", pa.string()),
+        ("source", pa.string()),  # live | backfill:<format>
+    ),
+)
+
+FEEDBACK = TableSpec(
+    name="feedback",
+    id_column="feedback_id",
+    time_column="ts",
+    schema=_schema(
+        ("feedback_id", pa.string(), False),
+        ("turn_id", pa.string()),
+        ("session_id", pa.string()),
+        ("value", pa.float64(), False),  # -1 .. 1
+        ("comment", pa.string()),
+        ("ts", TS, False),
+    ),
+)
+
+REWARDS = TableSpec(
+    name="rewards",
+    id_column="reward_id",
+    time_column="ts",
+    json_columns=("votes",),
+    schema=_schema(
+        ("reward_id", pa.string(), False),  # hash of (turn_id, signal, scorer_version)
+        ("turn_id", pa.string(), False),
+        ("signal", pa.string(), False),  # judge | implicit:<kind> | explicit
+        ("value", pa.float64(), False),
+        ("votes", pa.string()),  # JSON
+        ("reason", pa.string()),
+        ("scorer_version", pa.string()),
+        ("ts", TS, False),
+    ),
+)
+
+DIAGNOSES = TableSpec(
+    name="diagnoses",
+    id_column="diagnosis_id",
+    time_column="ts",
+    schema=_schema(
+        ("diagnosis_id", pa.string(), False),
+        ("turn_ids", pa.list_(pa.string())),
+        ("root_cause_category", pa.string()),
+        ("explanation", pa.string()),
+        ("critic_model", pa.string()),
+        ("ts", TS, False),
+    ),
+)
+
+SKILL_EVENTS = TableSpec(
+    name="skill_events",
+    id_column="event_id",
+    time_column="ts",
+    schema=_schema(
+        ("event_id", pa.string(), False),
+        ("skill_id", pa.string(), False),
+        ("version", pa.int32()),
+        ("event", pa.string(), False),  # created | updated | retired | merged
+        ("diagnosis_id", pa.string()),
+        ("parent_version", pa.int32()),
+        ("merged_from", pa.list_(pa.string())),
+        ("skill_set_version", pa.int64()),
+        ("ts", TS, False),
+    ),
+)
+
+TRAIN_STEPS = TableSpec(
+    name="train_steps",
+    id_column="step_id",
+    time_column="ts",
+    json_columns=("metrics",),
+    schema=_schema(
+        ("step_id", pa.string(), False),
+        ("step", pa.int64(), False),
+        ("backend", pa.string()),
+        ("base_model", pa.string()),
+        ("loss_fn", pa.string()),
+        ("turn_ids", pa.list_(pa.string())),
+        ("metrics", pa.string()),  # JSON: loss, kl, reward_mean, tokens, ...
+        ("ts", TS, False),
+    ),
+)
+
+CHECKPOINTS = TableSpec(
+    name="checkpoints",
+    id_column="event_id",
+    time_column="ts",
+    json_columns=("eval_metrics",),
+    schema=_schema(
+        ("event_id", pa.string(), False),  # one row per state change; latest row is the state
+        ("checkpoint_id", pa.string(), False),
+        ("step", pa.int64()),
+        ("backend", pa.string()),
+        ("path", pa.string()),  # local directory or tinker://...
+        ("status", pa.string(), False),  # candidate | promoted | rejected | rolled_back
+        ("eval_metrics", pa.string()),  # JSON
+        ("reason", pa.string()),
+        ("ts", TS, False),
+    ),
+)
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (TURNS, FEEDBACK, REWARDS, DIAGNOSES, SKILL_EVENTS, TRAIN_STEPS, CHECKPOINTS)
+}
+
+
+def table(name: str) -> TableSpec:
+    """Look a table up by name, with an error that lists the valid names."""
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown ledger table {name!r}; tables are: {', '.join(TABLES)}") from None

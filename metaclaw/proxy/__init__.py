@@ -1,0 +1,1 @@
+"""HTTP proxy between chat clients and the upstream LLM: parsing, translation, recording."""

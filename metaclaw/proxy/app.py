@@ -1,0 +1,145 @@
+"""The capture proxy as an ASGI app: routes, auth, shaped errors, and the resources it owns."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from metaclaw.config import Settings
+from metaclaw.ledger.wal import WalWriter
+from metaclaw.proxy.anthropic_api import messages
+from metaclaw.proxy.capture import Recorder
+from metaclaw.proxy.errors import ProxyError, error_body, is_anthropic_path
+from metaclaw.proxy.openai_api import chat_completions, list_models
+from metaclaw.proxy.relay import ProxyState, error_response, json_response
+from metaclaw.proxy.session import SessionTracker
+from metaclaw.proxy.upstream import Upstream
+
+log = logging.getLogger("metaclaw.proxy")
+OPEN_PATHS = frozenset({"/healthz"})
+
+
+def presented_key(headers: dict[str, str]) -> str | None:
+    """The key a client sent: `Authorization: Bearer …` (OpenAI, new Anthropic SDKs) or
+    `x-api-key` (Anthropic)."""
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return headers.get("x-api-key")
+
+
+class AuthMiddleware:
+    """Bearer-key auth for every path but /healthz, when `proxy.api_keys` is set."""
+
+    def __init__(self, app: ASGIApp, keys: list[bytes]) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        key = presented_key(headers)
+        if key is not None and any(hmac.compare_digest(key.encode(), k) for k in self.keys):
+            await self.app(scope, receive, send)
+            return
+        reason = "missing API key" if key is None else "invalid API key"
+        err = ProxyError(
+            401,
+            f"{reason}: send one of proxy.api_keys as 'Authorization: Bearer <key>'",
+            "authentication_error",
+            "invalid_api_key",
+        )
+        response = error_response(err, anthropic=is_anthropic_path(scope["path"]))
+        await response(scope, receive, send)
+
+
+def create_app(settings: Settings, wal: WalWriter | None = None) -> FastAPI:
+    """Build the proxy. Pass `wal` to share a writer; otherwise the app owns one."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = wal is None
+        writer = wal or WalWriter(
+            settings.paths.wal,
+            rotate_bytes=settings.ledger.wal_rotate_bytes,
+            rotate_s=settings.ledger.wal_rotate_s,
+            queue_max=settings.ledger.wal_queue_max,
+            batch_max=settings.ledger.wal_batch_max,
+        )
+        if owned:
+            writer.start()
+        keys = settings.proxy.api_keys
+        upstream = Upstream(settings.upstream, client_auth_passthrough=not keys)
+        app.state.proxy = ProxyState(
+            settings=settings,
+            upstream=upstream,
+            recorder=Recorder(writer, settings.proxy.capture_timeout_s),
+            sessions=SessionTracker(settings.proxy.session_cache_size),
+        )
+        try:
+            yield
+        finally:
+            await upstream.aclose()
+            if owned:
+                writer.close()
+
+    app = FastAPI(title="MetaClaw proxy", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(
+        AuthMiddleware, keys=[k.get_secret_value().encode() for k in settings.proxy.api_keys]
+    )
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    app.add_api_route("/v1/messages", messages, methods=["POST"])
+    app.add_api_route("/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/healthz", healthz, methods=["GET"])
+
+    @app.exception_handler(ProxyError)
+    async def _proxy_error(request: Request, exc: ProxyError) -> Response:
+        return error_response(exc, anthropic=is_anthropic_path(request.url.path))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = {404: f"no route {request.method} {request.url.path}",
+                   405: f"method {request.method} not allowed on {request.url.path}"}
+        err = ProxyError(exc.status_code, message.get(exc.status_code, str(exc.detail)),
+                         code="not_found" if exc.status_code == 404 else None)
+        return error_response(err, anthropic=is_anthropic_path(request.url.path))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        err = ProxyError(500, f"internal proxy error: {type(exc).__name__}", "server_error")
+        body: dict[str, Any] = error_body(err, anthropic=is_anthropic_path(request.url.path))
+        return json_response(body, 500)
+
+    return app
+
+
+async def healthz(request: Request) -> Response:
+    state: ProxyState = request.app.state.proxy
+    wal = state.recorder.wal
+    return json_response(
+        {
+            "status": "ok",
+            "ledger": {
+                "recorded": state.recorder.stats.recorded,
+                "failed": state.recorder.stats.failed,
+                "pending": wal.pending,
+                "wal_errors": wal.stats.errors,
+            },
+            "upstream": {
+                "openai_configured": state.upstream.openai_configured,
+                "anthropic_native": state.upstream.anthropic_native,
+            },
+        }
+    )

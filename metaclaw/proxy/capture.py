@@ -1,0 +1,147 @@
+"""Turning one proxied LLM call into a `turns` row, and landing it without breaking serving.
+
+`TurnDraft` is filled in as the call progresses; `Recorder` makes the row durable before the
+response ends and, when the ledger fails, degrades to a counter and a loud log line instead of
+failing the chat request (DESIGN.md, proxy rules).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from metaclaw.ledger.records import Row, now_micros
+from metaclaw.ledger.schemas import TURNS
+from metaclaw.ledger.wal import WalWriter
+
+log = logging.getLogger("metaclaw.capture")
+
+
+@dataclass
+class TurnDraft:
+    """What is known about a turn while it is in flight."""
+
+    session_id: str
+    turn_index: int
+    client: str  # openai | anthropic
+    endpoint: str
+    request: dict[str, Any]
+    stream: bool
+    model: str | None
+    turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    ts_start: int = field(default_factory=now_micros)
+    started: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+
+    def mark_first_token(self) -> None:
+        if self.first_token is None:
+            self.first_token = time.perf_counter()
+
+    def finish(
+        self,
+        *,
+        status: str,
+        http_status: int,
+        response: dict[str, Any] | None = None,
+        completion_text: str | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
+        finish_reason: str | None = None,
+        usage: dict[str, Any] | None = None,
+        model: str | None = None,
+        error: str | None = None,
+    ) -> Row:
+        """The complete `turns` row; every column of the schema is set explicitly."""
+        now = time.perf_counter()
+        latency_ms = (now - self.started) * 1000
+        ttft_ms = (self.first_token - self.started) * 1000 if self.first_token else None
+        if not self.stream and status == "ok":
+            ttft_ms = latency_ms
+        row: Row = {
+            "turn_id": self.turn_id,
+            "session_id": self.session_id,
+            "turn_index": self.turn_index,
+            "ts_start": self.ts_start,
+            "ts_end": now_micros(),
+            "client": self.client,
+            "endpoint": self.endpoint,
+            "request": self.request,
+            "injected_skills": [],
+            "skill_set_version": None,
+            "served_by": "upstream",
+            "model": model or self.model,
+            "policy_checkpoint": None,
+            "response": response,
+            "completion_text": completion_text,
+            "tool_calls": tool_calls or None,
+            "finish_reason": finish_reason,
+            "prompt_token_ids": None,
+            "completion_token_ids": None,
+            "completion_logprobs": None,
+            "usage": usage,
+            "latency_ms": latency_ms,
+            "ttft_ms": ttft_ms,
+            "stream": self.stream,
+            "status": status,
+            "http_status": http_status,
+            "error": error,
+            "source": "live",
+        }
+        return row
+
+
+@dataclass
+class CaptureStats:
+    recorded: int = 0
+    failed: int = 0
+
+
+class Recorder:
+    """Lands turns in the WAL; never raises into the request path."""
+
+    def __init__(self, wal: WalWriter, timeout_s: float) -> None:
+        self.wal = wal
+        self.timeout_s = timeout_s
+        self.stats = CaptureStats()
+
+    async def record(self, row: Row) -> bool:
+        """Wait until the row is durable (bounded by the timeout); False when it is not."""
+        try:
+            await self.wal.append_async(TURNS.name, row, self.timeout_s)
+        except Exception as exc:
+            self._failed(row, exc)
+            return False
+        self.stats.recorded += 1
+        return True
+
+    def record_nowait(self, row: Row) -> None:
+        """For turns nobody waits on (the client hung up): queue it, count the outcome later."""
+        try:
+            fut = self.wal.submit(TURNS.name, row)
+        except Exception as exc:
+            self._failed(row, exc)
+            return
+        fut.add_done_callback(lambda f: self._done(row, f))
+
+    def _done(self, row: Row, fut: Future[None]) -> None:
+        exc = fut.exception()
+        if exc is None:
+            self.stats.recorded += 1
+        else:
+            self._failed(row, exc)
+
+    def _failed(self, row: Row, exc: BaseException) -> None:
+        self.stats.failed += 1
+        reason = "timed out" if isinstance(exc, asyncio.TimeoutError | TimeoutError) else exc
+        log.error(
+            "LEDGER WRITE FAILED for turn %s (session %s): %s — the response was still served; "
+            "%d turn(s) lost so far",
+            row.get("turn_id"),
+            row.get("session_id"),
+            reason,
+            self.stats.failed,
+        )

@@ -1,0 +1,85 @@
+"""The provider-neutral summary of one assistant reply, as the ledger and sessions need it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+
+
+# The ledger speaks one vocabulary: OpenAI's finish reasons.
+_ANTHROPIC_STOP = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def finish_from_anthropic(stop_reason: str | None) -> str | None:
+    return _ANTHROPIC_STOP.get(stop_reason, stop_reason) if stop_reason else None
+
+
+@dataclass
+class Completion:
+    text: str | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    model: str | None = None
+
+    def reply_message(self) -> dict[str, Any]:
+        """The assistant message a client will send back next turn (for the hash chain)."""
+        msg: dict[str, Any] = {"role": "assistant", "content": self.text or ""}
+        if self.tool_calls:
+            msg["tool_calls"] = self.tool_calls
+        return msg
+
+
+class _Accumulated(Protocol):
+    @property
+    def text(self) -> str: ...
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]: ...
+    @property
+    def finish_reason(self) -> str | None: ...
+
+    usage: dict[str, Any] | None
+    model: str | None
+
+
+def from_accumulator(acc: _Accumulated) -> Completion:
+    return Completion(acc.text, acc.tool_calls, acc.finish_reason, acc.usage, acc.model)
+
+
+def from_openai(resp: dict[str, Any]) -> Completion:
+    choices = resp.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    message = choice.get("message") or {}
+    return Completion(
+        text=message.get("content"),
+        tool_calls=list(message.get("tool_calls") or []),
+        finish_reason=choice.get("finish_reason"),
+        usage=resp.get("usage"),
+        model=resp.get("model"),
+    )
+
+
+def from_anthropic(msg: dict[str, Any]) -> Completion:
+    blocks = [b for b in msg.get("content") or [] if isinstance(b, dict)]
+    text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+    calls = [
+        {
+            "id": b.get("id"),
+            "type": "function",
+            "function": {"name": b.get("name"), "arguments": orjson.dumps(b.get("input")).decode()},
+        }
+        for b in blocks
+        if b.get("type") == "tool_use"
+    ]
+    stop = finish_from_anthropic(msg.get("stop_reason"))
+    return Completion(text, calls, stop, msg.get("usage"), msg.get("model"))

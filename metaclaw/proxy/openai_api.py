@@ -1,0 +1,110 @@
+"""`POST /v1/chat/completions` and `GET /v1/models`: OpenAI-compatible, passed through as is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from metaclaw.proxy.accumulate import OpenAIStreamAccumulator
+from metaclaw.proxy.capture import TurnDraft
+from metaclaw.proxy.completion import Completion, from_accumulator, from_openai
+from metaclaw.proxy.errors import ProxyError, openai_error_body
+from metaclaw.proxy.relay import (
+    ProxyState,
+    RelayResponse,
+    StreamRelay,
+    finish_turn,
+    json_response,
+    open_upstream,
+    read_body,
+    read_upstream_json,
+    relay_upstream_error,
+)
+from metaclaw.proxy.session import explicit_session_id, turn_index
+from metaclaw.proxy.sse import SSEEvent
+from metaclaw.proxy.validate import parse_json_object, validate_chat
+
+ENDPOINT = "/v1/chat/completions"
+
+
+class OpenAIStreamRelay(StreamRelay):
+    """Verbatim pass-through of an OpenAI SSE stream; `data: [DONE]` is the terminal event."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.acc = OpenAIStreamAccumulator()
+
+    def is_terminal(self, event: SSEEvent) -> bool:
+        return event.data.strip() == "[DONE]"
+
+    def on_event(self, event: SSEEvent) -> list[bytes]:
+        if event.data:
+            try:
+                chunk = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                chunk = None
+            if isinstance(chunk, dict):
+                if "error" in chunk and "choices" not in chunk:
+                    raise ProxyError(502, f"upstream stream error: {event.data[:500]}",
+                                     "upstream_error", "upstream_stream_error")
+                self.acc.add(chunk)
+                if self.acc.first_content_seen:
+                    self.draft.mark_first_token()
+        return [event.raw]
+
+    def completion(self) -> tuple[Completion, dict[str, Any]]:
+        return from_accumulator(self.acc), self.acc.result()
+
+    def error_event(self, err: ProxyError) -> bytes:
+        return b"data: " + orjson.dumps(openai_error_body(err)) + b"\n\n"
+
+
+async def chat_completions(request: Request) -> Response:
+    state: ProxyState = request.app.state.proxy
+    body = parse_json_object(await read_body(request, state.settings.proxy.max_body_bytes))
+    validate_chat(body, model_required=not state.settings.upstream.model)
+    messages: list[dict[str, Any]] = body["messages"]
+    stream = bool(body.get("stream"))
+    draft = TurnDraft(
+        session_id=state.sessions.resolve(explicit_session_id(request.headers, body), messages),
+        turn_index=turn_index(messages),
+        client="openai",
+        endpoint=ENDPOINT,
+        request=body,
+        stream=stream,
+        model=body.get("model"),
+    )
+    upstream_body = state.upstream_body(body)
+    resp = await open_upstream(
+        state,
+        draft,
+        lambda: state.upstream.open_openai("/chat/completions", upstream_body, request.headers),
+    )
+    if resp.status_code >= 400:
+        return await relay_upstream_error(state, draft, resp, anthropic=False)
+    if stream:
+        relay = OpenAIStreamRelay(state, draft, resp, messages)
+        return RelayResponse(relay.events(), media_type="text/event-stream")
+    raw, data = await read_upstream_json(state, draft, resp)
+    await finish_turn(state, draft, from_openai(data), data, messages)
+    return Response(raw, media_type="application/json")
+
+
+async def list_models(request: Request) -> Response:
+    """The upstream's model list; the configured model alone when the upstream cannot say."""
+    state: ProxyState = request.app.state.proxy
+    fallback = state.settings.upstream.model or "metaclaw"
+    if state.upstream.openai_configured:
+        try:
+            resp = await state.upstream.get_models(request.headers)
+            if resp.status_code == 200:
+                return Response(resp.content, media_type="application/json")
+        except Exception:  # an unreachable upstream still leaves a usable answer
+            pass
+    return json_response(
+        {"object": "list", "data": [{"id": fallback, "object": "model", "created": 0,
+                                     "owned_by": "metaclaw"}]}
+    )

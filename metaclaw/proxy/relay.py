@@ -1,0 +1,280 @@
+"""What every proxied call shares: reading the body, relaying upstream errors, and streaming.
+
+The streaming rule (DESIGN.md): chunks go to the client as they arrive, but the terminal event
+(`data: [DONE]` or `message_stop`) is held back until the turn is durable, because clients hang
+up right after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+
+from metaclaw.config import Settings
+from metaclaw.proxy.capture import Recorder, TurnDraft
+from metaclaw.proxy.completion import Completion
+from metaclaw.proxy.errors import ProxyError, error_body
+from metaclaw.proxy.session import SessionTracker
+from metaclaw.proxy.sse import SSEEvent, SSEParser
+from metaclaw.proxy.upstream import Upstream
+
+log = logging.getLogger("metaclaw.proxy")
+
+
+class BodyTooLargeError(Exception):
+    pass
+
+
+@dataclass
+class ProxyState:
+    settings: Settings
+    upstream: Upstream
+    recorder: Recorder
+    sessions: SessionTracker
+
+    def upstream_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The body sent upstream: the client's, unknown fields kept, model pinned if set."""
+        model = self.settings.upstream.model
+        return {**body, "model": model} if model else body
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def error_response(err: ProxyError, *, anthropic: bool) -> Response:
+    return json_response(error_body(err, anthropic=anthropic), err.status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes the limit (never read whole)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ProxyError(400, "client disconnected while sending the body") from None
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ProxyError:
+    return ProxyError(
+        413,
+        f"request body exceeds proxy.max_body_bytes ({limit} bytes)",
+        code="request_too_large",
+    )
+
+
+async def open_upstream(
+    state: ProxyState, draft: TurnDraft, opener: Callable[[], Awaitable[httpx.Response]]
+) -> httpx.Response:
+    """Open the upstream call; a transport failure is recorded and becomes a shaped error."""
+    try:
+        return await opener()
+    except ProxyError as err:
+        await state.recorder.record(
+            draft.finish(status="upstream_error", http_status=err.status, error=err.message)
+        )
+        raise
+
+
+async def relay_upstream_error(
+    state: ProxyState,
+    draft: TurnDraft,
+    resp: httpx.Response,
+    *,
+    anthropic: bool,
+    translate: Callable[[int, dict[str, Any] | None], dict[str, Any]] | None = None,
+) -> Response:
+    """Pass an upstream 4xx/5xx to the client faithfully (status and body), and record it.
+
+    `translate` reshapes an error from an upstream of the other API family.
+    """
+    try:
+        raw = await resp.aread()
+    finally:
+        await resp.aclose()
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        parsed = None
+    message = raw.decode("utf-8", "replace")[:2000]
+    await state.recorder.record(
+        draft.finish(status="upstream_error", http_status=resp.status_code, error=message)
+    )
+    if not isinstance(parsed, dict):
+        parsed = None
+    if translate is not None:
+        return json_response(translate(resp.status_code, parsed), resp.status_code)
+    if parsed is not None and "error" in parsed:
+        return json_response(parsed, resp.status_code)
+    err = ProxyError(resp.status_code, f"upstream error: {message}", "upstream_error")
+    return error_response(err, anthropic=anthropic)
+
+
+async def read_upstream_json(
+    state: ProxyState, draft: TurnDraft, resp: httpx.Response
+) -> tuple[bytes, dict[str, Any]]:
+    """The upstream's JSON reply; anything else is recorded and becomes a 502."""
+    try:
+        raw = await resp.aread()
+    finally:
+        await resp.aclose()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        err = ProxyError(
+            502,
+            f"upstream returned a non-JSON body: {raw[:200].decode('utf-8', 'replace')!r}",
+            "upstream_error",
+            "upstream_bad_response",
+        )
+        await state.recorder.record(
+            draft.finish(status="upstream_error", http_status=err.status, error=err.message)
+        )
+        raise err
+    return raw, data
+
+
+async def finish_turn(
+    state: ProxyState,
+    draft: TurnDraft,
+    completion: Completion,
+    response: dict[str, Any],
+    messages: list[dict[str, Any]],
+) -> None:
+    """Make a successful turn durable and remember the conversation for session chaining."""
+    row = draft.finish(
+        status="ok",
+        http_status=200,
+        response=response,
+        completion_text=completion.text,
+        tool_calls=completion.tool_calls,
+        finish_reason=completion.finish_reason,
+        usage=completion.usage,
+        model=completion.model,
+    )
+    await state.recorder.record(row)
+    state.sessions.remember(messages, completion.reply_message(), draft.session_id)
+
+
+class RelayResponse(StreamingResponse):
+    """A streaming response that always closes its generator, so a disconnect is recorded now."""
+
+    async def stream_response(self, send: Any) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            closer = getattr(self.body_iterator, "aclose", None)
+            if closer is not None:
+                await closer()
+
+
+class StreamRelay:
+    """Forwards SSE events, feeds them to an interpreter, holds the terminal event for capture.
+
+    Subclasses say how to read an event (`on_event`), which event ends the stream, what the
+    finished reply is, and what the client receives instead of the raw event (translation).
+    """
+
+    def __init__(
+        self, state: ProxyState, draft: TurnDraft, resp: httpx.Response, messages: list[Any]
+    ) -> None:
+        self.state = state
+        self.draft = draft
+        self.resp = resp
+        self.messages = messages
+        self.recorded = False
+
+    # -- hooks -----------------------------------------------------------------------------
+    def on_event(self, event: SSEEvent) -> list[bytes]:
+        """Interpret one upstream event; return the bytes to send the client now."""
+        raise NotImplementedError
+
+    def is_terminal(self, event: SSEEvent) -> bool:
+        raise NotImplementedError
+
+    def terminal_bytes(self, event: SSEEvent | None) -> list[bytes]:
+        """What the client gets once the turn is durable (the held-back terminal event)."""
+        return [event.raw] if event is not None else []
+
+    def completion(self) -> tuple[Completion, dict[str, Any]]:
+        raise NotImplementedError
+
+    def error_event(self, err: ProxyError) -> bytes:
+        raise NotImplementedError
+
+    # -- the loop --------------------------------------------------------------------------
+    async def _finish_ok(self) -> None:
+        completion, response = self.completion()
+        await finish_turn(self.state, self.draft, completion, response, self.messages)
+        self.recorded = True
+
+    def _partial(self, status: str, http_status: int, error: str) -> None:
+        completion, response = self.completion()
+        row = self.draft.finish(
+            status=status,
+            http_status=http_status,
+            response=response,
+            completion_text=completion.text,
+            tool_calls=completion.tool_calls,
+            finish_reason=completion.finish_reason,
+            usage=completion.usage,
+            model=completion.model,
+            error=error,
+        )
+        self.state.recorder.record_nowait(row)
+        self.recorded = True
+
+    async def events(self) -> AsyncIterator[bytes]:
+        parser = SSEParser()
+        try:
+            async for chunk in self.resp.aiter_raw():
+                for event in parser.feed(chunk):
+                    if self.is_terminal(event):
+                        await self._finish_ok()
+                        for out in self.terminal_bytes(event):
+                            yield out
+                    else:
+                        for out in self.on_event(event):
+                            yield out
+            for event in parser.flush():
+                for out in self.on_event(event):
+                    yield out
+            if not self.recorded:
+                if self.completion()[0].finish_reason is None:
+                    raise ProxyError(502, "upstream stream ended before the reply finished",
+                                     "upstream_error", "upstream_incomplete")
+                await self._finish_ok()  # a clean end without a terminal event
+                for out in self.terminal_bytes(None):
+                    yield out
+        except (httpx.HTTPError, ProxyError) as exc:
+            err = exc if isinstance(exc, ProxyError) else ProxyError(
+                502, f"upstream stream failed: {type(exc).__name__}: {exc}", "upstream_error",
+                "upstream_stream_error",
+            )
+            log.warning("stream for turn %s failed: %s", self.draft.turn_id, err)
+            self._partial("upstream_error", err.status, err.message)
+            yield self.error_event(err)
+        finally:
+            if not self.recorded:
+                self._partial("disconnected", 499, "client disconnected mid-stream")
+            with anyio.CancelScope(shield=True):
+                await self.resp.aclose()
