@@ -83,7 +83,7 @@ def anthropic_request_to_openai(body: dict[str, Any], model: str | None = None) 
         out["max_tokens"] = body["max_tokens"]
     stop = body.get("stop_sequences")
     if stop:
-        out["stop"] = list(stop)
+        out["stop"] = [stop] if isinstance(stop, str) else list(stop)
     for key in ("temperature", "top_p"):
         if body.get(key) is not None:
             out[key] = body[key]
@@ -355,7 +355,7 @@ def openai_response_to_anthropic(resp: dict[str, Any], model: str | None = None)
     usage = _as_dict(resp.get("usage"))
     resp_id = resp.get("id")
     return {
-        "id": "msg_" + resp_id if resp_id else _new_id("msg_"),
+        "id": f"msg_{resp_id}" if resp_id else _new_id("msg_"),
         "type": "message",
         "role": "assistant",
         "model": model or resp.get("model") or "",
@@ -401,6 +401,17 @@ def encode_anthropic_event(event_type: str, data: dict[str, Any]) -> bytes:
     return b"event: " + event_type.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
+class _PendingToolCall:
+    """A streamed tool call whose block cannot be opened yet (its name has not arrived)."""
+
+    __slots__ = ("fragments", "id", "name")
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.name = ""
+        self.fragments: list[str] = []
+
+
 class OpenAIToAnthropicStream:
     """Converts a stream of OpenAI ``chat.completion.chunk`` dicts into Anthropic SSE events.
 
@@ -430,8 +441,8 @@ class OpenAIToAnthropicStream:
         self._open_kind: str | None = None  # "text" or "tool_use"
         # OpenAI tool-call index -> Anthropic block index, for calls whose block was opened.
         self._tool_blocks: dict[int, int] = {}
-        # Calls seen but not yet opened because their name has not arrived: [id, name, args].
-        self._tool_pending: dict[int, list[Any]] = {}
+        # Calls seen but not yet opened because their name has not arrived.
+        self._tool_pending: dict[int, _PendingToolCall] = {}
         self._saw_tool_use = False
 
     def start(self) -> list[AnthropicEvent]:
@@ -573,15 +584,17 @@ class OpenAIToAnthropicStream:
                 # sent to its own index, where index-keyed consumers (the SDK) merge it.
                 self._json_delta(block_index, fragment, events)
             return
-        pending = self._tool_pending.setdefault(oai_index, ["", "", []])
-        if isinstance(call.get("id"), str) and call["id"] and not pending[0]:
-            pending[0] = call["id"]
+        pending = self._tool_pending.get(oai_index)
+        if pending is None:
+            pending = self._tool_pending[oai_index] = _PendingToolCall()
+        if isinstance(call.get("id"), str) and call["id"] and not pending.id:
+            pending.id = call["id"]
         name = function.get("name")
         if isinstance(name, str) and name:
-            pending[1] += name
+            pending.name += name
         if fragment:
-            pending[2].append(fragment)
-        if pending[1]:
+            pending.fragments.append(fragment)
+        if pending.name:
             # Open only once the name is known: content_block_start must carry it.
             self._open_tool(oai_index, events)
 
@@ -591,19 +604,24 @@ class OpenAIToAnthropicStream:
         call_id = call.get("id")
         if isinstance(call_id, str) and call_id:
             for idx, pending in self._tool_pending.items():
-                if pending[0] == call_id:
+                if pending.id == call_id:
                     return idx
             return max(known, default=-1) + 1
         return max(known, default=position)
 
     def _open_tool(self, oai_index: int, events: list[AnthropicEvent]) -> None:
-        call_id, name, fragments = self._tool_pending.pop(oai_index)
-        block = {"type": "tool_use", "id": call_id or _new_id("toolu_"), "name": name, "input": {}}
+        pending = self._tool_pending.pop(oai_index)
+        block = {
+            "type": "tool_use",
+            "id": pending.id or _new_id("toolu_"),
+            "name": pending.name,
+            "input": {},
+        }
         block_index = self._open(block, "tool_use", events)
         self._tool_blocks[oai_index] = block_index
         self._saw_tool_use = True
-        if fragments:
-            self._json_delta(block_index, "".join(fragments), events)
+        if pending.fragments:
+            self._json_delta(block_index, "".join(pending.fragments), events)
 
     def _json_delta(self, index: int, fragment: str, events: list[AnthropicEvent]) -> None:
         events.append(

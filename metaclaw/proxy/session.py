@@ -53,9 +53,19 @@ def _text(content: Any) -> str:
     return str(content)
 
 
+def _arguments(arguments: Any) -> Any:
+    """Tool arguments compared by value: clients re-serialise JSON with other spacing."""
+    if isinstance(arguments, str):
+        try:
+            arguments = orjson.loads(arguments)
+        except orjson.JSONDecodeError:
+            return arguments
+    return orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS).decode()
+
+
 def _normalise(msg: Message) -> bytes:
     calls = [
-        (c.get("function", {}).get("name"), c.get("function", {}).get("arguments"))
+        (c.get("function", {}).get("name"), _arguments(c.get("function", {}).get("arguments")))
         for c in msg.get("tool_calls") or []
         if isinstance(c, dict)
     ]

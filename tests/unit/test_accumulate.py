@@ -434,7 +434,11 @@ def sdk_anthropic_final(events: list[tuple[str, dict[str, Any]]]) -> dict[str, A
     snapshot = None
     json_bufs: dict[int, bytes] = {}
     for _, data in events:
-        snapshot = accumulate_event(event=data, current_snapshot=snapshot, json_bufs=json_bufs)  # type: ignore[arg-type]
+        snapshot = accumulate_event(
+            event=data,  # type: ignore[arg-type]
+            current_snapshot=snapshot,
+            json_bufs=json_bufs,
+        )
     assert snapshot is not None
     return snapshot.model_dump(mode="json", exclude_none=True)
 

@@ -544,8 +544,10 @@ def test_translated_stream_equals_translated_final_response(name: str) -> None:
             assert event.event == data["type"]
             streamed.add(event.event, data)
             sdk_snapshot = accumulate_event(
-                event=data, current_snapshot=sdk_snapshot, json_bufs=json_bufs
-            )  # type: ignore[arg-type]
+                event=data,  # type: ignore[arg-type]
+                current_snapshot=sdk_snapshot,
+                json_bufs=json_bufs,
+            )
     assert parser.flush() == []
 
     # Path 2: what the proxy returns for the same turn without streaming.
@@ -602,3 +604,45 @@ def test_request_round_trip_back_through_response_keeps_tool_ids() -> None:
         ("tool", "call_weather1", "result 0"),
         ("tool", "call_time2", "result 1"),
     ]
+
+
+def test_stream_interleaved_tool_fragments_reach_their_own_block() -> None:
+    """A server interleaving two calls' fragments: late ones go to the earlier block's index."""
+
+    def tc(index: int, **fields: Any) -> dict[str, Any]:
+        return oai_chunk({"tool_calls": [{"index": index, **fields}]})
+
+    events = translate(
+        [
+            tc(0, id="c0", function={"name": "a", "arguments": '{"x": '}),
+            tc(1, id="c1", function={"name": "b", "arguments": '{"y": 2}'}),
+            tc(0, function={"arguments": "1}"}),
+            oai_chunk({}, finish_reason="tool_calls"),
+        ]
+    )
+    assert [(t, d.get("index")) for t, d in events if t.startswith("content_block")] == [
+        ("content_block_start", 0),
+        ("content_block_delta", 0),
+        ("content_block_stop", 0),
+        ("content_block_start", 1),
+        ("content_block_delta", 1),
+        ("content_block_delta", 0),
+        ("content_block_stop", 1),
+    ]
+    ours = AnthropicStreamAccumulator()
+    sdk_snapshot = None
+    json_bufs: dict[int, bytes] = {}
+    for event_type, data in events:
+        ours.add(event_type, data)
+        sdk_snapshot = accumulate_event(
+            event=data,  # type: ignore[arg-type]
+            current_snapshot=sdk_snapshot,
+            json_bufs=json_bufs,
+        )
+    expected = [
+        {"type": "tool_use", "id": "c0", "name": "a", "input": {"x": 1}},
+        {"type": "tool_use", "id": "c1", "name": "b", "input": {"y": 2}},
+    ]
+    assert ours.result()["content"] == expected
+    assert sdk_snapshot is not None
+    assert sdk_snapshot.model_dump(mode="json", exclude_none=True)["content"] == expected

@@ -1,0 +1,628 @@
+"""What the capture proxy adds: the same load against the stub upstream directly and through the
+proxy, in the same run.
+
+    .venv/bin/python bench/proxy_overhead.py            # full run (2,000 requests per config)
+    .venv/bin/python bench/proxy_overhead.py --quick    # smoke run (300 requests per config)
+
+Three processes: the stub upstream (tests/stubs/upstream_server.py), the proxy
+(`python -m metaclaw proxy`, its ledger in a temp METACLAW_HOME), and this one, the load
+generator. On a small machine the load generator competes with both servers for the same
+cores; the CPU each process used is printed so the figures can be read with that in mind.
+
+Targets (issue): added p50 <= 2 ms, added p99 <= 10 ms, proxy throughput >= 0.9x direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `bench` and `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+import orjson
+
+from bench._common import (
+    REPO,
+    clean_child_env,
+    machine_summary,
+    median,
+    percentile,
+    print_table,
+    proc_cpu_seconds,
+    write_json,
+)
+from metaclaw.config import LedgerPaths
+from metaclaw.ledger import query
+from tests.stubs.upstream_server import StubUpstream
+
+PATH = "/v1/chat/completions"
+PROMPT = "hello [[words:20]]"
+DONE = b"data: [DONE]\n\n"
+
+
+def request_body(stream: bool) -> bytes:
+    return orjson.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": PROMPT}], "stream": stream}
+    )
+
+
+# -- servers -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Proxy:
+    """`python -m metaclaw proxy` as a real subprocess with its own METACLAW_HOME."""
+
+    def __init__(self, home: Path, upstream_base: str) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = clean_child_env(
+            {
+                "METACLAW_HOME": str(home),
+                "METACLAW_CONFIG": str(home / "none.toml"),
+                "METACLAW_UPSTREAM__BASE_URL": upstream_base,
+            }
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = home / "proxy.log"
+
+    def start(self, timeout: float = 60.0) -> Proxy:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "metaclaw", "proxy", "--port", str(self.port)],
+                env=self.env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited early:\n{self.log_path.read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if self.health_response().status_code == 200:
+                    return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("proxy did not answer /healthz in time")
+
+    def health_response(self) -> httpx.Response:
+        return httpx.get(self.url + "/healthz", timeout=2, trust_env=False)
+
+    def health(self) -> dict[str, Any]:
+        return self.health_response().json()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> int | None:
+        """SIGTERM (in-flight turns finish, the WAL is flushed); SIGKILL after 30 s."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+
+# -- load generator ------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    target: str  # direct | proxy
+    stream: bool
+    concurrency: int
+    requests: int
+    errors: int
+    wall_s: float
+    latencies_ms: list[float] = field(repr=False)
+    ttft_ms: list[float] = field(repr=False)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds in the run
+    first_error: str | None = None
+
+    @property
+    def rps(self) -> float:
+        return (self.requests - self.errors) / self.wall_s if self.wall_s else float("nan")
+
+    def p(self, q: float) -> float:
+        return percentile(self.latencies_ms, q)
+
+    def ttft(self, q: float) -> float:
+        return percentile(self.ttft_ms, q)
+
+    def summary(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("latencies_ms", "ttft_ms")}
+        out.update(
+            p50_ms=self.p(50), p90_ms=self.p(90), p99_ms=self.p(99), max_ms=self.p(100),
+            rps=self.rps,
+        )
+        if self.stream:
+            out.update(ttft_p50_ms=self.ttft(50), ttft_p99_ms=self.ttft(99))
+        return out
+
+
+class ResponseError(Exception):
+    pass
+
+
+@dataclass
+class LoadOutcome:
+    requests: int
+    wall_s: float
+    latencies_ms: list[float]
+    ttft_ms: list[float]
+    errors: int
+    first_error: str | None
+    warmup_ok: int  # warm-up requests answered correctly (they reach the ledger too)
+
+
+class RawConnection:
+    """A minimal keep-alive HTTP/1.1 client connection (Content-Length and chunked bodies).
+
+    Much cheaper per request than a general client, so on a small machine more of the CPU is
+    left to the servers under test.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(
+            self.host, self.port, limit=1 << 20
+        )
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+    async def request(self, payload: bytes) -> tuple[int, bytes, float | None]:
+        """Send a prepared request; return (status, body, time the first body chunk arrived)."""
+        if self.writer is None:
+            await self.connect()
+        assert self.reader is not None and self.writer is not None
+        reader = self.reader
+        self.writer.write(payload)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = None
+        chunked = False
+        close = False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif name == b"connection":
+                close = b"close" in value.lower()
+        first: float | None = None
+        if chunked:
+            parts = []
+            while True:
+                size_line = await reader.readuntil(b"\r\n")
+                size = int(size_line.split(b";", 1)[0], 16)
+                if size == 0:
+                    while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                        pass  # trailers
+                    break
+                data = await reader.readexactly(size + 2)
+                if first is None:
+                    first = time.perf_counter()
+                parts.append(data[:-2])
+            body = b"".join(parts)
+        elif length is not None:
+            body = await reader.readexactly(length) if length else b""
+            first = time.perf_counter()
+        else:  # read to EOF
+            body = await reader.read()
+            first = time.perf_counter()
+            close = True
+        if close:
+            await self.close()
+        return status, body, first
+
+
+def check_body(status: int, body: bytes, stream: bool) -> None:
+    if status != 200:
+        raise ResponseError(f"HTTP {status}: {body[:200]!r}")
+    if stream:
+        if not body.endswith(DONE):
+            raise ResponseError(f"stream did not end with [DONE]: ...{body[-200:]!r}")
+    elif b'"choices"' not in body:
+        raise ResponseError(f"not a chat completion: {body[:200]!r}")
+
+
+async def run_raw(
+    url: str, stream: bool, concurrency: int, requests: int, warmup: int
+) -> LoadOutcome:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    body = request_body(stream)
+    payload = (
+        f"POST {PATH} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Accept: {'text/event-stream' if stream else 'application/json'}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    conns = [RawConnection(host, int(port)) for _ in range(concurrency)]
+    await asyncio.gather(*(c.connect() for c in conns))
+    latencies: list[float] = []
+    ttfts: list[float] = []
+    errors = 0
+    warm_ok = 0
+    first_error: list[str] = []
+    sent = 0
+
+    async def worker(conn: RawConnection, total: int, record: bool) -> None:
+        nonlocal sent, errors, warm_ok
+        while sent < total:
+            sent += 1
+            t0 = time.perf_counter()
+            try:
+                status, data, first = await conn.request(payload)
+                check_body(status, data, stream)
+            except (OSError, asyncio.IncompleteReadError, ValueError, ResponseError) as exc:
+                errors += record
+                if record and not first_error:
+                    first_error.append(f"{type(exc).__name__}: {exc}")
+                await conn.close()
+                continue
+            t1 = time.perf_counter()
+            if record:
+                latencies.append((t1 - t0) * 1000)
+                if stream and first is not None:
+                    ttfts.append((first - t0) * 1000)
+            else:
+                warm_ok += 1
+
+    try:
+        if warmup:
+            await asyncio.gather(*(worker(c, warmup, False) for c in conns))
+        sent = 0
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(c, requests, True) for c in conns))
+        wall = time.perf_counter() - start
+    finally:
+        await asyncio.gather(*(c.close() for c in conns))
+    return LoadOutcome(requests, wall, latencies, ttfts, errors,
+                       first_error[0] if first_error else None, warm_ok)
+
+
+async def run_httpx(
+    url: str, stream: bool, concurrency: int, requests: int, warmup: int
+) -> LoadOutcome:
+    body = request_body(stream)
+    headers = {"content-type": "application/json"}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    latencies: list[float] = []
+    ttfts: list[float] = []
+    errors = 0
+    warm_ok = 0
+    first_error: list[str] = []
+    sent = 0
+    async with httpx.AsyncClient(
+        base_url=url, limits=limits, timeout=120, trust_env=False
+    ) as client:
+
+        async def one() -> tuple[int, bytes, float | None]:
+            if not stream:
+                resp = await client.post(PATH, content=body, headers=headers)
+                return resp.status_code, resp.content, time.perf_counter()
+            first = None
+            parts = []
+            async with client.stream("POST", PATH, content=body, headers=headers) as resp:
+                async for chunk in resp.aiter_raw():
+                    if first is None:
+                        first = time.perf_counter()
+                    parts.append(chunk)
+            return resp.status_code, b"".join(parts), first
+
+        async def worker(total: int, record: bool) -> None:
+            nonlocal sent, errors, warm_ok
+            while sent < total:
+                sent += 1
+                t0 = time.perf_counter()
+                try:
+                    status, data, first = await one()
+                    check_body(status, data, stream)
+                except (httpx.HTTPError, ResponseError) as exc:
+                    errors += record
+                    if record and not first_error:
+                        first_error.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                t1 = time.perf_counter()
+                if record:
+                    latencies.append((t1 - t0) * 1000)
+                    if stream and first is not None:
+                        ttfts.append((first - t0) * 1000)
+                else:
+                    warm_ok += 1
+
+        if warmup:
+            await asyncio.gather(*(worker(warmup, False) for _ in range(concurrency)))
+        sent = 0
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(requests, True) for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return LoadOutcome(requests, wall, latencies, ttfts, errors,
+                       first_error[0] if first_error else None, warm_ok)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, stub: StubUpstream, proxy: Proxy) -> None:
+        self.args = args
+        self.stub = stub
+        self.proxy = proxy
+        self.proxied_ok = 0  # requests the proxy answered 200 (warm-ups included)
+        self.loop_runner = asyncio.Runner(loop_factory=_loop_factory(args.loop))
+
+    def close(self) -> None:
+        self.loop_runner.close()
+
+    def run(
+        self, target: str, stream: bool, concurrency: int, requests: int, warmup: int
+    ) -> RunResult:
+        url = self.stub.base_url if target == "direct" else self.proxy.url
+        runner = run_raw if self.args.client == "raw" else run_httpx
+        pids = {"stub": self.stub.proc.pid, "proxy": self.proxy.pid}  # type: ignore[union-attr]
+        cpu0 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+        load0 = time.process_time()
+        out = self.loop_runner.run(
+            asyncio.wait_for(
+                runner(url, stream, concurrency, requests, warmup), self.args.run_timeout
+            )
+        )
+        cpu = {name: proc_cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+        cpu["loadgen"] = time.process_time() - load0
+        if target == "proxy":
+            self.proxied_ok += out.requests - out.errors + out.warmup_ok
+        return RunResult(target, stream, concurrency, out.requests, out.errors, out.wall_s,
+                         out.latencies_ms, out.ttft_ms, cpu, out.first_error)
+
+
+def _loop_factory(name: str) -> Any:
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+# -- the benchmark ------------------------------------------------------------------------
+
+
+def aggregate(runs: list[RunResult]) -> dict[str, float]:
+    """Median over repeats of each figure (one run per repeat)."""
+    return {
+        "p50_ms": median([r.p(50) for r in runs]),
+        "p99_ms": median([r.p(99) for r in runs]),
+        "rps": median([r.rps for r in runs]),
+        "ttft_p50_ms": median([r.ttft(50) for r in runs]) if runs[0].stream else float("nan"),
+        "errors": sum(r.errors for r in runs),
+        "cpu_ms_per_req": {
+            proc: median([r.cpu_s.get(proc, 0.0) * 1000 / r.requests for r in runs])
+            for proc in ("loadgen", "stub", "proxy")
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000, help="measured requests per run")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 300 requests, 1 repeat")
+    parser.add_argument("--warmup", type=int, default=100, help="warm-up requests per run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 200])
+    parser.add_argument("--mode", choices=["both", "nonstream", "stream"], default="both")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="direct/proxy pairs per config (alternating order); median reported")
+    parser.add_argument("--lowload-requests", type=int, default=300,
+                        help="requests of the concurrency-1 run (0 skips it)")
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                        help="load generator HTTP client (raw asyncio HTTP/1.1 is cheaper)")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument("--run-timeout", type=float, default=300.0, help="seconds per run")
+    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    parser.add_argument("--keep-home", action="store_true", help="keep the proxy's ledger dir")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests = min(args.requests, 300)
+        args.repeats = 1
+        args.warmup = min(args.warmup, 50)
+        args.lowload_requests = min(args.lowload_requests, 100)
+
+    modes = {"both": [False, True], "nonstream": [False], "stream": [True]}[args.mode]
+    machine = machine_summary()
+    print(f"proxy overhead benchmark — {machine['cores']} cores ({machine['cpu']}), "
+          f"Python {machine['python']}")
+    print(f"load: {args.requests} requests per run after {args.warmup} warm-up, "
+          f"concurrency {args.concurrency}, {args.repeats} direct/proxy pair(s) per config "
+          f"(alternating order, median reported), client={args.client}/{args.loop}")
+    print(f"prompt {PROMPT!r} (stub replies with 20 words; streaming = 23 SSE events)")
+    print("NOTE: stub, proxy and this load generator share the same "
+          f"{machine['cores']} cores; at high concurrency the run is CPU-bound and the "
+          "throughput ratio mostly measures the proxy's CPU cost per request.\n")
+
+    home_dir = tempfile.mkdtemp(prefix="metaclaw-bench-proxy-")
+    home = Path(home_dir)
+    results: dict[str, Any] = {"machine": machine, "args": vars(args), "configs": []}
+    runs_all: list[RunResult] = []
+    rc = 0
+    with StubUpstream() as stub:
+        proxy = Proxy(home, stub.base_url + "/v1").start()
+        bench = Bench(args, stub, proxy)
+        try:
+            # sanity: one request each way
+            for target in ("direct", "proxy"):
+                r = bench.run(target, False, 1, 1, 0)
+                if r.errors:
+                    raise RuntimeError(f"{target} sanity request failed: {r.first_error}")
+            rows = []
+            for stream in modes:
+                for conc in args.concurrency:
+                    name = f"{'stream' if stream else 'non-stream'} c={conc}"
+                    direct_runs: list[RunResult] = []
+                    proxy_runs: list[RunResult] = []
+                    for rep in range(args.repeats):
+                        order = ("direct", "proxy") if rep % 2 == 0 else ("proxy", "direct")
+                        for target in order:
+                            r = bench.run(target, stream, conc, args.requests, args.warmup)
+                            runs_all.append(r)
+                            (direct_runs if target == "direct" else proxy_runs).append(r)
+                            print(f"  {name:<18} {target:<6} rep {rep + 1}: "
+                                  f"p50 {r.p(50):7.2f} ms  p99 {r.p(99):7.2f} ms  "
+                                  f"{r.rps:8.1f} req/s  errors {r.errors}"
+                                  + (f"  ({r.first_error})" if r.first_error else ""),
+                                  flush=True)
+                    d, p = aggregate(direct_runs), aggregate(proxy_runs)
+                    entry = {
+                        "config": name, "stream": stream, "concurrency": conc,
+                        "direct": d, "proxy": p,
+                        "added_p50_ms": p["p50_ms"] - d["p50_ms"],
+                        "added_p99_ms": p["p99_ms"] - d["p99_ms"],
+                        "throughput_ratio": p["rps"] / d["rps"],
+                        "runs": [r.summary() for r in direct_runs + proxy_runs],
+                    }
+                    results["configs"].append(entry)
+                    rows.append(entry)
+
+            low: dict[str, Any] | None = None
+            if args.lowload_requests:
+                print("\nlow load: concurrency 1, non-streaming (per-request overhead without "
+                      "CPU contention)")
+                low_runs: dict[str, RunResult] = {}
+                for target in ("direct", "proxy"):
+                    r = bench.run(target, False, 1, args.lowload_requests, min(args.warmup, 50))
+                    runs_all.append(r)
+                    low_runs[target] = r
+                d, p = low_runs["direct"], low_runs["proxy"]
+                low = {
+                    "requests": args.lowload_requests,
+                    "direct": d.summary(), "proxy": p.summary(),
+                    "added_p50_ms": p.p(50) - d.p(50), "added_p99_ms": p.p(99) - d.p(99),
+                }
+                results["low_load"] = low
+            health = proxy.health()
+        finally:
+            bench.close()
+            proxy_rc = proxy.stop()
+
+    # -- report ----------------------------------------------------------------------------
+    print("\nresults (median over repeats; latency = full response incl. whole SSE body)\n")
+    headers = ["config", "direct p50", "direct p99", "proxy p50", "proxy p99", "added p50",
+               "added p99", "direct rps", "proxy rps", "ratio", "errors d/p"]
+    table = []
+    for e in rows:
+        d, p = e["direct"], e["proxy"]
+        table.append([e["config"], d["p50_ms"], d["p99_ms"], p["p50_ms"], p["p99_ms"],
+                      e["added_p50_ms"], e["added_p99_ms"], d["rps"], p["rps"],
+                      e["throughput_ratio"], f"{d['errors']}/{p['errors']}"])
+    if low is not None:
+        d, p = low["direct"], low["proxy"]
+        table.append(["non-stream c=1", d["p50_ms"], d["p99_ms"], p["p50_ms"], p["p99_ms"],
+                      low["added_p50_ms"], low["added_p99_ms"], d["rps"], p["rps"],
+                      p["rps"] / d["rps"], f"{d['errors']}/{p['errors']}"])
+    print_table(headers, table)
+    print("(latencies in ms; rps = successful requests per second)")
+
+    stream_rows = [e for e in rows if e["stream"]]
+    if stream_rows:
+        print("\nstreaming time to first body chunk (TTFT, ms, p50)")
+        print_table(["config", "direct", "proxy", "added"],
+                    [[e["config"], e["direct"]["ttft_p50_ms"], e["proxy"]["ttft_p50_ms"],
+                      e["proxy"]["ttft_p50_ms"] - e["direct"]["ttft_p50_ms"]]
+                     for e in stream_rows])
+
+    print("\nCPU per request (ms of CPU time, median over repeats)")
+    print_table(["config", "target", "loadgen", "stub", "proxy", "total"],
+                [[e["config"], t, e[t]["cpu_ms_per_req"]["loadgen"],
+                  e[t]["cpu_ms_per_req"]["stub"], e[t]["cpu_ms_per_req"]["proxy"],
+                  sum(e[t]["cpu_ms_per_req"].values())]
+                 for e in rows for t in ("direct", "proxy")], digits=3)
+
+    # -- ledger check -----------------------------------------------------------------------
+    paths = LedgerPaths(home)
+    _, counted = query(paths, "select count(*) from turns")
+    turns = int(counted[0][0])
+    expected = bench.proxied_ok
+    ledger_ok = turns == expected
+    print(f"\nledger: {turns:,} turns recorded, {expected:,} requests proxied -> "
+          f"{'OK' if ledger_ok else 'MISMATCH'}  (proxy /healthz before stop: "
+          f"recorded={health['ledger']['recorded']}, failed={health['ledger']['failed']}, "
+          f"wal_errors={health['ledger']['wal_errors']}; exit code {proxy_rc})")
+    results["ledger"] = {"turns": turns, "proxied": expected, "ok": ledger_ok,
+                         "health": health["ledger"], "proxy_exit_code": proxy_rc}
+
+    # -- verdict ----------------------------------------------------------------------------
+    errors = sum(r.errors for r in runs_all)
+    fails = []
+    for e in rows:
+        if e["added_p50_ms"] > 2.0:
+            fails.append(f"{e['config']} added p50 {e['added_p50_ms']:.2f} ms > 2")
+        if e["added_p99_ms"] > 10.0:
+            fails.append(f"{e['config']} added p99 {e['added_p99_ms']:.2f} ms > 10")
+        if e["throughput_ratio"] < 0.9:
+            fails.append(f"{e['config']} throughput {e['throughput_ratio']:.2f}x < 0.9x")
+    if low is not None and low["added_p50_ms"] > 2.0:
+        fails.append(f"c=1 added p50 {low['added_p50_ms']:.2f} ms > 2")
+    if low is not None and low["added_p99_ms"] > 10.0:
+        fails.append(f"c=1 added p99 {low['added_p99_ms']:.2f} ms > 10")
+    if errors:
+        fails.append(f"{errors} request errors")
+    if not ledger_ok:
+        fails.append("ledger count mismatch")
+    verdict = "PASS" if not fails else "FAIL: " + "; ".join(fails)
+    print(f"\nVERDICT (added p50 <= 2 ms, p99 <= 10 ms, throughput >= 0.9x, 0 errors, ledger "
+          f"complete; on {machine['cores']} shared cores): {verdict}")
+    results["verdict"] = verdict
+    if errors or not ledger_ok:
+        rc = 1
+    if args.json:
+        write_json(args.json, results)
+    if args.keep_home:
+        print(f"proxy home kept at {home}")
+    else:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+    return rc
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Shared fixtures: real processes (stub upstream, proxy), real ledger directories, Prefect harness."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports Prefect: no telemetry, no hub, state in a temp home.
+os.environ.update(
+    {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "LANCEDB_LOG": "error",
+    }
+)
+
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.helpers import ProxyProcess  # noqa: E402
+from tests.stubs.upstream_server import StubUpstream  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def stub() -> Iterator[StubUpstream]:
+    with StubUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="module")
+def proxy(stub: StubUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """A proxy in front of the stub, no auth; one per test module."""
+    home = tmp_path_factory.mktemp("proxy-home")
+    with ProxyProcess(home, {"METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1"}) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Prefect test server per session (≈10 s); yields its API URL."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh METACLAW_HOME for code that builds `Settings()` in this process."""
+    data = tmp_path / "home"
+    monkeypatch.setenv("METACLAW_HOME", str(data))
+    monkeypatch.setenv("METACLAW_CONFIG", str(tmp_path / "metaclaw.toml"))
+    return data

@@ -1,0 +1,67 @@
+"""Flows under a real Prefect API (the session's test harness), and prefect.yaml's deployments."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import uuid
+from pathlib import Path
+
+import yaml
+
+from metaclaw.config import LedgerPaths, Settings
+from metaclaw.ledger import WalWriter
+from metaclaw.ledger.manifest import Manifest
+from metaclaw.ledger.records import now_micros
+from tests.helpers import REPO, rows
+
+
+def _seed(paths: LedgerPaths, n: int) -> None:
+    with WalWriter(paths.wal) as wal:
+        wal.append("turns", [{"turn_id": uuid.uuid4().hex, "session_id": "s", "turn_index": i,
+                              "ts_start": now_micros()} for i in range(n)])
+
+
+def test_ingest_flow_is_idempotent(prefect_harness: str, home: Path) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.ingest import ingest_flow
+
+    paths = LedgerPaths(home)
+    _seed(paths, 7)
+    first = ingest_flow()
+    assert first["rows"] == {"turns": 7} and first["segments"] == 1
+    manifest_version = Manifest.load(paths.manifest).version
+    second = ingest_flow()
+    assert second["total_rows"] == 0 and second["segments"] == 0
+    assert Manifest.load(paths.manifest).version == manifest_version, "nothing rewritten"
+    assert rows(paths, "SELECT count(*) AS n FROM turns") == [{"n": 7}]
+
+    async def artifacts() -> list:
+        async with get_client() as client:
+            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ingest-report"])))
+
+    found = asyncio.run(artifacts())
+    assert found and "rows landed: **7**" in found[0].data
+
+
+def test_prefect_yaml_matches_served_deployments() -> None:
+    from flows.deployments import FLOWS, build_deployments
+
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    declared = {d["name"]: d for d in config["deployments"]}
+    served = {d.name: d for d in build_deployments(Settings(_env_file=None))}
+    assert set(declared) == set(served) == set(FLOWS)
+    for name, spec in declared.items():
+        module, _, attr = spec["entrypoint"].partition(":")
+        flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
+        assert flow is FLOWS[name], f"{name}: entrypoint points at another flow"
+        deployment = served[name]
+        assert spec["schedules"][0]["interval"] == deployment.schedules[0].schedule.interval \
+            .total_seconds()
+        assert spec["concurrency_limit"] == deployment.concurrency_limit
+        assert sorted(spec["tags"]) == sorted(deployment.tags)
+        assert spec["work_pool"]["name"] == "metaclaw"
