@@ -244,3 +244,9 @@ def claim_segment(path: Path) -> Any:
         yield fd
     finally:
         os.close(fd)
+
+
+def append_rows(directory: Path, table: str, rows: list[Row]) -> None:
+    """Durably append rows from a short-lived writer (a flow run, an importer, a test)."""
+    with WalWriter(directory) as wal:
+        wal.append(table, rows)
