@@ -165,7 +165,9 @@ def status() -> None:
 @app.command()
 def up(
     proxy_port: Annotated[int | None, typer.Option(help="Proxy port (default proxy.port).")] = None,
-    prefect_port: Annotated[int, typer.Option(help="Prefect server/UI port.")] = DEFAULT_PREFECT_PORT,
+    prefect_port: Annotated[
+        int, typer.Option(help="Prefect server/UI port.")
+    ] = DEFAULT_PREFECT_PORT,
 ) -> None:
     """The main job: Prefect server, proxy, and every deployment on its schedule. Ctrl-C stops."""
     from metaclaw.supervisor import apply_env, prefect_env, start_prefect_server, start_proxy
@@ -183,7 +185,8 @@ def up(
         with console.status("starting the proxy …"):
             children.append(start_proxy(paths, port))
         upstream = settings.upstream.base_url or "(none: set METACLAW_UPSTREAM__BASE_URL)"
-        console.print(f"[bold]proxy[/bold]      http://{settings.proxy.host}:{port}/v1 → {upstream}")
+        proxy_url = f"http://{settings.proxy.host}:{port}/v1"
+        console.print(f"[bold]proxy[/bold]      {proxy_url} → {upstream}")
         console.print(f"[bold]Prefect UI[/bold] http://127.0.0.1:{prefect_port}")
         console.print(f"[bold]data[/bold]       {paths.home.resolve()}  (logs in {paths.logs})")
         console.print("serving deployments; Ctrl-C stops everything")

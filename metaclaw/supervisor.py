@@ -74,7 +74,9 @@ class Child:
         self._log.close()
 
 
-def wait_healthy(url: str, child: Child, timeout: float, ok: Callable[[httpx.Response], bool]) -> None:
+def wait_healthy(
+    url: str, child: Child, timeout: float, ok: Callable[[httpx.Response], bool]
+) -> None:
     """Poll `url` until `ok`; fail early with the child's log tail if it dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -85,12 +87,24 @@ def wait_healthy(url: str, child: Child, timeout: float, ok: Callable[[httpx.Res
             if ok(httpx.get(url, timeout=2)):
                 return
         time.sleep(0.25)
-    raise RuntimeError(f"{child.name} not healthy at {url} after {timeout:.0f}s; see {child.log_file}")
+    raise RuntimeError(
+        f"{child.name} not healthy at {url} after {timeout:.0f}s; see {child.log_file}"
+    )
 
 
 def start_prefect_server(paths: LedgerPaths, port: int) -> Child:
-    argv = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-            "--port", str(port), "--analytics-off"]
+    argv = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--analytics-off",
+    ]
     child = Child("prefect server", argv, prefect_env(paths.prefect), paths.logs / "prefect.log")
     wait_healthy(f"http://127.0.0.1:{port}/api/health", child, 90, lambda r: r.status_code == 200)
     return child

@@ -1,4 +1,4 @@
-"""Shared fixtures: real processes (stub upstream, proxy), real ledger directories, Prefect harness."""
+"""Shared fixtures: real processes (stub upstream, proxy), ledger homes, the Prefect harness."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ os.environ.update(
     }
 )
 
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Iterator
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.helpers import ProxyProcess  # noqa: E402
-from tests.stubs.upstream_server import StubUpstream  # noqa: E402
+from tests.helpers import ProxyProcess
+from tests.stubs.upstream_server import StubUpstream
 
 
 @pytest.fixture(scope="session")

@@ -5,4 +5,13 @@ from metaclaw.ledger.reader import connect, query
 from metaclaw.ledger.schemas import TABLES, TableSpec
 from metaclaw.ledger.wal import WalWriter, append_rows
 
-__all__ = ["TABLES", "IngestReport", "TableSpec", "WalWriter", "append_rows", "connect", "ingest", "query"]
+__all__ = [
+    "TABLES",
+    "IngestReport",
+    "TableSpec",
+    "WalWriter",
+    "append_rows",
+    "connect",
+    "ingest",
+    "query",
+]

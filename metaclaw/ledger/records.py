@@ -73,7 +73,9 @@ def _json_text(value: Any) -> str | None:
     return orjson.dumps(value, default=_default, option=_OPTS).decode()
 
 
-def rows_to_table(spec: TableSpec, rows: Iterable[Row], *, with_partition: bool = False) -> pa.Table:
+def rows_to_table(
+    spec: TableSpec, rows: Iterable[Row], *, with_partition: bool = False
+) -> pa.Table:
     """An Arrow table in the spec's schema; unknown keys are dropped, missing ones are null."""
     rows = list(rows)
     columns: dict[str, list[Any]] = {}

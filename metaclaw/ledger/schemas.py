@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -177,6 +178,28 @@ CHECKPOINTS = TableSpec(
     ),
 )
 
+COLUMN_NOTES: dict[tuple[str, str], str] = {
+    ("turns", "client"): "openai or anthropic: the API the client spoke",
+    ("turns", "request"): "the body exactly as the client sent it",
+    ("turns", "injected_skills"): "skill_id@version",
+    ("turns", "served_by"): "upstream or policy",
+    ("turns", "policy_checkpoint"): "null when served by the upstream",
+    ("turns", "response"): "what the client received (a stream reassembled)",
+    ("turns", "tool_calls"): "OpenAI shape, whatever the client API",
+    ("turns", "finish_reason"): "OpenAI vocabulary (stop, length, tool_calls, ...)",
+    ("turns", "prompt_token_ids"): "only for turns served by our policy",
+    ("turns", "status"): "ok, upstream_error, client_error or disconnected",
+    ("turns", "http_status"): "status sent to the client (499: client hung up)",
+    ("turns", "source"): "live or backfill:<format>",
+    ("feedback", "value"): "-1 .. 1",
+    ("rewards", "reward_id"): "hash of (turn_id, signal, scorer_version)",
+    ("rewards", "signal"): "judge, implicit:<kind> or explicit",
+    ("skill_events", "event"): "created, updated, retired or merged",
+    ("checkpoints", "event_id"): "one row per state change; the latest row is the state",
+    ("checkpoints", "status"): "candidate, promoted, rejected or rolled_back",
+    ("checkpoints", "path"): "local directory or tinker://...",
+}
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (TURNS, FEEDBACK, REWARDS, DIAGNOSES, SKILL_EVENTS, TRAIN_STEPS, CHECKPOINTS)
@@ -189,3 +212,33 @@ def table(name: str) -> TableSpec:
         return TABLES[name]
     except KeyError:
         raise KeyError(f"unknown ledger table {name!r}; tables are: {', '.join(TABLES)}") from None
+
+
+def render_markdown() -> str:
+    """The tables as markdown, for docs/architecture.md (a test keeps the two identical)."""
+    out = []
+    for spec in TABLES.values():
+        out.append(f"### `{spec.name}`\n")
+        out.append(f"id `{spec.id_column}` · partitioned by `date` of `{spec.time_column}`\n")
+        out.append("| column | type | null | notes |\n|---|---|---|---|")
+        for field in spec.schema:
+            kind = "JSON" if field.name in spec.json_columns else str(field.type)
+            out.append(
+                f"| `{field.name}` | {kind} | {'yes' if field.nullable else 'no'} | "
+                f"{COLUMN_NOTES.get((spec.name, field.name), '')} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def write_docs(path: Path) -> None:
+    """Replace the schemas block of docs/architecture.md with the current schemas."""
+    text = path.read_text()
+    begin, end = "<!-- schemas:begin -->\n", "<!-- schemas:end -->"
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
+    path.write_text(head + begin + render_markdown() + "\n" + end + tail)
+
+
+if __name__ == "__main__":
+    write_docs(Path(__file__).resolve().parents[2] / "docs" / "architecture.md")

@@ -221,6 +221,7 @@ class WalWriter:
             self.stats.segments_sealed += 1
             self._segment = None
 
+
 def list_segments(directory: Path) -> list[Path]:
     if not directory.exists():
         return []

@@ -73,8 +73,12 @@ class AnthropicStreamRelay(StreamRelay):
             return
         kind = event.event or str(data.get("type"))
         if kind == "error":
-            raise ProxyError(502, f"upstream stream error: {event.data[:500]}",
-                             "upstream_error", "upstream_stream_error")
+            raise ProxyError(
+                502,
+                f"upstream stream error: {event.data[:500]}",
+                "upstream_error",
+                "upstream_stream_error",
+            )
         self.acc.add(kind, data)
         if self.acc.first_content_seen:
             self.draft.mark_first_token()
@@ -116,8 +120,12 @@ class TranslatedStreamRelay(StreamRelay):
         if chunk is None:
             return []
         if "error" in chunk and "choices" not in chunk:
-            raise ProxyError(502, f"upstream stream error: {event.data[:500]}",
-                             "upstream_error", "upstream_stream_error")
+            raise ProxyError(
+                502,
+                f"upstream stream error: {event.data[:500]}",
+                "upstream_error",
+                "upstream_stream_error",
+            )
         self.acc.add(chunk)
         if self.acc.first_content_seen:
             self.draft.mark_first_token()

@@ -109,10 +109,15 @@ def create_app(settings: Settings, wal: WalWriter | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        message = {404: f"no route {request.method} {request.url.path}",
-                   405: f"method {request.method} not allowed on {request.url.path}"}
-        err = ProxyError(exc.status_code, message.get(exc.status_code, str(exc.detail)),
-                         code="not_found" if exc.status_code == 404 else None)
+        message = {
+            404: f"no route {request.method} {request.url.path}",
+            405: f"method {request.method} not allowed on {request.url.path}",
+        }
+        err = ProxyError(
+            exc.status_code,
+            message.get(exc.status_code, str(exc.detail)),
+            code="not_found" if exc.status_code == 404 else None,
+        )
         return error_response(err, anthropic=is_anthropic_path(request.url.path))
 
     @app.exception_handler(Exception)

@@ -18,6 +18,7 @@ from typing import Any
 from metaclaw.ledger.records import Row, now_micros
 from metaclaw.ledger.schemas import TURNS
 from metaclaw.ledger.wal import WalWriter
+from metaclaw.proxy.completion import Completion
 
 log = logging.getLogger("metaclaw.capture")
 
@@ -48,14 +49,11 @@ class TurnDraft:
         status: str,
         http_status: int,
         response: dict[str, Any] | None = None,
-        completion_text: str | None = None,
-        tool_calls: list[dict[str, Any]] | None = None,
-        finish_reason: str | None = None,
-        usage: dict[str, Any] | None = None,
-        model: str | None = None,
+        completion: Completion | None = None,
         error: str | None = None,
     ) -> Row:
         """The complete `turns` row; every column of the schema is set explicitly."""
+        done = completion or Completion()
         now = time.perf_counter()
         latency_ms = (now - self.started) * 1000
         ttft_ms = (self.first_token - self.started) * 1000 if self.first_token else None
@@ -73,16 +71,16 @@ class TurnDraft:
             "injected_skills": [],
             "skill_set_version": None,
             "served_by": "upstream",
-            "model": model or self.model,
+            "model": done.model or self.model,
             "policy_checkpoint": None,
             "response": response,
-            "completion_text": completion_text,
-            "tool_calls": tool_calls or None,
-            "finish_reason": finish_reason,
+            "completion_text": done.text,
+            "tool_calls": done.tool_calls or None,
+            "finish_reason": done.finish_reason,
             "prompt_token_ids": None,
             "completion_token_ids": None,
             "completion_logprobs": None,
-            "usage": usage,
+            "usage": done.usage,
             "latency_ms": latency_ms,
             "ttft_ms": ttft_ms,
             "stream": self.stream,

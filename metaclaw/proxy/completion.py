@@ -7,8 +7,6 @@ from typing import Any, Protocol
 
 import orjson
 
-
-
 # The ledger speaks one vocabulary: OpenAI's finish reasons.
 _ANTHROPIC_STOP = {
     "end_turn": "stop",

@@ -48,8 +48,12 @@ class OpenAIStreamRelay(StreamRelay):
                 chunk = None
             if isinstance(chunk, dict):
                 if "error" in chunk and "choices" not in chunk:
-                    raise ProxyError(502, f"upstream stream error: {event.data[:500]}",
-                                     "upstream_error", "upstream_stream_error")
+                    raise ProxyError(
+                        502,
+                        f"upstream stream error: {event.data[:500]}",
+                        "upstream_error",
+                        "upstream_stream_error",
+                    )
                 self.acc.add(chunk)
                 if self.acc.first_content_seen:
                     self.draft.mark_first_token()
@@ -105,6 +109,8 @@ async def list_models(request: Request) -> Response:
         except Exception:  # an unreachable upstream still leaves a usable answer
             pass
     return json_response(
-        {"object": "list", "data": [{"id": fallback, "object": "model", "created": 0,
-                                     "owned_by": "metaclaw"}]}
+        {
+            "object": "list",
+            "data": [{"id": fallback, "object": "model", "created": 0, "owned_by": "metaclaw"}],
+        }
     )

@@ -161,16 +161,7 @@ async def finish_turn(
     messages: list[dict[str, Any]],
 ) -> None:
     """Make a successful turn durable and remember the conversation for session chaining."""
-    row = draft.finish(
-        status="ok",
-        http_status=200,
-        response=response,
-        completion_text=completion.text,
-        tool_calls=completion.tool_calls,
-        finish_reason=completion.finish_reason,
-        usage=completion.usage,
-        model=completion.model,
-    )
+    row = draft.finish(status="ok", http_status=200, response=response, completion=completion)
     await state.recorder.record(row)
     state.sessions.remember(messages, completion.reply_message(), draft.session_id)
 
@@ -227,21 +218,17 @@ class StreamRelay:
         await finish_turn(self.state, self.draft, completion, response, self.messages)
         self.recorded = True
 
-    def _partial(self, status: str, http_status: int, error: str) -> None:
+    def _partial_row(self, status: str, http_status: int, error: str) -> dict[str, Any]:
+        self.recorded = True
         completion, response = self.completion()
-        row = self.draft.finish(
+        return self.draft.finish(
             status=status,
             http_status=http_status,
             response=response,
-            completion_text=completion.text,
-            tool_calls=completion.tool_calls,
-            finish_reason=completion.finish_reason,
-            usage=completion.usage,
-            model=completion.model,
+            completion=completion,
             error=error,
         )
-        self.state.recorder.record_nowait(row)
-        self.recorded = True
+
 
     async def events(self) -> AsyncIterator[bytes]:
         parser = SSEParser()
@@ -260,21 +247,36 @@ class StreamRelay:
                     yield out
             if not self.recorded:
                 if self.completion()[0].finish_reason is None:
-                    raise ProxyError(502, "upstream stream ended before the reply finished",
-                                     "upstream_error", "upstream_incomplete")
+                    raise ProxyError(
+                        502,
+                        "upstream stream ended before the reply finished",
+                        "upstream_error",
+                        "upstream_incomplete",
+                    )
                 await self._finish_ok()  # a clean end without a terminal event
                 for out in self.terminal_bytes(None):
                     yield out
         except (httpx.HTTPError, ProxyError) as exc:
-            err = exc if isinstance(exc, ProxyError) else ProxyError(
-                502, f"upstream stream failed: {type(exc).__name__}: {exc}", "upstream_error",
-                "upstream_stream_error",
+            err = (
+                exc
+                if isinstance(exc, ProxyError)
+                else ProxyError(
+                    502,
+                    f"upstream stream failed: {type(exc).__name__}: {exc}",
+                    "upstream_error",
+                    "upstream_stream_error",
+                )
             )
             log.warning("stream for turn %s failed: %s", self.draft.turn_id, err)
-            self._partial("upstream_error", err.status, err.message)
+            await self.state.recorder.record(
+                self._partial_row("upstream_error", err.status, err.message)
+            )
             yield self.error_event(err)
         finally:
             if not self.recorded:
-                self._partial("disconnected", 499, "client disconnected mid-stream")
+                # No await here: a cancelled task cannot wait, and nobody waits on this turn.
+                self.state.recorder.record_nowait(
+                    self._partial_row("disconnected", 499, "client disconnected mid-stream")
+                )
             with anyio.CancelScope(shield=True):
                 await self.resp.aclose()

@@ -8,7 +8,9 @@ from metaclaw.config import Settings
 from metaclaw.proxy.app import create_app
 
 
-def build_server(settings: Settings, host: str | None = None, port: int | None = None) -> uvicorn.Server:
+def build_server(
+    settings: Settings, host: str | None = None, port: int | None = None
+) -> uvicorn.Server:
     config = uvicorn.Config(
         create_app(settings),
         host=host or settings.proxy.host,

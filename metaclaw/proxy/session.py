@@ -95,8 +95,9 @@ class SessionTracker:
         if explicit:
             return explicit
         candidates = [
-            digest for k, digest in prefix_digests(messages) if messages[k - 1].get("role")
-            == "assistant"
+            digest
+            for k, digest in prefix_digests(messages)
+            if messages[k - 1].get("role") == "assistant"
         ]
         for digest in reversed(candidates):
             session = self._sessions.get(digest)

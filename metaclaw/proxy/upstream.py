@@ -85,14 +85,21 @@ class Upstream:
             base += "/v1"
         return await self._open(base + "/messages", body, self._anthropic_headers(client_headers))
 
-    async def _open(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+    async def _open(
+        self, url: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> httpx.Response:
         """Send and return once headers arrive; the caller reads (or streams) and closes."""
-        request = self.client.build_request("POST", url, content=orjson.dumps(body), headers=headers)
+        request = self.client.build_request(
+            "POST", url, content=orjson.dumps(body), headers=headers
+        )
         try:
             return await self.client.send(request, stream=True)
         except httpx.TimeoutException as exc:
             raise ProxyError(
-                504, f"upstream timed out ({type(exc).__name__})", "upstream_error", "upstream_timeout"
+                504,
+                f"upstream timed out ({type(exc).__name__})",
+                "upstream_error",
+                "upstream_timeout",
             ) from None
         except httpx.TransportError as exc:
             raise ProxyError(

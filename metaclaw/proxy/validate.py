@@ -70,9 +70,7 @@ def _check_messages(messages: Any, roles: set[str]) -> None:
             )
         content = msg.get("content")
         if content is not None and not isinstance(content, str | list):
-            raise _bad(
-                f"{param}.content must be a string or an array of parts", f"{param}.content"
-            )
+            raise _bad(f"{param}.content must be a string or an array of parts", f"{param}.content")
 
 
 def validate_chat(body: dict[str, Any], *, model_required: bool) -> None:

@@ -18,8 +18,18 @@ from tests.helpers import REPO, rows
 
 def _seed(paths: LedgerPaths, n: int) -> None:
     with WalWriter(paths.wal) as wal:
-        wal.append("turns", [{"turn_id": uuid.uuid4().hex, "session_id": "s", "turn_index": i,
-                              "ts_start": now_micros()} for i in range(n)])
+        wal.append(
+            "turns",
+            [
+                {
+                    "turn_id": uuid.uuid4().hex,
+                    "session_id": "s",
+                    "turn_index": i,
+                    "ts_start": now_micros(),
+                }
+                for i in range(n)
+            ],
+        )
 
 
 def test_ingest_flow_is_idempotent(prefect_harness: str, home: Path) -> None:
@@ -42,7 +52,8 @@ def test_ingest_flow_is_idempotent(prefect_harness: str, home: Path) -> None:
             from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
             return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ingest-report"])))
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ingest-report"]))
+            )
 
     found = asyncio.run(artifacts())
     assert found and "rows landed: **7**" in found[0].data
@@ -60,8 +71,10 @@ def test_prefect_yaml_matches_served_deployments() -> None:
         flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
         assert flow is FLOWS[name], f"{name}: entrypoint points at another flow"
         deployment = served[name]
-        assert spec["schedules"][0]["interval"] == deployment.schedules[0].schedule.interval \
-            .total_seconds()
+        assert (
+            spec["schedules"][0]["interval"]
+            == deployment.schedules[0].schedule.interval.total_seconds()
+        )
         assert spec["concurrency_limit"] == deployment.concurrency_limit
         assert sorted(spec["tags"]) == sorted(deployment.tags)
         assert spec["work_pool"]["name"] == "metaclaw"

@@ -45,8 +45,15 @@ def paths(tmp_path: Path) -> LedgerPaths:
 
 
 def test_empty_ledger_has_every_view(paths: LedgerPaths) -> None:
-    for table in ("turns", "feedback", "rewards", "diagnoses", "skill_events", "train_steps",
-                  "checkpoints"):
+    for table in (
+        "turns",
+        "feedback",
+        "rewards",
+        "diagnoses",
+        "skill_events",
+        "train_steps",
+        "checkpoints",
+    ):
         assert _count(paths, table) == 0
 
 
@@ -59,8 +66,11 @@ def test_rows_visible_before_and_after_ingest(paths: LedgerPaths) -> None:
     report = ingest(paths, SETTINGS)
     assert report.segments == 1 and report.rows == {"turns": 5}
     assert list_segments(paths.wal) == []
-    got = rows(paths, "SELECT turn_index, request->>'$.messages[0].content' AS q, date "
-                      "FROM turns ORDER BY turn_index")
+    got = rows(
+        paths,
+        "SELECT turn_index, request->>'$.messages[0].content' AS q, date "
+        "FROM turns ORDER BY turn_index",
+    )
     assert [r["q"] for r in got] == [f"q{i}" for i in range(5)]
     assert str(got[0]["date"]) == time.strftime("%Y-%m-%d", time.gmtime())
     files = list((paths.ledger / "turns").glob("date=*/part-*.parquet"))
@@ -108,8 +118,9 @@ def test_compaction_keeps_every_row_once(paths: LedgerPaths) -> None:
     for batch in range(4):
         with WalWriter(paths.wal) as wal:
             wal.append("turns", [_turn(batch * 10 + i) for i in range(10)])
-            wal.append("feedback", [{"feedback_id": uuid.uuid4().hex, "value": 1.0,
-                                     "ts": now_micros()}])
+            wal.append(
+                "feedback", [{"feedback_id": uuid.uuid4().hex, "value": 1.0, "ts": now_micros()}]
+            )
         ingest(paths, SETTINGS.model_copy(update={"compact_min_files": 100}))
     assert len(Manifest.load(paths.manifest).files["turns"]) == 4
     report = ingest(paths, SETTINGS)
@@ -127,8 +138,13 @@ def test_schema_evolution_reads_old_files(paths: LedgerPaths) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    old = pa.table({"turn_id": ["old"], "session_id": ["s"],
-                    "ts_start": pa.array([now_micros()], pa.timestamp("us", tz="UTC"))})
+    old = pa.table(
+        {
+            "turn_id": ["old"],
+            "session_id": ["s"],
+            "ts_start": pa.array([now_micros()], pa.timestamp("us", tz="UTC")),
+        }
+    )
     rel = "turns/date=2026-01-01/part-old.parquet"
     (paths.ledger / rel).parent.mkdir(parents=True)
     pq.write_table(old, paths.ledger / rel)
@@ -161,8 +177,9 @@ WRITER = textwrap.dedent(
 
 def test_kill9_writer_loses_no_acknowledged_row(paths: LedgerPaths) -> None:
     """Every row acknowledged before a kill -9 is in the ledger after it."""
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(paths.wal)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(paths.wal)], stdout=subprocess.PIPE, text=True
+    )
     acked: list[str] = []
     deadline = time.monotonic() + 1.5
     assert proc.stdout is not None

@@ -31,13 +31,13 @@ def _client(proxy: ProxyProcess) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=proxy.url, api_key="k", max_retries=0)
 
 
-def test_message_non_streaming(
-    mode_proxy: tuple[str, ProxyProcess], stub: StubUpstream
-) -> None:
+def test_message_non_streaming(mode_proxy: tuple[str, ProxyProcess], stub: StubUpstream) -> None:
     mode, proxy = mode_proxy
     marker = uuid.uuid4().hex
     msg = _client(proxy).messages.create(
-        model="claude-test", max_tokens=50, system="Be brief.",
+        model="claude-test",
+        max_tokens=50,
+        system="Be brief.",
         messages=[{"role": "user", "content": f"hi {marker}"}],
     )
     assert msg.content[0].text == f"Echo: hi {marker}"
@@ -58,7 +58,9 @@ def test_message_streaming_with_tool_use(mode_proxy: tuple[str, ProxyProcess]) -
     _, proxy = mode_proxy
     marker = uuid.uuid4().hex
     with _client(proxy).messages.stream(
-        model="claude-test", max_tokens=50, tools=TOOLS,
+        model="claude-test",
+        max_tokens=50,
+        tools=TOOLS,
         messages=[{"role": "user", "content": f"[[text:checking]] [[tool:lookup]] {marker}"}],
     ) as stream:
         text = "".join(stream.text_stream)
@@ -82,18 +84,26 @@ def test_tool_result_continues_the_session(mode_proxy: tuple[str, ProxyProcess])
     marker = uuid.uuid4().hex
     client = _client(proxy)
     first = client.messages.create(
-        model="c", max_tokens=50, tools=TOOLS,
+        model="c",
+        max_tokens=50,
+        tools=TOOLS,
         messages=[{"role": "user", "content": f"[[tool:lookup]] {marker}"}],
     )
     tool = next(b for b in first.content if b.type == "tool_use")
     client.messages.create(
-        model="c", max_tokens=50, tools=TOOLS,
+        model="c",
+        max_tokens=50,
+        tools=TOOLS,
         messages=[
             {"role": "user", "content": f"[[tool:lookup]] {marker}"},
-            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in
-                                              first.content]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool.id,
-                                          "content": "42"}]},
+            {
+                "role": "assistant",
+                "content": [b.model_dump(exclude_none=True) for b in first.content],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": tool.id, "content": "42"}],
+            },
         ],
     )
     turns = proxy.turns(f"request::VARCHAR LIKE '%{marker}%'")
@@ -105,7 +115,8 @@ def test_upstream_error_is_anthropic_shaped(mode_proxy: tuple[str, ProxyProcess]
     _, proxy = mode_proxy
     with pytest.raises(anthropic.APIStatusError) as info:
         _client(proxy).messages.create(
-            model="c", max_tokens=5, messages=[{"role": "user", "content": "[[error:429]]"}])
+            model="c", max_tokens=5, messages=[{"role": "user", "content": "[[error:429]]"}]
+        )
     assert info.value.status_code == 429
     assert info.value.body["type"] == "error"
     assert info.value.body["error"]["type"] in {"rate_limit_error", "api_error"}
@@ -115,6 +126,7 @@ def test_bad_anthropic_request(mode_proxy: tuple[str, ProxyProcess], tmp_path: P
     _, proxy = mode_proxy
     with pytest.raises(anthropic.BadRequestError) as info:
         _client(proxy).messages.create(
-            model="c", max_tokens=5, messages=[{"role": "system", "content": "no"}])
+            model="c", max_tokens=5, messages=[{"role": "system", "content": "no"}]
+        )
     assert info.value.body["error"]["type"] == "invalid_request_error"
     assert "role" in info.value.body["error"]["message"]

@@ -23,24 +23,35 @@ def _chat_loop(url: str, stream: bool, done: list[str], stop: threading.Event) -
         content = f"{marker} [[words:30]]" + (" [[chunk_delay:0.001]]" if stream else "")
         try:
             if stream:
-                chunks = list(client.chat.completions.create(
-                    model="m", stream=True, messages=[{"role": "user", "content": content}]))
+                chunks = list(
+                    client.chat.completions.create(
+                        model="m", stream=True, messages=[{"role": "user", "content": content}]
+                    )
+                )
                 assert chunks[-1].choices[0].finish_reason == "stop"
             else:
                 client.chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": content}])
+                    model="m", messages=[{"role": "user", "content": content}]
+                )
         except (openai.APIError, httpx.HTTPError):
             return  # the proxy is gone
         done.append(marker)  # the client holds a complete response
 
 
 def test_kill9_under_load_loses_no_completed_turn(stub: StubUpstream, tmp_path: Path) -> None:
-    proxy = ProxyProcess(tmp_path / "home", {"METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
-                                             "METACLAW_LEDGER__WAL_ROTATE_S": "0.3"}).start()
+    proxy = ProxyProcess(
+        tmp_path / "home",
+        {
+            "METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
+            "METACLAW_LEDGER__WAL_ROTATE_S": "0.3",
+        },
+    ).start()
     done: list[str] = []
     stop = threading.Event()
-    workers = [threading.Thread(target=_chat_loop, args=(proxy.url, i % 2 == 0, done, stop))
-               for i in range(8)]
+    workers = [
+        threading.Thread(target=_chat_loop, args=(proxy.url, i % 2 == 0, done, stop))
+        for i in range(8)
+    ]
     for w in workers:
         w.start()
     time.sleep(1.0)
@@ -60,8 +71,10 @@ def test_kill9_under_load_loses_no_completed_turn(stub: StubUpstream, tmp_path: 
 
 
 def test_ledger_failure_never_fails_a_chat_request(stub: StubUpstream, tmp_path: Path) -> None:
-    env = {"METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
-           "METACLAW_LEDGER__WAL_ROTATE_S": "0.1"}
+    env = {
+        "METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
+        "METACLAW_LEDGER__WAL_ROTATE_S": "0.1",
+    }
     with ProxyProcess(tmp_path / "home", env) as proxy:
         client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0)
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "a"}])
@@ -70,10 +83,14 @@ def test_ledger_failure_never_fails_a_chat_request(stub: StubUpstream, tmp_path:
         wal.rename(tmp_path / "wal-moved")
         wal.write_text("the disk is gone")
         reply = client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "b"}])
+            model="m", messages=[{"role": "user", "content": "b"}]
+        )
         assert reply.choices[0].message.content == "Echo: b"
-        streamed = list(client.chat.completions.create(
-            model="m", stream=True, messages=[{"role": "user", "content": "c"}]))
+        streamed = list(
+            client.chat.completions.create(
+                model="m", stream=True, messages=[{"role": "user", "content": "c"}]
+            )
+        )
         assert streamed[-1].choices[0].finish_reason == "stop"
         health = proxy.health()
         assert health["status"] == "ok" and health["ledger"]["failed"] == 2

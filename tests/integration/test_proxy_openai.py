@@ -94,8 +94,10 @@ def test_tool_calls_round_trip(client: openai.OpenAI, proxy: ProxyProcess, strea
         got = calls[0]
     else:
         message = client.chat.completions.create(**kwargs).choices[0].message
-        got = {"name": message.tool_calls[0].function.name,
-               "arguments": message.tool_calls[0].function.arguments}
+        got = {
+            "name": message.tool_calls[0].function.name,
+            "arguments": message.tool_calls[0].function.arguments,
+        }
     assert got["name"] == "search"
     assert json.loads(got["arguments"]) == {"query": f"find {marker}"}
 
@@ -134,7 +136,10 @@ def test_explicit_session_identity_precedence(client: openai.OpenAI, proxy: Prox
     marker = uuid.uuid4().hex
     msgs = [{"role": "user", "content": f"id {marker}"}]
     client.chat.completions.create(
-        model="m", messages=msgs, user="u-1", extra_body={"prompt_cache_key": f"oc-{marker}:0"},
+        model="m",
+        messages=msgs,
+        user="u-1",
+        extra_body={"prompt_cache_key": f"oc-{marker}:0"},
         extra_headers={"X-Session-Id": f"hdr-{marker}"},
     )
     client.chat.completions.create(

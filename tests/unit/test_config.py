@@ -31,8 +31,10 @@ def test_defaults_without_file_or_env(toml: Path) -> None:
 
 
 def test_env_overrides_file(toml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    toml.write_text('home = "/data/mc"\n[proxy]\nport = 9000\nhost = "0.0.0.0"\n'
-                    '[upstream]\nbase_url = "http://file/v1"\n')
+    toml.write_text(
+        'home = "/data/mc"\n[proxy]\nport = 9000\nhost = "0.0.0.0"\n'
+        '[upstream]\nbase_url = "http://file/v1"\n'
+    )
     monkeypatch.setenv("METACLAW_PROXY__PORT", "9100")
     monkeypatch.setenv("METACLAW_TRAINING__LORA_RANK", "8")
     s = Settings()

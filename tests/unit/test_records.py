@@ -30,8 +30,16 @@ def test_torn_and_corrupt_tails_stop_reading() -> None:
 def test_rows_to_table_fills_schema_and_encodes_json() -> None:
     table = rows_to_table(
         TURNS,
-        [{"turn_id": "t", "session_id": "s", "ts_start": 1_764_072_000_000_000,
-          "usage": {"prompt_tokens": 1}, "injected_skills": ["a@1"], "unknown": 5}],
+        [
+            {
+                "turn_id": "t",
+                "session_id": "s",
+                "ts_start": 1_764_072_000_000_000,
+                "usage": {"prompt_tokens": 1},
+                "injected_skills": ["a@1"],
+                "unknown": 5,
+            }
+        ],
         with_partition=True,
     )
     assert table.schema.names == [*TURNS.schema.names, "date"]

@@ -19,9 +19,12 @@ def test_hash_chain_continues_a_conversation() -> None:
     first = [{"role": "system", "content": "t=1"}, {"role": "user", "content": "hi"}]
     sid = tracker.resolve(None, first)
     tracker.remember(first, {"role": "assistant", "content": "hello"}, sid)
-    second = [{"role": "system", "content": "t=2"}, {"role": "user", "content": "hi"},
-              {"role": "assistant", "content": [{"type": "text", "text": "hello"}]},
-              {"role": "user", "content": "more"}]
+    second = [
+        {"role": "system", "content": "t=2"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "text", "text": "hello"}]},
+        {"role": "user", "content": "more"},
+    ]
     assert tracker.resolve(None, second) == sid
     fresh = [{"role": "user", "content": "hi"}]
     assert tracker.resolve(None, fresh) != sid
@@ -30,29 +33,63 @@ def test_hash_chain_continues_a_conversation() -> None:
 def test_tool_arguments_compare_by_value() -> None:
     tracker = SessionTracker()
     msgs = [{"role": "user", "content": "x"}]
-    reply = {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "1", "type": "function", "function": {"name": "f", "arguments": '{"a":1,"b":2}'}}]}
+    reply = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "1", "type": "function", "function": {"name": "f", "arguments": '{"a":1,"b":2}'}}
+        ],
+    }
     tracker.remember(msgs, reply, "s1")
-    again = [*msgs, {"role": "assistant", "content": "", "tool_calls": [
-        {"id": "1", "type": "function", "function": {"name": "f", "arguments": '{"b": 2, "a": 1}'}}]},
-        {"role": "tool", "tool_call_id": "1", "content": "ok"}]
+    again = [
+        *msgs,
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "1",
+                    "type": "function",
+                    "function": {"name": "f", "arguments": '{"b": 2, "a": 1}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "1", "content": "ok"},
+    ]
     assert tracker.resolve(None, again) == "s1"
 
 
 def test_cache_is_bounded() -> None:
     tracker = SessionTracker(max_size=2)
     for i in range(5):
-        tracker.remember([{"role": "user", "content": str(i)}], {"role": "assistant",
-                                                                   "content": "r"}, f"s{i}")
-    old = [{"role": "user", "content": "0"}, {"role": "assistant", "content": "r"},
-           {"role": "user", "content": "n"}]
-    new = [{"role": "user", "content": "4"}, {"role": "assistant", "content": "r"},
-           {"role": "user", "content": "n"}]
+        tracker.remember(
+            [{"role": "user", "content": str(i)}], {"role": "assistant", "content": "r"}, f"s{i}"
+        )
+    old = [
+        {"role": "user", "content": "0"},
+        {"role": "assistant", "content": "r"},
+        {"role": "user", "content": "n"},
+    ]
+    new = [
+        {"role": "user", "content": "4"},
+        {"role": "assistant", "content": "r"},
+        {"role": "user", "content": "n"},
+    ]
     assert tracker.resolve(None, old) != "s0"
     assert tracker.resolve(None, new) == "s4"
 
 
 def test_turn_index_counts_assistant_replies() -> None:
     assert turn_index([{"role": "user"}]) == 0
-    assert turn_index([{"role": "user"}, {"role": "assistant"}, {"role": "tool"},
-                       {"role": "assistant"}, {"role": "user"}]) == 2
+    assert (
+        turn_index(
+            [
+                {"role": "user"},
+                {"role": "assistant"},
+                {"role": "tool"},
+                {"role": "assistant"},
+                {"role": "user"},
+            ]
+        )
+        == 2
+    )
