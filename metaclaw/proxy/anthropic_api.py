@@ -24,10 +24,12 @@ from metaclaw.proxy.anthropic_compat import (
 from metaclaw.proxy.capture import TurnDraft
 from metaclaw.proxy.completion import (
     Completion,
+    PolicyTrace,
     finish_from_anthropic,
     from_accumulator,
     from_anthropic,
     from_openai,
+    pop_policy_trace,
 )
 from metaclaw.proxy.errors import ProxyError, anthropic_error_body
 from metaclaw.proxy.relay import (
@@ -111,6 +113,7 @@ class TranslatedStreamRelay(StreamRelay):
         super().__init__(*args)
         self.acc = OpenAIStreamAccumulator()
         self.conv = OpenAIToAnthropicStream(model)
+        self.policy: PolicyTrace | None = None
 
     def is_terminal(self, event: SSEEvent) -> bool:
         return event.data.strip() == "[DONE]"
@@ -126,6 +129,7 @@ class TranslatedStreamRelay(StreamRelay):
                 "upstream_error",
                 "upstream_stream_error",
             )
+        self.policy = pop_policy_trace(chunk) or self.policy
         self.acc.add(chunk)
         if self.acc.first_content_seen:
             self.draft.mark_first_token()
@@ -135,8 +139,9 @@ class TranslatedStreamRelay(StreamRelay):
         return [encode_anthropic_event(k, d) for k, d in self.conv.finish()]
 
     def completion(self) -> tuple[Completion, dict[str, Any]]:
-        result = self.acc.result()
-        return from_accumulator(self.acc), openai_response_to_anthropic(result, self.conv.model)
+        completion = from_accumulator(self.acc)
+        completion.policy = self.policy
+        return completion, openai_response_to_anthropic(self.acc.result(), self.conv.model)
 
     def error_event(self, err: ProxyError) -> bytes:
         return _anthropic_error_event(err)

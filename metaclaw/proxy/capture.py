@@ -54,6 +54,7 @@ class TurnDraft:
     ) -> Row:
         """The complete `turns` row; every column of the schema is set explicitly."""
         done = completion or Completion()
+        policy = done.policy
         now = time.perf_counter()
         latency_ms = (now - self.started) * 1000
         ttft_ms = (self.first_token - self.started) * 1000 if self.first_token else None
@@ -70,16 +71,16 @@ class TurnDraft:
             "request": self.request,
             "injected_skills": [],
             "skill_set_version": None,
-            "served_by": "upstream",
+            "served_by": "policy" if policy else "upstream",
             "model": done.model or self.model,
-            "policy_checkpoint": None,
+            "policy_checkpoint": policy.checkpoint if policy else None,
             "response": response,
             "completion_text": done.text,
             "tool_calls": done.tool_calls or None,
             "finish_reason": done.finish_reason,
-            "prompt_token_ids": None,
-            "completion_token_ids": None,
-            "completion_logprobs": None,
+            "prompt_token_ids": policy.prompt_token_ids if policy else None,
+            "completion_token_ids": policy.completion_token_ids if policy else None,
+            "completion_logprobs": policy.completion_logprobs if policy else None,
             "usage": done.usage,
             "latency_ms": latency_ms,
             "ttft_ms": ttft_ms,

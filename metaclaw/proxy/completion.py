@@ -22,6 +22,41 @@ def finish_from_anthropic(stop_reason: str | None) -> str | None:
     return _ANTHROPIC_STOP.get(stop_reason, stop_reason) if stop_reason else None
 
 
+POLICY_FIELD = "metaclaw"  # extension field our policy server adds to its responses
+
+
+@dataclass(frozen=True)
+class PolicyTrace:
+    """What our own policy server reports about a reply: the on-policy training data."""
+
+    prompt_token_ids: list[int]
+    completion_token_ids: list[int]
+    completion_logprobs: list[float]
+    checkpoint: str | None
+
+    @classmethod
+    def parse(cls, value: Any) -> PolicyTrace | None:
+        """The trace from an extension field, or None when it is absent or malformed."""
+        if not isinstance(value, dict):
+            return None
+        ids, completion, logprobs = (
+            value.get("prompt_token_ids"),
+            value.get("completion_token_ids"),
+            value.get("completion_logprobs"),
+        )
+        if not (isinstance(ids, list) and isinstance(completion, list)):
+            return None
+        if not isinstance(logprobs, list) or len(logprobs) != len(completion):
+            return None
+        checkpoint = value.get("checkpoint")
+        return cls(ids, completion, logprobs, checkpoint if isinstance(checkpoint, str) else None)
+
+
+def pop_policy_trace(payload: dict[str, Any]) -> PolicyTrace | None:
+    """Remove the extension field (clients need not see token ids) and parse it."""
+    return PolicyTrace.parse(payload.pop(POLICY_FIELD, None))
+
+
 @dataclass
 class Completion:
     text: str | None = None
@@ -29,6 +64,7 @@ class Completion:
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     model: str | None = None
+    policy: PolicyTrace | None = None
 
     def reply_message(self) -> dict[str, Any]:
         """The assistant message a client will send back next turn (for the hash chain)."""
@@ -64,6 +100,7 @@ def from_openai(resp: dict[str, Any]) -> Completion:
         finish_reason=choice.get("finish_reason"),
         usage=resp.get("usage"),
         model=resp.get("model"),
+        policy=PolicyTrace.parse(resp.get(POLICY_FIELD)),
     )
 
 

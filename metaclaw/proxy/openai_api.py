@@ -10,7 +10,14 @@ from starlette.responses import Response
 
 from metaclaw.proxy.accumulate import OpenAIStreamAccumulator
 from metaclaw.proxy.capture import TurnDraft
-from metaclaw.proxy.completion import Completion, from_accumulator, from_openai
+from metaclaw.proxy.completion import (
+    POLICY_FIELD,
+    Completion,
+    PolicyTrace,
+    from_accumulator,
+    from_openai,
+    pop_policy_trace,
+)
 from metaclaw.proxy.errors import ProxyError, openai_error_body
 from metaclaw.proxy.relay import (
     ProxyState,
@@ -36,6 +43,7 @@ class OpenAIStreamRelay(StreamRelay):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.acc = OpenAIStreamAccumulator()
+        self.policy: PolicyTrace | None = None
 
     def is_terminal(self, event: SSEEvent) -> bool:
         return event.data.strip() == "[DONE]"
@@ -57,10 +65,15 @@ class OpenAIStreamRelay(StreamRelay):
                 self.acc.add(chunk)
                 if self.acc.first_content_seen:
                     self.draft.mark_first_token()
+                if POLICY_FIELD in chunk:  # our policy's trace: keep it, don't forward it
+                    self.policy = pop_policy_trace(chunk)
+                    return [b"data: " + orjson.dumps(chunk) + b"\n\n"]
         return [event.raw]
 
     def completion(self) -> tuple[Completion, dict[str, Any]]:
-        return from_accumulator(self.acc), self.acc.result()
+        completion = from_accumulator(self.acc)
+        completion.policy = self.policy
+        return completion, self.acc.result()
 
     def error_event(self, err: ProxyError) -> bytes:
         return b"data: " + orjson.dumps(openai_error_body(err)) + b"\n\n"
@@ -93,7 +106,11 @@ async def chat_completions(request: Request) -> Response:
         relay = OpenAIStreamRelay(state, draft, resp, messages)
         return RelayResponse(relay.events(), media_type="text/event-stream")
     raw, data = await read_upstream_json(state, draft, resp)
-    await finish_turn(state, draft, from_openai(data), data, messages)
+    completion = from_openai(data)
+    if POLICY_FIELD in data:
+        del data[POLICY_FIELD]
+        raw = orjson.dumps(data)
+    await finish_turn(state, draft, completion, data, messages)
     return Response(raw, media_type="application/json")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import httpx
 import openai
 import pytest
 
@@ -159,3 +160,29 @@ def test_healthz_reports_ledger(proxy: ProxyProcess) -> None:
     assert health["status"] == "ok"
     assert health["ledger"]["failed"] == 0
     assert health["upstream"]["openai_configured"] is True
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_policy_served_turn_records_tokens_and_hides_the_trace(
+    proxy: ProxyProcess, stream: bool
+) -> None:
+    """A reply from our policy server carries token ids + logprobs: an on-policy turn."""
+    marker = uuid.uuid4().hex
+    body = {"model": "m", "stream": stream,
+            "messages": [{"role": "user", "content": f"{marker} [[policy:ckpt-7]] [[words:4]]"}]}
+    resp = httpx.post(proxy.url + "/v1/chat/completions", json=body, timeout=10)
+    assert resp.status_code == 200
+    assert "metaclaw" not in resp.text, "clients never see the trace"
+    turn = _turn(proxy, f"request::VARCHAR LIKE '%{marker}%'")
+    assert turn["served_by"] == "policy" and turn["policy_checkpoint"] == "ckpt-7"
+    assert turn["completion_token_ids"] == [100, 101, 102, 103]
+    assert turn["completion_logprobs"] == [-0.5] * 4
+    assert len(turn["prompt_token_ids"]) > 0
+    assert "metaclaw" not in turn["response"]
+
+
+def test_upstream_turn_is_off_policy(proxy: ProxyProcess, client: openai.OpenAI) -> None:
+    marker = uuid.uuid4().hex
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": marker}])
+    turn = _turn(proxy, f"request::VARCHAR LIKE '%{marker}%'")
+    assert turn["served_by"] == "upstream" and turn["completion_token_ids"] is None

@@ -31,6 +31,8 @@ Directives (in the text of the last user message; removed from the echoed text):
 * ``[[drop]]`` - streaming: send two events, then close the connection; otherwise close it
   without any response.
 * ``[[garbage]]`` - 200 with body ``not json`` and content-type application/json.
+* ``[[policy:CHECKPOINT]]`` - act as MetaClaw's policy server: the response (or the finishing
+  chunk) carries the ``metaclaw`` extension field with token ids and logprobs.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ DEFAULT_MODEL = "stub-model"
 TOOL_ARG_FRAGMENT = 8  # characters of tool-call arguments JSON per streamed delta
 
 _DIRECTIVE_RE = re.compile(
-    r"\[\[(error|delay|chunk_delay|tool|text|words|finish|drop|garbage)(?::(.*?))?\]\]",
+    r"\[\[(error|delay|chunk_delay|tool|text|words|finish|drop|garbage|policy)(?::(.*?))?\]\]",
     re.DOTALL,
 )
 _WORD_RE = re.compile(r"\s*\S+")
@@ -116,6 +118,7 @@ class Directives:
     finish: str | None = None
     drop: bool = False
     garbage: bool = False
+    policy: str | None = None  # act as our policy server: add the `metaclaw` trace field
 
 
 def parse_directives(text: str) -> Directives:
@@ -147,6 +150,8 @@ def parse_directives(text: str) -> Directives:
                 d.drop = True
             elif name == "garbage":
                 d.garbage = True
+            elif name == "policy":
+                d.policy = raw
         except ValueError as exc:
             raise BadDirective(f"bad directive [[{name}:{value}]]") from exc
     d.cleaned = _DIRECTIVE_RE.sub("", text).strip()
@@ -422,11 +427,13 @@ def create_app(record_limit: int = RECORD_LIMIT) -> Starlette:
         reply = build_reply(d, state.tool_ids, "call_stub_")
         model = body.get("model") or DEFAULT_MODEL
         usage = _openai_usage(prompt_tokens(body), completion_tokens(reply))
+        trace = _policy_trace(d.policy, usage) if d.policy is not None else None
         if not stream:
-            return json_response(_openai_completion(n, model, reply, usage))
+            completion = _openai_completion(n, model, reply, usage)
+            return json_response({**completion, "metaclaw": trace} if trace else completion)
         opts = body.get("stream_options")
         include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
-        events = _openai_events(n, model, reply, usage if include_usage else None)
+        events = _openai_events(n, model, reply, usage if include_usage else None, trace)
         return StreamingResponse(
             paced(events, d.chunk_delay, d.drop, request.scope),
             media_type=_SSE,
@@ -514,8 +521,23 @@ def _openai_completion(n: int, model: str, reply: Reply, usage: dict[str, int]) 
     }
 
 
+def _policy_trace(checkpoint: str, usage: dict[str, int]) -> dict[str, Any]:
+    """The extension field MetaClaw's policy server adds (made-up ids, fixed logprobs)."""
+    n = usage["completion_tokens"]
+    return {
+        "prompt_token_ids": list(range(usage["prompt_tokens"])),
+        "completion_token_ids": list(range(100, 100 + n)),
+        "completion_logprobs": [-0.5] * n,
+        "checkpoint": checkpoint or None,
+    }
+
+
 def _openai_events(
-    n: int, model: str, reply: Reply, usage: dict[str, int] | None
+    n: int,
+    model: str,
+    reply: Reply,
+    usage: dict[str, int] | None,
+    trace: dict[str, Any] | None = None,
 ) -> Iterator[bytes]:
     base: dict[str, Any] = {
         "id": f"chatcmpl-stub-{n}",
@@ -529,7 +551,8 @@ def _openai_events(
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return _sse_data({**base, "choices": [choice]})
+        extra = {"metaclaw": trace} if finish and trace else {}
+        return _sse_data({**base, "choices": [choice], **extra})
 
     yield chunk({"role": "assistant", "content": ""})
     for piece in split_words(reply.text or ""):
