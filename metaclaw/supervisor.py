@@ -30,7 +30,12 @@ OFFLINE_ENV = {
 
 def prefect_env(prefect_home: Path, api_url: str | None = None) -> dict[str, str]:
     """Environment for anything that talks to Prefect: telemetry off, state under our home."""
-    env = {**OFFLINE_ENV, "PREFECT_HOME": str(prefect_home.resolve())}
+    env = {
+        **OFFLINE_ENV,
+        "PREFECT_HOME": str(prefect_home.resolve()),
+        # Heartbeats every 30 s (the minimum) so a dead run is marked Crashed within ~90 s.
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+    }
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
