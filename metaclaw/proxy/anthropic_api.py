@@ -173,10 +173,12 @@ async def messages(request: Request) -> Response:
             return await relay_upstream_error(state, draft, resp, anthropic=True)
         if stream:
             relay = AnthropicStreamRelay(state, draft, resp, history)
-            return RelayResponse(relay.events(), media_type="text/event-stream")
+            return RelayResponse(
+                relay.events(), media_type="text/event-stream", headers=draft.headers()
+            )
         raw, data = await read_upstream_json(state, draft, resp)
         await finish_turn(state, draft, from_anthropic(data), data, history)
-        return Response(raw, media_type="application/json")
+        return Response(raw, media_type="application/json", headers=draft.headers())
 
     resp = await open_upstream(
         state,
@@ -189,8 +191,10 @@ async def messages(request: Request) -> Response:
         )
     if stream:
         relay = TranslatedStreamRelay(state, draft, resp, history, model=model)
-        return RelayResponse(relay.events(), media_type="text/event-stream")
+        return RelayResponse(
+            relay.events(), media_type="text/event-stream", headers=draft.headers()
+        )
     _, data = await read_upstream_json(state, draft, resp)
     message = openai_response_to_anthropic(data, model or None)
     await finish_turn(state, draft, from_openai(data), message, history)
-    return json_response(message)
+    return json_response(message, headers=draft.headers())

@@ -39,6 +39,10 @@ class TurnDraft:
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
 
+    def headers(self) -> dict[str, str]:
+        """Response headers naming the turn, so a client can post feedback on it."""
+        return {"x-metaclaw-turn-id": self.turn_id, "x-metaclaw-session-id": self.session_id}
+
     def mark_first_token(self) -> None:
         if self.first_token is None:
             self.first_token = time.perf_counter()

@@ -104,14 +104,16 @@ async def chat_completions(request: Request) -> Response:
         return await relay_upstream_error(state, draft, resp, anthropic=False)
     if stream:
         relay = OpenAIStreamRelay(state, draft, resp, messages)
-        return RelayResponse(relay.events(), media_type="text/event-stream")
+        return RelayResponse(
+            relay.events(), media_type="text/event-stream", headers=draft.headers()
+        )
     raw, data = await read_upstream_json(state, draft, resp)
     completion = from_openai(data)
     if POLICY_FIELD in data:
         del data[POLICY_FIELD]
         raw = orjson.dumps(data)
     await finish_turn(state, draft, completion, data, messages)
-    return Response(raw, media_type="application/json")
+    return Response(raw, media_type="application/json", headers=draft.headers())
 
 
 async def list_models(request: Request) -> Response:

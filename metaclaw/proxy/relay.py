@@ -46,8 +46,10 @@ class ProxyState:
         return {**body, "model": model} if model else body
 
 
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
 
 
 def error_response(err: ProxyError, *, anthropic: bool) -> Response:
@@ -228,7 +230,6 @@ class StreamRelay:
             completion=completion,
             error=error,
         )
-
 
     async def events(self) -> AsyncIterator[bytes]:
         parser = SSEParser()

@@ -186,3 +186,14 @@ def test_upstream_turn_is_off_policy(proxy: ProxyProcess, client: openai.OpenAI)
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": marker}])
     turn = _turn(proxy, f"request::VARCHAR LIKE '%{marker}%'")
     assert turn["served_by"] == "upstream" and turn["completion_token_ids"] is None
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_response_names_its_turn(proxy: ProxyProcess, stream: bool) -> None:
+    marker = uuid.uuid4().hex
+    body = {"model": "m", "stream": stream, "messages": [{"role": "user", "content": marker}],
+            "user": f"u-{marker}"}
+    resp = httpx.post(proxy.url + "/v1/chat/completions", json=body, timeout=10)
+    turn = _turn(proxy, f"request::VARCHAR LIKE '%{marker}%'")
+    assert resp.headers["x-metaclaw-turn-id"] == turn["turn_id"]
+    assert resp.headers["x-metaclaw-session-id"] == f"u-{marker}"
