@@ -6,4 +6,9 @@ turn) adds its view here, so every reader — flows, `metaclaw sql`, tests — s
 
 from __future__ import annotations
 
-DERIVED_VIEWS: dict[str, str] = {}
+from metaclaw.scoring.combine import VIEWS as SCORING_VIEWS
+
+DERIVED_VIEWS: dict[str, str] = {
+    # scoring: turn_feedback, turn_rewards, judge_agreement (metaclaw/scoring/combine.py)
+    **SCORING_VIEWS,
+}

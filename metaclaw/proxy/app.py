@@ -19,6 +19,7 @@ from metaclaw.ledger.wal import WalWriter
 from metaclaw.proxy.anthropic_api import messages
 from metaclaw.proxy.capture import Recorder
 from metaclaw.proxy.errors import ProxyError, error_body, is_anthropic_path
+from metaclaw.proxy.feedback_api import feedback
 from metaclaw.proxy.openai_api import chat_completions, list_models
 from metaclaw.proxy.relay import ProxyState, error_response, json_response
 from metaclaw.proxy.session import SessionTracker
@@ -101,6 +102,7 @@ def create_app(settings: Settings, wal: WalWriter | None = None) -> FastAPI:
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_api_route("/v1/messages", messages, methods=["POST"])
     app.add_api_route("/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/v1/feedback", feedback, methods=["POST"])
     app.add_api_route("/healthz", healthz, methods=["GET"])
 
     @app.exception_handler(ProxyError)

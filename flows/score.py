@@ -1,0 +1,83 @@
+"""# Score: every turn gets a reward it can be trusted for, with its provenance
+
+The proxy lands turns; this flow gives them rewards (docs/scoring.md). It finds the sessions with
+turns not yet scored by the current scorer versions, and for each batch of sessions:
+
+1. places every turn in its conversation, so each reply is paired with what happened next — the
+   user's next message or the tool results;
+2. writes the **implicit** signals whose evidence is final (correction, re-ask, continuation,
+   tool/upstream error, abandonment, session length);
+3. asks the **judge** (when one is configured) for m votes on each turn that is ready — it has a
+   next state, or its session has been idle long enough — within the run's call budget.
+
+Explicit feedback needs no step: `turn_rewards` reads the `feedback` table directly and ranks it
+first. Re-running writes nothing new (stable reward ids); turns whose judge calls failed stay
+pending and are retried next run. `rescore=True` re-judges history scored by an older judge
+version. Each run publishes a markdown report and a table of the reward distribution.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from metaclaw.config import Settings
+from metaclaw.scoring.scorer import BatchReport, ScoreReport
+from tasks.scoring import plan_scoring, score_session_batch, summarise_rewards
+
+
+def _report_markdown(report: ScoreReport) -> str:
+    t = report.totals
+    judged = t.judged
+    inter = f"{t.agreement_sum / judged:.0%} mean, {t.unanimous}/{judged} unanimous, " \
+            f"{t.ties} ties" if judged else "-"
+    human = report.agreement.describe() if report.agreement else "-"
+    values = ", ".join(f"{k}: {v}" for k, v in sorted(t.judge_values.items())) or "-"
+    kinds = ", ".join(f"{k}: {v}" for k, v in sorted(t.implicit_kinds.items())) or "-"
+    judge = f"`{report.judge}`" if report.judge else "none configured (implicit + explicit only)"
+    lines = [
+        "## Score",
+        "",
+        f"- judge: {judge}; implicit: `{report.implicit_version}`",
+        f"- sessions scanned: **{t.sessions}** ({t.turns} turns); reward rows written: "
+        f"**{t.rewards_written}**",
+        f"- turns judged: **{judged}** (votes {values}); failed, retried next run: "
+        f"{t.judge_failed}; waiting for a next state: {t.judge_waiting}; over budget: "
+        f"{t.judge_skipped}",
+        f"- implicit signals: **{t.implicit_rows}** ({kinds})",
+        f"- judge agreement between votes: {inter}",
+        f"- judge–human agreement: {human}",
+        f"- cost: **{t.calls}** judge calls of a budget of {report.budget} ({t.retries} retries, "
+        f"{t.failed_calls} failed calls, {t.invalid_votes} unreadable votes), "
+        f"{t.judge_seconds:.1f} s judging",
+    ]
+    if t.errors:
+        lines += ["", "### Judge errors (first few)", ""] + [f"- {e}" for e in t.errors]
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="score")
+def score_flow(rescore: bool = False, max_calls: int | None = None) -> dict[str, Any]:
+    """Score unscored turns (judge + implicit signals); publishes a report artifact."""
+    settings = Settings()
+    plan = plan_scoring(settings, rescore)
+    budget = settings.judge.max_calls_per_run if max_calls is None else max_calls
+    totals = BatchReport()
+    for index in range(len(plan.batches)):
+        if plan.worth_loading(index, budget - totals.calls, settings.judge.votes):
+            totals.merge(score_session_batch(settings, plan, index, budget - totals.calls))
+    agreement, by_source = summarise_rewards(settings)
+    report = ScoreReport(plan.judge_version, plan.implicit_version, plan.sessions, totals, budget,
+                         agreement, by_source)
+    create_markdown_artifact(_report_markdown(report), key="score-report",
+                             description="Rewards written, judge agreement and cost")
+    if by_source:
+        create_table_artifact(by_source, key="score-rewards",
+                              description="turn_rewards by source (whole ledger)")
+    return report.to_dict()
+
+
+if __name__ == "__main__":
+    score_flow()
