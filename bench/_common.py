@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +20,8 @@ if str(REPO) not in sys.path:  # `tests` (the stub upstream) and `metaclaw` impo
 
 from metaclaw.ledger.records import Row  # noqa: E402
 from metaclaw.proxy.capture import TurnDraft  # noqa: E402
+
+_FINISH_TAKES_COMPLETION = "completion" in inspect.signature(TurnDraft.finish).parameters
 
 # -- statistics ----------------------------------------------------------------------------
 
@@ -107,11 +112,35 @@ def machine_summary() -> dict[str, Any]:
     except OSError:
         pass
     return {
+        "revision": git_revision(),
         "cores": os.cpu_count(),
         "cpu": cpu,
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def git_revision() -> str:
+    """`<short HEAD>[+dirty]` of the repository (read-only git calls), or `unknown`."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -121,6 +150,58 @@ def proc_cpu_seconds(pid: int) -> float:
     fields = data[data.rindex(")") + 2 :].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15)
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds all processes on the machine have used (all cores, from /proc/stat)."""
+    with open("/proc/stat") as fh:
+        fields = [int(v) for v in fh.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """How much CPU processes other than ours used over an interval (noise indicator)."""
+
+    def __init__(self) -> None:
+        self.start = system_busy_seconds()
+        self.t0 = time.monotonic()
+
+    def cores(self, ours_cpu_s: float) -> float:
+        """Average number of cores busy with other work since construction."""
+        elapsed = time.monotonic() - self.t0
+        other = system_busy_seconds() - self.start - ours_cpu_s
+        return max(0.0, other / elapsed) if elapsed > 0 else 0.0
+
+
+def wait_for_idle(max_wait_s: float, threshold: float = 0.25, quiet_s: float = 3.0) -> bool:
+    """Wait (up to `max_wait_s`) until other processes use < `threshold` cores for `quiet_s`."""
+    deadline = time.monotonic() + max_wait_s
+    quiet_since: float | None = None
+    while time.monotonic() < deadline:
+        probe = OtherLoad()
+        time.sleep(0.5)
+        if probe.cores(0.0) < threshold:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= quiet_s:
+                return True
+        else:
+            quiet_since = None
+    return False
+
+
+def load_warning() -> str | None:
+    """A line to print when the machine is already busy before a benchmark starts."""
+    probe = OtherLoad()
+    time.sleep(1.0)
+    busy = probe.cores(0.0)
+    if busy > 0.25:
+        return (
+            f"WARNING: other processes are using {busy:.1f} of {os.cpu_count()} cores "
+            "right now; figures will be noisy"
+        )
+    return None
 
 
 def clean_child_env(extra: dict[str, str]) -> dict[str, str]:
@@ -169,8 +250,24 @@ _TOOLS = [
 
 
 def _words(n: int, seed: int) -> str:
-    vocab = ("the", "proxy", "ledger", "turn", "stream", "parquet", "fsync", "client", "reply",
-             "session", "token", "latency", "commit", "segment", "query", "view")
+    vocab = (
+        "the",
+        "proxy",
+        "ledger",
+        "turn",
+        "stream",
+        "parquet",
+        "fsync",
+        "client",
+        "reply",
+        "session",
+        "token",
+        "latency",
+        "commit",
+        "segment",
+        "query",
+        "view",
+    )
     return " ".join(vocab[(seed * 7 + i * 3) % len(vocab)] for i in range(n))
 
 
@@ -202,8 +299,11 @@ def _response(variant: int, text: str) -> dict[str, Any]:
                 "finish_reason": "stop",
             }
         ],
-        "usage": {"prompt_tokens": 180 + variant, "completion_tokens": 40,
-                  "total_tokens": 220 + variant},
+        "usage": {
+            "prompt_tokens": 180 + variant,
+            "completion_tokens": 40,
+            "total_tokens": 220 + variant,
+        },
     }
 
 
@@ -235,7 +335,14 @@ class TurnFactory:
             draft.turn_id = turn_id
         draft.mark_first_token()
         response = self.responses[v]
-        return draft.finish(
+        if _FINISH_TAKES_COMPLETION:
+            from metaclaw.proxy.completion import Completion
+
+            done = Completion(
+                text=self.texts[v], finish_reason="stop", usage=response["usage"], model="gpt-bench"
+            )
+            return draft.finish(status="ok", http_status=200, response=response, completion=done)
+        return draft.finish(  # the earlier signature, with the completion's fields spelled out
             status="ok",
             http_status=200,
             response=response,

@@ -10,6 +10,8 @@ generator. On a small machine the load generator competes with both servers for 
 cores; the CPU each process used is printed so the figures can be read with that in mind.
 
 Targets (issue): added p50 <= 2 ms, added p99 <= 10 ms, proxy throughput >= 0.9x direct.
+Exit status 1 only on a correctness failure (errors, lost or doubled turns); a missed
+performance target shows in the verdict line.
 """
 
 from __future__ import annotations
@@ -36,12 +38,15 @@ import orjson
 
 from bench._common import (
     REPO,
+    OtherLoad,
     clean_child_env,
+    load_warning,
     machine_summary,
     median,
     percentile,
     print_table,
     proc_cpu_seconds,
+    wait_for_idle,
     write_json,
 )
 from metaclaw.config import LedgerPaths
@@ -53,9 +58,14 @@ PROMPT = "hello [[words:20]]"
 DONE = b"data: [DONE]\n\n"
 
 
-def request_body(stream: bool) -> bytes:
+def prompt(upstream_delay: float = 0.0) -> str:
+    return PROMPT + (f" [[delay:{upstream_delay:g}]]" if upstream_delay else "")
+
+
+def request_body(stream: bool, upstream_delay: float = 0.0) -> bytes:
+    content = prompt(upstream_delay)
     return orjson.dumps(
-        {"model": "m", "messages": [{"role": "user", "content": PROMPT}], "stream": stream}
+        {"model": "m", "messages": [{"role": "user", "content": content}], "stream": stream}
     )
 
 
@@ -147,6 +157,7 @@ class RunResult:
     ttft_ms: list[float] = field(repr=False)
     cpu_s: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds in the run
     first_error: str | None = None
+    other_cores: float = 0.0  # cores busy with processes other than ours during the run
 
     @property
     def rps(self) -> float:
@@ -161,7 +172,10 @@ class RunResult:
     def summary(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("latencies_ms", "ttft_ms")}
         out.update(
-            p50_ms=self.p(50), p90_ms=self.p(90), p99_ms=self.p(99), max_ms=self.p(100),
+            p50_ms=self.p(50),
+            p90_ms=self.p(90),
+            p99_ms=self.p(99),
+            max_ms=self.p(100),
             rps=self.rps,
         )
         if self.stream:
@@ -271,10 +285,10 @@ def check_body(status: int, body: bytes, stream: bool) -> None:
 
 
 async def run_raw(
-    url: str, stream: bool, concurrency: int, requests: int, warmup: int
+    url: str, stream: bool, concurrency: int, requests: int, warmup: int, delay: float = 0.0
 ) -> LoadOutcome:
     host, port = url.removeprefix("http://").rsplit(":", 1)
-    body = request_body(stream)
+    body = request_body(stream, delay)
     payload = (
         f"POST {PATH} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
         f"Accept: {'text/event-stream' if stream else 'application/json'}\r\n"
@@ -320,14 +334,15 @@ async def run_raw(
         wall = time.perf_counter() - start
     finally:
         await asyncio.gather(*(c.close() for c in conns))
-    return LoadOutcome(requests, wall, latencies, ttfts, errors,
-                       first_error[0] if first_error else None, warm_ok)
+    return LoadOutcome(
+        requests, wall, latencies, ttfts, errors, first_error[0] if first_error else None, warm_ok
+    )
 
 
 async def run_httpx(
-    url: str, stream: bool, concurrency: int, requests: int, warmup: int
+    url: str, stream: bool, concurrency: int, requests: int, warmup: int, delay: float = 0.0
 ) -> LoadOutcome:
-    body = request_body(stream)
+    body = request_body(stream, delay)
     headers = {"content-type": "application/json"}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies: list[float] = []
@@ -380,8 +395,9 @@ async def run_httpx(
         start = time.perf_counter()
         await asyncio.gather(*(worker(requests, True) for _ in range(concurrency)))
         wall = time.perf_counter() - start
-    return LoadOutcome(requests, wall, latencies, ttfts, errors,
-                       first_error[0] if first_error else None, warm_ok)
+    return LoadOutcome(
+        requests, wall, latencies, ttfts, errors, first_error[0] if first_error else None, warm_ok
+    )
 
 
 class Bench:
@@ -401,19 +417,33 @@ class Bench:
         url = self.stub.base_url if target == "direct" else self.proxy.url
         runner = run_raw if self.args.client == "raw" else run_httpx
         pids = {"stub": self.stub.proc.pid, "proxy": self.proxy.pid}  # type: ignore[union-attr]
+        others = OtherLoad()
         cpu0 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
         load0 = time.process_time()
         out = self.loop_runner.run(
             asyncio.wait_for(
-                runner(url, stream, concurrency, requests, warmup), self.args.run_timeout
+                runner(url, stream, concurrency, requests, warmup, self.args.upstream_delay),
+                self.args.run_timeout,
             )
         )
         cpu = {name: proc_cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
         cpu["loadgen"] = time.process_time() - load0
+        other_cores = others.cores(sum(cpu.values()))
         if target == "proxy":
             self.proxied_ok += out.requests - out.errors + out.warmup_ok
-        return RunResult(target, stream, concurrency, out.requests, out.errors, out.wall_s,
-                         out.latencies_ms, out.ttft_ms, cpu, out.first_error)
+        return RunResult(
+            target,
+            stream,
+            concurrency,
+            out.requests,
+            out.errors,
+            out.wall_s,
+            out.latencies_ms,
+            out.ttft_ms,
+            cpu,
+            out.first_error,
+            other_cores,
+        )
 
 
 def _loop_factory(name: str) -> Any:
@@ -449,14 +479,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=100, help="warm-up requests per run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 200])
     parser.add_argument("--mode", choices=["both", "nonstream", "stream"], default="both")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="direct/proxy pairs per config (alternating order); median reported")
-    parser.add_argument("--lowload-requests", type=int, default=300,
-                        help="requests of the concurrency-1 run (0 skips it)")
-    parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
-                        help="load generator HTTP client (raw asyncio HTTP/1.1 is cheaper)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="direct/proxy pairs per config (alternating order); median reported",
+    )
+    parser.add_argument(
+        "--lowload-requests",
+        type=int,
+        default=300,
+        help="requests of the concurrency-1 run (0 skips it)",
+    )
+    parser.add_argument(
+        "--upstream-delay",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="stub waits S seconds before answering ([[delay:S]]), to model a "
+        "real LLM's latency; 0 = answer at once (worst case for the proxy)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="load generator HTTP client (raw asyncio HTTP/1.1 is cheaper)",
+    )
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--run-timeout", type=float, default=300.0, help="seconds per run")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="first wait up to S seconds for other processes to go quiet",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--keep-home", action="store_true", help="keep the proxy's ledger dir")
     args = parser.parse_args(argv)
@@ -468,15 +525,29 @@ def main(argv: list[str] | None = None) -> int:
 
     modes = {"both": [False, True], "nonstream": [False], "stream": [True]}[args.mode]
     machine = machine_summary()
-    print(f"proxy overhead benchmark — {machine['cores']} cores ({machine['cpu']}), "
-          f"Python {machine['python']}")
-    print(f"load: {args.requests} requests per run after {args.warmup} warm-up, "
-          f"concurrency {args.concurrency}, {args.repeats} direct/proxy pair(s) per config "
-          f"(alternating order, median reported), client={args.client}/{args.loop}")
-    print(f"prompt {PROMPT!r} (stub replies with 20 words; streaming = 23 SSE events)")
-    print("NOTE: stub, proxy and this load generator share the same "
-          f"{machine['cores']} cores; at high concurrency the run is CPU-bound and the "
-          "throughput ratio mostly measures the proxy's CPU cost per request.\n")
+    print(
+        f"proxy overhead benchmark — {machine['cores']} cores ({machine['cpu']}), "
+        f"Python {machine['python']}, code {machine['revision']}"
+    )
+    print(
+        f"load: {args.requests} requests per run after {args.warmup} warm-up, "
+        f"concurrency {args.concurrency}, {args.repeats} direct/proxy pair(s) per config "
+        f"(alternating order, median reported), client={args.client}/{args.loop}"
+    )
+    print(
+        f"prompt {prompt(args.upstream_delay)!r} (stub replies with 20 words; streaming = "
+        "23 SSE events)"
+    )
+    if args.wait_idle and not wait_for_idle(args.wait_idle):
+        print(f"(machine not idle after waiting {args.wait_idle:.0f} s; starting anyway)")
+    warning = load_warning()
+    if warning:
+        print(warning)
+    print(
+        "NOTE: stub, proxy and this load generator share the same "
+        f"{machine['cores']} cores; at high concurrency the run is CPU-bound and the "
+        "throughput ratio mostly measures the proxy's CPU cost per request.\n"
+    )
 
     home_dir = tempfile.mkdtemp(prefix="metaclaw-bench-proxy-")
     home = Path(home_dir)
@@ -492,6 +563,27 @@ def main(argv: list[str] | None = None) -> int:
                 r = bench.run(target, False, 1, 1, 0)
                 if r.errors:
                     raise RuntimeError(f"{target} sanity request failed: {r.first_error}")
+
+            def low_load(when: str) -> dict[str, Any]:
+                print(f"  low load, {when}: concurrency 1, non-streaming", flush=True)
+                low_runs: dict[str, RunResult] = {}
+                for target in ("direct", "proxy"):
+                    r = bench.run(target, False, 1, args.lowload_requests, min(args.warmup, 50))
+                    runs_all.append(r)
+                    low_runs[target] = r
+                d, p = low_runs["direct"], low_runs["proxy"]
+                return {
+                    "when": when,
+                    "requests": args.lowload_requests,
+                    "direct": d.summary(),
+                    "proxy": p.summary(),
+                    "added_p50_ms": p.p(50) - d.p(50),
+                    "added_p99_ms": p.p(99) - d.p(99),
+                }
+
+            lows: list[dict[str, Any]] = []
+            if args.lowload_requests:
+                lows.append(low_load("fresh proxy"))
             rows = []
             for stream in modes:
                 for conc in args.concurrency:
@@ -504,15 +596,21 @@ def main(argv: list[str] | None = None) -> int:
                             r = bench.run(target, stream, conc, args.requests, args.warmup)
                             runs_all.append(r)
                             (direct_runs if target == "direct" else proxy_runs).append(r)
-                            print(f"  {name:<18} {target:<6} rep {rep + 1}: "
-                                  f"p50 {r.p(50):7.2f} ms  p99 {r.p(99):7.2f} ms  "
-                                  f"{r.rps:8.1f} req/s  errors {r.errors}"
-                                  + (f"  ({r.first_error})" if r.first_error else ""),
-                                  flush=True)
+                            print(
+                                f"  {name:<18} {target:<6} rep {rep + 1}: "
+                                f"p50 {r.p(50):7.2f} ms  p99 {r.p(99):7.2f} ms  "
+                                f"{r.rps:8.1f} req/s  errors {r.errors}  "
+                                f"other load {r.other_cores:.2f} cores"
+                                + (f"  ({r.first_error})" if r.first_error else ""),
+                                flush=True,
+                            )
                     d, p = aggregate(direct_runs), aggregate(proxy_runs)
                     entry = {
-                        "config": name, "stream": stream, "concurrency": conc,
-                        "direct": d, "proxy": p,
+                        "config": name,
+                        "stream": stream,
+                        "concurrency": conc,
+                        "direct": d,
+                        "proxy": p,
                         "added_p50_ms": p["p50_ms"] - d["p50_ms"],
                         "added_p99_ms": p["p99_ms"] - d["p99_ms"],
                         "throughput_ratio": p["rps"] / d["rps"],
@@ -521,22 +619,9 @@ def main(argv: list[str] | None = None) -> int:
                     results["configs"].append(entry)
                     rows.append(entry)
 
-            low: dict[str, Any] | None = None
             if args.lowload_requests:
-                print("\nlow load: concurrency 1, non-streaming (per-request overhead without "
-                      "CPU contention)")
-                low_runs: dict[str, RunResult] = {}
-                for target in ("direct", "proxy"):
-                    r = bench.run(target, False, 1, args.lowload_requests, min(args.warmup, 50))
-                    runs_all.append(r)
-                    low_runs[target] = r
-                d, p = low_runs["direct"], low_runs["proxy"]
-                low = {
-                    "requests": args.lowload_requests,
-                    "direct": d.summary(), "proxy": p.summary(),
-                    "added_p50_ms": p.p(50) - d.p(50), "added_p99_ms": p.p(99) - d.p(99),
-                }
-                results["low_load"] = low
+                lows.append(low_load("after the bursts (upstream pool full of idle connections)"))
+            results["low_load"] = lows
             health = proxy.health()
         finally:
             bench.close()
@@ -544,36 +629,90 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- report ----------------------------------------------------------------------------
     print("\nresults (median over repeats; latency = full response incl. whole SSE body)\n")
-    headers = ["config", "direct p50", "direct p99", "proxy p50", "proxy p99", "added p50",
-               "added p99", "direct rps", "proxy rps", "ratio", "errors d/p"]
+    headers = [
+        "config",
+        "direct p50",
+        "direct p99",
+        "proxy p50",
+        "proxy p99",
+        "added p50",
+        "added p99",
+        "direct rps",
+        "proxy rps",
+        "ratio",
+        "errors d/p",
+    ]
     table = []
     for e in rows:
         d, p = e["direct"], e["proxy"]
-        table.append([e["config"], d["p50_ms"], d["p99_ms"], p["p50_ms"], p["p99_ms"],
-                      e["added_p50_ms"], e["added_p99_ms"], d["rps"], p["rps"],
-                      e["throughput_ratio"], f"{d['errors']}/{p['errors']}"])
-    if low is not None:
+        table.append(
+            [
+                e["config"],
+                d["p50_ms"],
+                d["p99_ms"],
+                p["p50_ms"],
+                p["p99_ms"],
+                e["added_p50_ms"],
+                e["added_p99_ms"],
+                d["rps"],
+                p["rps"],
+                e["throughput_ratio"],
+                f"{d['errors']}/{p['errors']}",
+            ]
+        )
+    for low, label in zip(lows, ("c=1 fresh", "c=1 after bursts"), strict=False):
         d, p = low["direct"], low["proxy"]
-        table.append(["non-stream c=1", d["p50_ms"], d["p99_ms"], p["p50_ms"], p["p99_ms"],
-                      low["added_p50_ms"], low["added_p99_ms"], d["rps"], p["rps"],
-                      p["rps"] / d["rps"], f"{d['errors']}/{p['errors']}"])
+        table.append(
+            [
+                f"non-stream {label}",
+                d["p50_ms"],
+                d["p99_ms"],
+                p["p50_ms"],
+                p["p99_ms"],
+                low["added_p50_ms"],
+                low["added_p99_ms"],
+                d["rps"],
+                p["rps"],
+                p["rps"] / d["rps"],
+                f"{d['errors']}/{p['errors']}",
+            ]
+        )
     print_table(headers, table)
     print("(latencies in ms; rps = successful requests per second)")
 
     stream_rows = [e for e in rows if e["stream"]]
     if stream_rows:
         print("\nstreaming time to first body chunk (TTFT, ms, p50)")
-        print_table(["config", "direct", "proxy", "added"],
-                    [[e["config"], e["direct"]["ttft_p50_ms"], e["proxy"]["ttft_p50_ms"],
-                      e["proxy"]["ttft_p50_ms"] - e["direct"]["ttft_p50_ms"]]
-                     for e in stream_rows])
+        print_table(
+            ["config", "direct", "proxy", "added"],
+            [
+                [
+                    e["config"],
+                    e["direct"]["ttft_p50_ms"],
+                    e["proxy"]["ttft_p50_ms"],
+                    e["proxy"]["ttft_p50_ms"] - e["direct"]["ttft_p50_ms"],
+                ]
+                for e in stream_rows
+            ],
+        )
 
     print("\nCPU per request (ms of CPU time, median over repeats)")
-    print_table(["config", "target", "loadgen", "stub", "proxy", "total"],
-                [[e["config"], t, e[t]["cpu_ms_per_req"]["loadgen"],
-                  e[t]["cpu_ms_per_req"]["stub"], e[t]["cpu_ms_per_req"]["proxy"],
-                  sum(e[t]["cpu_ms_per_req"].values())]
-                 for e in rows for t in ("direct", "proxy")], digits=3)
+    print_table(
+        ["config", "target", "loadgen", "stub", "proxy", "total"],
+        [
+            [
+                e["config"],
+                t,
+                e[t]["cpu_ms_per_req"]["loadgen"],
+                e[t]["cpu_ms_per_req"]["stub"],
+                e[t]["cpu_ms_per_req"]["proxy"],
+                sum(e[t]["cpu_ms_per_req"].values()),
+            ]
+            for e in rows
+            for t in ("direct", "proxy")
+        ],
+        digits=3,
+    )
 
     # -- ledger check -----------------------------------------------------------------------
     paths = LedgerPaths(home)
@@ -581,12 +720,26 @@ def main(argv: list[str] | None = None) -> int:
     turns = int(counted[0][0])
     expected = bench.proxied_ok
     ledger_ok = turns == expected
-    print(f"\nledger: {turns:,} turns recorded, {expected:,} requests proxied -> "
-          f"{'OK' if ledger_ok else 'MISMATCH'}  (proxy /healthz before stop: "
-          f"recorded={health['ledger']['recorded']}, failed={health['ledger']['failed']}, "
-          f"wal_errors={health['ledger']['wal_errors']}; exit code {proxy_rc})")
-    results["ledger"] = {"turns": turns, "proxied": expected, "ok": ledger_ok,
-                         "health": health["ledger"], "proxy_exit_code": proxy_rc}
+    print(
+        f"\nledger: {turns:,} turns recorded, {expected:,} requests proxied -> "
+        f"{'OK' if ledger_ok else 'MISMATCH'}  (proxy /healthz before stop: "
+        f"recorded={health['ledger']['recorded']}, failed={health['ledger']['failed']}, "
+        f"wal_errors={health['ledger']['wal_errors']}; exit code {proxy_rc})"
+    )
+    results["ledger"] = {
+        "turns": turns,
+        "proxied": expected,
+        "ok": ledger_ok,
+        "health": health["ledger"],
+        "proxy_exit_code": proxy_rc,
+    }
+
+    noisiest = max((r.other_cores for r in runs_all), default=0.0)
+    results["max_other_load_cores"] = noisiest
+    print(
+        f"other processes' CPU during the runs: at most {noisiest:.2f} cores"
+        + ("  (NOISY: rerun on an idle machine)" if noisiest > 0.25 else "")
+    )
 
     # -- verdict ----------------------------------------------------------------------------
     errors = sum(r.errors for r in runs_all)
@@ -598,17 +751,20 @@ def main(argv: list[str] | None = None) -> int:
             fails.append(f"{e['config']} added p99 {e['added_p99_ms']:.2f} ms > 10")
         if e["throughput_ratio"] < 0.9:
             fails.append(f"{e['config']} throughput {e['throughput_ratio']:.2f}x < 0.9x")
-    if low is not None and low["added_p50_ms"] > 2.0:
-        fails.append(f"c=1 added p50 {low['added_p50_ms']:.2f} ms > 2")
-    if low is not None and low["added_p99_ms"] > 10.0:
-        fails.append(f"c=1 added p99 {low['added_p99_ms']:.2f} ms > 10")
+    for low, label in zip(lows, ("fresh", "after bursts"), strict=False):
+        if low["added_p50_ms"] > 2.0:
+            fails.append(f"c=1 {label} added p50 {low['added_p50_ms']:.2f} ms > 2")
+        if low["added_p99_ms"] > 10.0:
+            fails.append(f"c=1 {label} added p99 {low['added_p99_ms']:.2f} ms > 10")
     if errors:
         fails.append(f"{errors} request errors")
     if not ledger_ok:
         fails.append("ledger count mismatch")
     verdict = "PASS" if not fails else "FAIL: " + "; ".join(fails)
-    print(f"\nVERDICT (added p50 <= 2 ms, p99 <= 10 ms, throughput >= 0.9x, 0 errors, ledger "
-          f"complete; on {machine['cores']} shared cores): {verdict}")
+    print(
+        f"\nVERDICT (added p50 <= 2 ms, p99 <= 10 ms, throughput >= 0.9x, 0 errors, ledger "
+        f"complete; on {machine['cores']} shared cores): {verdict}"
+    )
     results["verdict"] = verdict
     if errors or not ledger_ok:
         rc = 1

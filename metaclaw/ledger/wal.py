@@ -120,7 +120,12 @@ class WalWriter:
             return
         self._closed = True
         if self._thread is not None:
-            self._queue.put(None)
+            try:
+                self._queue.put(None, timeout=timeout)
+            except queue.Full:
+                log.error(
+                    "WAL queue still full after %.0fs; closing without a final flush", timeout
+                )
             self._thread.join(timeout)
 
     def __enter__(self) -> WalWriter:
@@ -139,6 +144,9 @@ class WalWriter:
         if self._closed:
             raise WalClosedError("the WAL writer is closed")
         fut: Future[None] = Future()
+        # Running futures cannot be cancelled: a caller that stops waiting (timeout, cancelled
+        # request) must not make the writer thread's set_result raise and kill the thread.
+        fut.set_running_or_notify_cancel()
         try:
             self._queue.put_nowait((encode_line(table, row), fut))
         except queue.Full:
@@ -158,6 +166,14 @@ class WalWriter:
 
     # -- the writer thread -----------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # never die silently: every later append would hang
+            log.exception("WAL writer thread crashed; appends will fail until restart")
+            self._closed = True
+            raise
+
+    def _loop(self) -> None:
         stop = False
         while not stop:
             try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import httpx
+import httpx2
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
@@ -83,8 +83,8 @@ def _too_large(limit: int) -> ProxyError:
 
 
 async def open_upstream(
-    state: ProxyState, draft: TurnDraft, opener: Callable[[], Awaitable[httpx.Response]]
-) -> httpx.Response:
+    state: ProxyState, draft: TurnDraft, opener: Callable[[], Awaitable[httpx2.Response]]
+) -> httpx2.Response:
     """Open the upstream call; a transport failure is recorded and becomes a shaped error."""
     try:
         return await opener()
@@ -98,7 +98,7 @@ async def open_upstream(
 async def relay_upstream_error(
     state: ProxyState,
     draft: TurnDraft,
-    resp: httpx.Response,
+    resp: httpx2.Response,
     *,
     anthropic: bool,
     translate: Callable[[int, dict[str, Any] | None], dict[str, Any]] | None = None,
@@ -130,7 +130,7 @@ async def relay_upstream_error(
 
 
 async def read_upstream_json(
-    state: ProxyState, draft: TurnDraft, resp: httpx.Response
+    state: ProxyState, draft: TurnDraft, resp: httpx2.Response
 ) -> tuple[bytes, dict[str, Any]]:
     """The upstream's JSON reply; anything else is recorded and becomes a 502."""
     try:
@@ -188,7 +188,7 @@ class StreamRelay:
     """
 
     def __init__(
-        self, state: ProxyState, draft: TurnDraft, resp: httpx.Response, messages: list[Any]
+        self, state: ProxyState, draft: TurnDraft, resp: httpx2.Response, messages: list[Any]
     ) -> None:
         self.state = state
         self.draft = draft
@@ -257,7 +257,7 @@ class StreamRelay:
                 await self._finish_ok()  # a clean end without a terminal event
                 for out in self.terminal_bytes(None):
                     yield out
-        except (httpx.HTTPError, ProxyError) as exc:
+        except (httpx2.HTTPError, ProxyError) as exc:
             err = (
                 exc
                 if isinstance(exc, ProxyError)

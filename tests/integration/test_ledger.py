@@ -221,3 +221,21 @@ def test_json_columns_are_json(paths: LedgerPaths) -> None:
     got = rows(paths, "SELECT usage->>'$.prompt_tokens' AS p, typeof(request) AS t FROM turns")
     assert got == [{"p": "3", "t": "JSON"}]
     assert json.loads(rows(paths, "SELECT request FROM turns")[0]["request"])["messages"]
+
+
+def test_a_caller_giving_up_never_kills_the_writer(paths: LedgerPaths) -> None:
+    """Timeouts/cancellations of waiters (what a slow disk causes in the proxy) are harmless."""
+    import asyncio
+
+    async def main(wal: WalWriter) -> None:
+        tasks = [asyncio.create_task(wal.append_async("turns", _turn(i), 5)) for i in range(200)]
+        await asyncio.sleep(0)
+        for task in tasks[::2]:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await wal.append_async("turns", _turn(999), 5)  # the writer is still alive
+
+    with WalWriter(paths.wal) as wal:
+        asyncio.run(main(wal))
+        assert wal.stats.errors == 0
+    assert _count(paths) == 201, "cancelled waiters' rows are still written"
