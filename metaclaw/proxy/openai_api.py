@@ -122,9 +122,9 @@ async def list_models(request: Request) -> Response:
     fallback = state.settings.upstream.model or "metaclaw"
     if state.upstream.openai_configured:
         try:
-            resp = await state.upstream.get_models(request.headers)
-            if resp.status_code == 200:
-                return Response(resp.content, media_type="application/json")
+            status, content = await state.upstream.get_models(request.headers)
+            if status == 200:
+                return Response(content, media_type="application/json")
         except Exception:  # an unreachable upstream still leaves a usable answer
             pass
     return json_response(

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import httpx2
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
@@ -24,7 +23,7 @@ from metaclaw.proxy.completion import Completion
 from metaclaw.proxy.errors import ProxyError, error_body
 from metaclaw.proxy.session import SessionTracker
 from metaclaw.proxy.sse import SSEEvent, SSEParser
-from metaclaw.proxy.upstream import Upstream
+from metaclaw.proxy.upstream import Upstream, UpstreamResponse, UpstreamStreamError
 
 log = logging.getLogger("metaclaw.proxy")
 
@@ -83,8 +82,8 @@ def _too_large(limit: int) -> ProxyError:
 
 
 async def open_upstream(
-    state: ProxyState, draft: TurnDraft, opener: Callable[[], Awaitable[httpx2.Response]]
-) -> httpx2.Response:
+    state: ProxyState, draft: TurnDraft, opener: Callable[[], Awaitable[UpstreamResponse]]
+) -> UpstreamResponse:
     """Open the upstream call; a transport failure is recorded and becomes a shaped error."""
     try:
         return await opener()
@@ -98,7 +97,7 @@ async def open_upstream(
 async def relay_upstream_error(
     state: ProxyState,
     draft: TurnDraft,
-    resp: httpx2.Response,
+    resp: UpstreamResponse,
     *,
     anthropic: bool,
     translate: Callable[[int, dict[str, Any] | None], dict[str, Any]] | None = None,
@@ -109,6 +108,8 @@ async def relay_upstream_error(
     """
     try:
         raw = await resp.aread()
+    except UpstreamStreamError as exc:
+        raw = f"(body unreadable: {exc})".encode()
     finally:
         await resp.aclose()
     try:
@@ -130,21 +131,27 @@ async def relay_upstream_error(
 
 
 async def read_upstream_json(
-    state: ProxyState, draft: TurnDraft, resp: httpx2.Response
+    state: ProxyState, draft: TurnDraft, resp: UpstreamResponse
 ) -> tuple[bytes, dict[str, Any]]:
     """The upstream's JSON reply; anything else is recorded and becomes a 502."""
     try:
         raw = await resp.aread()
+    except UpstreamStreamError as exc:
+        raw, failure = b"", str(exc)
+    else:
+        failure = None
     finally:
         await resp.aclose()
     try:
-        data = orjson.loads(raw)
+        data = orjson.loads(raw) if failure is None else None
     except orjson.JSONDecodeError:
         data = None
     if not isinstance(data, dict):
         err = ProxyError(
             502,
-            f"upstream returned a non-JSON body: {raw[:200].decode('utf-8', 'replace')!r}",
+            f"upstream reply failed mid-way: {failure}"
+            if failure
+            else f"upstream returned a non-JSON body: {raw[:200].decode('utf-8', 'replace')!r}",
             "upstream_error",
             "upstream_bad_response",
         )
@@ -188,7 +195,7 @@ class StreamRelay:
     """
 
     def __init__(
-        self, state: ProxyState, draft: TurnDraft, resp: httpx2.Response, messages: list[Any]
+        self, state: ProxyState, draft: TurnDraft, resp: UpstreamResponse, messages: list[Any]
     ) -> None:
         self.state = state
         self.draft = draft
@@ -257,7 +264,7 @@ class StreamRelay:
                 await self._finish_ok()  # a clean end without a terminal event
                 for out in self.terminal_bytes(None):
                     yield out
-        except (httpx2.HTTPError, ProxyError) as exc:
+        except (UpstreamStreamError, ProxyError) as exc:
             err = (
                 exc
                 if isinstance(exc, ProxyError)

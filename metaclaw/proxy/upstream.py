@@ -1,11 +1,16 @@
-"""The upstream LLM as seen by the proxy: pooled HTTP connections and transport-error mapping."""
+"""The upstream LLM as seen by the proxy: pooled HTTP connections and transport-error mapping.
+
+The HTTP client is aiohttp: under load, httpx/httpcore's pool rescans (and polls) every pooled
+connection on every request, which cost most of the proxy's CPU (bench/README.md). Only this
+module knows the client library; the rest of the proxy sees `UpstreamResponse`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import httpx2
+import aiohttp
 import orjson
 
 from metaclaw.config import UpstreamSettings
@@ -15,23 +20,61 @@ from metaclaw.proxy.errors import ProxyError
 _FORWARDED = ("anthropic-version", "anthropic-beta", "openai-organization", "openai-project")
 
 
+class UpstreamStreamError(Exception):
+    """The upstream connection failed after the response started (drop, read timeout)."""
+
+
+class UpstreamResponse:
+    """An upstream response whose headers have arrived; read it whole or stream it, then close."""
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status_code = resp.status
+
+    async def aread(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise UpstreamStreamError(f"{type(exc).__name__}: {exc}") from None
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.content.iter_any():
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise UpstreamStreamError(f"{type(exc).__name__}: {exc}") from None
+
+    async def aclose(self) -> None:
+        self._resp.release()
+
+
 class Upstream:
     """One pooled client for the OpenAI-compatible upstream and one for an Anthropic one."""
 
     def __init__(self, settings: UpstreamSettings, *, client_auth_passthrough: bool) -> None:
         self.settings = settings
         self.passthrough = client_auth_passthrough
-        limits = httpx2.Limits(
-            max_connections=settings.max_connections,
-            max_keepalive_connections=settings.max_connections,
-        )
-        timeout = httpx2.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
-        # httpx2 (httpx's successor): httpx 0.28's pool bookkeeping cost ~70% of proxy CPU
-        # under load (bench/README.md). trust_env off: HTTP_PROXY must not reroute the LLM.
-        self.client = httpx2.AsyncClient(limits=limits, timeout=timeout, trust_env=False)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """Created on first use, inside the server's event loop."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.settings.max_connections),
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=self.settings.connect_timeout_s,
+                    sock_read=self.settings.timeout_s,
+                ),
+                trust_env=False,  # HTTP_PROXY must not silently reroute the LLM traffic
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     @property
     def openai_configured(self) -> bool:
@@ -67,7 +110,7 @@ class Upstream:
 
     async def open_openai(
         self, path: str, body: dict[str, Any], client_headers: Mapping[str, str]
-    ) -> httpx2.Response:
+    ) -> UpstreamResponse:
         if not self.settings.base_url:
             raise ProxyError(
                 503,
@@ -81,7 +124,7 @@ class Upstream:
 
     async def open_anthropic(
         self, body: dict[str, Any], client_headers: Mapping[str, str]
-    ) -> httpx2.Response:
+    ) -> UpstreamResponse:
         base = (self.settings.anthropic_base_url or "").rstrip("/")
         if not base.endswith("/v1"):
             base += "/v1"
@@ -89,28 +132,28 @@ class Upstream:
 
     async def _open(
         self, url: str, body: dict[str, Any], headers: dict[str, str]
-    ) -> httpx2.Response:
+    ) -> UpstreamResponse:
         """Send and return once headers arrive; the caller reads (or streams) and closes."""
-        request = self.client.build_request(
-            "POST", url, content=orjson.dumps(body), headers=headers
-        )
         try:
-            return await self.client.send(request, stream=True)
-        except httpx2.TimeoutException as exc:
+            resp = await self.session.post(url, data=orjson.dumps(body), headers=headers)
+        except TimeoutError as exc:
             raise ProxyError(
                 504,
                 f"upstream timed out ({type(exc).__name__})",
                 "upstream_error",
                 "upstream_timeout",
             ) from None
-        except httpx2.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise ProxyError(
                 502,
                 f"upstream unreachable at {url}: {type(exc).__name__}: {exc}",
                 "upstream_error",
                 "upstream_unavailable",
             ) from None
+        return UpstreamResponse(resp)
 
-    async def get_models(self, client_headers: Mapping[str, str]) -> httpx2.Response:
+    async def get_models(self, client_headers: Mapping[str, str]) -> tuple[int, bytes]:
         url = (self.settings.base_url or "").rstrip("/") + "/models"
-        return await self.client.get(url, headers=self._openai_headers(client_headers))
+        headers = self._openai_headers(client_headers)
+        async with self.session.get(url, headers=headers) as resp:
+            return resp.status, await resp.read()
