@@ -1,0 +1,92 @@
+"""Build the configured backend and teacher from `Settings` (the only place that reads them).
+
+Kept apart from the trainer so tests and benchmarks can hand the trainer any backend (a fake,
+a pre-built tiny model) through the same seam a deployment uses.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from metaclaw.config import Settings
+from metaclaw.training.backend import TrainingBackend
+from metaclaw.training.teacher import (
+    OpenAICompletionsTeacher,
+    SamplingClientTeacher,
+    Teacher,
+)
+
+
+class TrainingConfigError(ValueError):
+    """The training section cannot work as configured; the message names the setting."""
+
+
+def resolve_base_model_dir(settings: Settings) -> Path:
+    """A local HF directory for `training.base_model`: the path itself, or what
+    `metaclaw.models.resolve_model_dir` makes of the name (e.g. the packaged SmolLM2)."""
+    name = settings.training.base_model
+    if Path(name).expanduser().is_dir():
+        return Path(name).expanduser()
+    try:
+        from metaclaw.models import resolve_model_dir  # the embedded-model package (issue 3)
+    except ImportError:
+        raise TrainingConfigError(
+            f"training.base_model={name!r} is not a local model directory and "
+            "metaclaw.models.resolve_model_dir is not available; set "
+            "METACLAW_TRAINING__BASE_MODEL to a Hugging Face model directory"
+        ) from None
+    return Path(resolve_model_dir(name, settings.paths.home))
+
+
+def make_backend(settings: Settings) -> TrainingBackend:
+    cfg = settings.training
+    if cfg.backend == "tinker":
+        from metaclaw.training.tinker_backend import TinkerBackend
+
+        key = cfg.tinker_api_key.get_secret_value() if cfg.tinker_api_key else None
+        if not (key or os.environ.get("TINKER_API_KEY")):
+            raise TrainingConfigError(
+                "training.backend=tinker needs TINKER_API_KEY "
+                "(or METACLAW_TRAINING__TINKER_API_KEY)"
+            )
+        return TinkerBackend(
+            cfg.base_model, lora_rank=cfg.lora_rank, seed=cfg.seed,
+            timeout_s=cfg.tinker_timeout_s, ttl_s=cfg.tinker_state_ttl_s,
+            base_url=cfg.tinker_base_url, api_key=key,
+        )
+    from metaclaw.training.local import LocalBackend
+
+    return LocalBackend(
+        resolve_base_model_dir(settings),
+        checkpoint_dir=settings.paths.checkpoints,
+        base_model=cfg.base_model,
+        lora_rank=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        seed=cfg.seed,
+        device=cfg.device,
+    )
+
+
+def make_teacher(settings: Settings, backend: TrainingBackend) -> Teacher:
+    """The distillation teacher: an OpenAI-compatible endpoint, or a Tinker sampler."""
+    cfg = settings.training
+    if cfg.teacher_base_url:
+        if not cfg.teacher_model:
+            raise TrainingConfigError("training.teacher_base_url also needs training.teacher_model")
+        key = cfg.teacher_api_key.get_secret_value() if cfg.teacher_api_key else None
+        return OpenAICompletionsTeacher(cfg.teacher_base_url, cfg.teacher_model, key)
+    if cfg.teacher_model and backend.name == "tinker":
+        from metaclaw.training.tinker_backend import TinkerBackend, call_with_timeout
+
+        assert isinstance(backend, TinkerBackend)
+        path_kw = ({"model_path": cfg.teacher_model} if cfg.teacher_model.startswith("tinker://")
+                   else {"base_model": cfg.teacher_model})
+        client = call_with_timeout(lambda: backend.service.create_sampling_client(**path_kw),
+                                   cfg.tinker_timeout_s, "create_sampling_client")
+        return SamplingClientTeacher(client, cfg.tinker_timeout_s)
+    raise TrainingConfigError(
+        "training.loss_fn=distillation needs a teacher: set training.teacher_base_url + "
+        "training.teacher_model (OpenAI-compatible completions with echo logprobs), or "
+        "training.teacher_model with training.backend=tinker"
+    )

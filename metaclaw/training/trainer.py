@@ -1,0 +1,346 @@
+"""One training step from the ledger: eligible turns → micro-batch → LoRA update → candidate.
+
+The order of writes is what makes a crash harmless:
+1. the batch is chosen from turns no earlier `train_steps` row names;
+2. forward_backward, guarded: a non-finite loss or a sampler→learner KL above `training.max_kl`
+   (the turns were not sampled from this learner's lineage) fails the step *before* optim_step;
+3. optim_step, then the same guard on the batch under the updated weights (a NaN or a
+   diverging update fails the step *before* anything is saved), then the checkpoint (weights +
+   optimizer) is saved at a durable path;
+4. the `train_steps` row, then the `checkpoints` candidate row, are appended to the WAL.
+
+A crash before 4 leaves the turns unconsumed and the last good state untouched: the next run
+resumes from that state and, given the same turns, derives the same step id and checkpoint id.
+A crash between the two appends is repaired on the next run (the candidate row is re-derived).
+A failed step is recorded with its turns (quarantined, so one poisoned batch cannot wedge
+training) and the in-memory learner is reloaded from the last good state. Nothing is promoted
+here: the deploy flow decides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tinker import types
+
+from metaclaw.config import Settings
+from metaclaw.deploy.split import eval_turn_sql
+from metaclaw.ledger import append_rows, connect
+from metaclaw.ledger.records import now_micros
+from metaclaw.training.backend import TrainingBackend, learner_logprobs, loss_of
+from metaclaw.training.datums import completion_span
+from metaclaw.training.history import (
+    StepRecord,
+    TrainHistory,
+    current_skill_set_version,
+    read_candidates,
+    read_history,
+)
+from metaclaw.training.losses import distillation_advantages, sampler_learner_kl
+from metaclaw.training.render import render_turn
+from metaclaw.training.samples import (
+    Sample,
+    SelectionPolicy,
+    Turn,
+    pack_batch,
+    select_samples,
+)
+from metaclaw.training.teacher import Teacher
+
+log = logging.getLogger(__name__)
+
+SECRET_KEYS = {"teacher_api_key", "tinker_api_key"}
+
+
+@dataclass
+class StepOutcome:
+    status: Literal["trained", "failed", "idle"]
+    reason: str = ""
+    step: int | None = None
+    step_id: str | None = None
+    checkpoint_id: str | None = None
+    path: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    candidates: int = 0
+
+
+def stable_id(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def checkpoint_event_id(checkpoint_id: str, status: str) -> str:
+    return stable_id("checkpoint", checkpoint_id, status)
+
+
+def effective_config(settings: Settings, backend: TrainingBackend) -> dict[str, Any]:
+    cfg = settings.training.model_dump(mode="json", exclude=SECRET_KEYS)
+    cfg["backend_impl"] = backend.name
+    return cfg
+
+
+class Trainer:
+    """Holds one backend across the steps of a run; every decision is re-read from the ledger."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backend_factory: Callable[[Settings], TrainingBackend] | None = None,
+        teacher: Teacher | None = None,
+    ) -> None:
+        from metaclaw.training.factory import make_backend
+
+        self.settings = settings
+        self.cfg = settings.training
+        self.paths = settings.paths
+        self._factory = backend_factory or make_backend
+        self._backend: TrainingBackend | None = None
+        self._loaded: str | None = None  # state path the backend holds; "" = fresh base model
+        self._teacher = teacher
+        self._routed: dict[str, int] = {}
+
+    # -- backend lifecycle ----------------------------------------------------------------
+    def backend(self, last_ok: StepRecord | None) -> TrainingBackend:
+        """The learner at the last good state (fresh LoRA when there is none)."""
+        want = (last_ok.metrics.get("state_path") or "") if last_ok else ""
+        if self._backend is not None and self._loaded == want:
+            return self._backend
+        if self._backend is not None and not want:
+            self._backend.close()  # cannot "unload" an update: start from the base again
+            self._backend = None
+        if self._backend is None:
+            self._backend = self._factory(self.settings)
+        if want:
+            log.info("resuming from %s (step %s)", want, last_ok.step if last_ok else "-")
+            self._backend.load_state(want)
+        self._loaded = want
+        return self._backend
+
+    def teacher(self, backend: TrainingBackend) -> Teacher:
+        if self._teacher is None:
+            from metaclaw.training.factory import make_teacher
+
+            self._teacher = make_teacher(self.settings, backend)
+        return self._teacher
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    # -- one step -------------------------------------------------------------------------
+    def step(self) -> StepOutcome:
+        started = time.monotonic()
+        con = connect(self.paths)
+        try:
+            history = read_history(con)
+            rows = read_candidates(con, distill=self.cfg.loss_fn == "distillation",
+                                   held_out_sql=eval_turn_sql(self.settings, "t.turn_id"))
+            current = current_skill_set_version(con)
+        finally:
+            con.close()
+        self._repair(history)
+        held_out = sum(1 for r in rows if r["held_out"])  # the deploy gate's evaluation turns
+        turns = [Turn.from_row(r) for r in rows if not r["held_out"]]
+        policy = SelectionPolicy(
+            loss_fn=self.cfg.loss_fn, min_reward_for_sft=self.cfg.min_reward_for_sft,
+            current_skill_set_version=current, baseline=history.baseline,
+            max_seq_len=self.cfg.max_seq_len, temperature=self.cfg.temperature,
+        )
+        # Decide "not enough yet" before paying for a backend (a model load, a Tinker session):
+        # routing needs no tokenizer, and an optimistic renderer counts every off-policy turn.
+        rough = select_samples(turns, policy, lambda _turn: ([0], [0]))
+        if held_out:
+            rough.skipped["held_out_for_eval"] = held_out
+        if pack_batch(rough.samples, self.cfg.batch_size) is None:
+            return StepOutcome("idle", f"{len(rough.samples)} usable samples < batch_size "
+                               f"{self.cfg.batch_size}", skipped=dict(rough.skipped),
+                               candidates=len(turns))
+        backend = self.backend(history.last_ok)
+        tokenizer = backend.get_tokenizer()
+
+        def render(turn: Turn) -> tuple[list[int], list[int]]:
+            return render_turn(tokenizer, turn.request or {}, turn.completion_text,
+                               turn.tool_calls)
+
+        selection = select_samples(turns, policy, render)
+        if selection.stale_turn_ids:
+            log.info("excluded %d on-policy turns served under skill_set_version < %s from the "
+                     "on-policy update (support/query separation)",
+                     len(selection.stale_turn_ids), current)
+        if held_out:
+            selection.skipped["held_out_for_eval"] = held_out
+        skipped = dict(selection.skipped)
+        self._routed = dict(selection.notes)
+        batch = pack_batch(selection.samples, self.cfg.batch_size)
+        if batch is None:
+            return StepOutcome("idle", f"{len(selection.samples)} usable samples < batch_size "
+                               f"{self.cfg.batch_size}", skipped=skipped, candidates=len(turns))
+        return self._train(backend, history, batch, skipped, len(turns), current, started)
+
+    def _train(self, backend: TrainingBackend, history: TrainHistory, batch: list[Sample],
+               skipped: dict[str, int], candidates: int, skill_version: int | None,
+               started: float) -> StepOutcome:
+        cfg = self.cfg
+        rl = [s for s in batch if s.kind == "rl"]
+        sft = [s for s in batch if s.kind == "sft"]
+        if cfg.loss_fn == "distillation":
+            teacher = self.teacher(backend)
+            for s in rl:
+                t_lp = teacher.completion_logprobs(s.prompt, s.completion)
+                s.token_advantages = distillation_advantages(t_lp, s.sampler_logprobs or [],
+                                                             cfg.kl_coef)
+                s.advantage = sum(s.token_advantages) / len(s.token_advantages)
+                s.advantage_method = "distillation"
+        last_ok = history.last_ok
+        parent = (last_ok.metrics.get("state_path") if last_ok else None) or \
+            f"base:{backend.base_model}"
+        turn_ids = sorted(s.turn_id for s in batch)
+        step = history.next_step
+        step_id = stable_id(parent, turn_ids, cfg.loss_fn, backend.base_model, backend.name)
+        checkpoint_id = f"ckpt-{step:06d}-{step_id[:10]}"
+        rewards = [s.reward for s in batch if s.reward is not None]
+        metrics: dict[str, Any] = {
+            "n_samples": len(batch), "n_rl": len(rl), "n_sft": len(sft),
+            "tokens": sum(s.tokens for s in batch),
+            "completion_tokens": sum(len(s.completion) for s in batch),
+            "reward_mean": sum(rewards) / len(rewards) if rewards else None,
+            "rl_reward_sum": sum(s.reward or 0.0 for s in rl if s.reward is not None),
+            "rl_n": sum(1 for s in rl if s.reward is not None),
+            "baseline": history.baseline,
+            "advantage_mean": (sum(s.advantage or 0.0 for s in rl) / len(rl)) if rl else None,
+            "advantage_methods": dict(Counter(s.advantage_method for s in rl)),
+            "skipped": skipped, "routed": self._routed, "skill_set_version": skill_version,
+            "parent_state_path": parent, "config": effective_config(self.settings, backend),
+        }
+        fb_started = time.monotonic()
+        loss, kl, kl_v2 = self._losses(backend, rl, sft, metrics, backward=True)
+        metrics.update(loss=loss, loss_per_token=loss / max(1, metrics["completion_tokens"]),
+                       kl=kl, kl_v2=kl_v2)
+        failure = self._guard(loss, kl, kl_v2, "")
+        if failure is None:
+            opt = backend.optim_step(self._adam())
+            metrics["optim"] = opt.metrics or {}
+            metrics["step_time_s"] = time.monotonic() - fb_started
+            # the same batch under the updated weights: a broken or diverging update is never
+            # saved (it would otherwise become the state every later step resumes from)
+            after, kl_after, kl_v2_after = self._losses(backend, rl, sft, {}, backward=False)
+            metrics.update(loss_after=after, kl_after=kl_after, kl_v2_after=kl_v2_after)
+            failure = self._guard(after, kl_after, kl_v2_after, "after the update: ")
+        if failure is not None:
+            self._loaded = None  # pending gradients or a bad update: reload the last good state
+            metrics.update(status="failed", reason=failure,
+                           duration_s=time.monotonic() - started)
+            self._append_step(step_id, step, backend, turn_ids, metrics)
+            log.error("train step %d failed: %s (turns quarantined: %d)", step, failure,
+                      len(turn_ids))
+            return StepOutcome("failed", failure, step, step_id, None, None, metrics, skipped,
+                               candidates)
+        state_path = backend.save_state(checkpoint_id)
+        sampler_path = backend.save_weights_for_sampler(checkpoint_id)
+        self._loaded = state_path
+        metrics.update(status="ok", checkpoint_id=checkpoint_id, state_path=state_path,
+                       sampler_path=sampler_path, duration_s=time.monotonic() - started)
+        self._append_step(step_id, step, backend, turn_ids, metrics)
+        self._append_candidate(checkpoint_id, step, backend.name, sampler_path, metrics)
+        log.info("train step %d: loss %.4g kl %.3g reward %.3g on %d turns → %s", step, loss, kl,
+                 metrics["reward_mean"] or 0.0, len(batch), sampler_path)
+        return StepOutcome("trained", "", step, step_id, checkpoint_id, sampler_path, metrics,
+                           skipped, candidates)
+
+    def _losses(self, backend: TrainingBackend, rl: list[Sample], sft: list[Sample],
+                metrics: dict[str, Any], *, backward: bool) -> tuple[float, float, float]:
+        """Summed loss and sampler→learner KL (v1, v2) over the RL tokens of the batch."""
+        run = backend.forward_backward if backward else backend.forward
+        loss = 0.0
+        sampler: list[float] = []
+        learner: list[float] = []
+        if rl:
+            rl_loss = "importance_sampling" if self.cfg.loss_fn == "distillation" \
+                else self.cfg.loss_fn
+            out = run([s.datum() for s in rl], rl_loss, self._loss_config())
+            metrics["loss_rl"] = loss_of(out)
+            loss += loss_of(out)
+            for s, lps in zip(rl, learner_logprobs(out), strict=True):
+                sampler.extend(s.sampler_logprobs or [])
+                learner.extend(lps[completion_span(len(s.prompt), len(s.completion))])
+        if sft:
+            out = run([s.datum() for s in sft], "cross_entropy", None)
+            metrics["loss_sft"] = loss_of(out)
+            loss += loss_of(out)
+        kl, kl_v2 = sampler_learner_kl(sampler, learner)
+        return loss, kl, kl_v2
+
+    def _guard(self, loss: float, kl: float, kl_v2: float, when: str) -> str | None:
+        if not math.isfinite(loss):
+            return f"{when}non-finite loss {loss}"
+        if not (math.isfinite(kl) and math.isfinite(kl_v2)):
+            return f"{when}non-finite sampler/learner KL"
+        if max(abs(kl), kl_v2) > self.cfg.max_kl:
+            return (f"{when}sampler/learner KL {kl:.4g} (v2 {kl_v2:.4g}) exceeds "
+                    f"training.max_kl {self.cfg.max_kl}")
+        return None
+
+    def run(self, max_steps: int | None = None) -> list[StepOutcome]:
+        """Steps until idle, a failure, or `max_steps` (default training.max_steps_per_run)."""
+        outcomes: list[StepOutcome] = []
+        for _ in range(max_steps or self.cfg.max_steps_per_run):
+            outcome = self.step()
+            outcomes.append(outcome)
+            if outcome.status != "trained":
+                break
+        return outcomes
+
+    # -- helpers --------------------------------------------------------------------------
+    def _loss_config(self) -> dict[str, float] | None:
+        if self.cfg.loss_fn not in ("ppo", "cispo"):
+            return None
+        config = {}
+        if self.cfg.clip_low is not None:
+            config["clip_low_threshold"] = self.cfg.clip_low
+        if self.cfg.clip_high is not None:
+            config["clip_high_threshold"] = self.cfg.clip_high
+        return config or None
+
+    def _adam(self) -> types.AdamParams:
+        c = self.cfg
+        return types.AdamParams(learning_rate=c.learning_rate, beta1=c.adam_beta1,
+                                beta2=c.adam_beta2, eps=c.adam_eps, weight_decay=c.weight_decay,
+                                grad_clip_norm=c.grad_clip_norm)
+
+    def _append_step(self, step_id: str, step: int, backend: TrainingBackend,
+                     turn_ids: list[str], metrics: dict[str, Any]) -> None:
+        append_rows(self.paths.wal, "train_steps", [{
+            "step_id": step_id, "step": step, "backend": backend.name,
+            "base_model": backend.base_model,
+            "loss_fn": self.cfg.loss_fn, "turn_ids": turn_ids, "metrics": metrics,
+            "ts": now_micros(),
+        }])
+
+    def _append_candidate(self, checkpoint_id: str, step: int, backend: str, path: str,
+                          metrics: dict[str, Any]) -> None:
+        summary = {k: metrics.get(k) for k in ("loss", "kl", "reward_mean", "tokens",
+                                                "n_samples", "state_path")}
+        append_rows(self.paths.wal, "checkpoints", [{
+            "event_id": checkpoint_event_id(checkpoint_id, "candidate"),
+            "checkpoint_id": checkpoint_id, "step": step, "backend": backend, "path": path,
+            "status": "candidate", "eval_metrics": None,
+            "reason": f"trained: {json.dumps(summary, default=str)}", "ts": now_micros(),
+        }])
+
+    def _repair(self, history: TrainHistory) -> None:
+        for record in history.missing_candidates():
+            m = record.metrics
+            log.warning("re-recording candidate %s (its row was lost in a crash)",
+                        m["checkpoint_id"])
+            self._append_candidate(m["checkpoint_id"], record.step,
+                                   (m.get("config") or {}).get("backend_impl", "local"),
+                                   m.get("sampler_path") or m.get("state_path"), m)

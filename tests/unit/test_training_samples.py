@@ -1,0 +1,202 @@
+"""Routing turns to samples, advantages, micro-batches, prompt rendering, the run report."""
+
+from __future__ import annotations
+
+import pytest
+
+from metaclaw.training.render import RenderError, render_turn
+from metaclaw.training.report import run_markdown, sparkline
+from metaclaw.training.samples import (
+    Selection,
+    SelectionPolicy,
+    Turn,
+    assign_advantages,
+    pack_batch,
+    select_samples,
+)
+from tests.tiny_model import build_tokenizer
+
+
+def policy_turn(turn_id: str, reward: float | None, *, prompt: list[int] | None = None,
+                version: int | None = None, ts: float = 0.0) -> Turn:
+    return Turn(turn_id=turn_id, ts=ts, served_by="policy", source="live",
+                prompt_token_ids=prompt or [1, 2, 3], completion_token_ids=[4, 5],
+                completion_logprobs=[-0.5, -0.25], skill_set_version=version, reward=reward)
+
+
+def upstream_turn(turn_id: str, reward: float | None, **extra: object) -> Turn:
+    return Turn(turn_id=turn_id, served_by="upstream", source="live",
+                request={"messages": [{"role": "user", "content": "hi"}]},
+                completion_text="hello", reward=reward, **extra)  # type: ignore[arg-type]
+
+
+def fake_render(turn: Turn) -> tuple[list[int], list[int]]:
+    return [7, 7], [8]
+
+
+def select(turns: list[Turn], loss_fn: str = "importance_sampling", **kw: object) -> Selection:
+    return select_samples(turns, SelectionPolicy(loss_fn=loss_fn, **kw), fake_render)  # type: ignore[arg-type]
+
+
+def test_on_policy_turns_feed_rl_and_off_policy_feed_sft_only() -> None:
+    fake_logprobs = {"prompt_token_ids": [1, 2], "completion_token_ids": [3],
+                     "completion_logprobs": [-0.1]}
+    turns = [
+        policy_turn("p1", 1.0, prompt=[1]),
+        policy_turn("p2", -1.0, prompt=[2]),
+        upstream_turn("u-good", 0.9),
+        upstream_turn("u-bad", 0.1),
+        # upstream turns carrying (made-up) logprobs are still off-policy
+        upstream_turn("u-logprobs", 1.0, **fake_logprobs),
+        # a backfilled turn claiming to be policy-served is off-policy too
+        Turn(turn_id="b1", served_by="policy", source="backfill:openai", reward=1.0,
+             request={"messages": [{"role": "user", "content": "x"}]}, completion_text="y",
+             **fake_logprobs),  # type: ignore[arg-type]
+    ]
+    sel = select(turns)
+    kinds = {s.turn_id: s.kind for s in sel.samples}
+    assert kinds == {"p1": "rl", "p2": "rl", "u-good": "sft", "u-logprobs": "sft", "b1": "sft"}
+    assert sel.skipped == {"below_sft_threshold": 1}
+    assert all(s.sampler_logprobs is None for s in sel.samples if s.kind == "sft")
+    # under cross-entropy, a policy turn trains on its served tokens, not a re-rendering
+    ce = select([policy_turn("p", 0.8)], loss_fn="cross_entropy")
+    assert [(s.kind, s.prompt, s.completion) for s in ce.samples] == [("sft", [1, 2, 3], [4, 5])]
+
+
+def test_stale_skill_set_turns_are_excluded_and_counted() -> None:
+    sel = select([policy_turn("old", 1.0, version=1), policy_turn("new", 1.0, version=2,
+                                                                 prompt=[9])],
+                 current_skill_set_version=2)
+    assert [s.turn_id for s in sel.samples] == ["new"]
+    assert sel.skipped["stale_skill_set"] == 1 and sel.stale_turn_ids == ["old"]
+
+
+def test_group_centring_baseline_for_singletons_and_uniform_groups() -> None:
+    turns = [
+        policy_turn("g1", 1.0, prompt=[1]), policy_turn("g2", 0.0, prompt=[1]),
+        policy_turn("g3", -1.0, prompt=[1]),
+        policy_turn("u1", 1.0, prompt=[2]), policy_turn("u2", 1.0, prompt=[2]),
+        policy_turn("single", 0.5, prompt=[3]),
+    ]
+    sel = select(turns, baseline=0.25)
+    adv = {s.turn_id: (s.advantage, s.advantage_method) for s in sel.samples}
+    assert adv["g1"] == (pytest.approx(1.0), "group")
+    assert adv["g3"] == (pytest.approx(-1.0), "group")
+    assert "g2" not in adv  # reward equal to its group mean: no signal
+    assert adv["u1"] == adv["u2"] == (pytest.approx(0.75), "baseline")  # uniform group
+    assert adv["single"] == (pytest.approx(0.25), "baseline")
+    assert sel.skipped["zero_advantage"] == 1
+
+
+def test_a_batch_of_zero_advantages_is_never_formed() -> None:
+    sel = select([policy_turn("a", 0.5, prompt=[1]), policy_turn("b", 0.5, prompt=[2])],
+                 baseline=0.5)
+    assert sel.samples == [] and sel.skipped["zero_advantage"] == 2
+    assert pack_batch(sel.samples, 1) is None
+
+
+def test_first_step_baseline_is_zero_so_n1_gets_its_reward() -> None:
+    sel = select([policy_turn("only", -0.5)])
+    assert sel.samples[0].advantage == pytest.approx(-0.5)
+
+
+def test_unrewarded_turns_wait_except_for_distillation() -> None:
+    assert select([policy_turn("p", None)]).skipped == {"no_reward": 1}
+    distill = select([policy_turn("p", None), upstream_turn("u", None)], loss_fn="distillation")
+    assert [s.turn_id for s in distill.samples] == ["p"]
+    assert distill.samples[0].advantage is None  # filled from the teacher by the trainer
+
+
+def test_too_long_and_unrenderable_turns_are_skipped() -> None:
+    def broken(turn: Turn) -> tuple[list[int], list[int]]:
+        raise RenderError("nope")
+
+    sel = select_samples([upstream_turn("u", 1.0)], SelectionPolicy("importance_sampling"),
+                         broken)
+    assert sel.skipped == {"unrenderable": 1}
+    long = select([policy_turn("p", 1.0, prompt=list(range(10)))], max_seq_len=5)
+    assert long.skipped == {"too_long": 1}
+
+
+def test_pack_batch_takes_oldest_whole_groups() -> None:
+    turns = [policy_turn(f"g{i}", float(i), prompt=[1], ts=10 + i) for i in range(3)]
+    turns += [policy_turn("old", 1.0, prompt=[2], ts=1), policy_turn("new", 1.0, prompt=[3],
+                                                                     ts=99)]
+    samples = select(turns, baseline=0.0).samples  # g1 has reward == group mean → dropped
+    batch = pack_batch(samples, 2)
+    assert batch is not None
+    assert [s.turn_id for s in batch] == ["old", "g0", "g2"]  # the group is not split
+    assert pack_batch(samples, 5) is None
+    with pytest.raises(ValueError, match="batch_size"):
+        pack_batch(samples, 0)
+
+
+def test_assign_advantages_ignores_sft_samples() -> None:
+    sel = select([upstream_turn("u", 1.0)])
+    assign_advantages(sel.samples, 0.3)
+    assert sel.samples[0].advantage is None
+
+
+def test_render_turn_matches_the_policy_server_and_stops_at_end_of_turn() -> None:
+    from metaclaw.serving.chat import render_prompt
+
+    tok = build_tokenizer()
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]}]
+    prompt, completion = render_turn(tok, {"model": "m", "messages": messages}, "Paris.", None)
+    served = tok(render_prompt(tok, messages, None), add_special_tokens=False)["input_ids"]
+    assert prompt == served  # the very ids the policy server would have generated after
+    assert tok.decode(prompt).endswith("<|im_start|>assistant\n")
+    assert tok.decode(completion) == "Paris.<|im_end|>"
+    assert completion[-1] == tok.eos_token_id
+
+
+def test_render_writes_tool_calls_the_way_the_server_reads_them() -> None:
+    tok = build_tokenizer()  # plain ChatML: no native tools, so calls become <tool_call> text
+    calls = [{"id": "c1", "type": "function",
+              "function": {"name": "read_file", "arguments": "{\"path\": \"a.py\"}"}}]
+    tools = [{"type": "function", "function": {"name": "read_file", "parameters": {}}}]
+    prompt, completion = render_turn(
+        tok, {"messages": [{"role": "user", "content": "read it"}], "tools": tools}, None, calls)
+    assert "read_file" in tok.decode(prompt)  # tools described in the system message
+    text = tok.decode(completion)
+    assert text.startswith("<tool_call>") and '"name": "read_file"' in text
+    assert text.endswith("<|im_end|>")
+
+
+def test_render_maps_anthropic_requests_and_names_bad_ones() -> None:
+    tok = build_tokenizer()
+    request = {"system": "Be brief.", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}
+    prompt, _ = render_turn(tok, request, "Hello", None)
+    assert tok.decode(prompt).startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    with pytest.raises(RenderError, match="no messages"):
+        render_turn(tok, {"messages": []}, "x", None)
+    with pytest.raises(RenderError, match="neither completion text nor tool calls"):
+        render_turn(tok, request, "", None)
+
+
+def test_sparkline_and_report() -> None:
+    assert sparkline([0.0, 1.0, None, 0.5]) == "▁█·▅"
+    assert sparkline([2.0, 2.0]) == "▅▅"
+    history = [{"step": 1, "status": "ok", "loss": 1.0, "reward_mean": 0.1, "kl": 0.0,
+                "tokens": 10, "checkpoint_id": "c1"},
+               {"step": 2, "status": "ok", "loss": 0.5, "reward_mean": 0.9, "kl": 0.0,
+                "tokens": 10, "checkpoint_id": "c2"}]
+    outcomes = [{"status": "trained", "step": 2, "checkpoint_id": "c2", "path": "/x",
+                 "reason": "", "metrics": {"n_samples": 4, "loss": 0.5},
+                 "skipped": {"too_long": 1}}]
+    text = run_markdown(outcomes, history)
+    assert "step **2** trained on 4 turns" in text and "too_long 1" in text
+    assert "reward mean `▁█`" in text and "| 2 | ok | 0.5 | 0.9 |" in text
+
+
+def test_policy_turns_sampled_at_another_temperature_are_not_importance_weighted() -> None:
+    hot = Turn(turn_id="hot", served_by="policy", source="live", prompt_token_ids=[1, 2],
+               completion_token_ids=[3], completion_logprobs=[-0.2], reward=0.9,
+               request={"messages": [{"role": "user", "content": "x"}], "temperature": 0.7})
+    assert hot.temperature == 0.7 and hot.on_policy
+    sel = select([hot, policy_turn("t1", 1.0)])
+    assert {s.turn_id: s.kind for s in sel.samples} == {"hot": "sft", "t1": "rl"}
+    assert sel.notes == {"temperature_mismatch": 1}
+    assert [s.kind for s in select([hot], temperature=0.7).samples] == ["rl"]
