@@ -35,6 +35,9 @@ def prefect_env(prefect_home: Path, api_url: str | None = None) -> dict[str, str
         "PREFECT_HOME": str(prefect_home.resolve()),
         # Heartbeats every 30 s (the minimum) so a dead run is marked Crashed within ~90 s.
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+        # A temporary server (`metaclaw run` with no `up`) needs longer than the 20 s default
+        # to start on a busy 2-core machine.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     }
     if api_url:
         env["PREFECT_API_URL"] = api_url

