@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
 
 from metaclaw.config import Settings
 from tasks.ledger import ingest_wal
@@ -29,13 +30,24 @@ def _report_markdown(report: dict[str, Any]) -> str:
     )
 
 
+TURNS_LANDED = "metaclaw.turns.landed"  # the score deployment is triggered by this event
+
+
 @flow(name="ingest")
 def ingest_flow() -> dict[str, Any]:
-    """Land sealed WAL segments as Parquet; publishes a summary artifact."""
+    """Land sealed WAL segments as Parquet; publishes a summary artifact and, when turns
+    landed, one event for the batch (not one per turn)."""
     report = ingest_wal(Settings())
     if report["segments"] or report["compacted_files"]:
         create_markdown_artifact(
             _report_markdown(report), key="ingest-report", description="WAL → Parquet"
+        )
+    turns = report["rows"].get("turns", 0)
+    if turns:
+        emit_event(
+            event=TURNS_LANDED,
+            resource={"prefect.resource.id": "metaclaw.ledger.turns"},
+            payload={"turns": turns},
         )
     return report
 

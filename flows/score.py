@@ -22,6 +22,7 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
 
 from metaclaw.config import Settings
 from metaclaw.scoring.scorer import BatchReport, ScoreReport
@@ -58,6 +59,9 @@ def _report_markdown(report: ScoreReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+REWARDS_LANDED = "metaclaw.rewards.landed"
+
+
 @flow(name="score")
 def score_flow(rescore: bool = False, max_calls: int | None = None) -> dict[str, Any]:
     """Score unscored turns (judge + implicit signals); publishes a report artifact."""
@@ -76,6 +80,12 @@ def score_flow(rescore: bool = False, max_calls: int | None = None) -> dict[str,
     if by_source:
         create_table_artifact(by_source, key="score-rewards",
                               description="turn_rewards by source (whole ledger)")
+    if totals.rewards_written:  # the train deployment is triggered by this event
+        emit_event(
+            event=REWARDS_LANDED,
+            resource={"prefect.resource.id": "metaclaw.ledger.rewards"},
+            payload={"rewards": totals.rewards_written},
+        )
     return report.to_dict()
 
 

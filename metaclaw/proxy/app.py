@@ -24,6 +24,7 @@ from metaclaw.proxy.openai_api import chat_completions, list_models
 from metaclaw.proxy.relay import ProxyState, error_response, json_response
 from metaclaw.proxy.session import SessionTracker
 from metaclaw.proxy.upstream import Upstream
+from metaclaw.serving.defaults import policy_base_url
 
 log = logging.getLogger("metaclaw.proxy")
 OPEN_PATHS = frozenset({"/healthz"})
@@ -81,7 +82,13 @@ def create_app(settings: Settings, wal: WalWriter | None = None) -> FastAPI:
         if owned:
             writer.start()
         keys = settings.proxy.api_keys
-        upstream = Upstream(settings.upstream, client_auth_passthrough=not keys)
+        policy_key = settings.policy.api_key
+        upstream = Upstream(
+            settings.upstream,
+            client_auth_passthrough=not keys,
+            local_policy_url=policy_base_url(settings),
+            local_policy_key=policy_key.get_secret_value() if policy_key else None,
+        )
         app.state.proxy = ProxyState(
             settings=settings,
             upstream=upstream,
@@ -146,6 +153,7 @@ async def healthz(request: Request) -> Response:
             },
             "upstream": {
                 "openai_configured": state.upstream.openai_configured,
+                "local_policy_default": state.upstream.local_default,
                 "anthropic_native": state.upstream.anthropic_native,
             },
         }

@@ -51,9 +51,21 @@ class UpstreamResponse:
 class Upstream:
     """One pooled client for the OpenAI-compatible upstream and one for an Anthropic one."""
 
-    def __init__(self, settings: UpstreamSettings, *, client_auth_passthrough: bool) -> None:
+    def __init__(
+        self,
+        settings: UpstreamSettings,
+        *,
+        client_auth_passthrough: bool,
+        local_policy_url: str | None = None,
+        local_policy_key: str | None = None,
+    ) -> None:
+        """`local_policy_url`: where requests go when no upstream is configured (the embedded
+        default: our own policy server)."""
         self.settings = settings
         self.passthrough = client_auth_passthrough
+        self.base_url = settings.base_url or local_policy_url
+        self.local_default = not settings.base_url and local_policy_url is not None
+        self.local_key = local_policy_key
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -78,7 +90,7 @@ class Upstream:
 
     @property
     def openai_configured(self) -> bool:
-        return bool(self.settings.base_url)
+        return bool(self.base_url)
 
     @property
     def anthropic_native(self) -> bool:
@@ -86,7 +98,10 @@ class Upstream:
 
     def _openai_headers(self, client_headers: Mapping[str, str]) -> dict[str, str]:
         headers = {"content-type": "application/json"}
-        if self.settings.api_key is not None:
+        if self.local_default:
+            if self.local_key:
+                headers["authorization"] = f"Bearer {self.local_key}"
+        elif self.settings.api_key is not None:
             headers["authorization"] = f"Bearer {self.settings.api_key.get_secret_value()}"
         elif self.passthrough and "authorization" in client_headers:
             headers["authorization"] = client_headers["authorization"]
@@ -111,7 +126,7 @@ class Upstream:
     async def open_openai(
         self, path: str, body: dict[str, Any], client_headers: Mapping[str, str]
     ) -> UpstreamResponse:
-        if not self.settings.base_url:
+        if not self.base_url:
             raise ProxyError(
                 503,
                 "no upstream LLM is configured: set METACLAW_UPSTREAM__BASE_URL "
@@ -119,8 +134,20 @@ class Upstream:
                 type="server_error",
                 code="no_upstream",
             )
-        url = self.settings.base_url.rstrip("/") + path
-        return await self._open(url, body, self._openai_headers(client_headers))
+        url = self.base_url.rstrip("/") + path
+        try:
+            return await self._open(url, body, self._openai_headers(client_headers))
+        except ProxyError as err:
+            if self.local_default and err.code == "upstream_unavailable":
+                raise ProxyError(
+                    503,
+                    f"no upstream is configured and the local policy server ({self.base_url}) "
+                    "is not running: run `metaclaw up` (starts it) or `metaclaw policy-server`, "
+                    "or set METACLAW_UPSTREAM__BASE_URL",
+                    type="server_error",
+                    code="no_upstream",
+                ) from None
+            raise
 
     async def open_anthropic(
         self, body: dict[str, Any], client_headers: Mapping[str, str]
@@ -153,7 +180,7 @@ class Upstream:
         return UpstreamResponse(resp)
 
     async def get_models(self, client_headers: Mapping[str, str]) -> tuple[int, bytes]:
-        url = (self.settings.base_url or "").rstrip("/") + "/models"
+        url = (self.base_url or "").rstrip("/") + "/models"
         headers = self._openai_headers(client_headers)
         async with self.session.get(url, headers=headers) as resp:
             return resp.status, await resp.read()

@@ -216,9 +216,11 @@ def test_upstream_refusing_connections(tmp_path: Path) -> None:
         assert proxy.health()["status"] == "ok"
 
 
-def test_no_upstream_configured_says_what_to_set(tmp_path: Path) -> None:
-    with ProxyProcess(tmp_path / "h") as proxy:
+def test_no_upstream_and_no_policy_server_says_what_to_do(tmp_path: Path) -> None:
+    with ProxyProcess(tmp_path / "h", {"METACLAW_POLICY__PORT": str(free_port())}) as proxy:
+        assert proxy.health()["upstream"]["local_policy_default"] is True
         resp = httpx.post(
             proxy.url + CHAT, json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}
         )
-        _assert_openai_error(resp, 503, "METACLAW_UPSTREAM__BASE_URL")
+        err = _assert_openai_error(resp, 503, "METACLAW_UPSTREAM__BASE_URL")
+        assert err["code"] == "no_upstream" and "metaclaw up" in err["message"]
