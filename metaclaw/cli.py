@@ -11,6 +11,7 @@ import json
 import sys
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -133,6 +134,7 @@ def run(
 
     settings = load_settings()
     params = parse_params(param or [])
+    settings.paths.prefect.mkdir(parents=True, exist_ok=True)  # Prefect won't create parents
     apply_env(prefect_env(settings.paths.prefect, _prefect_url(prefect_url)))
     flows = importlib.import_module("flows.deployments").FLOWS
     if flow not in flows:
@@ -154,6 +156,9 @@ def status() -> None:
         _, rows = run_query(settings.paths, f"SELECT count(*) FROM {name}")
         table.add_row(name, str(rows[0][0]))
     console.print(table)
+    from metaclaw.scoring.scorer import status_line  # scoring: judge–human agreement
+
+    console.print(status_line(settings))
     url = f"http://{settings.proxy.host}:{settings.proxy.port}/healthz"
     try:
         health = httpx.get(url, timeout=2).json()
@@ -170,38 +175,129 @@ def up(
     ] = DEFAULT_PREFECT_PORT,
 ) -> None:
     """The main job: Prefect server, proxy, and every deployment on its schedule. Ctrl-C stops."""
-    from metaclaw.supervisor import apply_env, prefect_env, start_prefect_server, start_proxy
+    from metaclaw.main_job import run_main_job
 
     settings = load_settings()
-    paths = settings.paths
-    port = proxy_port or settings.proxy.port
-    api = f"http://127.0.0.1:{prefect_port}/api"
-    apply_env(prefect_env(paths.prefect, api))
-    children = []
     try:
-        with console.status("starting the Prefect server (SQLite under "
-                            f"{paths.prefect}) …"):
-            children.append(start_prefect_server(paths, prefect_port))
-        with console.status("starting the proxy …"):
-            children.append(start_proxy(paths, port))
-        upstream = settings.upstream.base_url or "(none: set METACLAW_UPSTREAM__BASE_URL)"
-        proxy_url = f"http://{settings.proxy.host}:{port}/v1"
-        console.print(f"[bold]proxy[/bold]      {proxy_url} → {upstream}")
-        console.print(f"[bold]Prefect UI[/bold] http://127.0.0.1:{prefect_port}")
-        console.print(f"[bold]data[/bold]       {paths.home.resolve()}  (logs in {paths.logs})")
-        console.print("serving deployments; Ctrl-C stops everything")
-        deployments = importlib.import_module("flows.deployments")
-        prefect = importlib.import_module("prefect")
-        prefect.serve(*deployments.build_deployments(settings), print_starting_message=False)
-    except KeyboardInterrupt:
-        pass
+        run_main_job(settings, proxy_port or settings.proxy.port, prefect_port, console)
     except RuntimeError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
-    finally:
-        for child in reversed(children):
-            child.stop()
-        console.print("stopped")
+
+
+def _replay_summary(summary: Any, found: Any) -> None:
+    table = Table("", "count", title="replay", show_header=False)
+    for label, value in (
+        ("files imported", summary.files),
+        ("files already imported (skipped)", summary.resumed),
+        ("sessions", summary.sessions),
+        ("turns", summary.turns),
+        ("feedback", summary.feedback),
+        ("turns before --since (left out)", summary.before_since),
+        ("records skipped (see below)", summary.skipped),
+        ("turns lost with them", summary.turns_lost),
+        ("files that are not logs (ignored)", len(found.ignored)),
+    ):
+        table.add_row(label, str(value))
+    console.print(table)
+    shown = summary.problems[:20]
+    if shown:
+        err_console.print("[yellow]skipped[/yellow] (file:line: reason):")
+        for problem in shown:
+            err_console.print(f"  {problem}", markup=False, highlight=False)
+        if summary.skipped > len(shown):
+            err_console.print(f"  … and {summary.skipped - len(shown)} more")
+
+
+@app.command()
+def replay(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Log files or directories (searched recursively).")
+    ],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", help="auto | openclaw | openclaw-sqlite | openclaw-trajectory | openai"
+        ),
+    ] = "auto",
+    since: Annotated[
+        str | None, typer.Option(help="Only turns at or after this time (ISO date or time).")
+    ] = None,
+) -> None:
+    """Import historical conversation logs into the ledger (idempotent; resumes after a crash)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from metaclaw.replay import FORMATS, Importer, discover, parse_ts
+
+    settings = load_settings()
+    if fmt != "auto" and fmt not in FORMATS:
+        err_console.print(f"[red]unknown format {fmt!r}[/red]; formats: auto, {', '.join(FORMATS)}")
+        raise typer.Exit(2)
+    since_us = parse_ts(since) if since else None
+    if since and since_us is None:
+        err_console.print(f"[red]--since {since!r} is not a date or time[/red] (e.g. 2026-03-01)")
+        raise typer.Exit(2)
+    with err_console.status("looking for logs …"):
+        found = discover(paths, fmt, settings.replay.max_record_bytes)
+    for error in found.errors:
+        err_console.print(f"[red]not a log:[/red] {error}", highlight=False)
+    progress = Progress(
+        TextColumn("importing"), BarColumn(), DownloadColumn(),
+        TextColumn("{task.fields[turns]} turns"), TimeElapsedColumn(), console=err_console,
+    )
+    with progress:
+        task = progress.add_task("import", total=sum(s.size for s in found.sources), turns=0)
+
+        def advance(summary: Any, size: int) -> None:
+            progress.update(task, advance=size, turns=summary.turns)
+
+        importer = Importer(settings, since=since_us, on_progress=advance)
+        summary = importer.import_all(found.sources)
+    _replay_summary(summary, found)
+    if found.errors:
+        raise typer.Exit(2)
+    if summary.failed_files:
+        raise typer.Exit(1)
+
+
+@app.command("policy-server")
+def policy_server(
+    host: Annotated[str | None, typer.Option(help="Bind address (default policy.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default policy.port).")] = None,
+) -> None:
+    """Run the local policy server (packaged model + promoted LoRA, OpenAI-compatible)."""
+    from metaclaw.models import ModelNotAvailableError
+    from metaclaw.serving.server import build_engine, build_server, policy_model_name
+
+    settings = load_settings()
+    try:
+        with err_console.status(f"loading {policy_model_name(settings)} …") as spinner:
+            engine = build_engine(settings, notify=lambda m: spinner.update(m))
+    except ModelNotAvailableError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    bind = f"{host or settings.policy.host}:{port or settings.policy.port}"
+    err_console.print(f"MetaClaw policy server on http://{bind}/v1 — {engine.name} "
+                      f"(checkpoint: {engine.policy.checkpoint_id or 'base model'})")
+    build_server(settings, engine, host, port).run()
+
+
+from metaclaw.skills.cli import app as skills_app  # noqa: E402  (the `skills` sub-commands)
+
+app.add_typer(skills_app, name="skills")
+
+from metaclaw.deploy.cli import app as checkpoints_app  # noqa: E402  (`checkpoints` commands)
+
+app.add_typer(checkpoints_app, name="checkpoints")
+
+
+from metaclaw.config_cli import app as config_app  # noqa: E402  (`config show|set`)
+
+app.add_typer(config_app, name="config")
+
+from metaclaw.connect.cli import app as connect_app  # noqa: E402  (`connect [openclaw]`)
+
+app.add_typer(connect_app, name="connect")
 
 
 def main() -> None:

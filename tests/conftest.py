@@ -12,6 +12,10 @@ os.environ.update(
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "LANCEDB_LOG": "error",
+        # No test may reach for a local policy server it did not start: with nothing configured,
+        # judge and critic are off (tests of the embedded default turn them on explicitly).
+        "METACLAW_JUDGE__LOCAL_DEFAULT": "false",
+        "METACLAW_CRITIC__LOCAL_DEFAULT": "false",
     }
 )
 
@@ -47,6 +51,15 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=90):
         yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[object]:
+    """moto's S3 API as a real process on 127.0.0.1 (tests/stubs/s3_server.py); one per session."""
+    from tests.stubs.s3_server import StubS3
+
+    with StubS3() as server:
+        yield server
 
 
 @pytest.fixture()

@@ -25,6 +25,7 @@ import orjson
 from pydantic import SecretStr
 
 from metaclaw.config import JudgeSettings, Settings
+from metaclaw.providers import async_openai_client, azure_endpoint
 from metaclaw.scoring.prompt import PROMPT_VERSION, JudgeCase
 from metaclaw.scoring.votes import Verdict, Vote, majority, parse_vote
 
@@ -38,18 +39,25 @@ class JudgeEndpoint:
     base_url: str
     model: str
     api_key: SecretStr | None = None
+    azure_api_version: str | None = None  # set: Azure OpenAI (base_url = resource endpoint)
 
     def __repr__(self) -> str:  # never print the key
         return f"JudgeEndpoint(base_url={self.base_url!r}, model={self.model!r})"
 
 
 def judge_endpoint(settings: Settings) -> JudgeEndpoint | None:
+    from metaclaw.serving.defaults import local_policy_endpoint
+
     """Which judge to call, or None for "no LLM judge" (implicit + explicit signals only).
 
     - `judge.base_url` set: that server, with `judge.model` (required) and `judge.api_key`;
     - only `judge.model` set: the upstream's base URL and key, with the judge's model;
-    - neither: None. (The embedded local model becomes the default here once it exists.)
+    - neither: the local policy server (the embedded model) when `judge.local_default`,
+      else None.
     """
+    azure = azure_endpoint(settings, "judge")  # Azure OpenAI deployment (metaclaw/providers.py)
+    if azure is not None:
+        return JudgeEndpoint(azure.base_url, azure.model, azure.api_key, azure.azure_api_version)
     judge = settings.judge
     if judge.base_url:
         if not judge.model:
@@ -63,6 +71,9 @@ def judge_endpoint(settings: Settings) -> JudgeEndpoint | None:
                              "upstream.base_url to reuse; set METACLAW_JUDGE__BASE_URL")
         return JudgeEndpoint(upstream.base_url.rstrip("/"), judge.model,
                              judge.api_key or upstream.api_key)
+    if judge.local_default:
+        local = local_policy_endpoint(settings)
+        return JudgeEndpoint(local.base_url, local.model, local.api_key)
     return None
 
 
@@ -148,9 +159,8 @@ class Judge:
         self.stats = JudgeStats()
         self.broken: str | None = None
         self._owns_client = client is None
-        self._client = client or openai.AsyncOpenAI(
-            base_url=endpoint.base_url,
-            api_key=endpoint.api_key.get_secret_value() if endpoint.api_key else PLACEHOLDER_KEY,
+        self._client = client or async_openai_client(  # OpenAI-compatible or Azure OpenAI
+            endpoint,
             timeout=settings.timeout_s,
             max_retries=0,  # retries are ours: counted against the budget, with our backoff
         )

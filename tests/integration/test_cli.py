@@ -112,6 +112,9 @@ def test_up_serves_proxy_and_ingest_then_stops_cleanly(tmp_path: Path, stub: Stu
         "METACLAW_HOME": str(tmp_path / "home"),
         "METACLAW_CONFIG": str(tmp_path / "none.toml"),
         "METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
+        # a configured judge: this test needs no local policy server (see the embedded test)
+        "METACLAW_JUDGE__BASE_URL": stub.base_url + "/v1",
+        "METACLAW_JUDGE__MODEL": "stub-judge",
         "METACLAW_FLOWS__INGEST_INTERVAL_S": "5",
         "METACLAW_LEDGER__WAL_ROTATE_S": "0.5",
     }

@@ -1,0 +1,398 @@
+"""The local policy server's HTTP face: an OpenAI-compatible API over `PolicyEngine`.
+
+Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`, `GET /healthz`,
+and `GET|POST /admin/adapter` (which LoRA checkpoint new requests run on). Errors are
+OpenAI-shaped everywhere; a full queue answers 503 with `Retry-After` before any work is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from metaclaw.serving import responses as shapes
+from metaclaw.serving.chat import ChatFormatError
+from metaclaw.serving.checkpoints import CheckpointError, adapter_dir, ledger_path
+from metaclaw.serving.engine import AdapterError, Delta, EngineError, PolicyEngine, Result
+from metaclaw.serving.openai_params import parse_chat, parse_completion
+
+log = logging.getLogger("metaclaw.serving")
+OPEN_PATHS = frozenset({"/healthz"})
+STALL_GRACE_S = 30.0  # beyond the request timeout, before the async side gives up on the worker
+CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, logs can tell
+DISCONNECT_POLL_S = 1.0  # how often a waiting non-streamed request checks its client is there
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+def error_response(err: EngineError) -> Response:
+    headers = {"retry-after": "1"} if err.status == 503 else None
+    return json_response(err.body(), err.status, headers)
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+class KeyMiddleware:
+    """Bearer-key auth for every path but /healthz when `policy.api_key` is set."""
+
+    def __init__(self, app: ASGIApp, key: bytes | None) -> None:
+        self.app = app
+        self.key = key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.key is None or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        auth = headers.get(b"authorization", b"")
+        if auth[:7].lower() == b"bearer " and hmac.compare_digest(auth[7:].strip(), self.key):
+            await self.app(scope, receive, send)
+            return
+        err = EngineError(401, "missing or invalid API key: send policy.api_key as "
+                          "'Authorization: Bearer <key>'", "invalid_api_key",
+                          "authentication_error")
+        await error_response(err)(scope, receive, send)
+
+
+class ServerState:
+    def __init__(self, engine: PolicyEngine, home: Path, timeout_s: float) -> None:
+        self.engine = engine
+        self.home = home
+        self.timeout_s = timeout_s
+        self.started = time.time()
+
+
+def create_app(engine: PolicyEngine, *, home: Path, request_timeout_s: float,
+               api_key: str | None = None, own_engine: bool = True) -> FastAPI:
+    """The ASGI app. The engine is started with the app and closed with it when owned."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        try:
+            yield
+        finally:
+            if own_engine:
+                await asyncio.to_thread(engine.close)
+
+    app = FastAPI(title="MetaClaw policy server", lifespan=lifespan, docs_url=None,
+                  redoc_url=None)
+    app.state.policy = ServerState(engine, Path(home), request_timeout_s)
+    app.add_middleware(KeyMiddleware, key=api_key.encode() if api_key else None)
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    app.add_api_route("/v1/completions", completions, methods=["POST"])
+    app.add_api_route("/v1/models", models, methods=["GET"])
+    app.add_api_route("/healthz", healthz, methods=["GET"])
+    app.add_api_route("/admin/adapter", get_adapter, methods=["GET"])
+    app.add_api_route("/admin/adapter", set_adapter, methods=["POST"])
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(request: Request, exc: EngineError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = {404: f"no route {request.method} {request.url.path}",
+                   405: f"method {request.method} not allowed on {request.url.path}"}
+        return error_response(EngineError(exc.status_code,
+                                          message.get(exc.status_code, str(exc.detail)),
+                                          "not_found" if exc.status_code == 404 else "http"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(EngineError(500, f"internal error: {type(exc).__name__}",
+                                          "server_error", "server_error"))
+
+    return app
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.policy
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise EngineError(400, "the request body is not valid JSON", "invalid_json") from None
+
+
+async def _next(req: Any, deadline: float) -> Delta | Result | EngineError:
+    try:
+        return await asyncio.wait_for(req.events.get(), max(1.0, deadline - time.monotonic()))
+    except TimeoutError:
+        req.cancel()
+        return EngineError(504, "the policy engine stopped responding", "timeout", "server_error")
+
+
+async def _result(req: Any, deadline: float, request: Request) -> Result | None:
+    """Wait for a non-streamed result; a client that hangs up frees its batch slot (None)."""
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(req.events.get(), DISCONNECT_POLL_S)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    return None
+                if time.monotonic() > deadline:
+                    raise EngineError(504, "the policy engine stopped responding", "timeout",
+                                      "server_error") from None
+                continue
+            if isinstance(event, EngineError):
+                raise event
+            if isinstance(event, Result):
+                return event
+    finally:
+        if not req.done:
+            req.cancel()
+
+
+# ----- chat --------------------------------------------------------------------------------
+
+
+async def chat_completions(request: Request) -> Response:
+    state = _state(request)
+    engine = state.engine
+    chat = parse_chat(await _body(request), engine.max_new_tokens)
+    try:
+        prompt_text = engine.render_chat(chat.messages, chat.tools)
+    except ChatFormatError as exc:
+        raise EngineError(400, str(exc), "invalid_messages", param="messages") from None
+    prompt_ids = engine.encode(prompt_text, add_special_tokens=False)
+    max_tokens = engine.check_prompt(prompt_ids, chat.params.max_tokens)
+    params = _with_max(chat.params, max_tokens)
+    req = engine.submit(prompt_ids, params, stream=chat.stream, timeout_s=state.timeout_s)
+    deadline = time.monotonic() + state.timeout_s + STALL_GRACE_S
+    rid = shapes.new_id("chatcmpl")
+    if not chat.stream:
+        result = await _result(req, deadline, request)
+        if result is None:
+            return Response(status_code=CLIENT_GONE)
+        return json_response(shapes.chat_completion(
+            rid, engine.name, result, logprobs=chat.logprobs, top_p=params.top_p,
+            token_text=engine.token_text))
+    return StreamingResponse(_chat_stream(req, rid, engine, chat.logprobs, chat.include_usage,
+                                          params.top_p, deadline),
+                             media_type="text/event-stream",
+                             headers={"cache-control": "no-cache"})
+
+
+async def _chat_stream(req: Any, rid: str, engine: PolicyEngine, logprobs: bool,
+                       include_usage: bool, top_p: float, deadline: float
+                       ) -> AsyncIterator[bytes]:
+    created = shapes.now()
+    model = engine.name
+    try:
+        yield _sse(shapes.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}))
+        while True:
+            event = await _next(req, deadline)
+            if isinstance(event, EngineError):
+                yield _sse(event.body())
+                return
+            if isinstance(event, Delta):
+                lp = None
+                if logprobs and event.token_id is not None:
+                    assert event.logprob is not None
+                    lp = shapes.chat_logprob_content(engine.token_text, [event.token_id],
+                                                     [event.logprob], [event.top])
+                if event.text or lp:
+                    yield _sse(shapes.chat_chunk(rid, model, created, {"content": event.text},
+                                                 logprobs=lp))
+                continue
+            for i, call in enumerate(shapes.tool_calls_with_ids(event.tool_calls, rid)):
+                yield _sse(shapes.chat_chunk(rid, model, created,
+                                             {"tool_calls": [{"index": i, **call}]}))
+            final = shapes.chat_chunk(rid, model, created, {}, finish=event.finish_reason,
+                                      checkpoint=event.checkpoint)
+            final["metaclaw"] = shapes.metaclaw_field(event, top_p)
+            if include_usage:
+                final["usage"] = None
+            yield _sse(final)
+            if include_usage:
+                yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created,
+                            "model": model, "choices": [], "usage": shapes.usage(event)})
+            yield b"data: [DONE]\n\n"
+            return
+    finally:
+        if not req.done:
+            req.cancel()
+
+
+def _with_max(params: Any, max_tokens: int) -> Any:
+    from dataclasses import replace
+
+    return replace(params, max_tokens=max_tokens)
+
+
+# ----- completions -------------------------------------------------------------------------
+
+
+async def completions(request: Request) -> Response:
+    state = _state(request)
+    engine = state.engine
+    comp = parse_completion(await _body(request))
+    if isinstance(comp.prompt, str):
+        prompt_ids = engine.encode(comp.prompt, add_special_tokens=True)
+        prompt_text = comp.prompt
+    else:
+        prompt_ids = comp.prompt
+        engine.check_prompt(prompt_ids, 0)  # token ids in range before decoding them
+        prompt_text = engine.decode_all(prompt_ids)
+    max_tokens = engine.check_prompt(prompt_ids, comp.params.max_tokens)
+    if comp.params.max_tokens > 0 and max_tokens == 0:
+        raise EngineError(400, "no room left in the context for a completion",
+                          "context_length_exceeded")
+    params = _with_max(comp.params, max_tokens)
+    req = engine.submit(prompt_ids, params, stream=comp.stream, timeout_s=state.timeout_s)
+    deadline = time.monotonic() + state.timeout_s + STALL_GRACE_S
+    rid = shapes.new_id("cmpl")
+    if not comp.stream:
+        result = await _result(req, deadline, request)
+        if result is None:
+            return Response(status_code=CLIENT_GONE)
+        return json_response(shapes.text_completion(
+            rid, engine.name, result, prompt_text=prompt_text, echo=comp.echo,
+            logprobs=comp.logprobs, top_p=params.top_p, token_text=engine.token_text))
+    return StreamingResponse(_completion_stream(req, rid, engine, comp, prompt_text,
+                                                params.top_p, deadline),
+                             media_type="text/event-stream",
+                             headers={"cache-control": "no-cache"})
+
+
+async def _completion_stream(req: Any, rid: str, engine: PolicyEngine, comp: Any,
+                             prompt_text: str, top_p: float, deadline: float
+                             ) -> AsyncIterator[bytes]:
+    created = shapes.now()
+    model = engine.name
+    offset = len(prompt_text)
+    try:
+        if comp.echo:
+            yield _sse(shapes.completion_chunk(rid, model, created, prompt_text))
+        while True:
+            event = await _next(req, deadline)
+            if isinstance(event, EngineError):
+                yield _sse(event.body())
+                return
+            if isinstance(event, Delta):
+                lp = None
+                if comp.logprobs is not None and event.token_id is not None:
+                    lp = shapes.completion_logprobs(engine.token_text, [event.token_id],
+                                                    [event.logprob], [event.top], offset,
+                                                    comp.logprobs > 0)
+                if event.text or lp:
+                    yield _sse(shapes.completion_chunk(rid, model, created, event.text,
+                                                       logprobs=lp))
+                offset += len(event.text)
+                continue
+            final = shapes.completion_chunk(rid, model, created, "", finish=event.finish_reason)
+            final["metaclaw"] = shapes.metaclaw_field(event, top_p)
+            yield _sse(final)
+            if comp.include_usage:
+                yield _sse({"id": rid, "object": "text_completion", "created": created,
+                            "model": model, "choices": [], "usage": shapes.usage(event)})
+            yield b"data: [DONE]\n\n"
+            return
+    finally:
+        if not req.done:
+            req.cancel()
+
+
+# ----- models, health, admin ---------------------------------------------------------------
+
+
+async def models(request: Request) -> Response:
+    state = _state(request)
+    engine = state.engine
+    return json_response({"object": "list", "data": [{
+        "id": engine.name, "object": "model", "created": int(state.started),
+        "owned_by": "metaclaw", "metaclaw": {"checkpoint": engine.policy.checkpoint_id,
+                                              "max_context_tokens": engine.max_context_tokens},
+    }]})
+
+
+async def healthz(request: Request) -> Response:
+    state = _state(request)
+    engine = state.engine
+    stats = engine.stats
+    body = {
+        "status": "ok" if engine.alive else "down",
+        "model": engine.name,
+        "model_dir": str(engine.model_dir),
+        "checkpoint": engine.policy.checkpoint_id,
+        "adapter_path": engine.policy.path,
+        "queued": engine.queued,
+        "active": engine.active,
+        "max_queue": engine.max_queue,
+        "max_batch": engine.max_batch,
+        "stats": {k: getattr(stats, k) for k in stats.__dataclass_fields__},
+    }
+    return json_response(body, 200 if engine.alive else 503)
+
+
+async def get_adapter(request: Request) -> Response:
+    policy = _state(request).engine.policy
+    return json_response({"checkpoint_id": policy.checkpoint_id, "path": policy.path})
+
+
+async def set_adapter(request: Request) -> Response:
+    """Hot-swap the LoRA adapter: {"checkpoint_id": str|null, "path": str|null}.
+
+    Both null: serve the base weights. A checkpoint_id alone: its path from the ledger, else
+    `METACLAW_HOME/checkpoints/<id>/`. A path alone: that directory, labelled by its name.
+    """
+    state = _state(request)
+    body = await _body(request)
+    if not isinstance(body, dict):
+        raise EngineError(400, "body must be {\"checkpoint_id\": str|null, \"path\": str|null}",
+                          "invalid_json")
+    checkpoint_id, path = body.get("checkpoint_id"), body.get("path")
+    for key, value in (("checkpoint_id", checkpoint_id), ("path", path)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise EngineError(400, f"'{key}' must be a non-empty string or null", "invalid_value",
+                              param=key)
+    target: Path | None = None
+    try:
+        if path is not None:
+            target = adapter_dir(state.home, checkpoint_id, path)
+            checkpoint_id = checkpoint_id or target.name
+        elif checkpoint_id is not None:
+            from metaclaw.config import LedgerPaths
+
+            recorded = await asyncio.to_thread(ledger_path, LedgerPaths(state.home),
+                                               checkpoint_id)
+            target = adapter_dir(state.home, checkpoint_id, recorded)
+    except CheckpointError as exc:
+        raise EngineError(400, str(exc), "invalid_checkpoint") from None
+    try:
+        policy = await state.engine.swap(checkpoint_id, target)
+    except AdapterError as exc:
+        raise EngineError(422, str(exc), "invalid_adapter") from None
+    except EngineError:
+        raise
+    except Exception as exc:  # peft refused it after validation: report, keep serving
+        log.exception("adapter load failed")
+        raise EngineError(422, f"could not load the adapter at {target}: {exc}",
+                          "invalid_adapter") from None
+    return json_response({"checkpoint_id": policy.checkpoint_id, "path": policy.path})
+
