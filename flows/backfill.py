@@ -26,6 +26,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture, as_completed
 
+from flows.runners import ConfiguredTaskRunner
 from metaclaw.config import Settings
 from metaclaw.replay import ImportSummary, Source, parse_ts, partition
 from metaclaw.replay.importer import IMPORTED_TABLES
@@ -92,7 +93,7 @@ def _markdown(
     )
 
 
-@flow(name="backfill")
+@flow(name="backfill", task_runner=ConfiguredTaskRunner())
 def backfill_flow(
     path: str | list[str],
     format: str = "auto",

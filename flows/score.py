@@ -24,6 +24,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
+from flows.runners import ConfiguredTaskRunner, budget_shares
 from metaclaw.config import Settings
 from metaclaw.scoring.scorer import BatchReport, ScoreReport
 from tasks.scoring import plan_scoring, score_session_batch, summarise_rewards
@@ -62,16 +63,19 @@ def _report_markdown(report: ScoreReport) -> str:
 REWARDS_LANDED = "metaclaw.rewards.landed"
 
 
-@flow(name="score")
+@flow(name="score", task_runner=ConfiguredTaskRunner())
 def score_flow(rescore: bool = False, max_calls: int | None = None) -> dict[str, Any]:
     """Score unscored turns (judge + implicit signals); publishes a report artifact."""
     settings = Settings()
     plan = plan_scoring(settings, rescore)
     budget = settings.judge.max_calls_per_run if max_calls is None else max_calls
     totals = BatchReport()
-    for index in range(len(plan.batches)):
-        if plan.worth_loading(index, budget - totals.calls, settings.judge.votes):
-            totals.merge(score_session_batch(settings, plan, index, budget - totals.calls))
+    # Batches fan out on the configured task runner (flows/runners.py), the budget split evenly.
+    futures = [score_session_batch.submit(settings, plan, index, share)
+               for index, share in enumerate(budget_shares(budget, len(plan.batches)))
+               if plan.worth_loading(index, share, settings.judge.votes)]
+    for future in futures:
+        totals.merge(future.result())
     agreement, by_source = summarise_rewards(settings)
     report = ScoreReport(plan.judge_version, plan.implicit_version, plan.sessions, totals, budget,
                          agreement, by_source)

@@ -4,16 +4,30 @@ Every default is written here once. Values come, in rising precedence, from thes
 the TOML file (`metaclaw.toml` in the working directory or the file named by
 `$METACLAW_CONFIG`), and `METACLAW_*` environment variables (`__` separates nesting levels,
 e.g. `METACLAW_UPSTREAM__BASE_URL`). Secrets are `SecretStr` so they never print by accident.
+
+`MetaClawConfig` is the public name of `Settings` (one object, two names). The one precedence
+rule, highest first: Python keyword arguments > `METACLAW_*` environment > the standard Azure
+variables (`AZURE_OPENAI_API_KEY`, `AZURE_OPENAI_ENDPOINT`, `OPENAI_API_VERSION`) > the TOML
+file > defaults. Flat keywords (`use_skills`, `lora_rank`, … see `FRIENDLY_KEYS`) map onto the
+sections; an unknown key is an error naming the closest valid key.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -90,26 +104,470 @@ class LedgerSettings(_Section):
     compact_grace_s: float = Field(
         default=600.0, description="Replaced Parquet files are deleted after this long."
     )
+    root: str | None = Field(
+        default=None,
+        description="Where the Parquet files + manifest live: a local path or an fsspec URL such "
+        "as s3://bucket/prefix (docs/scaling.md); default HOME/ledger. The WAL stays local.",
+    )
+    skills_root: str | None = Field(
+        default=None,
+        description="Where the LanceDB skill library lives: a local path or s3://…; default "
+        "HOME/skills (see metaclaw.ledger.storage.lancedb_storage_options).",
+    )
 
 
 class JudgeSettings(_Section):
+    """The process-reward judge of the `score` flow (metaclaw/scoring, docs/scoring.md).
+
+    Set `base_url` + `model` for any OpenAI-compatible judge; `model` alone reuses the upstream's
+    base URL and key. With neither, the judge is the local policy server (the embedded model,
+    `local_default`); with `local_default = false` no LLM judge runs and rewards come from
+    implicit + explicit feedback only. A 135M model is a weak judge: point the judge at a
+    stronger model for real use.
+    """
+
     base_url: str | None = None
     api_key: SecretStr | None = None
     model: str | None = None
+    local_default: bool = Field(
+        default=True, description="With nothing configured, judge with the local policy server."
+    )
+    votes: int = Field(default=3, ge=1, le=15, description="Independent votes per turn.")
+    temperature: float = Field(default=0.6, ge=0, le=2, description="Sampling for the votes.")
+    max_tokens: int = Field(default=512, ge=16, description="Most tokens one vote may use.")
+    concurrency: int = Field(default=16, ge=1, description="Judge calls in flight at once.")
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-call timeout.")
+    retries: int = Field(default=2, ge=0, description="Retries of a failed call (with backoff).")
+    retry_backoff_s: float = Field(default=1.0, ge=0, description="First backoff; doubles.")
+    max_calls_per_run: int = Field(
+        default=3000, ge=0, description="Cost budget: most judge calls (retries included) per run."
+    )
+    session_idle_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="A session's last turn is judged (and abandonment decided) once the session "
+        "has been idle this long.",
+    )
+    version_tag: str = Field(
+        default="", description="Appended to the scorer version; change it to re-judge history."
+    )
 
 
 class TrainingSettings(_Section):
+    """LoRA training of the `train` flow (metaclaw/training): backend, loss, optimiser, guards.
+
+    The loss formulas and the on/off-policy routing are documented in metaclaw/training/losses.py
+    and samples.py; every value here is recorded in each `train_steps` row (`metrics.config`).
+    """
+
     backend: Literal["local", "tinker"] = "local"
-    base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    lora_rank: int = 32
-    batch_size: int = 8
+    base_model: str = Field(
+        default="HuggingFaceTB/SmolLM2-135M-Instruct",
+        description="local: an HF model directory or a name metaclaw.models resolves; "
+        "tinker: a Tinker base model name.",
+    )
+    lora_rank: int = Field(default=32, ge=1)
+    lora_alpha: int = Field(default=32, ge=1, description="LoRA scaling is alpha / rank.")
+    batch_size: int = Field(default=8, ge=1, description="Sequences per micro-batch (step).")
     loss_fn: Literal["cross_entropy", "importance_sampling", "ppo", "cispo", "distillation"] = (
         "importance_sampling"
+    )
+    learning_rate: float = Field(default=1e-4, gt=0, description="AdamW LR, sent every step.")
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip_norm: float = Field(default=0.0, ge=0, description="0 disables clipping.")
+    clip_low: float | None = Field(
+        default=None, description="ppo/cispo ratio lower bound (default 0.8 ppo, 0.0 cispo)."
+    )
+    clip_high: float | None = Field(
+        default=None, description="ppo/cispo ratio upper bound (default 1.2 ppo, 4.0 cispo)."
+    )
+    kl_coef: float = Field(
+        default=1.0, ge=0, description="distillation: advantage = kl_coef·(teacher − student)."
+    )
+    max_kl: float = Field(
+        default=0.5,
+        gt=0,
+        description="Abort a step when the sampler→learner KL on its on-policy tokens exceeds "
+        "this (healthy is ~1e-3).",
+    )
+    temperature: float = Field(
+        default=1.0,
+        ge=0,
+        description="The sampling temperature on-policy turns must have been served at to be "
+        "importance-weighted (the learner scores at 1, as Tinker does).",
+    )
+    min_reward_for_sft: float = Field(
+        default=0.5, description="Off-policy turns train (cross-entropy) only at this reward."
+    )
+    max_seq_len: int = Field(default=4096, ge=2, description="Longer turns are skipped.")
+    max_steps_per_run: int = Field(default=1, ge=1, description="Steps one flow run may take.")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    teacher_base_url: str | None = Field(
+        default=None, description="distillation: OpenAI-compatible /v1 with echo logprobs."
+    )
+    teacher_model: str | None = Field(
+        default=None, description="distillation: teacher model (a Tinker name/path on tinker)."
+    )
+    teacher_api_key: SecretStr | None = None
+    tinker_base_url: str | None = Field(default=None, description="Else $TINKER_BASE_URL.")
+    tinker_api_key: SecretStr | None = Field(default=None, description="Else $TINKER_API_KEY.")
+    tinker_timeout_s: float = Field(default=600.0, gt=0, description="Deadline per Tinker call.")
+    tinker_state_ttl_s: int | None = Field(
+        default=None, description="TTL of Tinker training states (None: never expire)."
+    )
+    concurrency_lease_s: float = Field(
+        default=600.0, gt=0, description="Lease of the global 'metaclaw-training' slot."
     )
 
 
 class FlowSettings(_Section):
     ingest_interval_s: int = 30
+    score_interval_s: int = 60
+    train_interval_s: int = 120
+    diagnose_interval_s: int = 300
+    evolve_interval_s: int = 600
+    deploy_interval_s: int = 120
+    evolve_enabled: bool = Field(
+        default=True,
+        description="Skill evolution on schedule (MetaClawConfig(enable_skill_evolution=...)); "
+        "off pauses the evolve deployment (an on-demand `metaclaw run evolve` still works).",
+    )
+    task_runner: Literal["thread", "dask"] = Field(
+        default="thread",
+        description="Where fan-out tasks (score batches, diagnoses, backfill partitions) run: "
+        "a thread pool in the flow's process, or a Dask cluster (flows/runners.py).",
+    )
+    dask_address: str | None = Field(
+        default=None,
+        description="Scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786; unset "
+        "with task_runner=dask starts a temporary local cluster per flow run.",
+    )
+    thread_workers: int = Field(
+        default=4, ge=1, description="Fan-out tasks at once with task_runner=thread."
+    )
+
+
+class ReplaySettings(_Section):
+    """Backfill of historical logs (`metaclaw replay`, flow `backfill`)."""
+
+    batch_rows: int = Field(default=1000, description="Turns per durable WAL append.")
+    concurrency: int = Field(
+        default=2, ge=1, description="Backfill partitions imported at the same time."
+    )
+    partition_files: int = Field(default=200, ge=1, description="Most files in one partition.")
+    partition_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1, description="Most bytes of logs in one partition."
+    )
+    max_record_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        description="A log line (or SQLite event) larger than this is skipped and reported.",
+    )
+    max_inline_image_bytes: int = Field(
+        default=256 * 1024,
+        description="Images larger than this are replaced by a placeholder in imported requests.",
+    )
+    ingest_every_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        description="Run ledger ingest whenever the WAL holds this much, so memory stays flat "
+        "however long the history (ingest reads the WAL whole).",
+    )
+
+
+class PolicySettings(_Section):
+    """The local policy server (`metaclaw policy-server`, metaclaw/serving): the embedded model
+    plus the promoted LoRA behind an OpenAI-compatible API; the default upstream and judge."""
+
+    host: str = "127.0.0.1"
+    port: int = 30001
+    model: str | None = Field(
+        default=None,
+        description="Model served (default training.base_model): a packaged model, an HF "
+        "model directory or a .gguf file (see metaclaw.models).",
+    )
+    device: str = Field(default="cpu", description="torch device, e.g. cpu or cuda.")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32", description="bfloat16 is ~1.7× faster on CPUs with avx512_bf16."
+    )
+    max_queue: int = Field(default=64, ge=1, description="Waiting requests before 503s.")
+    max_batch: int = Field(default=8, ge=1, description="Requests generating at once.")
+    max_new_tokens: int = Field(default=1024, ge=1, description="Cap on tokens per completion.")
+    max_context_tokens: int = Field(default=4096, ge=16, description="Prompt + completion cap.")
+    request_timeout_s: float = Field(default=600.0, gt=0, description="Queue wait + generation.")
+    torch_threads: int = Field(default=0, ge=0, description="0: torch's default.")
+    api_key: SecretStr | None = Field(default=None, description="Bearer key, when set.")
+
+
+class SkillsSettings(_Section):
+    """The skill library (metaclaw/skills, docs/skills.md): retrieval on the proxy's hot path,
+    efficacy statistics, retirement and the evolution limits."""
+
+    enabled: bool = Field(default=True, description="Inject retrieved skills into requests.")
+    top_k: int = Field(default=3, ge=0, le=50, description="Most skills injected per turn.")
+    min_similarity: float = Field(
+        default=0.25, ge=-1, le=1, description="Hybrid similarity a skill needs to be injected."
+    )
+    text_weight: float = Field(
+        default=0.3, ge=0, le=1, description="Share of full-text (BM25) in hybrid similarity."
+    )
+    token_budget: int = Field(default=800, ge=0, description="Most tokens of the injected block.")
+    prior_alpha: float = Field(default=2.0, gt=0, description="Beta prior: pseudo-successes.")
+    prior_beta: float = Field(default=2.0, gt=0, description="Beta prior: pseudo-failures.")
+    retire_min_uses: int = Field(
+        default=20, ge=1, description="Injected turns with a reward before auto-retirement."
+    )
+    retire_z: float = Field(
+        default=1.96, ge=0, description="Retire when (with − without) + z·se < 0: confidence."
+    )
+    efficacy_window_days: int = Field(
+        default=30, ge=1, description="Rewarded turns this recent feed efficacy statistics."
+    )
+    embedding: Literal["static-minilm", "minilm"] = Field(
+        default="static-minilm",
+        description="static-minilm: numpy token table from the packaged all-MiniLM-L6-v2 "
+        "(~0.05 ms/query); minilm: the full model via sentence-transformers (~12 ms/query).",
+    )
+    embeddings_dir: Path | None = Field(
+        default=None, description="Cache of the static table (default HOME/embeddings)."
+    )
+    refresh_interval_s: float = Field(
+        default=2.0, ge=0, description="How often the proxy checks the library for changes."
+    )
+    ivf_min_skills: int = Field(
+        default=20_000, ge=1, description="Active skills above which search uses an IVF index."
+    )
+    failure_threshold: float = Field(
+        default=0.0, ge=-1, le=1, description="A turn whose reward is below this is a failure."
+    )
+    dedup_similarity: float = Field(
+        default=0.92, ge=0, le=1, description="Similarity at which a new skill revises one."
+    )
+    max_instruction_chars: int = Field(default=4000, ge=100, description="Skill size limit.")
+    max_turns_per_diagnosis: int = Field(
+        default=8, ge=1, description="Failed turns of one session diagnosed together."
+    )
+    max_new_skills_per_run: int = Field(default=5, ge=0, description="Evolution write budget.")
+
+
+class CriticSettings(_Section):
+    """The critic LLM of the `diagnose` and `evolve` flows: any OpenAI-compatible endpoint.
+
+    `base_url` + `model` name it; `model` alone reuses the upstream's base URL and key. With no
+    model, the critic is the local policy server (`local_default`); with `local_default = false`
+    the flows skip with a message saying what to set.
+    """
+
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    model: str | None = None
+    local_default: bool = Field(
+        default=True, description="With nothing configured, use the local policy server."
+    )
+    temperature: float = Field(default=0.2, ge=0, le=2)
+    max_tokens: int = Field(default=1500, ge=64, description="Most tokens one critic reply uses.")
+    timeout_s: float = Field(default=120.0, gt=0, description="Per-call timeout.")
+    retries: int = Field(default=2, ge=0, description="Retries of a failed or invalid reply.")
+    max_calls_per_run: int = Field(default=50, ge=0, description="Cost budget per flow run.")
+
+
+class DeploySettings(_Section):
+    """The gate of the `deploy` flow (metaclaw/deploy, docs/deploy.md): a candidate checkpoint is
+    promoted only when its pairwise win rate against the promoted policy (or the base model) on
+    held-out prompts is significantly above `min_win_rate` and no guard trips."""
+
+    min_win_rate: float = Field(
+        default=0.5, ge=0, lt=1,
+        description="Promote only when the Wilson lower bound of the win rate exceeds this.",
+    )
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1, description="Two-sided confidence of the Wilson interval."
+    )
+    eval_fraction: float = Field(
+        default=0.1, ge=0, le=0.5,
+        description="Share of turns held out from training for evaluation (a hash of turn_id "
+        "decides; see metaclaw.deploy.split). 0: evaluate on prompts_file only.",
+    )
+    split_salt: str = Field(
+        default="metaclaw-eval-v1",
+        description="Salt of the held-out split; changing it (or eval_fraction) moves turns "
+        "between the splits, so evaluations before and after are not comparable.",
+    )
+    eval_size: int = Field(default=64, ge=1, description="Most held-out prompts per evaluation.")
+    min_eval_prompts: int = Field(
+        default=8, ge=1, description="With fewer eval prompts the candidate waits (no verdict)."
+    )
+    prompts_file: Path | None = Field(
+        default=None,
+        description='JSONL of fixed eval prompts added to every evaluation: {"messages": [...]} '
+        'or {"prompt": "..."} per line.',
+    )
+    samples_per_prompt: int = Field(default=1, ge=1, le=16, description="Pairs per prompt.")
+    max_new_tokens: int = Field(default=256, ge=1, description="Cap per sampled reply.")
+    max_prompt_tokens: int = Field(default=2048, ge=16, description="Longer prompts are skipped.")
+    temperature: float = Field(
+        default=1.0, ge=0, le=2,
+        description="Sampling temperature of both policies (1 = as served by default, and the "
+        "KL estimate is exact only at 1).",
+    )
+    seed: int = Field(default=0, description="Both policies draw with the same seeds per prompt.")
+    judge_temperature: float = Field(default=0.0, ge=0, le=2, description="Pairwise judge.")
+    judge_max_tokens: int = Field(default=256, ge=16, description="Most tokens per verdict.")
+    max_kl: float = Field(
+        default=1.0, gt=0,
+        description="Guard: mean per-token KL(candidate ‖ base) in nats on the candidate's "
+        "samples.",
+    )
+    max_length_ratio: float = Field(
+        default=3.0, gt=1,
+        description="Guard: candidate mean reply length / the current policy's.",
+    )
+    max_degenerate_fraction: float = Field(
+        default=0.25, ge=0, le=1,
+        description="Guard: share of empty or degenerate (looping) candidate replies allowed "
+        "when it is also worse than the current policy's share.",
+    )
+    notify_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long a promotion waits for the policy server swap."
+    )
+
+
+class AzureOpenAISettings(_Section):
+    """Azure OpenAI (the `openai` package's AzureOpenAI client) for the judge, the critic and,
+    when listed in `use_for`, the proxy upstream (metaclaw/providers.py).
+
+    Naming a deployment opts in (`MetaClawConfig(azure_openai_deployment="gpt-5.2")`); a role
+    whose own `base_url` is set keeps it. Endpoint, key and API version also come from the
+    standard `AZURE_OPENAI_ENDPOINT`, `AZURE_OPENAI_API_KEY`, `OPENAI_API_VERSION` variables.
+    """
+
+    deployment: str | None = Field(
+        default=None, description="Deployment name used as the model (a role's model wins)."
+    )
+    endpoint: str | None = Field(
+        default=None, description="Resource endpoint, e.g. https://NAME.openai.azure.com"
+    )
+    api_key: SecretStr | None = None
+    api_version: str = Field(default="2024-10-21", description="The api-version query value.")
+    use_for: list[Literal["judge", "critic", "upstream"]] = Field(
+        default_factory=lambda: ["judge", "critic"],
+        description="Roles served by the Azure deployment when it is set.",
+    )
+
+
+class _AzureStandardEnv(BaseSettings):
+    """The variable names the Azure docs and the `openai` SDK use, read once, here."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    endpoint: str | None = Field(default=None, validation_alias="AZURE_OPENAI_ENDPOINT")
+    api_key: SecretStr | None = Field(default=None, validation_alias="AZURE_OPENAI_API_KEY")
+    api_version: str | None = Field(default=None, validation_alias="OPENAI_API_VERSION")
+
+
+class AzureStandardEnvSource(PydanticBaseSettingsSource):
+    """`azure.*` from the standard Azure variables (below `METACLAW_*`, above the file)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = _AzureStandardEnv().model_dump(exclude_none=True)
+        return {"azure": values} if values else {}
+
+
+# Flat keywords of MetaClawConfig(...) (and top-level TOML keys) → (section, key).
+FRIENDLY_KEYS: dict[str, tuple[str, str]] = {
+    "use_skills": ("skills", "enabled"),
+    "enable_skill_evolution": ("flows", "evolve_enabled"),
+    "azure_openai_deployment": ("azure", "deployment"),
+    "model_name": ("training", "base_model"),
+    "lora_rank": ("training", "lora_rank"),
+    "batch_size": ("training", "batch_size"),
+    "loss_fn": ("training", "loss_fn"),
+    "learning_rate": ("training", "learning_rate"),
+    "training_backend": ("training", "backend"),
+}
+
+
+def expand_friendly(data: dict[str, Any]) -> dict[str, Any]:
+    """`{"lora_rank": 8}` → `{"training": {"lora_rank": 8}}` (a flat keyword beats the same
+    key given inside its section in the same layer)."""
+    out = dict(data)
+    for flat, (section, key) in FRIENDLY_KEYS.items():
+        if flat in out:
+            value = out.pop(flat)
+            current = out.get(section)
+            if isinstance(current, BaseModel):
+                current = current.model_dump(exclude_unset=True)
+            out[section] = {**(current or {}), key: value}
+    return out
+
+
+def valid_keys() -> list[str]:
+    """Every settable dotted key (`home`, `proxy.port`, …)."""
+    keys: list[str] = []
+    for name, info in Settings.model_fields.items():
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, _Section):
+            keys.extend(f"{name}.{sub}" for sub in section.model_fields)
+        else:
+            keys.append(name)
+    return keys
+
+
+def closest_key(key: str) -> str | None:
+    """The valid key a typo most likely meant (same leaf name first, then difflib)."""
+    keys = valid_keys()
+    if key in FRIENDLY_KEYS:
+        return ".".join(FRIENDLY_KEYS[key])
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+    if len(same_leaf) == 1:
+        return same_leaf[0]
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
+    close = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.7)
+    return leaves[close[0]] if close else None
+
+
+def unknown_key_error(key: str) -> str:
+    hint = closest_key(key)
+    return f"unknown configuration key {key!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+
+
+def _unknown_keys(data: dict[str, Any]) -> list[str]:
+    unknown: list[str] = []
+    for name, value in data.items():
+        info = Settings.model_fields.get(name)
+        if info is None:
+            unknown.append(name)
+            continue
+        section = info.annotation
+        if isinstance(value, dict) and isinstance(section, type) and issubclass(section, _Section):
+            unknown.extend(f"{name}.{k}" for k in value if k not in section.model_fields)
+    return unknown
+
+
+_SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def _mask_secrets_in_place(data: Any) -> None:
+    if isinstance(data, dict):
+        for name, value in data.items():
+            if isinstance(value, dict):
+                _mask_secrets_in_place(value)
+            elif any(w in str(name).lower() for w in _SECRET_WORDS) and value is not None:
+                data[name] = "**********"
+            elif isinstance(value, list):
+                _mask_secrets_in_place(value)
+    elif isinstance(data, list):
+        for item in data:
+            _mask_secrets_in_place(item)
 
 
 class Settings(BaseSettings):
@@ -129,6 +587,26 @@ class Settings(BaseSettings):
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     flows: FlowSettings = Field(default_factory=FlowSettings)
+    replay: ReplaySettings = Field(default_factory=ReplaySettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    skills: SkillsSettings = Field(default_factory=SkillsSettings)
+    critic: CriticSettings = Field(default_factory=CriticSettings)
+    deploy: DeploySettings = Field(default_factory=DeploySettings)
+    azure: AzureOpenAISettings = Field(default_factory=AzureOpenAISettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _friendly_keys(cls, data: Any) -> Any:
+        """Flat keywords → sections; unknown keys fail naming the closest valid key (a typo
+        must never fall back silently to a default)."""
+        if not isinstance(data, dict):
+            return data
+        expanded = expand_friendly(data)
+        unknown = _unknown_keys(expanded)
+        if unknown:
+            _mask_secrets_in_place(data)  # pydantic quotes the input in the error it prints
+            raise ValueError("; ".join(unknown_key_error(k) for k in unknown))
+        return expanded
 
     @classmethod
     def settings_customise_sources(
@@ -140,24 +618,37 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file_path())
-        return (init_settings, env_settings, toml)
+        return (init_settings, env_settings, AzureStandardEnvSource(settings_cls), toml)
 
     @cached_property
     def paths(self) -> LedgerPaths:
-        return LedgerPaths(self.home)
+        return LedgerPaths(self.home, root=self.ledger.root, skills_root=self.ledger.skills_root)
+
+
+MetaClawConfig = Settings  # the public name (`from metaclaw import MetaClawConfig`)
 
 
 class LedgerPaths:
     """Where each part of the data directory lives (one place, so nothing hard-codes a path)."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(
+        self, home: Path, root: str | None = None, skills_root: str | None = None
+    ) -> None:
         self.home = Path(home)
         self.wal = self.home / "wal"
-        self.ledger = self.home / "ledger"
+        # `root`: the ledger's Parquet + manifest, a path or a URL (metaclaw/ledger/storage.py).
+        # For a URL, `ledger` stays a local directory holding only this machine's ingest lock.
+        self.root = str(root) if root else str(self.home / "ledger")
+        remote = "://" in self.root and not self.root.startswith("file://")
+        self.ledger = self.home / "ledger" if remote else Path(self.root.removeprefix("file://"))
         self.manifest = self.ledger / "_manifest.json"
         self.lock = self.ledger / ".lock"
         self.prefect = self.home / "prefect"
         self.logs = self.home / "logs"
+        self.skills = self.home / "skills"  # LanceDB skill library
+        self.skills_uri = str(skills_root) if skills_root else str(self.skills)  # or s3://…
+        self.embeddings = self.home / "embeddings"  # cached static embedding tables
+        self.checkpoints = self.home / "checkpoints"  # LoRA adapters: checkpoints/<id>/
 
 
 def config_file_path() -> Path:

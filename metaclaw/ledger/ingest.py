@@ -8,7 +8,6 @@ and retries never double-count.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections import defaultdict
@@ -18,15 +17,23 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from metaclaw.config import LedgerPaths, LedgerSettings
-from metaclaw.ledger.manifest import Manifest, ledger_lock
+from metaclaw.ledger.manifest import LedgerBusyError, Manifest
 from metaclaw.ledger.records import Row, decode_lines, rows_to_table, unique_by_id
 from metaclaw.ledger.schemas import PARTITION_COLUMN, TABLES, TableSpec
-from metaclaw.ledger.wal import claim_segment, fsync_dir, list_segments
+from metaclaw.ledger.storage import (
+    LedgerStorage,
+    ManifestConflictError,
+    backoff,
+    open_storage,
+    write_parquet_atomic,
+)
+from metaclaw.ledger.wal import claim_segment, list_segments
 
 COMPACT_TARGET_BYTES = 128 * 1024 * 1024  # files above this size are left alone
+PUBLISH_ATTEMPTS = 30  # manifest conflicts retried before giving up (object stores only)
+__all__ = ["IngestReport", "existing_ids", "ingest", "write_parquet_atomic"]
 
 
 @dataclass
@@ -37,38 +44,28 @@ class IngestReport:
     active_segments: int = 0
     compacted_files: int = 0
     deleted_files: int = 0
+    conflicts: int = 0  # object stores: manifest versions another writer published first
 
     @property
     def total_rows(self) -> int:
         return sum(self.rows.values())
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """Temp file + fsync + rename, so no reader ever sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def existing_ids(paths: LedgerPaths, files: list[str], spec: TableSpec, ids: list[str]) -> set[str]:
+def existing_ids(
+    store: LedgerStorage, files: list[str], spec: TableSpec, ids: list[str]
+) -> set[str]:
     """Which of `ids` the table's live Parquet files already hold."""
     if not files or not ids:
         return set()
     con = duckdb.connect()
     try:
+        store.register(con)
         con.register("batch_ids", pa.table({"id": pa.array(ids, pa.string())}))
         sql = (
             f"SELECT DISTINCT {spec.id_column} FROM read_parquet(?, union_by_name=true) "
             f"WHERE {spec.id_column} IN (SELECT id FROM batch_ids)"
         )
-        rows = con.execute(sql, [[str(paths.ledger / f) for f in files]]).fetchall()
+        rows = con.execute(sql, [[store.url(f) for f in files]]).fetchall()
     finally:
         con.close()
     return {r[0] for r in rows}
@@ -77,15 +74,19 @@ def existing_ids(paths: LedgerPaths, files: list[str], spec: TableSpec, ids: lis
 def ingest(paths: LedgerPaths, settings: LedgerSettings) -> IngestReport:
     """Move every sealed segment into Parquet, compact, and delete what is no longer needed."""
     report = IngestReport()
-    with ledger_lock(paths.lock):
-        manifest = Manifest.load(paths.manifest)
-        _ingest_segments(paths, manifest, report)
-        _compact(paths, settings, manifest, report)
-        _collect_garbage(paths, settings, manifest, report)
+    store = open_storage(paths)
+    with store.writer_lock():
+        manifest = _ingest_segments(paths, store, report, settings.compact_grace_s)
+        manifest = _compact(store, settings, manifest, report)
+        _collect_garbage(store, settings, manifest, report)
     return report
 
 
-def _ingest_segments(paths: LedgerPaths, manifest: Manifest, report: IngestReport) -> None:
+def _ingest_segments(
+    paths: LedgerPaths, store: LedgerStorage, report: IngestReport, grace_s: float
+) -> Manifest:
+    """Land the claimed segments; on an object store, redo the step on top of any manifest
+    another machine published first (its rows may overlap ours: they are dropped by id)."""
     with ExitStack() as stack:
         claimed: list[Path] = []
         for seg in list_segments(paths.wal):
@@ -93,96 +94,150 @@ def _ingest_segments(paths: LedgerPaths, manifest: Manifest, report: IngestRepor
                 report.active_segments += 1
             else:
                 claimed.append(seg)
+        manifest = store.load_manifest()
         if not claimed:
-            return
-        done = set(manifest.segments)
-        by_table: dict[str, list[Row]] = defaultdict(list)
-        for seg in claimed:
-            if seg.name in done:
+            return manifest
+        data = {seg.name: seg.read_bytes() for seg in claimed}
+        for attempt in range(PUBLISH_ATTEMPTS):
+            backoff(attempt)
+            if attempt:
+                manifest = store.load_manifest()
+            started = time.time()
+            attempt_report = IngestReport()
+            new_files = _land(store, manifest, data, attempt_report)
+            for table_name, files in new_files.items():
+                manifest.files.setdefault(table_name, []).extend(files)
+            done = set(manifest.segments)
+            manifest.segments.extend(name for name in data if name not in done)
+            try:
+                if store.remote and grace_s > 0 and time.time() - started > grace_s / 2:
+                    # Another machine's GC deletes unlisted files older than the grace period:
+                    # files this old might be gone already, so land them afresh.
+                    raise ManifestConflictError("landing took longer than half the GC grace")
+                store.publish(manifest)
+            except ManifestConflictError:
+                report.conflicts += 1
+                for rel in (f for files in new_files.values() for f in files):
+                    store.delete(rel)
                 continue
-            for table_name, row in decode_lines(seg.read_bytes()):
-                by_table[table_name].append(row)
-        new_files: dict[str, list[str]] = defaultdict(list)
-        for table_name, rows in by_table.items():
-            spec = TABLES[table_name]
-            fresh = _drop_known(paths, manifest, spec, rows, report)
-            report.rows[table_name] = len(fresh)
-            new_files[table_name] = _write_partitions(paths, spec, fresh)
-        for table_name, files in new_files.items():
-            manifest.files.setdefault(table_name, []).extend(files)
-        manifest.segments.extend(seg.name for seg in claimed if seg.name not in done)
-        manifest.save(paths.manifest)
+            report.rows, report.duplicates = attempt_report.rows, attempt_report.duplicates
+            break
+        else:
+            raise LedgerBusyError(
+                f"could not publish the manifest of {store.root} after {PUBLISH_ATTEMPTS} "
+                "attempts (too many concurrent ingests); the WAL is intact, run ingest again"
+            )
         for seg in claimed:
             seg.unlink(missing_ok=True)
         report.segments = len(claimed)
-    # The segment files are gone now; forget their names at the next commit.
-    on_disk = {p.name for p in list_segments(paths.wal)}
-    manifest.segments = [s for s in manifest.segments if s in on_disk]
+    # The segment files are gone now; forget their names at the next commit. (On an object
+    # store the manifest is shared by machines with other WALs: forget only our own.)
+    if store.remote:
+        gone = set(data)
+        manifest.segments = [s for s in manifest.segments if s not in gone]
+    else:
+        on_disk = {p.name for p in list_segments(paths.wal)}
+        manifest.segments = [s for s in manifest.segments if s in on_disk]
+    return manifest
+
+
+def _land(
+    store: LedgerStorage, manifest: Manifest, data: dict[str, bytes], report: IngestReport
+) -> dict[str, list[str]]:
+    """Write the rows of not-yet-ingested segments as Parquet; returns the new files."""
+    done = set(manifest.segments)
+    by_table: dict[str, list[Row]] = defaultdict(list)
+    for name, blob in data.items():
+        if name in done:
+            continue
+        for table_name, row in decode_lines(blob):
+            by_table[table_name].append(row)
+    new_files: dict[str, list[str]] = defaultdict(list)
+    for table_name, rows in by_table.items():
+        spec = TABLES[table_name]
+        fresh = _drop_known(store, manifest, spec, rows, report)
+        report.rows[table_name] = len(fresh)
+        new_files[table_name] = _write_partitions(store, spec, fresh)
+    return new_files
 
 
 def _drop_known(
-    paths: LedgerPaths, manifest: Manifest, spec: TableSpec, rows: list[Row], report: IngestReport
+    store: LedgerStorage, manifest: Manifest, spec: TableSpec, rows: list[Row],
+    report: IngestReport,
 ) -> list[Row]:
     unique = unique_by_id(spec, rows)
-    known = existing_ids(paths, manifest.files.get(spec.name, []), spec, list(unique))
+    known = existing_ids(store, manifest.files.get(spec.name, []), spec, list(unique))
     report.duplicates += len(rows) - len(unique) + len(known)
     return [row for key, row in unique.items() if key not in known]
 
 
-def _write_partitions(paths: LedgerPaths, spec: TableSpec, rows: list[Row]) -> list[str]:
+def _write_partitions(store: LedgerStorage, spec: TableSpec, rows: list[Row]) -> list[str]:
     by_date: dict[str, list[Row]] = defaultdict(list)
     for row in rows:
         by_date[spec.partition_value(row)].append(row)
     written = []
     for day, day_rows in sorted(by_date.items()):
         rel = f"{spec.name}/{PARTITION_COLUMN}={day}/part-{uuid.uuid4().hex}.parquet"
-        write_parquet_atomic(rows_to_table(spec, day_rows), paths.ledger / rel)
+        store.write_parquet(rows_to_table(spec, day_rows), rel)
         written.append(rel)
     return written
 
 
 def _compact(
-    paths: LedgerPaths, settings: LedgerSettings, manifest: Manifest, report: IngestReport
-) -> None:
-    changed = False
+    store: LedgerStorage, settings: LedgerSettings, manifest: Manifest, report: IngestReport
+) -> Manifest:
+    """Merge small files per partition. On a publish conflict the merge is dropped (the next
+    run compacts against the newer manifest): compaction is an optimisation, never urgent."""
+    written: list[str] = []
+    compacted = 0
     for table_name, files in list(manifest.files.items()):
         spec = TABLES[table_name]
         by_partition: dict[str, list[str]] = defaultdict(list)
         for rel in files:
-            if (paths.ledger / rel).stat().st_size < COMPACT_TARGET_BYTES:
-                by_partition[str(Path(rel).parent)].append(rel)
+            if store.size(rel) < COMPACT_TARGET_BYTES:
+                by_partition[rel.rsplit("/", 1)[0]].append(rel)
         for partition, small in by_partition.items():
             if len(small) < settings.compact_min_files:
                 continue
             merged = pa.concat_tables(
-                [pq.read_table(paths.ledger / rel) for rel in small], promote_options="default"
+                [store.read_table(rel) for rel in small], promote_options="default"
             ).sort_by(spec.time_column)
             rel = f"{partition}/part-c{uuid.uuid4().hex}.parquet"
-            write_parquet_atomic(merged, paths.ledger / rel)
+            store.write_parquet(merged, rel)
+            written.append(rel)
             manifest.replace_files(table_name, small, [rel])
-            report.compacted_files += len(small)
-            changed = True
-    if changed:
-        manifest.save(paths.manifest)
+            compacted += len(small)
+    if written:
+        try:
+            store.publish(manifest)
+        except ManifestConflictError:
+            report.conflicts += 1
+            for rel in written:
+                store.delete(rel)
+            return store.load_manifest()
+        report.compacted_files += compacted
+    return manifest
 
 
 def _collect_garbage(
-    paths: LedgerPaths, settings: LedgerSettings, manifest: Manifest, report: IngestReport
+    store: LedgerStorage, settings: LedgerSettings, manifest: Manifest, report: IngestReport
 ) -> None:
     """Delete replaced files after the grace period, and orphans left by a crashed ingest."""
     cutoff = time.time() - settings.compact_grace_s
     expired = [f for f, when in manifest.trash.items() if when < cutoff]
     live = {f for files in manifest.files.values() for f in files} | set(manifest.trash)
-    orphans = [
-        p
-        for p in paths.ledger.glob("*/*/*.parquet")
-        if str(p.relative_to(paths.ledger)) not in live and p.stat().st_mtime < cutoff
-    ]
-    for rel in expired:
-        (paths.ledger / rel).unlink(missing_ok=True)
-        del manifest.trash[rel]
-    for p in orphans:
-        p.unlink(missing_ok=True)
-    report.deleted_files = len(expired) + len(orphans)
+    orphans = [f.rel for f in store.list_parquet() if f.rel not in live and f.mtime < cutoff]
     if expired:
-        manifest.save(paths.manifest)
+        for rel in expired:
+            del manifest.trash[rel]
+        try:
+            store.publish(manifest)  # unlist first, then delete: a reader never misses a file
+        except ManifestConflictError:
+            report.conflicts += 1
+            return  # someone else moved on; the next run collects
+        for rel in expired:
+            store.delete(rel)
+    for rel in orphans:
+        store.delete(rel)
+    report.deleted_files = len(expired) + len(orphans)
+    store.prune_manifests()

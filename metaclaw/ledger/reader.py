@@ -13,9 +13,9 @@ import duckdb
 import pyarrow as pa
 
 from metaclaw.config import LedgerPaths
-from metaclaw.ledger.manifest import Manifest
 from metaclaw.ledger.records import Row, decode_lines, rows_to_table, unique_by_id
 from metaclaw.ledger.schemas import TABLES, TableSpec
+from metaclaw.ledger.storage import open_storage
 from metaclaw.ledger.views import DERIVED_VIEWS
 from metaclaw.ledger.wal import list_segments
 
@@ -53,11 +53,13 @@ def _view_sql(spec: TableSpec, parquet: str, wal: str | None) -> str:
 def connect(paths: LedgerPaths, *, include_wal: bool = True) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per ledger table."""
     wal = read_wal(paths) if include_wal else {}
-    manifest = Manifest.load(paths.manifest)
+    store = open_storage(paths)
+    manifest = store.load_manifest()
     ingested = set(manifest.segments)
     con = duckdb.connect()
+    store.register(con)  # object stores: DuckDB reads through fsspec
     for spec in TABLES.values():
-        files = [str(paths.ledger / f) for f in manifest.files.get(spec.name, [])]
+        files = [store.url(f) for f in manifest.files.get(spec.name, [])]
         parquet = f"_{spec.name}_parquet"
         if files:
             con.execute(

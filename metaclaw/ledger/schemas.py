@@ -116,6 +116,7 @@ DIAGNOSES = TableSpec(
     name="diagnoses",
     id_column="diagnosis_id",
     time_column="ts",
+    json_columns=("evidence",),
     schema=_schema(
         ("diagnosis_id", pa.string(), False),
         ("turn_ids", pa.list_(pa.string())),
@@ -123,6 +124,9 @@ DIAGNOSES = TableSpec(
         ("explanation", pa.string()),
         ("critic_model", pa.string()),
         ("ts", TS, False),
+        ("session_id", pa.string()),
+        ("evidence", pa.string()),  # JSON array of {turn_id, quote, note}
+        ("prompt_version", pa.string()),
     ),
 )
 
@@ -140,6 +144,7 @@ SKILL_EVENTS = TableSpec(
         ("merged_from", pa.list_(pa.string())),
         ("skill_set_version", pa.int64()),
         ("ts", TS, False),
+        ("reason", pa.string()),
     ),
 )
 
@@ -175,6 +180,8 @@ CHECKPOINTS = TableSpec(
         ("eval_metrics", pa.string()),  # JSON
         ("reason", pa.string()),
         ("ts", TS, False),
+        ("actor", pa.string()),  # who made the change: deploy-flow, cli:<user>, train
+        ("previous_checkpoint_id", pa.string()),  # promoted: the one it replaced
     ),
 )
 
@@ -195,8 +202,12 @@ COLUMN_NOTES: dict[tuple[str, str], str] = {
     ("rewards", "reward_id"): "hash of (turn_id, signal, scorer_version)",
     ("rewards", "signal"): "judge, implicit:<kind> or explicit",
     ("skill_events", "event"): "created, updated, retired or merged",
+    ("diagnoses", "diagnosis_id"): "hash of (sorted turn_ids, critic_model, prompt_version)",
+    ("diagnoses", "evidence"): "JSON array of {turn_id, quote, note}",
     ("checkpoints", "event_id"): "one row per state change; the latest row is the state",
-    ("checkpoints", "status"): "candidate, promoted, rejected or rolled_back",
+    ("checkpoints", "status"): "candidate, promoted, superseded, rejected or rolled_back",
+    ("checkpoints", "actor"): "who changed the state: deploy-flow, cli:<user>, ...",
+    ("checkpoints", "previous_checkpoint_id"): "on a promotion: the checkpoint it replaced",
     ("checkpoints", "path"): "local directory or tinker://...",
 }
 

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-import httpx
-import openai
-import pytest
-
 from metaclaw.config import LedgerPaths
 from metaclaw.ledger import append_rows
 from metaclaw.ledger.records import now_micros
-from tests.helpers import REPO, free_port, rows
-from tests.stubs.upstream_server import StubUpstream
+from tests.helpers import REPO, free_port
 
 
 def metaclaw(
@@ -101,71 +95,3 @@ def test_run_ingest_against_prefect(tmp_path: Path, prefect_harness: str) -> Non
     assert list(LedgerPaths(tmp_path).wal.glob("*.wal")) == []
     bad = metaclaw(tmp_path, "run", "nope", "--prefect-url", prefect_harness)
     assert bad.returncode == 2 and "unknown flow 'nope'" in bad.stderr
-
-
-@pytest.mark.slow
-def test_up_serves_proxy_and_ingest_then_stops_cleanly(tmp_path: Path, stub: StubUpstream) -> None:
-    """The README's main job: Prefect server + proxy + scheduled ingest; Ctrl-C stops all."""
-    proxy_port, prefect_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "METACLAW_HOME": str(tmp_path / "home"),
-        "METACLAW_CONFIG": str(tmp_path / "none.toml"),
-        "METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
-        # a configured judge: this test needs no local policy server (see the embedded test)
-        "METACLAW_JUDGE__BASE_URL": stub.base_url + "/v1",
-        "METACLAW_JUDGE__MODEL": "stub-judge",
-        "METACLAW_FLOWS__INGEST_INTERVAL_S": "5",
-        "METACLAW_LEDGER__WAL_ROTATE_S": "0.5",
-    }
-    env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "metaclaw",
-            "up",
-            "--proxy-port",
-            str(proxy_port),
-            "--prefect-port",
-            str(prefect_port),
-        ],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{proxy_port}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        client = openai.OpenAI(
-            base_url=f"http://127.0.0.1:{proxy_port}/v1", api_key="k", max_retries=0
-        )
-        reply = client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "hello up"}]
-        )
-        assert reply.choices[0].message.content == "Echo: hello up"
-        paths = LedgerPaths(tmp_path / "home")
-        while time.monotonic() < deadline and not paths.manifest.exists():
-            time.sleep(1)  # the scheduled ingest run lands the turn as Parquet
-        assert rows(paths, "SELECT completion_text FROM turns") == [
-            {"completion_text": "Echo: hello up"}
-        ]
-        assert "turns" in paths.manifest.read_text()
-        flows = httpx.post(f"http://127.0.0.1:{prefect_port}/api/flows/filter", json={}).json()
-        assert "ingest" in {f["name"] for f in flows}
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
-    assert "Prefect UI" in out and "stopped" in out
-    for port in (proxy_port, prefect_port):
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=2)

@@ -78,6 +78,14 @@ def test_prefect_yaml_matches_served_deployments() -> None:
                 spec["schedules"][0]["interval"]
                 == deployment.schedules[0].schedule.interval.total_seconds()
             )
-        assert spec["concurrency_limit"] == deployment.concurrency_limit
+        assert spec.get("concurrency_limit") == deployment.concurrency_limit
         assert sorted(spec["tags"]) == sorted(deployment.tags)
+        def ids(value: str | list[str]) -> list[str]:
+            return [value] if isinstance(value, str) else list(value)
+
+        declared_triggers = [(set(t["expect"]), ids(t["match"]["prefect.resource.id"]))
+                             for t in spec.get("triggers", [])]
+        served_triggers = [(set(t.expect), ids(t.match["prefect.resource.id"]))
+                           for t in deployment.triggers]
+        assert declared_triggers == served_triggers, f"{name}: triggers differ"
         assert spec["work_pool"]["name"] == "metaclaw"
