@@ -36,6 +36,10 @@ class CriticNotConfigured(CriticError):
     pass
 
 
+class CriticUnavailable(CriticError):
+    """Every attempt failed to reach the critic: the run stops instead of trying each item."""
+
+
 @dataclass(frozen=True)
 class CriticEndpoint:
     base_url: str
@@ -79,7 +83,8 @@ def critic_endpoint(settings: Any) -> CriticEndpoint | None:
 
 NOT_CONFIGURED = (
     "no critic LLM configured: set METACLAW_CRITIC__MODEL (and METACLAW_CRITIC__BASE_URL, or "
-    "it uses the upstream's) to an OpenAI-compatible model"
+    "it uses the upstream's) to an OpenAI-compatible model, or turn critic.local_default on "
+    "to use the local policy server"
 )
 
 
@@ -138,6 +143,7 @@ class Critic:
     def ask(self, system: str, user: str, schema: type[T]) -> T:
         """One validated answer; CriticError after `retries` invalid or failed attempts."""
         problems: list[str] = []
+        unreachable = 0
         for attempt in range(self.retries + 1):
             if self.calls >= self.max_calls:
                 raise CriticBudgetExceeded(
@@ -152,9 +158,13 @@ class Critic:
                 problems.append(_short(exc))
                 log.warning("critic reply rejected (attempt %d): %s", attempt + 1, problems[-1])
             except Exception as exc:  # HTTP errors, timeouts: retried like invalid answers
+                unreachable += _is_unreachable(exc)
                 problems.append(f"{type(exc).__name__}: {exc}")
                 log.warning("critic call failed (attempt %d): %s", attempt + 1, problems[-1])
                 time.sleep(self.backoff_s * (2**attempt))
+        if unreachable == self.retries + 1:
+            raise CriticUnavailable(f"the critic at {self.endpoint.base_url} is unreachable: "
+                                    + problems[-1])
         raise CriticError("the critic gave no valid answer: " + " | ".join(problems))
 
     def _complete(self, system: str, user: str) -> str:
@@ -166,6 +176,12 @@ class Critic:
             response_format={"type": "json_object"},
         )
         return resp.choices[0].message.content or ""
+
+
+def _is_unreachable(exc: Exception) -> bool:
+    import openai
+
+    return isinstance(exc, openai.APIConnectionError)  # includes APITimeoutError
 
 
 def _short(exc: Exception) -> str:

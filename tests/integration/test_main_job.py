@@ -75,7 +75,8 @@ def main_job(stub: StubUpstream, tmp_path_factory: pytest.TempPathFactory) -> It
             raise
 
 
-def _completed_ingest_run(job: MainJob, deadline: float) -> dict:
+def _completed_ingest_run(job: MainJob, deadline: float) -> tuple[dict, dict]:
+    """A completed ingest flow run and its artifact."""
     body = {"flows": {"name": {"any_": ["ingest"]}},
             "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}, "sort": "START_TIME_DESC"}
     while time.monotonic() < deadline:
@@ -84,7 +85,7 @@ def _completed_ingest_run(job: MainJob, deadline: float) -> dict:
             arts = httpx.post(job.prefect + "/api/artifacts/filter", json={
                 "artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
             if arts:
-                return run
+                return run, arts[0]
         time.sleep(2)
     raise AssertionError("no completed ingest run with an artifact")
 
@@ -116,7 +117,7 @@ def test_prefect_ui_shows_the_run_and_its_artifact(main_job: MainJob, tmp_path: 
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
 
-    run = _completed_ingest_run(main_job, time.monotonic() + 180)
+    run, artifact = _completed_ingest_run(main_job, time.monotonic() + 180)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -131,8 +132,9 @@ def test_prefect_ui_shows_the_run_and_its_artifact(main_job: MainJob, tmp_path: 
         wait.until(lambda d: run["name"] in d.find_element("tag name", "body").text)
         body = driver.find_element("tag name", "body").text
         assert "ingest" in body and "Completed" in body
-        driver.get(f"{main_job.prefect}/artifacts/key/ingest-report")
+        driver.get(f"{main_job.prefect}/artifacts/artifact/{artifact['id']}")
         wait.until(lambda d: "rows landed" in d.find_element("tag name", "body").text)
+        assert "Ingest" in driver.find_element("tag name", "body").text
         driver.save_screenshot(str(tmp_path / "artifact.png"))
     finally:
         driver.quit()

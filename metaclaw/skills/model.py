@@ -1,0 +1,220 @@
+"""What a skill is, and what a skill may say (pure: no I/O).
+
+A skill is one version of a named piece of advice the proxy can add to the system prompt. Its id
+is derived from its name (`sk-` + hash), so it stays the same across versions, and importing the
+same SKILL.md folder twice finds the skills it made the first time. Content is immutable per
+version; only the lifecycle fields (`status`, `pinned`, `updated_at`) ever change on a row.
+
+Validation matters because skills are a prompt-injection persistence vector: text an attacker
+gets into a conversation could be turned by the critic into a skill that is then injected into
+every later conversation. So a skill must be small, plain, and free of instructions to reveal
+secrets, contact outside hosts, or ignore or deceive the user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+STATUSES = ("active", "retired", "superseded")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{1,63}$")
+CATEGORY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+MAX_DESCRIPTION = 500
+MAX_WHEN = 500
+
+
+class SkillValidationError(ValueError):
+    """A skill was rejected; the message names the field and the rule."""
+
+
+def normalize_name(name: str) -> str:
+    """`Handle Ambiguous-Queries` → `handle_ambiguous-queries`: lower case, spaces to `_`."""
+    name = unicodedata.normalize("NFKC", str(name)).strip().lower()
+    return re.sub(r"[^a-z0-9_-]+", "_", name).strip("_-")
+
+
+def skill_id_for(name: str) -> str:
+    """The stable id of the skill called `name` (`-` and `_` are the same letter here)."""
+    key = normalize_name(name).replace("-", "_")
+    return "sk-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def ref(skill_id: str, version: int) -> str:
+    """How turns name an injected skill: `skill_id@version`."""
+    return f"{skill_id}@{version}"
+
+
+def parse_ref(value: str) -> tuple[str, int]:
+    skill_id, sep, version = value.rpartition("@")
+    if not sep or not version.isdigit():
+        raise ValueError(f"not a skill reference (skill_id@version): {value!r}")
+    return skill_id, int(version)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Skill:
+    """One version of a skill (a row of the LanceDB `skills` table, less its vector)."""
+
+    name: str
+    description: str
+    instructions: str
+    when_to_use: str = ""
+    category: str = "general"
+    composes: tuple[str, ...] = ()  # skill ids this one builds on
+    version: int = 1
+    status: str = "active"
+    diagnosis_ids: tuple[str, ...] = ()
+    parent_version: int | None = None
+    merged_from: tuple[str, ...] = ()  # skill ids folded into this version
+    author: str = "user"  # critic model, "import:<dir>", or "user"
+    pinned: bool = False  # restored by hand: auto-retirement leaves it alone
+    created_at: datetime = field(default_factory=now)
+    updated_at: datetime = field(default_factory=now)
+    set_version: int = 0  # the skill-set version that wrote this row
+    skill_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.skill_id:
+            object.__setattr__(self, "skill_id", skill_id_for(self.name))
+
+    @property
+    def ref(self) -> str:
+        return ref(self.skill_id, self.version)
+
+    @property
+    def content_hash(self) -> str:
+        """Equal for two versions that say the same thing (what import compares)."""
+        parts = [
+            self.name,
+            self.description,
+            self.when_to_use,
+            self.instructions,
+            self.category,
+            ",".join(sorted(self.composes)),
+        ]
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+    @property
+    def search_text(self) -> str:
+        """What retrieval matches a query against: name, description and when-to-use."""
+        words = self.name.replace("_", " ").replace("-", " ")
+        return f"{words}. {self.description} {self.when_to_use}".strip()
+
+    def next_version(self, **changes: Any) -> Skill:
+        """The following version of this skill (same id), with lineage to this one."""
+        stamp = now()
+        return replace(
+            self,
+            **{
+                "version": self.version + 1,
+                "parent_version": self.version,
+                "status": "active",
+                "pinned": False,
+                "created_at": stamp,
+                "updated_at": stamp,
+                **changes,
+            },
+        )
+
+
+# -- validation -------------------------------------------------------------------------------
+
+_NEGATION = re.compile(
+    r"\b(never|not|don'?t|do not|avoid|must not|mustn'?t|without|no|redact|mask|hide)\b", re.I
+)
+_SECRET = (
+    r"(api[ _-]?keys?|secrets?|passwords?|passphrases?|credentials?|(access |auth |bearer )?"
+    r"tokens?|private[ _-]?keys?|ssh[ _-]?keys?|\.env\b|environment variables?|cookies?)"
+)
+_LEAK_VERB = (
+    r"(send|post|upload|forward|e-?mail|transmit|exfiltrat\w*|leak|reveal|print|output|echo|"
+    r"include|share|paste|copy|disclose|append|report)"
+)
+_RULES: tuple[tuple[str, re.Pattern[str], bool], ...] = (
+    # (why, pattern, whether a negation in the same sentence makes it harmless)
+    ("asks to reveal or send secrets",
+     re.compile(rf"\b{_LEAK_VERB}\b[^.\n]{{0,80}}{_SECRET}", re.I), True),
+    ("asks to reveal or send secrets", re.compile(rf"{_SECRET}[^.\n]{{0,40}}\bto\b[^.\n]{{0,40}}"
+                                                  r"(https?://|\burl\b|\bserver\b|\bendpoint\b|"
+                                                  r"\bemail\b|\bwebhook\b)", re.I), True),
+    ("contacts an outside host", re.compile(r"\b(curl|wget|fetch|post|send|upload|beacon|ping)\b"
+                                            r"[^\n]{0,80}https?://", re.I), False),
+    ("tells the model to ignore instructions or the user", re.compile(
+        r"\b(ignore|disregard|forget|override|bypass)\b[^.\n]{0,40}\b(previous|prior|above|earlier|"
+        r"all|any|system|user'?s?|safety|original)\b[^.\n]{0,20}\b(instructions?|messages?|"
+        r"requests?|prompts?|rules?|guidelines?|wishes|the user)\b", re.I), False),
+    ("tells the model to deceive the user", re.compile(
+        r"\b(do not|don'?t|never)\s+(tell|inform|mention to|let)\s+the user\b|"
+        r"\bwithout (telling|informing|asking) the user\b|\b(lie|deceive)\b[^.\n]{0,20}\buser\b",
+        re.I), False),
+    ("claims a new identity or mode", re.compile(
+        r"\byou are now\b|\bnew (system )?instructions\s*:|\bjailbreak|\bdeveloper mode\b|"
+        r"<\|?(im_start|system)\|?>", re.I), False),
+)
+_HIDDEN = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+
+
+def safety_problems(text: str) -> list[str]:
+    """Why `text` must not become a skill (empty when it may)."""
+    problems: list[str] = []
+    if _HIDDEN.search(text):
+        problems.append("contains invisible or bidirectional control characters")
+    sentences = re.split(r"(?<=[.!?])\s+|\n", text)
+    for why, pattern, negatable in _RULES:
+        for sentence in sentences:
+            match = pattern.search(sentence)
+            # "Never print API keys" is advice, not an attack: a negation before the match
+            if match and not (negatable and _NEGATION.search(sentence[: match.start() + 1])):
+                problems.append(f"{why}: {sentence.strip()[:120]!r}")
+                break
+    return problems
+
+
+def validate(skill: Skill, *, max_instruction_chars: int = 4000) -> Skill:
+    """The skill with whitespace tidied, or SkillValidationError naming what to fix."""
+    name = normalize_name(skill.name)
+    if not NAME_RE.match(name):
+        raise SkillValidationError(
+            f"skill name {skill.name!r}: use 2–64 characters a-z, 0-9, _ or -, from a letter"
+        )
+    description = " ".join(skill.description.split())
+    when = " ".join(skill.when_to_use.split())
+    instructions = skill.instructions.strip()
+    category = normalize_name(skill.category or "general") or "general"
+    if not description:
+        raise SkillValidationError(f"skill {name}: description is empty")
+    if len(description) > MAX_DESCRIPTION:
+        raise SkillValidationError(f"skill {name}: description over {MAX_DESCRIPTION} characters")
+    if len(when) > MAX_WHEN:
+        raise SkillValidationError(f"skill {name}: when_to_use over {MAX_WHEN} characters")
+    if not instructions:
+        raise SkillValidationError(f"skill {name}: instructions are empty")
+    if len(instructions) > max_instruction_chars:
+        raise SkillValidationError(
+            f"skill {name}: instructions have {len(instructions)} characters, the limit is "
+            f"{max_instruction_chars} (skills.max_instruction_chars)"
+        )
+    if not CATEGORY_RE.match(category):
+        raise SkillValidationError(f"skill {name}: category {skill.category!r} is not a slug")
+    if skill.status not in STATUSES:
+        raise SkillValidationError(f"skill {name}: status must be one of {STATUSES}")
+    problems = safety_problems("\n".join([name, description, when, instructions]))
+    if problems:
+        raise SkillValidationError(f"skill {name} rejected as unsafe: " + "; ".join(problems))
+    return replace(
+        skill,
+        name=name,
+        description=description,
+        when_to_use=when,
+        instructions=instructions,
+        category=category,
+        composes=tuple(dict.fromkeys(c for c in skill.composes if c != skill.skill_id)),
+    )

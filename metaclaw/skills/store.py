@@ -1,0 +1,500 @@
+"""The skill library on disk: LanceDB tables under `METACLAW_HOME/skills/` (embedded, no server).
+
+Tables:
+- `skills`: one row per (skill_id, version). Content is immutable; a revision is a new row and
+  the previous row becomes `superseded`. "The current version" of a skill is a query: its row
+  with the highest version. Rows are embedded by the registered embedding function on `add`.
+- `skill_changes`: the change log; every commit appends its rows under a new skill-set version,
+  so `skill_set_version` = max(set_version) and increments on every change. Turns are stamped
+  with it, so training can tell pre- from post-evolution data.
+- `skill_stats`: efficacy per skill version (rewritten by `refresh_stats`).
+
+`state.json` mirrors the two counters (skill set, stats) so the proxy can notice a change with
+one `stat()` instead of a LanceDB query. Writes are serialized by an exclusive file lock: LanceDB
+gives duplicate ids when processes `merge_insert` concurrently (stack-notes §5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import pyarrow as pa
+from lancedb.embeddings import get_registry
+from lancedb.index import FTS
+from lancedb.pydantic import LanceModel, Vector
+
+from metaclaw.skills import embedding as _embedding  # registers the embedding functions
+from metaclaw.skills.model import Skill, SkillValidationError, parse_ref
+
+SKILLS = "skills"
+CHANGES = "skill_changes"
+STATS = "skill_stats"
+EVOLVE_LOG = "evolve_log"
+STATE_FILE = "state.json"
+EVENTS = ("created", "updated", "retired", "restored", "merged")
+_ROW_COLUMNS = (
+    "row_id", "skill_id", "name", "version", "description", "instructions", "when_to_use",
+    "category", "composes", "status", "pinned", "diagnosis_ids", "parent_version", "merged_from",
+    "author", "content_hash", "set_version", "created_at", "updated_at",
+)
+
+
+class SkillNotFoundError(LookupError):
+    pass
+
+
+def _skill_model(kind: str) -> type[LanceModel]:
+    func = get_registry().get(_embedding.REGISTRY_NAMES[kind]).create()
+
+    class SkillRow(LanceModel):
+        row_id: str
+        skill_id: str
+        name: str
+        version: int
+        description: str
+        instructions: str
+        when_to_use: str
+        category: str
+        composes: list[str]
+        status: str
+        pinned: bool
+        diagnosis_ids: list[str]
+        parent_version: int | None
+        merged_from: list[str]
+        author: str
+        content_hash: str
+        set_version: int
+        created_at: datetime
+        updated_at: datetime
+        search_text: str = func.SourceField()
+        vector: Vector(_embedding.DIM) = func.VectorField()  # type: ignore[valid-type]
+
+    return SkillRow
+
+
+CHANGES_SCHEMA = pa.schema([
+    ("set_version", pa.int64()), ("ts", pa.timestamp("us", tz="UTC")), ("event", pa.string()),
+    ("skill_id", pa.string()), ("version", pa.int32()), ("reason", pa.string()),
+])
+STATS_SCHEMA = pa.schema([
+    ("ref", pa.string()), ("skill_id", pa.string()), ("version", pa.int32()),
+    ("uses", pa.int64()), ("successes", pa.float64()), ("failures", pa.float64()),
+    ("mean_with", pa.float64()), ("n_without", pa.int64()), ("mean_without", pa.float64()),
+    ("effect", pa.float64()), ("effect_se", pa.float64()),
+    ("updated_at", pa.timestamp("us", tz="UTC")),
+])
+EVOLVE_LOG_SCHEMA = pa.schema([
+    ("diagnosis_id", pa.string()), ("critic_model", pa.string()), ("prompt_version", pa.string()),
+    ("outcome", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),
+])
+
+
+@dataclass(frozen=True)
+class Change:
+    """One lifecycle step to commit: the row written (or whose status changes) and why."""
+
+    event: str  # created | updated | retired | restored | merged
+    skill: Skill
+    reason: str = ""
+    diagnosis_id: str | None = None
+    status: str | None = None  # for `retired`: "superseded" when merged into another skill
+
+
+@dataclass
+class CommitResult:
+    set_version: int
+    changes: list[Change] = field(default_factory=list)
+
+    def event_rows(self) -> list[dict[str, Any]]:
+        """Ledger `skill_events` rows for the changes (stable ids: re-recording is harmless)."""
+        rows = []
+        for ch in self.changes:
+            s = ch.skill
+            key = f"{s.skill_id}\x1f{s.version}\x1f{ch.event}\x1f{self.set_version}"
+            rows.append({
+                "event_id": hashlib.sha256(key.encode()).hexdigest()[:32],
+                "skill_id": s.skill_id,
+                "version": s.version,
+                "event": "updated" if ch.event == "restored" else ch.event,
+                "diagnosis_id": ch.diagnosis_id
+                or (s.diagnosis_ids[0] if s.diagnosis_ids else None),
+                "parent_version": s.parent_version,
+                "merged_from": list(s.merged_from) or None,
+                "skill_set_version": self.set_version,
+                "ts": datetime.now(UTC),
+                "reason": ch.reason or None,
+            })
+        return rows
+
+
+def _sql(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def row_to_skill(row: dict[str, Any]) -> Skill:
+    def ts(value: Any) -> datetime:
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return datetime.now(UTC)
+
+    return Skill(
+        skill_id=row["skill_id"], name=row["name"], version=int(row["version"]),
+        description=row["description"], instructions=row["instructions"],
+        when_to_use=row["when_to_use"] or "", category=row["category"] or "general",
+        composes=tuple(row["composes"] or ()), status=row["status"], pinned=bool(row["pinned"]),
+        diagnosis_ids=tuple(row["diagnosis_ids"] or ()),
+        parent_version=row["parent_version"], merged_from=tuple(row["merged_from"] or ()),
+        author=row["author"] or "", created_at=ts(row["created_at"]),
+        updated_at=ts(row["updated_at"]), set_version=int(row["set_version"] or 0),
+    )
+
+
+class SkillStore:
+    """Reads and serialized writes of the LanceDB skill library."""
+
+    def __init__(self, root: Path, *, embedding: str = "static-minilm",
+                 embeddings_dir: Path | None = None, uri: str | None = None,
+                 storage_options: dict[str, str] | None = None) -> None:
+        """`root`: a local directory for the writer lock and `state.json` (and the tables,
+        unless `uri` puts them elsewhere, e.g. `s3://bucket/skills`)."""
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.uri = uri or str(self.root)
+        self.remote = "://" in self.uri and not self.uri.startswith("file://")
+        self.embedding = embedding
+        self.embedder = _embedding.get_embedder(
+            embedding, embeddings_dir or self.root.parent / "embeddings"
+        )
+        self.db = lancedb.connect(self.uri, storage_options=storage_options or None)
+        self._model = _skill_model(embedding)
+        existing = set(self.db.list_tables().tables)
+        if SKILLS not in existing:
+            self.db.create_table(SKILLS, schema=self._model, exist_ok=True)
+        if CHANGES not in existing:
+            self.db.create_table(CHANGES, schema=CHANGES_SCHEMA, exist_ok=True)
+        self.skills = self.db.open_table(SKILLS)
+        self.changes = self.db.open_table(CHANGES)
+        self._check_embedding()
+
+    @classmethod
+    def open(cls, settings: Any) -> SkillStore:
+        """The library of a `Settings`: tables at `paths.skills_uri` (local, or an object store
+        via `ledger.skills_root`), lock and state under `paths.skills`."""
+        paths = settings.paths
+        uri = getattr(paths, "skills_uri", None) or str(paths.skills)
+        options: dict[str, str] = {}
+        if "://" in uri:
+            from metaclaw.ledger.storage import lancedb_storage_options
+
+            options = lancedb_storage_options(uri)
+        return cls(paths.skills, embedding=settings.skills.embedding,
+                   embeddings_dir=settings.skills.embeddings_dir or paths.embeddings,
+                   uri=uri, storage_options=options)
+
+    def _check_embedding(self) -> None:
+        meta = (self.skills.schema.metadata or {}).get(b"embedding_functions", b"")
+        wanted = _embedding.REGISTRY_NAMES[self.embedding].encode()
+        if meta and wanted not in meta:
+            raise SkillValidationError(
+                f"the skill library at {self.uri} was embedded with another function "
+                f"({meta.decode()[:120]}); set skills.embedding back or re-import the skills "
+                "into a fresh METACLAW_HOME"
+            )
+
+    # -- counters ----------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.root / STATE_FILE
+
+    def read_state(self) -> dict[str, int]:
+        """The counters. On an object store writers on other machines never touch this
+        machine's `state.json`, so they are read from the tables themselves."""
+        if self.remote:
+            return {"skill_set_version": self._max_set_version(),
+                    "stats_version": self._stats_table_version()}
+        try:
+            data = json.loads(self.state_path.read_text())
+            return {"skill_set_version": int(data["skill_set_version"]),
+                    "stats_version": int(data.get("stats_version", 0))}
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return {"skill_set_version": self._max_set_version(), "stats_version": 0}
+
+    def _stats_table_version(self) -> int:
+        if STATS not in set(self.db.list_tables().tables):
+            return 0
+        return int(self.db.open_table(STATS).version)
+
+    def signature(self) -> tuple[Any, ...]:
+        """Changes whenever the library does: what the proxy polls (off its hot path)."""
+        if self.remote:
+            self.skills.checkout_latest()
+            self.changes.checkout_latest()
+            return (self.skills.version, self.changes.version, self._stats_table_version())
+        try:
+            st = self.state_path.stat()
+        except FileNotFoundError:
+            return ()
+        return (st.st_mtime_ns, st.st_size)
+
+    def _max_set_version(self) -> int:
+        if self.changes.count_rows() == 0:
+            return 0
+        col = self.changes.search().select(["set_version"]).limit(None).to_arrow()["set_version"]
+        return int(pa.compute.max(col).as_py() or 0)
+
+    @property
+    def skill_set_version(self) -> int:
+        return self.read_state()["skill_set_version"]
+
+    def _write_state(self, **updates: int) -> None:
+        state = {**self.read_state(), **updates, "updated_at": datetime.now(UTC).isoformat()}
+        tmp = self.state_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state_path)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Exclusive across processes: one writer at a time (LanceDB upserts race)."""
+        with open(self.root / ".writer.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self.skills.checkout_latest()
+                self.changes.checkout_latest()
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    # -- reads -------------------------------------------------------------------------------
+    def _rows(self, where: str | None = None, columns: Sequence[str] = _ROW_COLUMNS,
+              table: Any = None) -> list[dict[str, Any]]:
+        tbl = table if table is not None else self.skills
+        tbl.checkout_latest()
+        query = tbl.search().select(list(columns)).limit(None)
+        if where:
+            query = query.where(where)
+        return query.to_arrow().to_pylist()
+
+    def all_versions(self, where: str | None = None) -> list[Skill]:
+        return [row_to_skill(r) for r in self._rows(where)]
+
+    def current(self, status: str | None = None) -> list[Skill]:
+        """The current (highest) version of every skill, optionally of one status, by name."""
+        latest: dict[str, Skill] = {}
+        for skill in self.all_versions():
+            held = latest.get(skill.skill_id)
+            if held is None or skill.version > held.version:
+                latest[skill.skill_id] = skill
+        out = [s for s in latest.values() if status is None or s.status == status]
+        return sorted(out, key=lambda s: s.name)
+
+    def history(self, skill_id: str) -> list[Skill]:
+        return sorted(self.all_versions(f"skill_id = {_sql(skill_id)}"), key=lambda s: s.version)
+
+    def get(self, key: str) -> Skill:
+        """A skill by `skill_id@version`, skill id, or name (the current version of the last
+        two); SkillNotFoundError names what was looked for."""
+        if "@" in key:
+            skill_id, version = parse_ref(key)
+            rows = self.all_versions(f"skill_id = {_sql(skill_id)} AND version = {version}")
+        else:
+            rows = self.all_versions(f"skill_id = {_sql(key)} OR name = {_sql(key)}")
+            if rows:
+                top = max(rows, key=lambda s: s.version)
+                rows = [top]
+        if not rows:
+            raise SkillNotFoundError(f"no skill {key!r} (give a name, a skill id or id@version)")
+        return rows[0]
+
+    def find(self, key: str) -> Skill | None:
+        try:
+            return self.get(key)
+        except SkillNotFoundError:
+            return None
+
+    def vectors(self, refs: Sequence[str]) -> dict[str, Any]:
+        """Stored vectors of some skill versions (ref → numpy array)."""
+        if not refs:
+            return {}
+        where = "row_id IN (" + ", ".join(_sql(r) for r in refs) + ")"
+        rows = self._rows(where, columns=("row_id", "vector"))
+        import numpy as np
+
+        return {r["row_id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
+
+    def active_arrow(self) -> pa.Table:
+        """Every active row with its vector, for the in-memory retrieval index."""
+        self.skills.checkout_latest()
+        cols = [*_ROW_COLUMNS, "vector"]
+        return self.skills.search().where("status = 'active'").select(cols).limit(None).to_arrow()
+
+    def stats_rows(self) -> list[dict[str, Any]]:
+        if STATS not in set(self.db.list_tables().tables):
+            return []
+        return self._rows(columns=STATS_SCHEMA.names, table=self.db.open_table(STATS))
+
+    def search(self, text: str, limit: int = 10, *, include_inactive: bool = False
+               ) -> list[tuple[Skill, float]]:
+        """LanceDB's own hybrid search (vector + BM25, RRF): for the CLI and the critic's
+        "nearest skills". The proxy's hot path uses the in-memory index instead (bench)."""
+        self.skills.checkout_latest()
+        if self.skills.count_rows() == 0:
+            return []
+        where = None if include_inactive else "status = 'active'"
+        vec = self.embedder.embed_one(text)
+        try:
+            query = self.skills.search(query_type="hybrid").vector(vec).text(text)
+        except Exception:  # no FTS index yet (empty library): vector only
+            query = self.skills.search(vec)
+        if where:
+            query = query.where(where, prefilter=True)
+        try:
+            rows = query.select([*_ROW_COLUMNS]).limit(limit).to_arrow().to_pylist()
+        except Exception:
+            rows = self.skills.search(vec).where(where or "true", prefilter=True).select(
+                [*_ROW_COLUMNS]).limit(limit).to_arrow().to_pylist()
+        out = []
+        for row in rows:
+            score = row.get("_relevance_score", None)
+            if score is None:
+                score = 1.0 - float(row.get("_distance", 1.0)) / 2
+            out.append((row_to_skill(row), float(score)))
+        return out
+
+    # -- writes ------------------------------------------------------------------------------
+    def _row(self, skill: Skill) -> dict[str, Any]:
+        return {
+            "row_id": skill.ref, "skill_id": skill.skill_id, "name": skill.name,
+            "version": skill.version, "description": skill.description,
+            "instructions": skill.instructions, "when_to_use": skill.when_to_use,
+            "category": skill.category, "composes": list(skill.composes), "status": skill.status,
+            "pinned": skill.pinned, "diagnosis_ids": list(skill.diagnosis_ids),
+            "parent_version": skill.parent_version, "merged_from": list(skill.merged_from),
+            "author": skill.author, "content_hash": skill.content_hash,
+            "set_version": skill.set_version, "created_at": skill.created_at,
+            "updated_at": skill.updated_at, "search_text": skill.search_text,
+        }
+
+    def commit(self, changes: Sequence[Change]) -> CommitResult:
+        """Apply changes under the writer lock as one new skill-set version.
+
+        `created`/`updated`/`merged` write the change's skill as a new row (the previous
+        current row of that skill becomes `superseded`); `retired`/`restored` change the status
+        of the skill's current row. Returns what was done, for the ledger's `skill_events`.
+        """
+        if not changes:
+            return CommitResult(self.skill_set_version)
+        for ch in changes:
+            if ch.event not in EVENTS:
+                raise ValueError(f"unknown skill change {ch.event!r}; one of {EVENTS}")
+        with self.writing():
+            set_version = self._max_set_version() + 1
+            stamp = datetime.now(UTC)
+            latest: dict[str, dict[str, Any]] = {}  # skill_id -> its highest-version row
+            for row in self._rows(columns=("row_id", "skill_id", "version", "status")):
+                held = latest.get(row["skill_id"])
+                if held is None or row["version"] > held["version"]:
+                    latest[row["skill_id"]] = row
+            new_rows: list[dict[str, Any]] = []
+            status_of: dict[str, tuple[str, bool | None]] = {}  # row_id -> (status, pinned)
+            done: list[Change] = []
+            for ch in changes:
+                skill = replace(ch.skill, set_version=set_version, updated_at=stamp)
+                held = latest.get(skill.skill_id)
+                if ch.event in ("created", "updated", "merged"):
+                    if held is not None and skill.version <= held["version"]:
+                        raise SkillValidationError(
+                            f"{skill.ref} exists already: versions are immutable")
+                    expected = held["version"] + 1 if held else 1
+                    if skill.version != expected:
+                        raise SkillValidationError(
+                            f"{skill.name}: next version must be {expected}, got {skill.version}")
+                    if held and held["status"] == "active":
+                        status_of[held["row_id"]] = ("superseded", None)
+                    new_rows.append(self._row(skill))
+                    latest[skill.skill_id] = {"row_id": skill.ref, "skill_id": skill.skill_id,
+                                              "version": skill.version, "status": "active"}
+                else:
+                    if held is None:
+                        raise SkillNotFoundError(f"no skill {skill.skill_id!r} to {ch.event}")
+                    current = self.get(held["row_id"])
+                    status = (ch.status or "retired") if ch.event == "retired" else "active"
+                    pinned = current.pinned if ch.event == "retired" else True
+                    status_of[current.ref] = (status, pinned)
+                    skill = replace(current, status=status, pinned=pinned, updated_at=stamp)
+                done.append(replace(ch, skill=skill))
+            self._set_statuses(status_of, stamp)
+            if new_rows:
+                self.skills.add(new_rows)
+            self.changes.add(pa.Table.from_pylist([
+                {"set_version": set_version, "ts": stamp, "event": ch.event,
+                 "skill_id": ch.skill.skill_id, "version": ch.skill.version, "reason": ch.reason}
+                for ch in done
+            ], schema=CHANGES_SCHEMA))
+            self._ensure_fts()
+            self._write_state(skill_set_version=set_version)
+        return CommitResult(set_version, done)
+
+    def _set_statuses(self, status_of: dict[str, tuple[str, bool | None]],
+                      stamp: datetime) -> None:
+        """One `update` per distinct (status, pinned): few LanceDB versions per commit."""
+        groups: dict[tuple[str, bool | None], list[str]] = {}
+        for row_id, key in status_of.items():
+            groups.setdefault(key, []).append(row_id)
+        for (status, pinned), row_ids in groups.items():
+            values: dict[str, Any] = {"status": status, "updated_at": stamp}
+            if pinned is not None:
+                values["pinned"] = pinned
+            where = "row_id IN (" + ", ".join(_sql(r) for r in row_ids) + ")"
+            self.skills.update(where=where, values=values)
+
+    def _ensure_fts(self) -> None:
+        names = {idx.name for idx in self.skills.list_indices()}
+        if "search_text_idx" not in names and self.skills.count_rows() > 0:
+            self.skills.create_index("search_text", config=FTS(with_position=False))
+
+    def write_stats(self, rows: list[dict[str, Any]]) -> None:
+        """Replace the efficacy statistics and tell readers (stats_version + 1)."""
+        with self.writing():
+            table = pa.Table.from_pylist(rows, schema=STATS_SCHEMA)
+            self.db.create_table(STATS, table, mode="overwrite")
+            self._write_state(stats_version=self.read_state()["stats_version"] + 1)
+
+    def considered(self, critic_model: str, prompt_version: str) -> set[str]:
+        """Diagnoses the evolve flow has already put to this critic and prompt version."""
+        if EVOLVE_LOG not in set(self.db.list_tables().tables):
+            return set()
+        where = (f"critic_model = {_sql(critic_model)} AND "
+                 f"prompt_version = {_sql(prompt_version)}")
+        rows = self._rows(where, columns=("diagnosis_id",), table=self.db.open_table(EVOLVE_LOG))
+        return {r["diagnosis_id"] for r in rows}
+
+    def log_considered(self, outcomes: dict[str, str], critic_model: str,
+                       prompt_version: str) -> None:
+        if not outcomes:
+            return
+        stamp = datetime.now(UTC)
+        table = pa.Table.from_pylist([
+            {"diagnosis_id": d, "critic_model": critic_model, "prompt_version": prompt_version,
+             "outcome": o, "ts": stamp} for d, o in sorted(outcomes.items())
+        ], schema=EVOLVE_LOG_SCHEMA)
+        with self.writing():
+            if EVOLVE_LOG in set(self.db.list_tables().tables):
+                self.db.open_table(EVOLVE_LOG).add(table)
+            else:
+                self.db.create_table(EVOLVE_LOG, table)
+
+    def optimize(self) -> None:
+        """Compact small files and fold new rows into the FTS index (after a batch)."""
+        with self.writing():
+            for tbl in (self.skills, self.changes):
+                tbl.optimize(cleanup_older_than=timedelta(hours=1))
