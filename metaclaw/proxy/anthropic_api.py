@@ -46,6 +46,7 @@ from metaclaw.proxy.relay import (
 from metaclaw.proxy.session import explicit_session_id, turn_index
 from metaclaw.proxy.sse import SSEEvent
 from metaclaw.proxy.validate import parse_json_object, validate_messages
+from metaclaw.skills.query import inject, inject_system
 
 ENDPOINT = "/v1/messages"
 
@@ -164,8 +165,16 @@ async def messages(request: Request) -> Response:
         model=body.get("model"),
     )
     model = str(openai_body.get("model") or "")
+    injection = state.select_skills(history)
+    draft.injected_skills = injection.skills
+    draft.skill_set_version = injection.skill_set_version
     if state.upstream.anthropic_native:
         upstream_body = state.upstream_body(body)
+        if injection.block:
+            upstream_body = {
+                **upstream_body,
+                "system": inject_system(body.get("system"), injection.block),
+            }
         resp = await open_upstream(
             state, draft, lambda: state.upstream.open_anthropic(upstream_body, request.headers)
         )
@@ -180,6 +189,8 @@ async def messages(request: Request) -> Response:
         await finish_turn(state, draft, from_anthropic(data), data, history)
         return Response(raw, media_type="application/json", headers=draft.headers())
 
+    if injection.block:
+        openai_body = {**openai_body, "messages": inject(history, injection.block)}
     resp = await open_upstream(
         state,
         draft,

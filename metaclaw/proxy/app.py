@@ -6,6 +6,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI
@@ -25,6 +26,7 @@ from metaclaw.proxy.relay import ProxyState, error_response, json_response
 from metaclaw.proxy.session import SessionTracker
 from metaclaw.proxy.upstream import Upstream
 from metaclaw.serving.defaults import policy_base_url
+from metaclaw.skills.library import SkillLibrary
 
 log = logging.getLogger("metaclaw.proxy")
 OPEN_PATHS = frozenset({"/healthz"})
@@ -89,15 +91,20 @@ def create_app(settings: Settings, wal: WalWriter | None = None) -> FastAPI:
             local_policy_url=policy_base_url(settings),
             local_policy_key=policy_key.get_secret_value() if policy_key else None,
         )
+        # Loads in the background: the proxy serves (without skills) before the library is up.
+        skills = SkillLibrary.open(settings, block=False) if settings.skills.enabled else None
         app.state.proxy = ProxyState(
             settings=settings,
             upstream=upstream,
             recorder=Recorder(writer, settings.proxy.capture_timeout_s),
             sessions=SessionTracker(settings.proxy.session_cache_size),
+            skills=skills,
         )
         try:
             yield
         finally:
+            if skills is not None:
+                skills.close()
             await upstream.aclose()
             if owned:
                 writer.close()
@@ -151,6 +158,7 @@ async def healthz(request: Request) -> Response:
                 "pending": wal.pending,
                 "wal_errors": wal.stats.errors,
             },
+            "skills": asdict(state.skills.health) if state.skills is not None else None,
             "upstream": {
                 "openai_configured": state.upstream.openai_configured,
                 "local_policy_default": state.upstream.local_default,

@@ -38,6 +38,8 @@ class TurnDraft:
     ts_start: int = field(default_factory=now_micros)
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
+    injected_skills: list[str] = field(default_factory=list)  # skill_id@version
+    skill_set_version: int | None = None
 
     def headers(self) -> dict[str, str]:
         """Response headers naming the turn, so a client can post feedback on it."""
@@ -73,8 +75,8 @@ class TurnDraft:
             "client": self.client,
             "endpoint": self.endpoint,
             "request": self.request,
-            "injected_skills": [],
-            "skill_set_version": None,
+            "injected_skills": self.injected_skills,
+            "skill_set_version": self.skill_set_version,
             "served_by": "policy" if policy else "upstream",
             "model": done.model or self.model,
             "policy_checkpoint": policy.checkpoint if policy else None,

@@ -33,6 +33,7 @@ from metaclaw.proxy.relay import (
 from metaclaw.proxy.session import explicit_session_id, turn_index
 from metaclaw.proxy.sse import SSEEvent
 from metaclaw.proxy.validate import parse_json_object, validate_chat
+from metaclaw.skills.query import inject
 
 ENDPOINT = "/v1/chat/completions"
 
@@ -95,6 +96,11 @@ async def chat_completions(request: Request) -> Response:
         model=body.get("model"),
     )
     upstream_body = state.upstream_body(body)
+    injection = state.select_skills(messages)
+    draft.injected_skills = injection.skills
+    draft.skill_set_version = injection.skill_set_version
+    if injection.block:
+        upstream_body = {**upstream_body, "messages": inject(messages, injection.block)}
     resp = await open_upstream(
         state,
         draft,

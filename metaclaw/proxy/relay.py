@@ -24,6 +24,7 @@ from metaclaw.proxy.errors import ProxyError, error_body
 from metaclaw.proxy.session import SessionTracker
 from metaclaw.proxy.sse import SSEEvent, SSEParser
 from metaclaw.proxy.upstream import Upstream, UpstreamResponse, UpstreamStreamError
+from metaclaw.skills.library import Injection, SkillLibrary
 
 log = logging.getLogger("metaclaw.proxy")
 
@@ -38,6 +39,13 @@ class ProxyState:
     upstream: Upstream
     recorder: Recorder
     sessions: SessionTracker
+    skills: SkillLibrary | None = None  # None: skills disabled
+
+    def select_skills(self, messages: list[dict[str, Any]]) -> Injection:
+        """Skills for this request (never raises: retrieval failure injects nothing)."""
+        if self.skills is None:
+            return Injection()
+        return self.skills.select(messages)
 
     def upstream_body(self, body: dict[str, Any]) -> dict[str, Any]:
         """The body sent upstream: the client's, unknown fields kept, model pinned if set."""
