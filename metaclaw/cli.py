@@ -300,6 +300,67 @@ from metaclaw.connect.cli import app as connect_app  # noqa: E402  (`connect [op
 app.add_typer(connect_app, name="connect")
 
 
+@app.command()
+def demo(
+    questions: Annotated[int, typer.Option(help="Questions the scripted user asks.")] = 6,
+    max_tokens: Annotated[int, typer.Option(help="Reply length cap (CPU time).")] = 48,
+    proxy_port: Annotated[int | None, typer.Option(help="Proxy port.")] = None,
+) -> None:
+    """A scripted user with a preference, the whole loop once, behaviour before and after."""
+    import os
+    import time
+
+    from metaclaw import demo as script
+    from metaclaw.serving.defaults import needs_policy_server
+    from metaclaw.serving.launch import start_policy_server
+    from metaclaw.supervisor import apply_env, prefect_env, start_proxy
+
+    for key, value in script.DEMO_ENV.items():
+        os.environ.setdefault(key, value)
+    settings = load_settings()
+    paths = settings.paths
+    prompts = paths.home / "demo-eval-prompts.jsonl"
+    paths.home.mkdir(parents=True, exist_ok=True)
+    prompts.write_text(script.eval_prompts_jsonl())
+    os.environ.setdefault("METACLAW_DEPLOY__PROMPTS_FILE", str(prompts.resolve()))
+    paths.prefect.mkdir(parents=True, exist_ok=True)
+    apply_env(prefect_env(paths.prefect, _prefect_url(None)))
+    started = time.monotonic()
+    children = []
+    port = proxy_port or settings.proxy.port
+    try:
+        if needs_policy_server(settings):
+            with console.status("starting the local policy server …"):
+                children.append(start_policy_server(paths, settings.policy.port,
+                                                    host=settings.policy.host))
+        with console.status("starting the proxy …"):
+            children.append(start_proxy(paths, port))
+        user = script.ScriptedUser(f"http://{settings.proxy.host}:{port}", max_tokens)
+        asked = script.QUESTIONS[:questions]
+        with console.status("the scripted user asks, corrects and rates …"):
+            before = user.ask("before", asked, teach=True)
+        for question, reply, ok in zip(asked, before.replies, before.complied, strict=True):
+            console.print(f"[bold]{question}[/bold] → {reply.strip()[:90]!r} "
+                          f"{'[green]✓[/green]' if ok else '[red]✗[/red]'}")
+        with console.status("running the pipeline: ingest → score → diagnose → evolve → "
+                            "train → deploy …"):
+            importlib.import_module("flows.pipeline").pipeline_flow()
+        with console.status("asking again …"):
+            after = user.ask("after", asked, teach=False)
+        for question, reply, ok in zip(asked, after.replies, after.complied, strict=True):
+            console.print(f"[bold]{question}[/bold] → {reply.strip()[:90]!r} "
+                          f"{'[green]✓[/green]' if ok else '[red]✗[/red]'}")
+        for line in script.outcome_lines(paths, before, after):
+            console.print(line)
+        console.print(f"demo wall time: {time.monotonic() - started:.0f} s")
+    except RuntimeError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
 def main() -> None:
     app()
 

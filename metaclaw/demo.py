@@ -1,0 +1,139 @@
+"""`metaclaw demo`: a scripted user with a stated preference, the whole loop, before and after.
+
+The user wants every answer to end with a sign-off ("Cheers!"). It says so once, then asks a few
+questions through the proxy; when a reply ignores the preference it corrects the agent and rates
+the turn −1 (+1 when it complies) through `POST /v1/feedback`. Then the pipeline runs once
+(ingest → score → diagnose → evolve → train → deploy) and the same questions are asked again.
+
+Honesty: every figure printed is measured in this run — compliance is counted by the same rule
+before and after, the deploy verdict and win rate come from the `checkpoints` row the deploy step
+wrote, and nothing is promoted unless the gate measured it better. With the embedded 135M model
+the gate usually (correctly) refuses: a weak judge cannot separate two nearly identical policies.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+SIGN_OFF = "Cheers!"
+PREFERENCE = f"Please always end every answer with the word '{SIGN_OFF}'. It matters to me."
+QUESTIONS = (
+    "What is the capital of France?",
+    "Name a primary colour.",
+    "How many legs does a spider have?",
+    "What is 2 + 2?",
+    "What colour is the sky on a clear day?",
+    "Name a fruit that is yellow.",
+)
+
+
+def complies(reply: str) -> bool:
+    """The user's rule, applied identically before and after."""
+    return reply.rstrip().rstrip(".").endswith(SIGN_OFF.rstrip("!")) or SIGN_OFF in reply[-40:]
+
+
+@dataclass
+class Round:
+    label: str
+    replies: list[str] = field(default_factory=list)
+    complied: list[bool] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return sum(self.complied) / len(self.complied) if self.complied else 0.0
+
+
+class ScriptedUser:
+    """Talks to the proxy like a person would: same session per question, corrections, ratings."""
+
+    def __init__(self, proxy_url: str, max_tokens: int) -> None:
+        self.client = httpx.Client(base_url=proxy_url, timeout=600)
+        self.max_tokens = max_tokens
+
+    def _chat(self, session: str, messages: list[dict[str, Any]]) -> tuple[str, str]:
+        resp = self.client.post(
+            "/v1/chat/completions",
+            headers={"x-session-id": session},
+            json={"model": "metaclaw", "messages": messages, "max_tokens": self.max_tokens,
+                  "temperature": 0.7},
+        )
+        resp.raise_for_status()
+        return resp.json()["choices"][0]["message"]["content"] or "", resp.headers[
+            "x-metaclaw-turn-id"]
+
+    def ask(self, label: str, questions: tuple[str, ...], *, teach: bool) -> Round:
+        result = Round(label)
+        for i, question in enumerate(questions):
+            session = f"demo-{label}-{i}-{int(time.time())}"
+            history = [{"role": "user", "content": f"{PREFERENCE}\n\n{question}"}]
+            reply, turn_id = self._chat(session, history)
+            ok = complies(reply)
+            result.replies.append(reply)
+            result.complied.append(ok)
+            if not teach:
+                continue
+            self.client.post("/v1/feedback", json={
+                "turn_id": turn_id, "value": 1.0 if ok else -1.0,
+                "comment": "followed my sign-off preference" if ok else f"no '{SIGN_OFF}'"})
+            if not ok:  # the correction is part of the conversation, as a person would write it
+                history += [{"role": "assistant", "content": reply},
+                            {"role": "user", "content": f"No — you forgot to end with "
+                                                        f"'{SIGN_OFF}'. Please follow my "
+                                                        "preference."}]
+                self._chat(session, history)
+        return result
+
+
+DEMO_ENV = {
+    # small enough to finish in minutes on two CPU cores, and honest about it
+    "METACLAW_TRAINING__BATCH_SIZE": "4",
+    "METACLAW_JUDGE__VOTES": "1",
+    "METACLAW_JUDGE__SESSION_IDLE_S": "0",
+    "METACLAW_DEPLOY__MIN_EVAL_PROMPTS": "4",
+    "METACLAW_DEPLOY__MAX_NEW_TOKENS": "48",
+}
+EVAL_QUESTIONS = (
+    "What is the largest ocean?",
+    "Name a mammal that can fly.",
+    "What do bees make?",
+    "How many days are in a week?",
+)
+
+
+def eval_prompts_jsonl() -> str:
+    """The fixed held-out prompts for the deploy gate (never asked during teaching)."""
+    import json
+
+    return "".join(
+        json.dumps({"messages": [{"role": "user", "content": f"{PREFERENCE}\n\n{q}"}]}) + "\n"
+        for q in EVAL_QUESTIONS
+    )
+
+
+def outcome_lines(paths: Any, before: Round, after: Round) -> list[str]:
+    """What the run measured, read back from the ledger."""
+    from metaclaw.ledger import query
+
+    counts = ", ".join(f"(SELECT count(*) FROM {t})" for t in (
+        "turns", "rewards", "feedback", "diagnoses", "skill_events", "train_steps"))
+    _, rows = query(paths, f"SELECT {counts}")
+    turns, rewards, feedback, diagnoses, skill_events, steps = rows[0]
+    _, latest = query(paths, "SELECT checkpoint_id, status, reason, eval_metrics FROM checkpoints "
+                             "ORDER BY ts DESC LIMIT 1")
+    lines = [
+        f"compliance with the preference: before {before.rate:.0%} "
+        f"({sum(before.complied)}/{len(before.complied)}), after {after.rate:.0%} "
+        f"({sum(after.complied)}/{len(after.complied)})",
+        f"ledger: {turns} turns, {feedback} explicit ratings, {rewards} reward signals, "
+        f"{diagnoses} diagnoses, {skill_events} skill events, {steps} train steps",
+    ]
+    if latest:
+        checkpoint, status, reason, _ = latest[0]
+        lines.append(f"checkpoint {checkpoint}: {status} — {reason}")
+    else:
+        lines.append("no checkpoint: training found no full micro-batch with a learning signal")
+    return lines
