@@ -1,0 +1,24 @@
+"""Deploy: evaluate candidate checkpoints, promote only winners, hot-swap, roll back.
+
+Public API (docs/deploy.md):
+- `registry` — statuses, the `TRANSITIONS` table, `Book` (states replayed from the
+  `checkpoints` table), `plan_promote` / `plan_reject` / `plan_rollback` (pure row planners),
+  `TransitionError`.
+- `split` — `is_eval_turn(turn_id, settings)` (pure; training must exclude these turns),
+  `eval_turn_sql(settings)`, `split_id(settings)`.
+- `stats` — `wilson_interval`, `pair_score`, `win_rate`.
+- `guards` — `is_degenerate`, `kl_estimate`, `check_guards`, `decide`.
+- `pairwise` — the pairwise judge prompt, `parse_verdict`, `PairwiseJudge`.
+- `evalset` — `build_eval_set` (held-out ledger prompts + `deploy.prompts_file`).
+- `sampling` — `BackendSampler` (any TrainingBackend), `TinkerSampler`, `make_sampler`.
+- `evaluate` — `evaluate(...)` → `Evaluation` (the full comparison and the decision).
+- `deployer` — `promote`, `reject`, `rollback`, and the gate: `prepare` → `assess` → `record`
+  (`run_gate` chains them).
+- `notify` — `notify_policy_server` (the hot-swap request).
+
+Importing this package loads nothing heavy; torch and tinker load when sampling starts.
+"""
+
+from metaclaw.deploy.split import eval_turn_sql, is_eval_turn, split_id
+
+__all__ = ["eval_turn_sql", "is_eval_turn", "split_id"]

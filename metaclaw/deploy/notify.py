@@ -1,0 +1,61 @@
+"""Tell the running local policy server to hot-swap to the promoted checkpoint.
+
+The ledger is the source of truth; this call only makes a running server act at once. The
+server's `POST /admin/adapter` validates the adapter, then swaps between forward passes:
+requests already generating finish on the old weights, new ones get the new weights, none
+fails. When the server is not running the promotion stands and the server loads it from the
+ledger at its next start. Tinker checkpoints are not served by the local server (the proxy
+routes those to Tinker), so no call is made for them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from metaclaw.config import Settings
+from metaclaw.deploy.durable import is_tinker
+from metaclaw.serving.defaults import policy_base_url
+
+
+@dataclass(frozen=True)
+class SwapNotice:
+    status: str  # swapped | unreachable | refused | skipped
+    detail: str
+    seconds: float = 0.0
+
+
+def admin_url(settings: Settings) -> str:
+    return policy_base_url(settings).removesuffix("/v1") + "/admin/adapter"
+
+
+def notify_policy_server(settings: Settings, checkpoint_id: str | None,
+                         path: str | None) -> SwapNotice:
+    """Ask the policy server to serve (checkpoint_id, path); (None, None) = the base model."""
+    if is_tinker(path):
+        return SwapNotice("skipped", f"{checkpoint_id} lives on Tinker; the local policy server "
+                          "does not serve it")
+    url = admin_url(settings)
+    key = settings.policy.api_key
+    headers = {"authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+    started = time.monotonic()
+    try:
+        resp = httpx.post(url, json={"checkpoint_id": checkpoint_id, "path": path},
+                          headers=headers, timeout=settings.deploy.notify_timeout_s,
+                          trust_env=False)
+    except httpx.HTTPError as exc:
+        return SwapNotice("unreachable", f"policy server at {url} not reachable "
+                          f"({type(exc).__name__}); it loads the promoted checkpoint at its "
+                          "next start", time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    if resp.status_code == 200:
+        served = checkpoint_id or "the base model"
+        return SwapNotice("swapped", f"policy server now serves {served}", elapsed)
+    try:
+        message = resp.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = resp.text[:300]
+    return SwapNotice("refused", f"policy server refused the swap ({resp.status_code}): "
+                      f"{message}", elapsed)
