@@ -6,6 +6,7 @@ a pre-built tiny model) through the same seam a deployment uses.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from metaclaw.training.teacher import (
     SamplingClientTeacher,
     Teacher,
 )
+
+log = logging.getLogger("metaclaw.training")
 
 
 class TrainingConfigError(ValueError):
@@ -39,6 +42,28 @@ def resolve_base_model_dir(settings: Settings) -> Path:
     return Path(resolve_model_dir(name, settings.paths.home))
 
 
+def tinker_base_model(settings: Settings, api_key: str | None) -> str:
+    """`training.base_model` when set explicitly; else Kimi-K2.5 if the service offers it, with
+    a logged fallback to Qwen3-4B (asked of `get_server_capabilities`, not hard-coded: Tinker's
+    lineup changes). The default `base_model` is the packaged local model, meaningless here."""
+    cfg = settings.training
+    if "base_model" in cfg.model_fields_set:
+        return cfg.base_model
+    import tinker
+
+    from metaclaw.providers import choose_tinker_base_model
+    from metaclaw.training.tinker_backend import call_with_timeout
+
+    capabilities = call_with_timeout(
+        lambda: tinker.RestClient(base_url=cfg.tinker_base_url, api_key=api_key)
+        .get_server_capabilities(),
+        cfg.tinker_timeout_s, "get_server_capabilities",
+    )
+    choice = choose_tinker_base_model(capabilities)
+    (log.warning if choice.fell_back else log.info)("tinker base model: %s", choice.reason)
+    return choice.model
+
+
 def make_backend(settings: Settings) -> TrainingBackend:
     cfg = settings.training
     if cfg.backend == "tinker":
@@ -51,7 +76,7 @@ def make_backend(settings: Settings) -> TrainingBackend:
                 "(or METACLAW_TRAINING__TINKER_API_KEY)"
             )
         return TinkerBackend(
-            cfg.base_model, lora_rank=cfg.lora_rank, seed=cfg.seed,
+            tinker_base_model(settings, key), lora_rank=cfg.lora_rank, seed=cfg.seed,
             timeout_s=cfg.tinker_timeout_s, ttl_s=cfg.tinker_state_ttl_s,
             base_url=cfg.tinker_base_url, api_key=key,
         )

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from tinker import types
 
 from metaclaw.config import Settings
+from metaclaw.config_tools import config_snapshot
 from metaclaw.deploy.split import eval_turn_sql
 from metaclaw.ledger import append_rows, connect
 from metaclaw.ledger.records import now_micros
@@ -220,6 +221,8 @@ class Trainer:
             "advantage_methods": dict(Counter(s.advantage_method for s in rl)),
             "skipped": skipped, "routed": self._routed, "skill_set_version": skill_version,
             "parent_state_path": parent, "config": effective_config(self.settings, backend),
+            # the whole MetaClawConfig (secrets masked) + its hash: the run is reproducible
+            "metaclaw_config": config_snapshot(self.settings),
         }
         fb_started = time.monotonic()
         loss, kl, kl_v2 = self._losses(backend, rl, sft, metrics, backward=True)
@@ -329,6 +332,7 @@ class Trainer:
                           metrics: dict[str, Any]) -> None:
         summary = {k: metrics.get(k) for k in ("loss", "kl", "reward_mean", "tokens",
                                                 "n_samples", "state_path")}
+        summary["config_sha256"] = (metrics.get("metaclaw_config") or {}).get("sha256")
         append_rows(self.paths.wal, "checkpoints", [{
             "event_id": checkpoint_event_id(checkpoint_id, "candidate"),
             "checkpoint_id": checkpoint_id, "step": step, "backend": backend, "path": path,
