@@ -32,8 +32,9 @@ QUESTIONS = (
 
 
 def complies(reply: str) -> bool:
-    """The user's rule, applied identically before and after."""
-    return reply.rstrip().rstrip(".").endswith(SIGN_OFF.rstrip("!")) or SIGN_OFF in reply[-40:]
+    """The user's rule, applied identically before and after: the reply ends with the
+    sign-off (an echo of the request, which ends otherwise, does not count)."""
+    return reply.rstrip().rstrip("!.").endswith(SIGN_OFF.rstrip("!"))
 
 
 @dataclass

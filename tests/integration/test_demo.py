@@ -1,0 +1,46 @@
+"""`metaclaw demo` end to end against stand-ins (the stub upstream answers and judges), and its
+compliance rule; the real embedded model run is what `metaclaw demo` does by default."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metaclaw.config import LedgerPaths
+from metaclaw.demo import complies
+from tests.helpers import REPO, free_port, rows
+from tests.stubs.upstream_server import StubUpstream
+
+
+def test_compliance_rule() -> None:
+    assert complies("Paris is the capital. Cheers!")
+    assert complies("Eight legs. Cheers")
+    assert not complies("Please always end every answer with the word 'Cheers!'. It matters.")
+    assert not complies("")
+
+
+@pytest.mark.slow
+def test_demo_runs_the_loop_and_reports_what_it_measured(
+    stub: StubUpstream, prefect_harness: str, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    env = {**os.environ, "METACLAW_HOME": str(home), "METACLAW_CONFIG": str(tmp_path / "x.toml"),
+           "METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
+           "METACLAW_JUDGE__BASE_URL": stub.base_url + "/v1", "METACLAW_JUDGE__MODEL": "judge",
+           "PREFECT_API_URL": prefect_harness}
+    out = subprocess.run(
+        [sys.executable, "-m", "metaclaw", "demo", "--questions", "3",
+         "--proxy-port", str(free_port())],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "compliance with the preference: before 0% (0/3), after 0% (0/3)" in out.stdout
+    paths = LedgerPaths(home)
+    # 3 questions + 3 corrections while teaching, 3 questions after
+    assert rows(paths, "SELECT count(*) AS n FROM turns") == [{"n": 9}]
+    assert rows(paths, "SELECT count(*) AS n FROM feedback WHERE value = -1") == [{"n": 3}]
+    assert "ledger: 9 turns, 3 explicit ratings" in out.stdout
+    assert "demo wall time" in out.stdout
