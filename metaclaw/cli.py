@@ -335,7 +335,8 @@ def demo(
                                                     host=settings.policy.host))
         with console.status("starting the proxy …"):
             children.append(start_proxy(paths, port))
-        user = script.ScriptedUser(f"http://{settings.proxy.host}:{port}", max_tokens)
+        user = script.ScriptedUser(f"http://{settings.proxy.host}:{port}", max_tokens,
+                                   settings.training.temperature)
         asked = script.QUESTIONS[:questions]
         with console.status("the scripted user asks, corrects and rates …"):
             before = user.ask("before", asked, teach=True)

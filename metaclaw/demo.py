@@ -51,16 +51,19 @@ class Round:
 class ScriptedUser:
     """Talks to the proxy like a person would: same session per question, corrections, ratings."""
 
-    def __init__(self, proxy_url: str, max_tokens: int) -> None:
+    def __init__(self, proxy_url: str, max_tokens: int, temperature: float) -> None:
+        """`temperature`: the training temperature, so the policy's replies are on-policy data
+        (turns sampled at another temperature cannot feed an importance-sampling loss)."""
         self.client = httpx.Client(base_url=proxy_url, timeout=600)
         self.max_tokens = max_tokens
+        self.temperature = temperature
 
     def _chat(self, session: str, messages: list[dict[str, Any]]) -> tuple[str, str]:
         resp = self.client.post(
             "/v1/chat/completions",
             headers={"x-session-id": session},
             json={"model": "metaclaw", "messages": messages, "max_tokens": self.max_tokens,
-                  "temperature": 0.7},
+                  "temperature": self.temperature},
         )
         resp.raise_for_status()
         return resp.json()["choices"][0]["message"]["content"] or "", resp.headers[

@@ -39,6 +39,8 @@ def _settings(home: Path, stub: StubJudge | None, **judge: Any) -> Settings:
     options: dict[str, Any] = {"retry_backoff_s": 0.01, "timeout_s": 5.0, **judge}
     if stub is not None:
         options.update(base_url=stub.base_url, model="stub-judge")
+    else:  # no judge at all, not the local policy server default
+        options.setdefault("local_default", False)
     return Settings(home=home, judge=JudgeSettings(**options))
 
 
