@@ -16,30 +16,14 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
-from metaclaw.config import Settings, config_file_path
+from metaclaw.cli_support import console, err_console, load_settings
 
 app = typer.Typer(help="MetaClaw: agents that improve themselves from their own conversations.",
                   no_args_is_help=True, add_completion=False)
-console = Console()
-err_console = Console(stderr=True)
 
 DEFAULT_PREFECT_PORT = 4200
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        err_console.print(f"[red]invalid configuration[/red] (file {config_file_path()}, "
-                          "environment METACLAW_*):")
-        for error in exc.errors():
-            key = ".".join(str(p) for p in error["loc"])
-            err_console.print(f"  {key}: {error['msg']}")
-        raise typer.Exit(2) from None
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:

@@ -12,29 +12,14 @@ import sys
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
-from metaclaw.config import Settings, config_file_path
+from metaclaw.cli_support import console, err_console, load_settings
+from metaclaw.config import config_file_path
 from metaclaw.config_tools import ConfigKeyError, describe, set_in_file
 
 app = typer.Typer(help="Show or edit the configuration (metaclaw.toml, METACLAW_* variables).",
                   no_args_is_help=True, add_completion=False)
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _load() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        err_console.print(f"[red]invalid configuration[/red] (file {config_file_path()}, "
-                          "environment METACLAW_*):")
-        for error in exc.errors():
-            key = ".".join(str(p) for p in error["loc"])
-            err_console.print(f"  {key}: {error['msg']}", markup=False, highlight=False)
-        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -43,7 +28,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
 ) -> None:
     """The effective configuration: every key, its value (secrets masked) and its source."""
-    rows = [r for r in describe(_load()) if not prefix or r.key.startswith(prefix)]
+    rows = [r for r in describe(load_settings()) if not prefix or r.key.startswith(prefix)]
     if as_json:
         out = {r.key: {"value": r.value, "source": r.source} for r in rows}
         sys.stdout.write(json.dumps(out, default=str) + "\n")

@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from metaclaw.proxy.errors import ANTHROPIC_TYPES
+
 __all__ = [
     "OpenAIToAnthropicStream",
     "anthropic_request_to_openai",
@@ -35,16 +37,6 @@ _STOP_REASONS: dict[str, str] = {
     "tool_calls": "tool_use",
     "function_call": "tool_use",
     "content_filter": "refusal",
-}
-
-_ERROR_TYPES: dict[int, str] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    529: "overloaded_error",
 }
 
 _TOOL_CHOICES: dict[str, str] = {"auto": "auto", "any": "required", "none": "none"}
@@ -392,7 +384,7 @@ def openai_error_to_anthropic(status: int, body: dict[str, Any] | None) -> dict[
         message = orjson.dumps(message).decode()
     return {
         "type": "error",
-        "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message},
+        "error": {"type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message},
     }
 
 
