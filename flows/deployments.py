@@ -8,6 +8,9 @@ micro-batch skips cleanly). `pipeline` and `backfill` run on demand.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 
@@ -19,81 +22,7 @@ from flows.ingest import TURNS_LANDED, ingest_flow
 from flows.pipeline import pipeline_flow
 from flows.score import REWARDS_LANDED, score_flow
 from flows.train import train_flow
-from metaclaw.config import Settings
-
-
-def on_event(event: str, resource_id: str) -> DeploymentEventTrigger:
-    return DeploymentEventTrigger(expect={event}, match={"prefect.resource.id": resource_id})
-
-
-def build_deployments(settings: Settings) -> list[RunnerDeployment]:
-    return [
-        ingest_flow.to_deployment(
-            name="ingest",
-            interval=settings.flows.ingest_interval_s,
-            concurrency_limit=1,
-            tags=["metaclaw", "ledger"],
-            description="WAL segments → Parquet, compaction.",
-            paused=False,
-        ),
-        score_flow.to_deployment(
-            name="score",
-            interval=settings.flows.score_interval_s,
-            concurrency_limit=1,
-            tags=["metaclaw", "scoring"],
-            description="Judge + implicit signals → rewards (explicit feedback read live).",
-            paused=False,
-            triggers=[on_event(TURNS_LANDED, "metaclaw.ledger.turns")],
-        ),
-        backfill_flow.to_deployment(
-            name="backfill",
-            concurrency_limit=1,
-            tags=["metaclaw", "backfill"],
-            description="Historical logs → ledger → score, diagnose, evolve (train). On demand.",
-            paused=False,
-        ),
-        train_flow.to_deployment(
-            name="train",
-            interval=settings.flows.train_interval_s,
-            concurrency_limit=1,
-            tags=["metaclaw", "training"],
-            description="Rewarded turns → LoRA micro-batch → candidate checkpoint.",
-            paused=False,
-            triggers=[on_event(REWARDS_LANDED, "metaclaw.ledger.rewards")],
-        ),
-        diagnose_flow.to_deployment(
-            name="diagnose",
-            interval=settings.flows.diagnose_interval_s,
-            concurrency_limit=1,
-            tags=["metaclaw", "skills"],
-            description="Failed turns → whole trajectory → root cause (critic LLM) → diagnoses.",
-            paused=False,
-        ),
-        evolve_flow.to_deployment(
-            name="evolve",
-            interval=settings.flows.evolve_interval_s,
-            concurrency_limit=1,
-            tags=["metaclaw", "skills"],
-            description="Efficacy + retirement; diagnoses → new / revised / merged skills.",
-            paused=not settings.flows.evolve_enabled,  # MetaClawConfig(enable_skill_evolution=)
-        ),
-        deploy_flow.to_deployment(
-            name="deploy",
-            interval=settings.flows.deploy_interval_s,
-            concurrency_limit=1,
-            tags=["metaclaw", "deploy"],
-            description="Candidate vs current on held-out prompts → promote or reject; hot-swap.",
-            paused=False,
-        ),
-        pipeline_flow.to_deployment(
-            name="pipeline",
-            tags=["metaclaw", "pipeline"],
-            description="The whole loop once: ingest → score → diagnose → evolve → train → "
-            "deploy. On demand.",
-            paused=False,
-        ),
-    ]
-
+from metaclaw.config import FlowSettings, Settings
 
 FLOWS = {
     "ingest": ingest_flow,
@@ -105,3 +34,56 @@ FLOWS = {
     "backfill": backfill_flow,
     "pipeline": pipeline_flow,
 }
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One deployment: which flow, how often (None: on demand), what else starts it."""
+
+    tag: str
+    description: str
+    interval: Callable[[FlowSettings], int] | None = None
+    trigger: tuple[str, str] | None = None  # (event, resource id)
+    concurrency_limit: int | None = 1
+
+
+SPECS: dict[str, Spec] = {
+    "ingest": Spec("ledger", "WAL segments → Parquet, compaction.",
+                   lambda f: f.ingest_interval_s),
+    "score": Spec("scoring", "Judge + implicit signals → rewards (explicit feedback read live).",
+                  lambda f: f.score_interval_s, (TURNS_LANDED, "metaclaw.ledger.turns")),
+    "backfill": Spec("backfill",
+                     "Historical logs → ledger → score, diagnose, evolve (train). On demand."),
+    "train": Spec("training", "Rewarded turns → LoRA micro-batch → candidate checkpoint.",
+                  lambda f: f.train_interval_s, (REWARDS_LANDED, "metaclaw.ledger.rewards")),
+    "diagnose": Spec("skills",
+                     "Failed turns → whole trajectory → root cause (critic LLM) → diagnoses.",
+                     lambda f: f.diagnose_interval_s),
+    "evolve": Spec("skills", "Efficacy + retirement; diagnoses → new / revised / merged skills.",
+                   lambda f: f.evolve_interval_s),
+    "deploy": Spec("deploy",
+                   "Candidate vs current on held-out prompts → promote or reject; hot-swap.",
+                   lambda f: f.deploy_interval_s),
+    "pipeline": Spec("pipeline", "The whole loop once: ingest → score → diagnose → evolve → "
+                     "train → deploy. On demand.", concurrency_limit=None),
+}
+
+
+def build_deployments(settings: Settings) -> list[RunnerDeployment]:
+    flows = settings.flows
+    return [
+        FLOWS[name].to_deployment(
+            name=name,
+            interval=spec.interval(flows) if spec.interval else None,
+            concurrency_limit=spec.concurrency_limit,
+            tags=["metaclaw", spec.tag],
+            description=spec.description,
+            # MetaClawConfig(enable_skill_evolution=False) pauses evolution's schedule
+            paused=name == "evolve" and not flows.evolve_enabled,
+            triggers=[
+                DeploymentEventTrigger(expect={spec.trigger[0]},
+                                       match={"prefect.resource.id": spec.trigger[1]})
+            ] if spec.trigger else None,
+        )
+        for name, spec in SPECS.items()
+    ]
