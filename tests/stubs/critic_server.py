@@ -20,8 +20,6 @@ Run: ``python tests/stubs/critic_server.py --port 0`` prints ``READY http://HOST
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -38,6 +36,7 @@ from starlette.routing import Route
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.stubs.process import StubProcess
 from tests.stubs.upstream_server import (
     _ReadyServer,
     _url,
@@ -108,42 +107,14 @@ def serve(host: str, port: int) -> None:
     _ReadyServer(config, _url(host, sock.getsockname()[1])).run(sockets=[sock])
 
 
-class StubCritic:
+class StubCritic(StubProcess):
     """The stub as a subprocess; `script(...)` sets its replies, `requests()` reads them back."""
 
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen[str] | None = None
-        self.base_url = ""
+    server_file = Path(__file__).resolve()
 
-    def start(self) -> StubCritic:
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--port",
-                                      "0"], stdout=subprocess.PIPE, text=True, bufsize=1)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"critic stub did not start: {line!r}")
-        self.base_url = line.split(" ", 1)[1].strip()
-        return self
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
-
-    def __enter__(self) -> StubCritic:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    @property
+    def base_url(self) -> str:
+        return self.url
 
     def script(self, *replies: dict[str, Any] | str) -> None:
         entries = [r if isinstance(r, dict) else {"content": r} for r in replies]

@@ -21,14 +21,10 @@ Requests are recorded: ``GET /_stub/requests``, ``GET /_stub/stats``, ``POST /_s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import logging
 import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -46,6 +42,11 @@ if __package__ in (None, ""):  # run as a script: make `tests` and `metaclaw` im
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from metaclaw.deploy.pairwise import A_BEGIN, A_END, B_BEGIN, B_END
+
+if __package__ in (None, ""):  # run as a script: make `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.stubs.process import StubProcess
 from tests.stubs.upstream_server import _ReadyServer, _url, bind_socket, json_response, openai_error
 
 
@@ -143,65 +144,21 @@ def main(argv: list[str] | None = None) -> None:
         sock.close()
 
 
-class PairwiseJudgeStub:
+class PairwiseJudgeStub(StubProcess):
     """The stub as a subprocess; `base_url` ends in /v1 (what `judge.base_url` takes)."""
 
+    server_file = Path(__file__).resolve()
+
     def __init__(self, mode: str = "prefer:Paris") -> None:
+        super().__init__()
         self.mode = mode
-        self.url = ""
-        self.proc: subprocess.Popen[str] | None = None
-        self._pump: threading.Thread | None = None
+
+    def arguments(self) -> list[str]:
+        return ["--port", "0", "--mode", self.mode]
 
     @property
     def base_url(self) -> str:
         return self.url + "/v1"
-
-    def start(self) -> PairwiseJudgeStub:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--port", "0", "--mode", self.mode]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.proc = proc
-        ready = threading.Event()
-        found: list[str] = []
-
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if not found and line.startswith("READY "):
-                    found.append(line.split(" ", 1)[1].strip())
-                    ready.set()
-            ready.set()
-
-        self._pump = threading.Thread(target=pump, name="stub-pairwise-stdout", daemon=True)
-        self._pump.start()
-        ready.wait(60)
-        if not found:
-            self.stop()
-            raise RuntimeError("stub pairwise judge did not print READY")
-        self.url = found[0]
-        return self
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self._pump is not None:
-            self._pump.join(5)
-        if proc.stdout is not None:
-            with contextlib.suppress(Exception):
-                proc.stdout.close()
-
-    def __enter__(self) -> PairwiseJudgeStub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def set_mode(self, mode: str) -> None:
         httpx.post(f"{self.url}/_stub/mode", json={"mode": mode}, timeout=10,

@@ -27,15 +27,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import itertools
 import logging
 import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict, deque
 from pathlib import Path
@@ -52,6 +48,7 @@ from starlette.routing import Route
 if __package__ in (None, ""):  # run as a script: make `tests` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.stubs.process import StubProcess
 from tests.stubs.upstream_server import (
     _ReadyServer,
     _url,
@@ -212,65 +209,21 @@ def main(argv: list[str] | None = None) -> None:
     serve(args.host, args.port, args.latency, args.default, args.log_level)
 
 
-class StubJudge:
+class StubJudge(StubProcess):
     """The stub judge as a subprocess; ``base_url`` ends in ``/v1`` (what judge config takes)."""
 
+    server_file = Path(__file__).resolve()
+
     def __init__(self, latency: float = 0.0, default: str = "+1") -> None:
+        super().__init__()
         self.args = ["--latency", str(latency), "--default", default]
-        self.url = ""
-        self.proc: subprocess.Popen[str] | None = None
-        self._pump: threading.Thread | None = None
+
+    def arguments(self) -> list[str]:
+        return ["--port", "0", *self.args]
 
     @property
     def base_url(self) -> str:
         return self.url + "/v1"
-
-    def start(self) -> StubJudge:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--port", "0", *self.args]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.proc = proc
-        ready = threading.Event()
-        found: list[str] = []
-
-        def pump() -> None:  # find READY, then keep draining so the child never blocks
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if not found and line.startswith("READY "):
-                    found.append(line.split(" ", 1)[1].strip())
-                    ready.set()
-            ready.set()
-
-        self._pump = threading.Thread(target=pump, name="stub-judge-stdout", daemon=True)
-        self._pump.start()
-        ready.wait(30)
-        if not found:
-            self.stop()
-            raise RuntimeError("stub judge did not print READY")
-        self.url = found[0]
-        return self
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self._pump is not None:
-            self._pump.join(5)
-        if proc.stdout is not None:
-            with contextlib.suppress(Exception):
-                proc.stdout.close()
-
-    def __enter__(self) -> StubJudge:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def requests(self) -> list[dict[str, Any]]:
         return httpx.get(f"{self.url}/_stub/requests", timeout=10, trust_env=False).json()

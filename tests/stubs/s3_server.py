@@ -20,12 +20,16 @@ import argparse
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.stubs.process import StubProcess
 
 # moto reads these when it builds its backends; the stub needs no real credentials.
 FAKE_ENV = {
@@ -69,29 +73,18 @@ def main(argv: list[str] | None = None) -> None:
     serve(args.host, args.port)
 
 
-class StubS3:
+class StubS3(StubProcess):
     """The stub as a subprocess. `env` is what a MetaClaw process needs to use it (standard AWS
     variables: credentials, region, endpoint); `bucket(name)` creates a bucket."""
 
-    def __init__(self) -> None:
-        self.url = ""
-        self.proc: subprocess.Popen[str] | None = None
+    server_file = Path(__file__).resolve()
+
+    def environment(self) -> dict[str, str]:
+        return dict(FAKE_ENV)
 
     @property
     def env(self) -> dict[str, str]:
         return {**FAKE_ENV, "AWS_ENDPOINT_URL": self.url}
-
-    def start(self) -> StubS3:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--port", "0"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, env={**os.environ, **FAKE_ENV})
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # blocks until READY (or EOF if it died)
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"stub S3 did not start: {line!r}")
-        self.url = line.split(" ", 1)[1].strip()
-        return self
 
     def bucket(self, name: str) -> str:
         """Create a bucket; returns `s3://name`."""
@@ -103,26 +96,6 @@ class StubS3:
         with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
             client.create_bucket(Bucket=name)
         return f"s3://{name}"
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def __enter__(self) -> StubS3:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":

@@ -39,21 +39,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import logging
 import re
-import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -64,6 +59,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Scope
+
+if __package__ in (None, ""):  # run as a script: make `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.stubs.process import StubProcess
 
 RECORD_LIMIT = 1000
 DEFAULT_MODEL = "stub-model"
@@ -709,12 +709,14 @@ def main(argv: list[str] | None = None) -> None:
 # --------------------------------------------------------------------------------------
 
 
-class StubUpstream:
+class StubUpstream(StubProcess):
     """Starts the stub as a subprocess (sys.executable, this file) and waits for READY.
 
     Exposes ``base_url`` (no ``/v1`` suffix). Use as a context manager, or call
     :meth:`start` / :meth:`stop`; ``stop`` sends SIGTERM, then kills after 5 s.
     """
+
+    server_file = Path(__file__).resolve()
 
     def __init__(
         self,
@@ -723,74 +725,23 @@ class StubUpstream:
         extra_args: list[str] | None = None,
         ready_timeout: float = 30.0,
     ) -> None:
+        super().__init__()
         self.host = host
         self.port = port
         self.extra_args = list(extra_args or [])
         self.ready_timeout = ready_timeout
-        self.base_url = ""
-        self.proc: subprocess.Popen[str] | None = None
-        self._pump: threading.Thread | None = None
+
+    def arguments(self) -> list[str]:
+        return ["--host", self.host, "--port", str(self.port), *self.extra_args]
+
+    @property
+    def base_url(self) -> str:
+        return self.url
 
     def start(self) -> StubUpstream:
-        """Spawn the server and block until it prints READY."""
-        if self.proc is not None:
-            return self
-        cmd = [sys.executable, str(Path(__file__).resolve())]
-        cmd += ["--host", self.host, "--port", str(self.port), *self.extra_args]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.proc = proc
-        ready = threading.Event()
-        found: list[str] = []
-
-        def pump() -> None:
-            # Find the READY line, then keep draining so the child never blocks on stdout.
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if not found and line.startswith("READY "):
-                    found.append(line.strip())
-                    ready.set()
-            ready.set()
-
-        self._pump = threading.Thread(target=pump, name="stub-upstream-stdout", daemon=True)
-        self._pump.start()
-        ready.wait(self.ready_timeout)
-        if not found:
-            rc = proc.poll()
-            self.stop()
-            raise RuntimeError(f"stub upstream did not print READY (exit code {rc})")
-        self.base_url = found[0].split(" ", 1)[1]
-        self.port = int(self.base_url.rsplit(":", 1)[1])
+        super().start()
+        self.port = int(self.url.rsplit(":", 1)[1])
         return self
-
-    def stop(self) -> None:
-        """SIGTERM the server, then SIGKILL after 5 s."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self._pump is not None:
-            self._pump.join(5)  # ends at EOF, i.e. once the child is gone
-            self._pump = None
-        if proc.stdout is not None:
-            with contextlib.suppress(Exception):
-                proc.stdout.close()
-
-    def __enter__(self) -> StubUpstream:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def requests(self) -> list[dict[str, Any]]:
         """The recorded API requests, most recent last."""
