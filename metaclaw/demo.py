@@ -96,6 +96,9 @@ DEMO_ENV = {
     # small enough to finish in minutes on two CPU cores, and honest about it
     "METACLAW_TRAINING__BATCH_SIZE": "4",
     "METACLAW_JUDGE__VOTES": "1",
+    "METACLAW_JUDGE__MAX_TOKENS": "96",
+    "METACLAW_CRITIC__MAX_TOKENS": "256",
+    "METACLAW_CRITIC__RETRIES": "0",
     "METACLAW_JUDGE__SESSION_IDLE_S": "0",
     "METACLAW_DEPLOY__MIN_EVAL_PROMPTS": "4",
     "METACLAW_DEPLOY__MAX_NEW_TOKENS": "48",
