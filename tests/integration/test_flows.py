@@ -39,7 +39,8 @@ def test_ingest_flow_is_idempotent(prefect_harness: str, home: Path) -> None:
 
     paths = LedgerPaths(home)
     _seed(paths, 7)
-    first = ingest_flow()
+    state = ingest_flow(return_state=True)
+    first = state.result()
     assert first["rows"] == {"turns": 7} and first["segments"] == 1
     manifest_version = Manifest.load(paths.manifest).version
     second = ingest_flow()
@@ -49,14 +50,19 @@ def test_ingest_flow_is_idempotent(prefect_harness: str, home: Path) -> None:
 
     async def artifacts() -> list:
         async with get_client() as client:
-            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ingest-report"]))
+            from prefect.client.schemas.filters import (
+                ArtifactFilter,
+                ArtifactFilterFlowRunId,
+                ArtifactFilterKey,
             )
 
-    found = asyncio.run(artifacts())
-    assert found and "rows landed: **7**" in found[0].data
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["ingest-report"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            ))
+
+    found = asyncio.run(artifacts())  # the first run's report (the second has nothing to say)
+    assert len(found) == 1 and "rows landed: **7**" in found[0].data
 
 
 def test_prefect_yaml_matches_served_deployments() -> None:
