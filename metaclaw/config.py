@@ -82,6 +82,15 @@ class ProxySettings(_Section):
     session_cache_size: int = Field(
         default=100_000, description="Conversations remembered for hash-chain session identity."
     )
+    policy_models: list[str] = Field(
+        default_factory=list,
+        description="Requests for these model names are served by our policy server (routing).",
+    )
+    policy_share: float = Field(
+        default=0.0, ge=0, le=1,
+        description="Share of sessions (stable per session) served by our policy server, for "
+        "A/B against the upstream. With no upstream configured, the policy serves everything.",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

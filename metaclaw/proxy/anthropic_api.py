@@ -168,7 +168,8 @@ async def messages(request: Request) -> Response:
     injection = state.select_skills(history)
     draft.injected_skills = injection.skills
     draft.skill_set_version = injection.skill_set_version
-    if state.upstream.anthropic_native:
+    to_policy = state.to_policy(body.get("model"), draft.session_id)
+    if state.upstream.anthropic_native and not to_policy:
         upstream_body = state.upstream_body(body)
         if injection.block:
             upstream_body = {
@@ -194,7 +195,9 @@ async def messages(request: Request) -> Response:
     resp = await open_upstream(
         state,
         draft,
-        lambda: state.upstream.open_openai("/chat/completions", openai_body, request.headers),
+        lambda: state.upstream.open_openai(
+            "/chat/completions", openai_body, request.headers, policy=to_policy
+        ),
     )
     if resp.status_code >= 400:
         return await relay_upstream_error(

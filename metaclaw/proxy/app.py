@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from metaclaw.config import Settings
 from metaclaw.ledger.wal import WalWriter
+from metaclaw.providers import azure_endpoint
 from metaclaw.proxy.anthropic_api import messages
 from metaclaw.proxy.capture import Recorder
 from metaclaw.proxy.errors import ProxyError, error_body, is_anthropic_path
@@ -24,7 +25,7 @@ from metaclaw.proxy.feedback_api import feedback
 from metaclaw.proxy.openai_api import chat_completions, list_models
 from metaclaw.proxy.relay import ProxyState, error_response, json_response
 from metaclaw.proxy.session import SessionTracker
-from metaclaw.proxy.upstream import Upstream
+from metaclaw.proxy.upstream import AzureRoute, Upstream
 from metaclaw.serving.defaults import policy_base_url
 from metaclaw.skills.library import SkillLibrary
 
@@ -68,6 +69,20 @@ class AuthMiddleware:
         await response(scope, receive, send)
 
 
+def azure_route(settings: Settings) -> AzureRoute | None:
+    """The upstream as an Azure OpenAI deployment, when `azure.use_for` includes "upstream"."""
+    endpoint = azure_endpoint(settings, "upstream")
+    if endpoint is None:
+        return None
+    key = endpoint.api_key.get_secret_value() if endpoint.api_key else ""
+    return AzureRoute(
+        endpoint.base_url,
+        settings.azure.deployment or endpoint.model,
+        endpoint.azure_api_version or settings.azure.api_version,
+        key,
+    )
+
+
 def create_app(settings: Settings, wal: WalWriter | None = None) -> FastAPI:
     """Build the proxy. Pass `wal` to share a writer; otherwise the app owns one."""
 
@@ -90,6 +105,7 @@ def create_app(settings: Settings, wal: WalWriter | None = None) -> FastAPI:
             client_auth_passthrough=not keys,
             local_policy_url=policy_base_url(settings),
             local_policy_key=policy_key.get_secret_value() if policy_key else None,
+            azure=azure_route(settings),
         )
         # Loads in the background: the proxy serves (without skills) before the library is up.
         skills = SkillLibrary.open(settings, block=False) if settings.skills.enabled else None

@@ -35,15 +35,17 @@ def _lookup(state: ProxyState, turn_id: str | None, session_id: str | None) -> s
     con = connect(state.settings.paths)
     try:
         if turn_id is not None:
-            row = con.execute("SELECT session_id FROM turns WHERE turn_id = ? LIMIT 1",
-                              [turn_id]).fetchone()
+            row = con.execute(
+                "SELECT session_id FROM turns WHERE turn_id = ? LIMIT 1", [turn_id]
+            ).fetchone()
             if row is None:
                 return f"no turn with turn_id {turn_id!r} in the ledger"
             if session_id is not None and row[0] != session_id:
                 return f"turn {turn_id!r} belongs to session {row[0]!r}, not {session_id!r}"
             return None
-        row = con.execute("SELECT count(*) FROM turns WHERE session_id = ? AND status = 'ok'",
-                          [session_id]).fetchone()
+        row = con.execute(
+            "SELECT count(*) FROM turns WHERE session_id = ? AND status = 'ok'", [session_id]
+        ).fetchone()
         if not row or not row[0]:
             return f"no completed turn in session {session_id!r} yet"
         return None
@@ -65,19 +67,28 @@ async def feedback(request: Request) -> Response:
                 _lookup, state, req.turn_id, req.session_id, abandon_on_cancel=True
             )
     except Exception as exc:  # the ledger cannot answer: store the feedback anyway
-        log.warning("feedback: could not check ids against the ledger (%s: %s); storing anyway",
-                    type(exc).__name__, exc)
+        log.warning(
+            "feedback: could not check ids against the ledger (%s: %s); storing anyway",
+            type(exc).__name__,
+            exc,
+        )
     if problem is not None:
-        raise ProxyError(404, problem, code="not_found",
-                         param="turn_id" if req.turn_id else "session_id")
+        raise ProxyError(
+            404, problem, code="not_found", param="turn_id" if req.turn_id else "session_id"
+        )
     row = feedback_row(req, feedback_id(request.headers.get("idempotency-key")), now_micros())
     try:
-        await state.recorder.wal.append_async(FEEDBACK.name, row, state.settings.proxy
-                                              .capture_timeout_s)
+        await state.recorder.wal.append_async(
+            FEEDBACK.name, row, state.settings.proxy.capture_timeout_s
+        )
     except Exception as exc:
         log.error("FEEDBACK WRITE FAILED (%s: %s)", type(exc).__name__, exc)
-        raise ProxyError(503, "feedback could not be stored durably; retry later",
-                         "server_error", "ledger_unavailable") from None
+        raise ProxyError(
+            503,
+            "feedback could not be stored durably; retry later",
+            "server_error",
+            "ledger_unavailable",
+        ) from None
     out: dict[str, Any] = {"id": row["feedback_id"], "object": "feedback", **row}
     out.pop("feedback_id")
     out["created"] = row["ts"] // 1_000_000

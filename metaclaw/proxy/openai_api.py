@@ -95,7 +95,8 @@ async def chat_completions(request: Request) -> Response:
         stream=stream,
         model=body.get("model"),
     )
-    upstream_body = state.upstream_body(body)
+    to_policy = state.to_policy(body.get("model"), draft.session_id)
+    upstream_body = state.upstream_body(body, policy=to_policy)
     injection = state.select_skills(messages)
     draft.injected_skills = injection.skills
     draft.skill_set_version = injection.skill_set_version
@@ -104,7 +105,9 @@ async def chat_completions(request: Request) -> Response:
     resp = await open_upstream(
         state,
         draft,
-        lambda: state.upstream.open_openai("/chat/completions", upstream_body, request.headers),
+        lambda: state.upstream.open_openai(
+            "/chat/completions", upstream_body, request.headers, policy=to_policy
+        ),
     )
     if resp.status_code >= 400:
         return await relay_upstream_error(state, draft, resp, anthropic=False)

@@ -21,6 +21,7 @@ from metaclaw.config import Settings
 from metaclaw.proxy.capture import Recorder, TurnDraft
 from metaclaw.proxy.completion import Completion
 from metaclaw.proxy.errors import ProxyError, error_body
+from metaclaw.proxy.routing import serve_with_policy
 from metaclaw.proxy.session import SessionTracker
 from metaclaw.proxy.sse import SSEEvent, SSEParser
 from metaclaw.proxy.upstream import Upstream, UpstreamResponse, UpstreamStreamError
@@ -41,16 +42,28 @@ class ProxyState:
     sessions: SessionTracker
     skills: SkillLibrary | None = None  # None: skills disabled
 
+    def to_policy(self, model: str | None, session_id: str) -> bool:
+        """Whether our policy server serves this request (see metaclaw.proxy.routing)."""
+        proxy = self.settings.proxy
+        return serve_with_policy(
+            model,
+            session_id,
+            upstream_configured=self.upstream.configured,
+            policy_models=proxy.policy_models,
+            policy_share=proxy.policy_share,
+        )
+
     def select_skills(self, messages: list[dict[str, Any]]) -> Injection:
         """Skills for this request (never raises: retrieval failure injects nothing)."""
         if self.skills is None:
             return Injection()
         return self.skills.select(messages)
 
-    def upstream_body(self, body: dict[str, Any]) -> dict[str, Any]:
-        """The body sent upstream: the client's, unknown fields kept, model pinned if set."""
+    def upstream_body(self, body: dict[str, Any], *, policy: bool = False) -> dict[str, Any]:
+        """The body sent upstream: the client's, unknown fields kept, model pinned if set (the
+        policy server serves one model whatever the name)."""
         model = self.settings.upstream.model
-        return {**body, "model": model} if model else body
+        return {**body, "model": model} if model and not policy else body
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

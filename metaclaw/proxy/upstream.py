@@ -8,16 +8,31 @@ module knows the client library; the rest of the proxy sees `UpstreamResponse`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
 from metaclaw.config import UpstreamSettings
+from metaclaw.providers import azure_chat_request
 from metaclaw.proxy.errors import ProxyError
 
 # Client headers worth passing on; everything else (cookies, our own auth) stays here.
 _FORWARDED = ("anthropic-version", "anthropic-beta", "openai-organization", "openai-project")
+
+
+@dataclass(frozen=True)
+class AzureRoute:
+    """An Azure OpenAI deployment as the upstream (metaclaw.providers builds its URL)."""
+
+    endpoint: str
+    deployment: str
+    api_version: str
+    api_key: str
+
+    def __repr__(self) -> str:  # never print the key
+        return f"AzureRoute({self.endpoint!r}, {self.deployment!r})"
 
 
 class UpstreamStreamError(Exception):
@@ -58,14 +73,19 @@ class Upstream:
         client_auth_passthrough: bool,
         local_policy_url: str | None = None,
         local_policy_key: str | None = None,
+        azure: AzureRoute | None = None,
     ) -> None:
-        """`local_policy_url`: where requests go when no upstream is configured (the embedded
-        default: our own policy server)."""
+        """`local_policy_url`: our own policy server — where requests go when no upstream is
+        configured (the embedded default) or when routing picks the policy. `azure`: the
+        upstream is an Azure OpenAI deployment."""
         self.settings = settings
         self.passthrough = client_auth_passthrough
-        self.base_url = settings.base_url or local_policy_url
-        self.local_default = not settings.base_url and local_policy_url is not None
-        self.local_key = local_policy_key
+        self.azure = azure
+        self.policy_url = local_policy_url
+        self.policy_key = local_policy_key
+        self.configured = bool(settings.base_url) or azure is not None
+        self.base_url = settings.base_url or (azure.endpoint if azure else None) or local_policy_url
+        self.local_default = not self.configured and local_policy_url is not None
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -96,11 +116,11 @@ class Upstream:
     def anthropic_native(self) -> bool:
         return bool(self.settings.anthropic_base_url)
 
-    def _openai_headers(self, client_headers: Mapping[str, str]) -> dict[str, str]:
+    def _openai_headers(self, client_headers: Mapping[str, str], *, policy: bool) -> dict[str, str]:
         headers = {"content-type": "application/json"}
-        if self.local_default:
-            if self.local_key:
-                headers["authorization"] = f"Bearer {self.local_key}"
+        if policy:
+            if self.policy_key:
+                headers["authorization"] = f"Bearer {self.policy_key}"
         elif self.settings.api_key is not None:
             headers["authorization"] = f"Bearer {self.settings.api_key.get_secret_value()}"
         elif self.passthrough and "authorization" in client_headers:
@@ -124,9 +144,31 @@ class Upstream:
         return headers
 
     async def open_openai(
-        self, path: str, body: dict[str, Any], client_headers: Mapping[str, str]
+        self,
+        path: str,
+        body: dict[str, Any],
+        client_headers: Mapping[str, str],
+        *,
+        policy: bool = False,
     ) -> UpstreamResponse:
-        if not self.base_url:
+        """Send to the configured upstream, or to our policy server when `policy` (or when no
+        upstream is configured at all)."""
+        policy = policy or self.local_default
+        if policy and self.policy_url:
+            url = self.policy_url.rstrip("/") + path
+            headers = self._openai_headers(client_headers, policy=True)
+        elif self.azure is not None and path == "/chat/completions":
+            url, headers = azure_chat_request(
+                self.azure.endpoint,
+                self.azure.deployment,
+                self.azure.api_version,
+                self.azure.api_key,
+            )
+            headers.update({k: client_headers[k] for k in _FORWARDED if k in client_headers})
+        elif self.settings.base_url:
+            url = self.settings.base_url.rstrip("/") + path
+            headers = self._openai_headers(client_headers, policy=False)
+        else:
             raise ProxyError(
                 503,
                 "no upstream LLM is configured: set METACLAW_UPSTREAM__BASE_URL "
@@ -134,18 +176,17 @@ class Upstream:
                 type="server_error",
                 code="no_upstream",
             )
-        url = self.base_url.rstrip("/") + path
         try:
-            return await self._open(url, body, self._openai_headers(client_headers))
+            return await self._open(url, body, headers)
         except ProxyError as err:
-            if self.local_default and err.code == "upstream_unavailable":
+            if policy and err.code == "upstream_unavailable":
                 raise ProxyError(
                     503,
-                    f"no upstream is configured and the local policy server ({self.base_url}) "
-                    "is not running: run `metaclaw up` (starts it) or `metaclaw policy-server`, "
-                    "or set METACLAW_UPSTREAM__BASE_URL",
+                    f"the local policy server ({self.policy_url}) is not running: run "
+                    "`metaclaw up` (starts it) or `metaclaw policy-server`"
+                    + ("" if self.configured else ", or set METACLAW_UPSTREAM__BASE_URL"),
                     type="server_error",
-                    code="no_upstream",
+                    code="no_upstream" if not self.configured else "policy_unavailable",
                 ) from None
             raise
 
@@ -181,6 +222,6 @@ class Upstream:
 
     async def get_models(self, client_headers: Mapping[str, str]) -> tuple[int, bytes]:
         url = (self.base_url or "").rstrip("/") + "/models"
-        headers = self._openai_headers(client_headers)
+        headers = self._openai_headers(client_headers, policy=self.local_default)
         async with self.session.get(url, headers=headers) as resp:
             return resp.status, await resp.read()
