@@ -329,7 +329,7 @@ def demo(
                           f"{'[green]✓[/green]' if ok else '[red]✗[/red]'}")
         with console.status("running the pipeline: ingest → score → diagnose → evolve → "
                             "train → deploy …"):
-            importlib.import_module("flows.pipeline").pipeline_flow()
+            results = importlib.import_module("flows.pipeline").pipeline_flow()
         with console.status("asking again …"):
             after = user.ask("after", asked, teach=False)
         for question, reply, ok in zip(asked, after.replies, after.complied, strict=True):
@@ -337,6 +337,7 @@ def demo(
                           f"{'[green]✓[/green]' if ok else '[red]✗[/red]'}")
         for line in script.outcome_lines(paths, before, after):
             console.print(line)
+        console.print(script.deploy_line(results.get("deploy")))
         console.print(f"demo wall time: {time.monotonic() - started:.0f} s")
     except RuntimeError as exc:
         err_console.print(f"[red]{exc}[/red]")

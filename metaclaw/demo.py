@@ -121,6 +121,18 @@ def eval_prompts_jsonl() -> str:
     )
 
 
+def deploy_line(result: Any) -> str:
+    """The deploy step's verdict as the pipeline returned it (win rate with its interval)."""
+    if not isinstance(result, dict):
+        return f"deploy: {result}"
+    line = f"deploy: {result.get('status')} {result.get('checkpoint_id') or ''} — " \
+           f"{result.get('reason')}"
+    if result.get("win_rate") is not None:
+        line += (f" (win rate {result['win_rate']:.2f}, interval [{result['low']:.2f}, "
+                 f"{result['high']:.2f}] over {result['pairs']} pairs)")
+    return line
+
+
 def outcome_lines(paths: Any, before: Round, after: Round) -> list[str]:
     """What the run measured, read back from the ledger."""
     from metaclaw.ledger import query

@@ -43,4 +43,4 @@ def test_demo_runs_the_loop_and_reports_what_it_measured(
     assert rows(paths, "SELECT count(*) AS n FROM turns") == [{"n": 9}]
     assert rows(paths, "SELECT count(*) AS n FROM feedback WHERE value = -1") == [{"n": 3}]
     assert "ledger: 9 turns, 3 explicit ratings" in out.stdout
-    assert "demo wall time" in out.stdout
+    assert "demo wall time" in out.stdout and "deploy: " in out.stdout
