@@ -27,7 +27,7 @@ EVAL_QUESTIONS = ["What is the capital of France?", "Say hello.", "What colour i
 LORA_RANK = 4
 
 
-def train_toward(model_dir: Path, out_dir: Path, name: str, word: str, steps: int = 40,
+def train_toward(model_dir: Path, out_dir: Path, name: str, word: str, steps: int = 80,
                  rank: int = LORA_RANK) -> Path:
     """A LocalBackend checkpoint (state + sampler dir) that answers `word` to anything."""
     from metaclaw.serving.chat import render_prompt
