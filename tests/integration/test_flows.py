@@ -95,3 +95,25 @@ def test_prefect_yaml_matches_served_deployments() -> None:
                            for t in deployment.triggers]
         assert declared_triggers == served_triggers, f"{name}: triggers differ"
         assert spec["work_pool"]["name"] == "metaclaw"
+
+
+def test_prefect_deploy_all_to_a_process_work_pool(prefect_harness: str, tmp_path: Path) -> None:
+    """`prefect deploy --all` (what the README tells work-pool users to run) deploys cleanly."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_harness, "PREFECT_HOME": str(tmp_path)}
+    prefect = [sys.executable, "-m", "prefect"]
+    pool = subprocess.run([*prefect, "work-pool", "create", "metaclaw", "--type", "process"],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert pool.returncode == 0 or "already exists" in pool.stdout + pool.stderr, pool.stderr
+    out = subprocess.run([*prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    deployed = httpx.post(f"{prefect_harness}/deployments/filter", json={}).json()
+    names = {d["name"] for d in deployed if d.get("work_pool_name") == "metaclaw"}
+    assert {"ingest", "score", "diagnose", "evolve", "train", "deploy", "backfill",
+            "pipeline"} <= names
