@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import os
@@ -189,6 +190,18 @@ def wait_for_idle(max_wait_s: float, threshold: float = 0.25, quiet_s: float = 3
         else:
             quiet_since = None
     return False
+
+
+def add_wait_idle(parser: argparse.ArgumentParser) -> None:
+    """The `--wait-idle S` option every benchmark takes (see `settle`)."""
+    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                        help="first wait up to S seconds for other processes to go quiet")
+
+
+def settle(wait_idle_s: float) -> None:
+    """Honour `--wait-idle`: wait for a quiet machine, and say so when it never came."""
+    if wait_idle_s > 0 and not wait_for_idle(wait_idle_s):
+        print(f"(machine not idle after waiting {wait_idle_s:.0f} s; starting anyway)")
 
 
 def load_warning() -> str | None:

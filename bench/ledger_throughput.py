@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from bench._common import (
     OtherLoad,
     TurnFactory,
+    add_wait_idle,
     filesystem_of,
     load_warning,
     machine_summary,
@@ -41,7 +42,7 @@ from bench._common import (
     new_id,
     percentile,
     print_table,
-    wait_for_idle,
+    settle,
     write_json,
 )
 from metaclaw.config import LedgerPaths, LedgerSettings
@@ -496,13 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip", nargs="*", default=[], choices=["append", "baseline", "visibility", "ingest"]
     )
     parser.add_argument("--quick", action="store_true", help="smoke run with small sizes")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="first wait up to S seconds for other processes to go quiet",
-    )
+    add_wait_idle(parser)
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temp ledger dirs")
     args = parser.parse_args(argv)
@@ -520,8 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {machine['python']}, code {machine['revision']}"
     )
     print(f"ledger dirs under {root} ({filesystem_of(root)})")
-    if args.wait_idle and not wait_for_idle(args.wait_idle):
-        print(f"(machine not idle after waiting {args.wait_idle:.0f} s; starting anyway)")
+    settle(args.wait_idle)
     warning = load_warning()
     if warning:
         print(warning)

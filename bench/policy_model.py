@@ -41,11 +41,12 @@ import torch
 
 from bench._common import (
     OtherLoad,
+    add_wait_idle,
     load_warning,
     machine_summary,
     median,
     print_table,
-    wait_for_idle,
+    settle,
     write_json,
 )
 from metaclaw.config import LedgerPaths, Settings
@@ -184,11 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
-                        help="first wait up to S seconds for other processes to go quiet")
+    add_wait_idle(parser)
     args = parser.parse_args(argv)
-    if args.wait_idle > 0 and not wait_for_idle(args.wait_idle):
-        print(f"the machine did not go quiet within {args.wait_idle:.0f} s; running anyway")
+    settle(args.wait_idle)
     torch.set_num_threads(args.threads)
     home = args.home or Path(tempfile.mkdtemp(prefix="metaclaw-bench-policy-"))
     warning = load_warning()

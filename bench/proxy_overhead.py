@@ -39,6 +39,7 @@ import orjson
 from bench._common import (
     REPO,
     OtherLoad,
+    add_wait_idle,
     clean_child_env,
     load_warning,
     machine_summary,
@@ -46,7 +47,7 @@ from bench._common import (
     percentile,
     print_table,
     proc_cpu_seconds,
-    wait_for_idle,
+    settle,
     write_json,
 )
 from metaclaw.config import LedgerPaths
@@ -507,13 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--run-timeout", type=float, default=300.0, help="seconds per run")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="first wait up to S seconds for other processes to go quiet",
-    )
+    add_wait_idle(parser)
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--keep-home", action="store_true", help="keep the proxy's ledger dir")
     args = parser.parse_args(argv)
@@ -538,8 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         f"prompt {prompt(args.upstream_delay)!r} (stub replies with 20 words; streaming = "
         "23 SSE events)"
     )
-    if args.wait_idle and not wait_for_idle(args.wait_idle):
-        print(f"(machine not idle after waiting {args.wait_idle:.0f} s; starting anyway)")
+    settle(args.wait_idle)
     warning = load_warning()
     if warning:
         print(warning)

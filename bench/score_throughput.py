@@ -29,10 +29,11 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `tests` impor
 
 from bench._common import (
     TurnFactory,
+    add_wait_idle,
     load_warning,
     machine_summary,
     print_table,
-    wait_for_idle,
+    settle,
     write_json,
 )
 from metaclaw.config import JudgeSettings, Settings
@@ -82,12 +83,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="ideal duration of each configuration (sets the turn count)")
     parser.add_argument("--quick", action="store_true", help="4 s per configuration")
     parser.add_argument("--json", default=None, help="write the figures to this file")
-    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
-                        help="first wait up to S seconds for other processes to go quiet")
+    add_wait_idle(parser)
     args = parser.parse_args(argv)
     seconds = 4.0 if args.quick else args.seconds
-    if args.wait_idle and not wait_for_idle(args.wait_idle):
-        print(f"the machine did not go quiet within {args.wait_idle:.0f} s; running anyway")
+    settle(args.wait_idle)
     warning = load_warning()
     if warning:
         print(warning)
