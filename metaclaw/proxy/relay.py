@@ -259,20 +259,26 @@ class StreamRelay:
             error=error,
         )
 
+    async def _handle(self, event: SSEEvent) -> list[bytes]:
+        """The bytes one event releases; a terminal event only once the turn is durable.
+
+        One path for events completed mid-stream and for the last one `flush()` returns: an
+        upstream that omits the final blank line must not get its terminal event past capture.
+        """
+        if self.is_terminal(event):
+            await self._finish_ok()
+            return self.terminal_bytes(event)
+        return self.on_event(event)
+
     async def events(self) -> AsyncIterator[bytes]:
         parser = SSEParser()
         try:
             async for chunk in self.resp.aiter_raw():
                 for event in parser.feed(chunk):
-                    if self.is_terminal(event):
-                        await self._finish_ok()
-                        for out in self.terminal_bytes(event):
-                            yield out
-                    else:
-                        for out in self.on_event(event):
-                            yield out
+                    for out in await self._handle(event):
+                        yield out
             for event in parser.flush():
-                for out in self.on_event(event):
+                for out in await self._handle(event):
                     yield out
             if not self.recorded:
                 if self.completion()[0].finish_reason is None:
