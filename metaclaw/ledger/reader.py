@@ -61,13 +61,18 @@ def connect(paths: LedgerPaths, *, include_wal: bool = True) -> duckdb.DuckDBPyC
     for spec in TABLES.values():
         files = [store.url(f) for f in manifest.files.get(spec.name, [])]
         parquet = f"_{spec.name}_parquet"
+        empty = f"_{spec.name}_schema"
+        con.register(empty, _empty(spec))
         if files:
+            # The empty table of the current schema first: every schema column exists (NULL
+            # where a file written before the column was added lacks it), in schema order.
             con.execute(
-                f"CREATE VIEW {parquet} AS SELECT * FROM read_parquet({_sql_list(files)}, "
-                "hive_partitioning=true, union_by_name=true)"
+                f"CREATE VIEW {parquet} AS SELECT * FROM {empty} UNION ALL BY NAME "
+                f"SELECT * FROM read_parquet({_sql_list(files)}, hive_partitioning=true, "
+                "union_by_name=true)"
             )
         else:
-            con.register(parquet, _empty(spec))
+            con.execute(f"CREATE VIEW {parquet} AS SELECT * FROM {empty}")
         rows = [
             row
             for seg_name, seg_rows in wal.get(spec.name, {}).items()

@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from metaclaw.ledger.records import Row, encode_line
 log = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".wal"
+STAGING_SUFFIX = ".new"  # a segment being created, not yet locked and renamed in
 
 
 class WalClosedError(RuntimeError):
@@ -57,12 +59,31 @@ def fsync_dir(path: Path) -> None:
 
 
 class _Segment:
-    def __init__(self, directory: Path) -> None:
+    """The writer's active segment, owned through an exclusive `flock`.
+
+    Why create under another name: ingest takes every `.wal` file it can lock. A segment that
+    appeared under its final name before its writer locked it could be claimed in that gap, found
+    empty, published and unlinked, while the writer went on to write to (and acknowledge rows
+    from) the unlinked file. So the file is created as `<name>.new` (never listed), locked, and
+    only then renamed in: a `.wal` file is always locked by its writer from its first moment.
+    """
+
+    def __init__(self, directory: Path, on_created: Callable[[Path], None] | None = None) -> None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         self.path = directory / f"seg-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}{SEGMENT_SUFFIX}"
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        fsync_dir(directory)
+        staging = self.path.with_name(self.path.name + STAGING_SUFFIX)
+        # 0600: segments hold users' conversations.
+        self.fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            if on_created is not None:
+                on_created(staging)  # tests pause here: the gap between create and lock
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            os.rename(staging, self.path)
+            fsync_dir(directory)
+        except BaseException:
+            os.close(self.fd)
+            staging.unlink(missing_ok=True)
+            raise
         self.size = 0
         self.opened = time.monotonic()
 
@@ -96,8 +117,10 @@ class WalWriter:
         rotate_s: float = 5.0,
         queue_max: int = 100_000,
         batch_max: int = 4096,
+        on_segment_created: Callable[[Path], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self._on_segment_created = on_segment_created
         self.rotate_bytes = rotate_bytes
         self.rotate_s = rotate_s
         self.batch_max = batch_max
@@ -205,7 +228,7 @@ class WalWriter:
     def _commit(self, batch: list[_Item]) -> None:
         try:
             if self._segment is None:
-                self._segment = _Segment(self.directory)
+                self._segment = _Segment(self.directory, self._on_segment_created)
             self._segment.write(b"".join(line for line, _ in batch))
         except Exception as exc:  # disk full, permissions: fail the waiters, keep running
             self.stats.errors += len(batch)
