@@ -13,7 +13,7 @@ import torch
 from tinker import types
 
 from metaclaw.config import LedgerPaths, Settings
-from metaclaw.deploy.split import is_eval_turn
+from metaclaw.deploy.split import is_eval_session
 from metaclaw.ledger import append_rows
 from metaclaw.ledger.records import now_micros
 
@@ -80,18 +80,26 @@ def add_candidates(paths: LedgerPaths, *rows: dict[str, Any]) -> None:
     append_rows(paths.wal, "checkpoints", list(rows))
 
 
+def session_of(turn_id: str) -> str:
+    """The session `seed_turns` puts a turn in (one turn per session unless told otherwise)."""
+    return f"s-{turn_id}"
+
+
 def eval_turn_ids(settings: Settings, n: int, *, held_out: bool = True) -> list[str]:
+    """Turn ids whose own session (`session_of`) is held out (or, with held_out=False, not)."""
     out: list[str] = []
     while len(out) < n:
         tid = uuid.uuid4().hex
-        if is_eval_turn(tid, settings) == held_out:
+        if is_eval_session(session_of(tid), settings) == held_out:
             out.append(tid)
     return out
 
 
 def seed_turns(paths: LedgerPaths, turn_ids: list[str], questions: list[str] | None = None,
-               reward: float | None = 1.0, start: int | None = None) -> None:
-    """Completed user turns (one question each) with explicit feedback as their reward."""
+               reward: float | None = 1.0, start: int | None = None,
+               session: str | None = None, injected_text: str | None = None) -> None:
+    """Completed user turns (one question each) with explicit feedback as their reward, each in
+    its own session (`session_of`) unless `session` is given."""
     questions = questions or EVAL_QUESTIONS
     ts = start or now_micros()
     turns, feedback = [], []
@@ -99,11 +107,11 @@ def seed_turns(paths: LedgerPaths, turn_ids: list[str], questions: list[str] | N
         q = questions[i % len(questions)]
         request = {"model": "m", "messages": [{"role": "system", "content": "Be brief."},
                                               {"role": "user", "content": q}]}
-        turns.append({"turn_id": tid, "session_id": f"s-{tid[:6]}", "turn_index": 0,
+        turns.append({"turn_id": tid, "session_id": session or session_of(tid), "turn_index": i,
                       "ts_start": ts + i, "ts_end": ts + i + 5, "client": "openai",
                       "endpoint": "/v1/chat/completions", "request": json.dumps(request),
                       "served_by": "upstream", "completion_text": "ok", "status": "ok",
-                      "http_status": 200, "source": "live"})
+                      "http_status": 200, "source": "live", "injected_text": injected_text})
         if reward is not None:
             feedback.append({"feedback_id": uuid.uuid4().hex, "turn_id": tid, "value": reward,
                              "ts": ts + i + 10})

@@ -4,8 +4,8 @@ Public API (docs/deploy.md):
 - `registry` — statuses, the `TRANSITIONS` table, `Book` (states replayed from the
   `checkpoints` table), `plan_promote` / `plan_reject` / `plan_rollback` (pure row planners),
   `TransitionError`.
-- `split` — `is_eval_turn(turn_id, settings)` (pure; training must exclude these turns),
-  `eval_turn_sql(settings)`, `split_id(settings)`.
+- `split` — the held-out split by session plus prompt digest: `held_out_sql(settings)` (the
+  trainer's predicate), `held_out_turn_ids` (the same rule in Python), `split_id(settings)`.
 - `stats` — `wilson_interval`, `pair_score`, `win_rate`.
 - `guards` — `is_degenerate`, `kl_estimate`, `check_guards`, `decide`.
 - `pairwise` — the pairwise judge prompt, `parse_verdict`, `PairwiseJudge`.
@@ -19,6 +19,6 @@ Public API (docs/deploy.md):
 Importing this package loads nothing heavy; torch and tinker load when sampling starts.
 """
 
-from metaclaw.deploy.split import eval_turn_sql, is_eval_turn, split_id
+from metaclaw.deploy.split import held_out_sql, held_out_turn_ids, split_id
 
-__all__ = ["eval_turn_sql", "is_eval_turn", "split_id"]
+__all__ = ["held_out_sql", "held_out_turn_ids", "split_id"]

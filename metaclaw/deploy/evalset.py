@@ -1,10 +1,14 @@
 """The evaluation set: held-out ledger prompts plus an optional fixed file of prompts.
 
-Ledger prompts are the requests of recent turns that (a) fall in the held-out split
-(`split.is_eval_turn`), (b) were scored (they appear in `turn_rewards`, i.e. real traffic that
-mattered), (c) completed, and (d) were never named by a `train_steps` row — a belt-and-braces
-check in case the split settings changed after training consumed a turn. The most recent
+Ledger prompts are the requests of recent turns that (a) belong to a held-out session
+(`split.is_eval_session`), (b) were scored (they appear in `turn_rewards`, i.e. real traffic that
+mattered), (c) completed, and (d) were never trained on — neither the turn (`train_steps.turn_ids`)
+nor another turn with the same prompt digest: a belt-and-braces check in case the split settings
+changed after training consumed a turn (counted as `skipped.prompt_trained`). The most recent
 `deploy.eval_size` distinct prompts are used, newest first, so the gate tracks today's traffic.
+
+Each prompt is rebuilt as the policy saw it: the skills block the proxy injected
+(`turns.injected_text`) is put back with `metaclaw.skills.query.inject`, the proxy's own function.
 
 The prompts file (`deploy.prompts_file`) is JSONL, one prompt per line:
 `{"messages": [{"role": "user", "content": "…"}], "tools": [...]}` or `{"prompt": "…"}`
@@ -20,12 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from metaclaw.config import Settings
-from metaclaw.deploy.split import eval_turn_sql, split_id
-from metaclaw.ledger import query
+from metaclaw.deploy.split import eval_session_sql, prompt_digest_sql, split_id
+from metaclaw.ledger import connect
 
 LEDGER_SQL = """
-WITH consumed AS (SELECT DISTINCT unnest(turn_ids) AS turn_id FROM train_steps)
-SELECT t.turn_id, CAST(t.request AS VARCHAR) AS request, r.reward
+WITH consumed AS (SELECT DISTINCT unnest(turn_ids) AS turn_id FROM train_steps),
+trained AS (SELECT DISTINCT {trained_digest} AS d FROM turns tt
+            JOIN consumed k ON k.turn_id = tt.turn_id)
+SELECT t.turn_id, CAST(t.request AS VARCHAR) AS request, r.reward, {injected} AS injected,
+       coalesce({digest} IN (SELECT d FROM trained WHERE d IS NOT NULL), false) AS trained
 FROM turns t
 JOIN turn_rewards r ON r.turn_id = t.turn_id
 LEFT JOIN consumed c ON c.turn_id = t.turn_id
@@ -102,24 +109,43 @@ def load_prompts_file(path: Path) -> list[EvalPrompt]:
     return list(prompts.values())
 
 
+def _ledger_rows(settings: Settings) -> list[tuple[Any, ...]]:
+    cfg = settings.deploy
+    con = connect(settings.paths)
+    try:
+        columns = {row[0] for row in con.execute("DESCRIBE turns").fetchall()}
+        # a ledger written before `injected_text` existed has no such column
+        injected = "t.injected_text" if "injected_text" in columns else "NULL"
+        sql = LEDGER_SQL.format(split=eval_session_sql(settings, "t.session_id"),
+                                digest=prompt_digest_sql("t.request"),
+                                trained_digest=prompt_digest_sql("tt.request"),
+                                injected=injected, limit=cfg.eval_size * 3)
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
 def ledger_prompts(settings: Settings, skipped: dict[str, int]) -> list[EvalPrompt]:
-    """Held-out, scored, never-trained turns, newest first (at most deploy.eval_size)."""
+    """Held-out, scored, never-trained turns, newest first (at most deploy.eval_size), with the
+    injected skills block they were served with."""
+    from metaclaw.skills.query import inject
     from metaclaw.training.render import chat_messages
 
     cfg = settings.deploy
     if cfg.eval_fraction <= 0:
         return []
-    sql = LEDGER_SQL.format(split=eval_turn_sql(settings, "t.turn_id"), limit=cfg.eval_size * 3)
-    _, rows = query(settings.paths, sql)
     out: dict[str, EvalPrompt] = {}
     seen_turns: set[str] = set()
-    for turn_id, raw, reward in rows:
+    for turn_id, raw, reward, injected, trained in _ledger_rows(settings):
         if turn_id in seen_turns:
             continue
         seen_turns.add(turn_id)
+        if trained:
+            skipped["prompt_trained"] = skipped.get("prompt_trained", 0) + 1
+            continue
         try:
             request = json.loads(raw)
-            messages = chat_messages(request)
+            messages = inject(chat_messages(request), injected or "")
         except (ValueError, TypeError, AttributeError):
             skipped["unreadable_request"] = skipped.get("unreadable_request", 0) + 1
             continue

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-import uuid
 from pathlib import Path
 
-import duckdb
 import pytest
 
-from metaclaw.config import DeploySettings, Settings
+from metaclaw.config import DeploySettings
 from metaclaw.deploy.evalset import PromptsFileError, load_prompts_file
 from metaclaw.deploy.guards import (
     KL,
@@ -20,7 +18,6 @@ from metaclaw.deploy.guards import (
     kl_estimate,
 )
 from metaclaw.deploy.pairwise import A_BEGIN, build_messages, parse_verdict
-from metaclaw.deploy.split import eval_turn_sql, is_eval_turn, split_fraction, split_id
 from metaclaw.deploy.stats import pair_score, wilson_interval, win_rate, z_for
 
 
@@ -114,27 +111,6 @@ def test_decide_needs_the_lower_bound_above_the_threshold_and_no_guard() -> None
     guarded = decide(CFG, good, check_guards(CFG, stats(bad=2), stats(), None))
     assert not guarded.promote and guarded.reason.startswith("guard tripped: non_finite")
     assert not decide(CFG, win_rate([]), []).promote
-
-
-def test_split_is_stable_about_the_right_size_and_the_same_in_sql() -> None:
-    cfg = DeploySettings(eval_fraction=0.2, split_salt="s1")
-    ids = [uuid.UUID(int=i).hex for i in range(4000)]
-    held = {t for t in ids if is_eval_turn(t, cfg)}
-    assert 0.17 < len(held) / len(ids) < 0.23
-    whole = Settings(deploy=cfg)
-    assert held == {t for t in ids if is_eval_turn(t, whole)}  # either form
-    other = {t for t in ids if is_eval_turn(t, DeploySettings(eval_fraction=0.2, split_salt="s2"))}
-    assert other != held
-    assert split_fraction("abc", "s1") == split_fraction("abc", "s1")
-    con = duckdb.connect()
-    con.execute("CREATE TABLE t (turn_id VARCHAR)")
-    con.executemany("INSERT INTO t VALUES (?)", [[t] for t in ids])
-    in_sql = {r[0] for r in con.execute(f"SELECT turn_id FROM t WHERE {eval_turn_sql(cfg)}")
-              .fetchall()}
-    assert in_sql == held
-    none = DeploySettings(eval_fraction=0.0)
-    assert not any(is_eval_turn(t, none) for t in ids[:200])
-    assert split_id(cfg) == "sha256/s1/0.2"
 
 
 def test_verdict_parsing() -> None:
