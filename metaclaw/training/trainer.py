@@ -33,7 +33,7 @@ from tinker import types
 
 from metaclaw.config import Settings
 from metaclaw.config_tools import config_snapshot
-from metaclaw.deploy.split import eval_turn_sql
+from metaclaw.deploy.split import held_out_sql
 from metaclaw.ledger import append_rows, connect
 from metaclaw.ledger.records import now_micros
 from metaclaw.training.backend import TrainingBackend, learner_logprobs, loss_of
@@ -144,7 +144,7 @@ class Trainer:
         try:
             history = read_history(con)
             rows = read_candidates(con, distill=self.cfg.loss_fn == "distillation",
-                                   held_out_sql=eval_turn_sql(self.settings, "t.turn_id"))
+                                   held_out_sql=held_out_sql(self.settings, "t"))
             current = current_skill_set_version(con)
         finally:
             con.close()
