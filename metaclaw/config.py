@@ -106,7 +106,17 @@ class LedgerSettings(_Section):
         default=5.0, description="An idle non-empty WAL segment is sealed after this long."
     )
     wal_queue_max: int = 100_000
+    wal_queue_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        description="Bytes of rows queued for the WAL writer at most; beyond it appends fail "
+        "loudly (a stalled disk must not exhaust memory).",
+    )
     wal_batch_max: int = 4096
+    ingest_batch_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        description="Ingest lands sealed WAL segments in batches of about this many bytes (at "
+        "least one segment each), so its memory does not grow with the backlog.",
+    )
     compact_min_files: int = Field(
         default=8, description="A date partition with at least this many files is compacted."
     )
@@ -658,6 +668,7 @@ class LedgerPaths:
         self.skills_uri = str(skills_root) if skills_root else str(self.skills)  # or s3://…
         self.embeddings = self.home / "embeddings"  # cached static embedding tables
         self.checkpoints = self.home / "checkpoints"  # LoRA adapters: checkpoints/<id>/
+        self.dead_letters = self.home / "dead_letters"  # rows ingest could not store (JSONL)
 
 
 def config_file_path() -> Path:

@@ -8,19 +8,23 @@ and retries never double-count.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from metaclaw.config import LedgerPaths, LedgerSettings
+from metaclaw.ledger.coerce import coerce_rows
+from metaclaw.ledger.deadletter import write_dead_letters
 from metaclaw.ledger.manifest import LedgerBusyError, Manifest
-from metaclaw.ledger.records import Row, decode_lines, rows_to_table, unique_by_id
+from metaclaw.ledger.records import BadLine, Row, decode_lines, rows_to_table, unique_by_id
 from metaclaw.ledger.schemas import PARTITION_COLUMN, TABLES, TableSpec
 from metaclaw.ledger.storage import (
     LedgerStorage,
@@ -29,7 +33,9 @@ from metaclaw.ledger.storage import (
     open_storage,
     write_parquet_atomic,
 )
-from metaclaw.ledger.wal import claim_segment, list_segments
+from metaclaw.ledger.wal import claim_segment, collect_stale_staging, list_segments
+
+log = logging.getLogger(__name__)
 
 COMPACT_TARGET_BYTES = 128 * 1024 * 1024  # files above this size are left alone
 PUBLISH_ATTEMPTS = 30  # manifest conflicts retried before giving up (object stores only)
@@ -45,6 +51,7 @@ class IngestReport:
     compacted_files: int = 0
     deleted_files: int = 0
     conflicts: int = 0  # object stores: manifest versions another writer published first
+    dead_letters: int = 0  # rows that could not be stored, kept under METACLAW_HOME/dead_letters
 
     @property
     def total_rows(self) -> int:
@@ -76,17 +83,65 @@ def ingest(paths: LedgerPaths, settings: LedgerSettings) -> IngestReport:
     report = IngestReport()
     store = open_storage(paths)
     with store.writer_lock():
-        manifest = _ingest_segments(paths, store, report, settings.compact_grace_s)
+        manifest = _ingest_segments(paths, store, report, settings)
         manifest = _compact(store, settings, manifest, report)
         _collect_garbage(store, settings, manifest, report)
+    collect_stale_staging(paths.wal, settings.compact_grace_s)
     return report
 
 
+@dataclass
+class _Segment:
+    """A claimed segment's records by table, and what could not be stored (dead letters)."""
+
+    rows: dict[str, list[Row]]
+    dead: list[dict[str, Any]]
+
+
+def _decode(name: str, blob: bytes) -> _Segment:
+    bad: list[BadLine] = []
+    by_table: dict[str, list[Row]] = defaultdict(list)
+    dead: list[dict[str, Any]] = []
+    for table_name, row in decode_lines(blob, bad):
+        if table_name in TABLES:
+            by_table[table_name].append(row)
+        else:
+            dead.append({"table": table_name, "reason": f"unknown table {table_name!r}",
+                         "row": row})
+    for line in bad:
+        log.warning("WAL segment %s: corrupt line at byte %d (%s); skipped, kept as a dead "
+                    "letter", name, line.offset, line.reason)
+        dead.append({"offset": line.offset, "reason": f"corrupt WAL line: {line.reason}",
+                     "raw": line.raw.decode("utf-8", "backslashreplace")})
+    rows: dict[str, list[Row]] = {}
+    for table_name, table_rows in by_table.items():
+        good, failed = coerce_rows(TABLES[table_name], table_rows)
+        rows[table_name] = good
+        dead.extend({"table": table_name, "reason": why, "row": row} for row, why in failed)
+    return _Segment(rows, dead)
+
+
+def _batches(segments: list[Path], limit: int) -> list[list[Path]]:
+    """Consecutive groups of about `limit` bytes (a segment larger than that goes alone)."""
+    out: list[list[Path]] = []
+    size = 0
+    for seg in segments:
+        try:
+            seg_size = seg.stat().st_size
+        except FileNotFoundError:
+            continue
+        if not out or size + seg_size > limit:
+            out.append([])
+            size = 0
+        out[-1].append(seg)
+        size += seg_size
+    return out
+
+
 def _ingest_segments(
-    paths: LedgerPaths, store: LedgerStorage, report: IngestReport, grace_s: float
+    paths: LedgerPaths, store: LedgerStorage, report: IngestReport, settings: LedgerSettings
 ) -> Manifest:
-    """Land the claimed segments; on an object store, redo the step on top of any manifest
-    another machine published first (its rows may overlap ours: they are dropped by id)."""
+    """Land the claimed segments batch by batch (memory bounded by `ingest_batch_bytes`)."""
     with ExitStack() as stack:
         claimed: list[Path] = []
         for seg in list_segments(paths.wal):
@@ -95,45 +150,23 @@ def _ingest_segments(
             else:
                 claimed.append(seg)
         manifest = store.load_manifest()
-        if not claimed:
-            return manifest
-        data = {seg.name: seg.read_bytes() for seg in claimed}
-        for attempt in range(PUBLISH_ATTEMPTS):
-            backoff(attempt)
-            if attempt:
-                manifest = store.load_manifest()
-            started = time.time()
-            attempt_report = IngestReport()
-            new_files = _land(store, manifest, data, attempt_report)
-            for table_name, files in new_files.items():
-                manifest.files.setdefault(table_name, []).extend(files)
+        for batch in _batches(claimed, settings.ingest_batch_bytes):
+            decoded = {seg.name: _decode(seg.name, seg.read_bytes()) for seg in batch}
             done = set(manifest.segments)
-            manifest.segments.extend(name for name in data if name not in done)
-            try:
-                if store.remote and grace_s > 0 and time.time() - started > grace_s / 2:
-                    # Another machine's GC deletes unlisted files older than the grace period:
-                    # files this old might be gone already, so land them afresh.
-                    raise ManifestConflictError("landing took longer than half the GC grace")
-                store.publish(manifest)
-            except ManifestConflictError:
-                report.conflicts += 1
-                for rel in (f for files in new_files.values() for f in files):
-                    store.delete(rel)
-                continue
-            report.rows, report.duplicates = attempt_report.rows, attempt_report.duplicates
-            break
-        else:
-            raise LedgerBusyError(
-                f"could not publish the manifest of {store.root} after {PUBLISH_ATTEMPTS} "
-                "attempts (too many concurrent ingests); the WAL is intact, run ingest again"
-            )
-        for seg in claimed:
-            seg.unlink(missing_ok=True)
-        report.segments = len(claimed)
+            for name, segment in decoded.items():
+                if segment.dead and name not in done:
+                    write_dead_letters(paths.dead_letters, name, segment.dead)
+                    log.error("ingest: %d row(s) of WAL segment %s could not be stored; kept "
+                              "in %s", len(segment.dead), name, paths.dead_letters)
+                    report.dead_letters += len(segment.dead)
+            manifest = _publish(store, manifest, decoded, report, settings.compact_grace_s)
+            for seg in batch:
+                seg.unlink(missing_ok=True)
+            report.segments += len(batch)
     # The segment files are gone now; forget their names at the next commit. (On an object
     # store the manifest is shared by machines with other WALs: forget only our own.)
     if store.remote:
-        gone = set(data)
+        gone = {seg.name for seg in claimed}
         manifest.segments = [s for s in manifest.segments if s not in gone]
     else:
         on_disk = {p.name for p in list_segments(paths.wal)}
@@ -141,17 +174,55 @@ def _ingest_segments(
     return manifest
 
 
+def _publish(
+    store: LedgerStorage, manifest: Manifest, decoded: dict[str, _Segment], report: IngestReport,
+    grace_s: float,
+) -> Manifest:
+    """Land one batch and publish it; on an object store, redo the step on top of any manifest
+    another machine published first (its rows may overlap ours: they are dropped by id)."""
+    for attempt in range(PUBLISH_ATTEMPTS):
+        backoff(attempt)
+        if attempt:
+            manifest = store.load_manifest()
+        started = time.time()
+        attempt_report = IngestReport()
+        new_files = _land(store, manifest, decoded, attempt_report)
+        for table_name, files in new_files.items():
+            manifest.files.setdefault(table_name, []).extend(files)
+        done = set(manifest.segments)
+        manifest.segments.extend(name for name in decoded if name not in done)
+        try:
+            if store.remote and grace_s > 0 and time.time() - started > grace_s / 2:
+                # Another machine's GC deletes unlisted files older than the grace period:
+                # files this old might be gone already, so land them afresh.
+                raise ManifestConflictError("landing took longer than half the GC grace")
+            store.publish(manifest)
+        except ManifestConflictError:
+            report.conflicts += 1
+            for rel in (f for files in new_files.values() for f in files):
+                store.delete(rel)
+            continue
+        for table_name, n in attempt_report.rows.items():
+            report.rows[table_name] = report.rows.get(table_name, 0) + n
+        report.duplicates += attempt_report.duplicates
+        return manifest
+    raise LedgerBusyError(
+        f"could not publish the manifest of {store.root} after {PUBLISH_ATTEMPTS} "
+        "attempts (too many concurrent ingests); the WAL is intact, run ingest again"
+    )
+
+
 def _land(
-    store: LedgerStorage, manifest: Manifest, data: dict[str, bytes], report: IngestReport
+    store: LedgerStorage, manifest: Manifest, decoded: dict[str, _Segment], report: IngestReport
 ) -> dict[str, list[str]]:
     """Write the rows of not-yet-ingested segments as Parquet; returns the new files."""
     done = set(manifest.segments)
     by_table: dict[str, list[Row]] = defaultdict(list)
-    for name, blob in data.items():
+    for name, segment in decoded.items():
         if name in done:
             continue
-        for table_name, row in decode_lines(blob):
-            by_table[table_name].append(row)
+        for table_name, rows in segment.rows.items():
+            by_table[table_name].extend(rows)
     new_files: dict[str, list[str]] = defaultdict(list)
     for table_name, rows in by_table.items():
         spec = TABLES[table_name]
@@ -178,7 +249,7 @@ def _write_partitions(store: LedgerStorage, spec: TableSpec, rows: list[Row]) ->
     written = []
     for day, day_rows in sorted(by_date.items()):
         rel = f"{spec.name}/{PARTITION_COLUMN}={day}/part-{uuid.uuid4().hex}.parquet"
-        store.write_parquet(rows_to_table(spec, day_rows), rel)
+        store.write_parquet(rows_to_table(spec, day_rows, coerced=True), rel)
         written.append(rel)
     return written
 
@@ -239,5 +310,5 @@ def _collect_garbage(
             store.delete(rel)
     for rel in orphans:
         store.delete(rel)
-    report.deleted_files = len(expired) + len(orphans)
+    report.deleted_files = len(expired) + len(orphans) + store.collect_temp(cutoff)
     store.prune_manifests()

@@ -54,11 +54,16 @@ class Manifest:
             },
             option=orjson.OPT_INDENT_2,
         )
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            self.version -= 1  # not published
+            tmp.unlink(missing_ok=True)
+            raise
         fsync_dir(path.parent)
 
     def replace_files(self, table: str, old: list[str], new: list[str]) -> None:

@@ -13,6 +13,7 @@ import duckdb
 import pyarrow as pa
 
 from metaclaw.config import LedgerPaths
+from metaclaw.ledger.coerce import coerce_rows
 from metaclaw.ledger.records import Row, decode_lines, rows_to_table, unique_by_id
 from metaclaw.ledger.schemas import TABLES, TableSpec
 from metaclaw.ledger.storage import open_storage
@@ -94,7 +95,12 @@ def _empty(spec: TableSpec) -> pa.Table:
 
 
 def _dedupe(spec: TableSpec, rows: list[Row]) -> pa.Table:
-    return rows_to_table(spec, unique_by_id(spec, rows).values(), with_partition=True)
+    """The WAL rows that fit the schema, first of each id. A row that does not fit is left out
+    (ingest quarantines it as a dead letter): one bad row never makes `connect` fail."""
+    good, _ = coerce_rows(spec, rows)
+    return rows_to_table(
+        spec, unique_by_id(spec, good).values(), with_partition=True, coerced=True
+    )
 
 
 def query(paths: LedgerPaths, sql: str) -> tuple[list[str], list[tuple]]:

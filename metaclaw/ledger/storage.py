@@ -49,6 +49,7 @@ from metaclaw.ledger.wal import fsync_dir
 log = logging.getLogger(__name__)
 
 MANIFEST_DIR = "_manifest"
+TEMP_SUFFIX = ".tmp"  # files being written; a crash can leave one (collected after the grace)
 MANIFEST_KEEP = 20  # older manifest versions are deleted; readers retry if theirs vanished
 _VERSION_FILE = re.compile(r"^(\d{20})\.json$")
 # Stores whose "create" write mode is an atomic conditional put. Elsewhere fsspec falls back to
@@ -156,6 +157,11 @@ class LedgerStorage(ABC):
         """Delete manifest versions no reader needs any more; returns how many."""
         return 0
 
+    def collect_temp(self, older_than: float) -> int:
+        """Delete temp files a crashed write left, last modified before `older_than` (epoch
+        s); returns how many. Object stores write final keys directly: nothing to do."""
+        return 0
+
 
 class LocalStorage(LedgerStorage):
     """Files under a local directory; `_manifest.json` replaced atomically under `flock`."""
@@ -192,6 +198,16 @@ class LocalStorage(LedgerStorage):
 
     def delete(self, rel: str) -> None:
         (self.directory / rel).unlink(missing_ok=True)
+
+    def collect_temp(self, older_than: float) -> int:
+        removed = 0
+        for pattern in (f".*{TEMP_SUFFIX}", f"*/*/.*{TEMP_SUFFIX}"):  # manifest, Parquet
+            for path in self.directory.glob(pattern):
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime < older_than:
+                        path.unlink()
+                        removed += 1
+        return removed
 
     def load_manifest(self) -> Manifest:
         return Manifest.load(self.manifest_path)
@@ -345,14 +361,18 @@ def _mtime(info: dict[str, Any]) -> float:
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     """Temp file + fsync + rename, so no reader ever sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    fd = os.open(tmp, os.O_RDONLY)
+    tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        pq.write_table(table, tmp, compression="zstd")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves nothing behind
+        raise
     fsync_dir(path.parent)
 
 

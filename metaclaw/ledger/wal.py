@@ -28,7 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from metaclaw.ledger.coerce import RowError, coerce_row
 from metaclaw.ledger.records import Row, encode_line
+from metaclaw.ledger.schemas import table as table_spec
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +108,17 @@ class _Segment:
 _Item = tuple[bytes, Future[None]]
 
 
+class WalFullError(RuntimeError):
+    """The queue in front of the writer is full (the disk is slower than the appends)."""
+
+
 class WalWriter:
-    """Appends ledger rows durably. `submit` returns a future resolved once the row is fsynced."""
+    """Appends ledger rows durably. `submit` returns a future resolved once the row is fsynced.
+
+    The queue in front of the writer thread is bounded by rows (`queue_max`) and by bytes
+    (`queue_max_bytes`): when the disk stalls, memory stops growing and appends fail loudly
+    (`WalFullError`) instead; blocking callers (`append`) wait for room first.
+    """
 
     def __init__(
         self,
@@ -116,6 +127,7 @@ class WalWriter:
         rotate_bytes: int = 64 * 1024 * 1024,
         rotate_s: float = 5.0,
         queue_max: int = 100_000,
+        queue_max_bytes: int = 256 * 1024 * 1024,
         batch_max: int = 4096,
         on_segment_created: Callable[[Path], None] | None = None,
     ) -> None:
@@ -124,15 +136,20 @@ class WalWriter:
         self.rotate_bytes = rotate_bytes
         self.rotate_s = rotate_s
         self.batch_max = batch_max
+        self.queue_max = queue_max
+        self.queue_max_bytes = queue_max_bytes
         self.stats = WalStats()
-        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_max)
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._room = threading.Condition()  # guards _queued / _queued_bytes
+        self._queued = 0
+        self._queued_bytes = 0
         self._segment: _Segment | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> WalWriter:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._run, name="metaclaw-wal", daemon=True)
         self._thread.start()
         return self
@@ -143,13 +160,11 @@ class WalWriter:
             return
         self._closed = True
         if self._thread is not None:
-            try:
-                self._queue.put(None, timeout=timeout)
-            except queue.Full:
-                log.error(
-                    "WAL queue still full after %.0fs; closing without a final flush", timeout
-                )
+            self._queue.put(None)
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("WAL writer still busy after %.0fs; closing without a final flush",
+                          timeout)
 
     def __enter__(self) -> WalWriter:
         return self.start()
@@ -159,27 +174,71 @@ class WalWriter:
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        return self._queued
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._queued_bytes
 
     # -- appending -------------------------------------------------------------------------
-    def submit(self, table: str, row: Row) -> Future[None]:
-        """Queue one row; the future completes when it is on disk (or fails with the reason)."""
+    def submit(self, table: str, row: Row, *, wait_s: float = 0.0) -> Future[None]:
+        """Queue one row; the future completes when it is on disk (or fails with the reason).
+
+        Values are coerced to the table's schema here, so the WAL holds schema-shaped rows; a row
+        that still does not fit is written as sent and quarantined by ingest (never lost). A full
+        queue fails the future at once, or after waiting up to `wait_s` for room."""
         if self._closed:
             raise WalClosedError("the WAL writer is closed")
+        spec = table_spec(table)  # an unknown table is a caller's bug: say so now
+        with contextlib.suppress(RowError):
+            row = coerce_row(spec, row)
+        line = encode_line(table, row)
         fut: Future[None] = Future()
         # Running futures cannot be cancelled: a caller that stops waiting (timeout, cancelled
         # request) must not make the writer thread's set_result raise and kill the thread.
         fut.set_running_or_notify_cancel()
-        try:
-            self._queue.put_nowait((encode_line(table, row), fut))
-        except queue.Full:
+        if not self._reserve(len(line), wait_s):
             self.stats.dropped += 1
-            fut.set_exception(RuntimeError("WAL queue is full (ingest or disk too slow)"))
+            if self.stats.dropped == 1 or self.stats.dropped % 1000 == 0:
+                log.error(
+                    "WAL queue full (%d rows, %d bytes queued): %d append(s) refused so far; "
+                    "the disk is slower than the appends", self._queued, self._queued_bytes,
+                    self.stats.dropped,
+                )
+            fut.set_exception(WalFullError(
+                f"WAL queue is full ({self._queued} rows, {self._queued_bytes} bytes; limits "
+                f"{self.queue_max} rows, {self.queue_max_bytes} bytes): ingest or disk too slow"
+            ))
+            return fut
+        self._queue.put((line, fut))
         return fut
 
+    def _reserve(self, size: int, wait_s: float) -> bool:
+        """Take room for one line (a line larger than the whole bound fits an empty queue)."""
+        deadline = time.monotonic() + wait_s
+        with self._room:
+            while self._queued and (
+                self._queued >= self.queue_max or self._queued_bytes + size > self.queue_max_bytes
+            ):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._room.wait(left)
+            self._queued += 1
+            self._queued_bytes += size
+            return True
+
+    def _release(self, batch: list[_Item]) -> None:
+        with self._room:
+            self._queued -= len(batch)
+            self._queued_bytes -= sum(len(line) for line, _ in batch)
+            self._room.notify_all()
+
     def append(self, table: str, rows: list[Row], timeout: float | None = 30.0) -> None:
-        """Blocking durable append of several rows (for flows, importers and tests)."""
-        futures = [self.submit(table, row) for row in rows]
+        """Blocking durable append of several rows (for flows, importers and tests); waits for
+        room in the queue rather than failing when the writer is behind."""
+        wait_s = 1e9 if timeout is None else timeout
+        futures = [self.submit(table, row, wait_s=wait_s) for row in rows]
         for fut in futures:
             fut.result(timeout)
 
@@ -226,6 +285,12 @@ class WalWriter:
             self._segment = None
 
     def _commit(self, batch: list[_Item]) -> None:
+        try:
+            self._write(batch)
+        finally:
+            self._release(batch)
+
+    def _write(self, batch: list[_Item]) -> None:
         try:
             if self._segment is None:
                 self._segment = _Segment(self.directory, self._on_segment_created)
@@ -284,6 +349,23 @@ def claim_segment(path: Path) -> Any:
         yield fd
     finally:
         os.close(fd)
+
+
+def collect_stale_staging(directory: Path, older_than_s: float) -> int:
+    """Remove `.new` files a writer left when it died between creating and renaming a segment.
+
+    Nothing is written to a segment before it is renamed in, so these are empty; the age check
+    leaves alone a writer that is inside that short gap right now."""
+    if not directory.exists():
+        return 0
+    cutoff = time.time() - max(older_than_s, 60.0)
+    removed = 0
+    for path in directory.glob(f"*{SEGMENT_SUFFIX}{STAGING_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    return removed
 
 
 def append_rows(directory: Path, table: str, rows: list[Row]) -> None:

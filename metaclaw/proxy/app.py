@@ -94,6 +94,7 @@ def create_app(settings: Settings, wal: WalWriter | None = None) -> FastAPI:
             rotate_bytes=settings.ledger.wal_rotate_bytes,
             rotate_s=settings.ledger.wal_rotate_s,
             queue_max=settings.ledger.wal_queue_max,
+            queue_max_bytes=settings.ledger.wal_queue_max_bytes,
             batch_max=settings.ledger.wal_batch_max,
         )
         if owned:

@@ -116,3 +116,128 @@ def test_views_expose_every_schema_column_for_old_files_and_new_rows(paths: Ledg
     ingest(paths, SETTINGS)  # the new rows in Parquet next to the old file
     got = query(paths, "SELECT turn_id, usage->>'$.prompt_tokens' FROM turns")[1]
     assert sorted(got) == sorted([("old", None), (new["turn_id"], "7")])
+
+
+def test_malformed_rows_never_stop_readers_or_ingest(paths: LedgerPaths) -> None:
+    """Content as a list of parts in a string column (some OpenAI-compatible servers reply so), a
+    number sent as text, a WAL line naming a table this version does not know, and a row missing
+    a required column: values are coerced to the schema; what cannot be is quarantined and
+    reported, and every other row is read and ingested."""
+    from metaclaw.ledger.records import encode_line
+
+    parts = [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "world"}]
+    odd = {**_turn(0), "completion_text": parts, "turn_index": "3", "latency_ms": 12}
+    good = _turn(1)
+    with WalWriter(paths.wal) as wal:
+        wal.append("turns", [odd, good])
+    # Lines from another version of MetaClaw: an unknown table, a row without a required value.
+    stray = paths.wal / "seg-20260101T000000000000-1-deadbeef.wal"
+    stray.write_bytes(
+        encode_line("nonesuch", {"x": 1})
+        + encode_line("feedback", {"feedback_id": "f-no-value", "ts": now_micros()})
+        + encode_line("feedback", {"feedback_id": "f-ok", "value": 1, "ts": now_micros()})
+    )
+    got = query(paths, "SELECT turn_id, completion_text, turn_index FROM turns")[1]
+    assert sorted(got) == sorted(
+        [(odd["turn_id"], "Hello, world", 3), (good["turn_id"], "a1", 1)]
+    )
+    assert _ids(paths, "feedback", "feedback_id") == ["f-ok"]
+    report = ingest(paths, SETTINGS)
+    assert report.rows == {"turns": 2, "feedback": 1} and report.dead_letters == 2
+    assert list_segments(paths.wal) == [], "the segments are ingested, not stuck"
+    assert sorted(_ids(paths)) == sorted([odd["turn_id"], good["turn_id"]])
+    from metaclaw.ledger.deadletter import dead_letter_summary
+
+    summary = dead_letter_summary(paths)
+    assert summary.rows == 2
+    reasons = " | ".join(summary.reasons)
+    assert "unknown table 'nonesuch'" in reasons and "'value'" in reasons
+
+
+def test_queue_is_bounded_by_bytes_when_the_disk_stalls(paths: LedgerPaths) -> None:
+    """The writer is stalled (paused before it can write); appends beyond the byte bound fail
+    loudly instead of piling up in memory, and every accepted row lands once it resumes."""
+    from metaclaw.ledger.wal import WalFullError
+
+    stalled, resume = threading.Event(), threading.Event()
+
+    def stall(path: Path) -> None:
+        stalled.set()
+        assert resume.wait(10)
+
+    big = "x" * 2000
+    with WalWriter(
+        paths.wal, rotate_s=3600, queue_max_bytes=20_000, on_segment_created=stall
+    ) as wal:
+        first = wal.submit("turns", {**_turn(0), "completion_text": big})
+        assert stalled.wait(10)  # the writer holds the first row and cannot write it
+        accepted, refused = [first], []
+        for i in range(1, 40):
+            fut = wal.submit("turns", {**_turn(i), "completion_text": big})
+            (refused if fut.done() and fut.exception() else accepted).append(fut)
+        assert 5 <= len(accepted) <= 11 and len(refused) == 40 - len(accepted)
+        assert wal.pending_bytes <= 20_000 + 2500
+        assert isinstance(refused[0].exception(), WalFullError)
+        assert "WAL queue is full" in str(refused[0].exception())
+        assert wal.stats.dropped == len(refused)
+        resume.set()
+        for fut in accepted:
+            fut.result(10)
+        wal.submit("turns", _turn(99)).result(10)  # room again once the disk catches up
+    assert len(_ids(paths)) == len(accepted) + 1
+
+
+def test_corrupt_line_keeps_the_rest_of_its_segment(paths: LedgerPaths) -> None:
+    turns = [_turn(i) for i in range(4)]
+    with WalWriter(paths.wal) as wal:
+        wal.append("turns", turns)
+    seg = list_segments(paths.wal)[0]
+    lines = seg.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1][:20] + b"#" + lines[1][21:]  # one flipped byte: checksum mismatch
+    seg.write_bytes(b"".join(lines))
+    expected = sorted(t["turn_id"] for t in (turns[0], turns[2], turns[3]))
+    assert sorted(_ids(paths)) == expected, "readers step over the damaged line"
+    report = ingest(paths, SETTINGS)
+    assert report.rows == {"turns": 3} and report.dead_letters == 1
+    assert sorted(_ids(paths)) == expected
+    from metaclaw.ledger.deadletter import dead_letter_summary
+
+    assert dead_letter_summary(paths).reasons == ["1× corrupt WAL line: checksum mismatch"]
+
+
+def test_private_files_are_0600(paths: LedgerPaths) -> None:
+    """Segments and dead letters hold conversations: readable by their owner only."""
+    from metaclaw.ledger.records import encode_line
+
+    with WalWriter(paths.wal, rotate_s=3600) as wal:
+        wal.append("turns", [_turn(0)])
+        seg = list_segments(paths.wal)[0]
+        assert seg.stat().st_mode & 0o777 == 0o600
+    assert paths.wal.stat().st_mode & 0o077 == 0
+    (paths.wal / "seg-20260101T000000000000-1-0badf00d.wal").write_bytes(
+        encode_line("nonesuch", {"x": 1})
+    )
+    ingest(paths, SETTINGS)
+    (dead,) = paths.dead_letters.glob("*.jsonl")
+    assert dead.stat().st_mode & 0o777 == 0o600
+
+
+def test_temp_files_of_failed_parquet_writes_are_collected(paths: LedgerPaths) -> None:
+    """A Parquet write that fails leaves no `.tmp` behind; one left by a crash is collected."""
+    import os
+
+    import pyarrow as pa
+
+    from metaclaw.ledger.storage import write_parquet_atomic
+
+    target = paths.ledger / "turns" / "date=2026-01-01" / "part-x.parquet"
+    target.mkdir(parents=True)  # the final rename fails after the temp file is written
+    with pytest.raises(OSError):
+        write_parquet_atomic(pa.table({"a": [1]}), target)
+    assert [p.name for p in target.parent.iterdir()] == ["part-x.parquet"]
+    target.rmdir()
+    crashed = target.parent / ".part-y.parquet.tmp"
+    crashed.write_bytes(b"PAR1 half")
+    os.utime(crashed, (1, 1))  # older than the grace period
+    ingest(paths, SETTINGS)
+    assert not crashed.exists()

@@ -6,7 +6,13 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from metaclaw.ledger.records import decode_lines, encode_line, rows_to_table, to_micros
+from metaclaw.ledger.records import (
+    BadLine,
+    decode_lines,
+    encode_line,
+    rows_to_table,
+    to_micros,
+)
 from metaclaw.ledger.schemas import TABLES, TURNS
 
 
@@ -19,12 +25,19 @@ def test_round_trip_with_datetimes_and_nested_json() -> None:
     assert decoded[1] == ("feedback", {"feedback_id": "f"})
 
 
-def test_torn_and_corrupt_tails_stop_reading() -> None:
+def test_torn_tail_stops_reading_and_corrupt_lines_are_stepped_over() -> None:
     good = encode_line("turns", {"turn_id": "a"})
+    later = encode_line("turns", {"turn_id": "c"})
     bad_crc = b"00000000" + encode_line("turns", {"turn_id": "b"})[8:]
     assert [r["turn_id"] for _, r in decode_lines(good + good[:-5])] == ["a"]
-    assert [r["turn_id"] for _, r in decode_lines(good + bad_crc + good)] == ["a"]
-    assert list(decode_lines(b"garbage\n")) == []
+    bad: list[BadLine] = []
+    got = decode_lines(good + bad_crc + b"garbage\n" + later + later[:7], bad)
+    assert [r["turn_id"] for _, r in got] == ["a", "c"], "reading resumes after corruption"
+    assert [(b.offset, b.reason) for b in bad] == [
+        (len(good), "checksum mismatch"),
+        (len(good) + len(bad_crc), "not a '<crc32> <json>' line"),
+    ]
+    assert bad[0].raw == bad_crc[:-1]
 
 
 def test_rows_to_table_fills_schema_and_encodes_json() -> None:
