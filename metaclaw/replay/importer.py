@@ -126,7 +126,8 @@ class ResumeLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = b"".join(orjson.dumps({"key": key, **info}) + b"\n" for key, info in entries)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        # 0600: the log names the user's conversation files.
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             view = memoryview(data)

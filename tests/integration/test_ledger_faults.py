@@ -241,3 +241,11 @@ def test_temp_files_of_failed_parquet_writes_are_collected(paths: LedgerPaths) -
     os.utime(crashed, (1, 1))  # older than the grace period
     ingest(paths, SETTINGS)
     assert not crashed.exists()
+
+
+def test_import_resume_log_is_0600(tmp_path: Path) -> None:
+    from metaclaw.replay.importer import ResumeLog
+
+    log = ResumeLog(tmp_path / "replay")
+    log.mark([("sessions/a.jsonl", {"turns": 1})])
+    assert log.path.stat().st_mode & 0o777 == 0o600
