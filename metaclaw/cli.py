@@ -59,13 +59,19 @@ def proxy(
     port: Annotated[int | None, typer.Option(help="Port (default proxy.port).")] = None,
 ) -> None:
     """Run the capture proxy alone."""
-    from metaclaw.proxy.server import serve
+    from metaclaw.proxy.guard import OpenBindError
+    from metaclaw.proxy.server import build_server
 
     settings = load_settings()
+    try:
+        server = build_server(settings, host, port)
+    except OpenBindError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     bind = f"{host or settings.proxy.host}:{port or settings.proxy.port}"
     err_console.print(f"MetaClaw proxy on http://{bind}/v1 → "
                       f"{settings.upstream.base_url or '(no upstream configured)'}")
-    serve(settings, host, port)
+    server.run()
 
 
 @app.command()
@@ -140,6 +146,7 @@ def status() -> None:
         _, rows = run_query(settings.paths, f"SELECT count(*) FROM {name}")
         table.add_row(name, str(rows[0][0]))
     console.print(table)
+    _dead_letters_status(settings)
     from metaclaw.scoring.scorer import status_line  # scoring: judge–human agreement
 
     console.print(status_line(settings))
@@ -149,6 +156,22 @@ def status() -> None:
         console.print(f"proxy {url}: [green]{health['status']}[/green] {health['ledger']}")
     except (httpx.HTTPError, ValueError):
         console.print(f"proxy {url}: [yellow]not running[/yellow]")
+
+
+def _dead_letters_status(settings: Any) -> None:
+    """Rows ingest could not store are kept aside; say so, or nobody notices."""
+    from metaclaw.ledger.deadletter import dead_letter_summary
+
+    dead = dead_letter_summary(settings.paths)
+    if not dead.rows:
+        console.print("dead letters: none")
+        return
+    console.print(
+        f"[yellow]dead letters: {dead.rows} row(s) ingest could not store[/yellow], in "
+        f"{dead.files} file(s) under {dead.directory}", highlight=False,
+    )
+    for reason in dead.reasons:
+        console.print(f"  {reason}", markup=False, highlight=False)
 
 
 @app.command()
@@ -251,9 +274,20 @@ def policy_server(
 ) -> None:
     """Run the local policy server (packaged model + promoted LoRA, OpenAI-compatible)."""
     from metaclaw.models import ModelNotAvailableError
-    from metaclaw.serving.server import build_engine, build_server, policy_model_name
+    from metaclaw.proxy.guard import OpenBindError
+    from metaclaw.serving.server import (
+        build_engine,
+        build_server,
+        check_policy_bind,
+        policy_model_name,
+    )
 
     settings = load_settings()
+    try:
+        check_policy_bind(settings, host)
+    except OpenBindError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     try:
         with err_console.status(f"loading {policy_model_name(settings)} …") as spinner:
             engine = build_engine(settings, notify=lambda m: spinner.update(m))

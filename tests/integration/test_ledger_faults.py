@@ -249,3 +249,30 @@ def test_import_resume_log_is_0600(tmp_path: Path) -> None:
     log = ResumeLog(tmp_path / "replay")
     log.mark([("sessions/a.jsonl", {"turns": 1})])
     assert log.path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.slow  # a `metaclaw status` process: ~5-30 s on a busy 2-core machine
+def test_status_reports_dead_letters(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from metaclaw.ledger.records import encode_line
+    from tests.helpers import REPO, free_port
+
+    paths = LedgerPaths(tmp_path)
+    paths.wal.mkdir(parents=True)
+    (paths.wal / "seg-20260101T000000000000-1-0badf00d.wal").write_bytes(
+        encode_line("nonesuch", {"x": 1}) + encode_line("turns", _turn(0))
+    )
+    assert ingest(paths, SETTINGS).dead_letters == 1
+    out = subprocess.run(
+        [sys.executable, "-m", "metaclaw", "status"],
+        env={**os.environ, "METACLAW_HOME": str(tmp_path),
+             "METACLAW_CONFIG": str(tmp_path / "none.toml"),
+             "METACLAW_PROXY__PORT": str(free_port())},
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "dead letters: 1 row(s) ingest could not store" in out.stdout
+    assert "1× unknown table 'nonesuch'" in out.stdout
