@@ -450,15 +450,17 @@ class PolicyEngine:
                     admitted = self._admit()
                 for cmd in commands:
                     self._run_command(cmd)
-                try:
-                    self._prefill_all(admitted)
-                    for group in list(self._groups):
+                self._prefill_all(admitted)
+                for group in list(self._groups):
+                    try:
                         self._step(group)
+                    except Exception as exc:  # a bug fails this group, never the others
+                        log.exception("policy engine step failed")
+                        self._fail_group(group, _generation_error(exc))
+                try:
                     self._drop_unused_adapters()
-                except Exception as exc:  # a bug must not kill the server: fail what ran
-                    log.exception("policy engine step failed")
-                    self._fail_all(EngineError(500, f"generation failed: {exc}",
-                                               "generation_error", "server_error"))
+                except Exception:  # only memory is at stake; retried next round
+                    log.exception("dropping unused adapters failed")
         self._fail_all(EngineError(503, "policy server is shutting down", "unavailable",
                                    "server_error"), include_pending=True)
 
@@ -505,8 +507,9 @@ class PolicyEngine:
             except Exception as exc:
                 log.exception("prefill failed")
                 for req in batch:
-                    self._fail(req, EngineError(500, f"generation failed: {exc}",
-                                                "generation_error", "server_error"))
+                    self._fail(req, _generation_error(exc))
+                for group in [g for g in self._groups if any(r in batch for r in g.rows)]:
+                    self._prune(group)
 
     def _prefill(self, rows: list[Request]) -> None:
         policy = self._policy
@@ -533,12 +536,12 @@ class PolicyEngine:
                 self._score_prompt(req, logits[i, width - len(req.prompt_ids):])
         group = _Group(rows=list(rows), policy=policy, cache=_cache_of(out), mask=mask,
                        positions=positions[:, -1].clone())
+        self._groups.append(group)
         for i, req in enumerate(rows):
             if req.params.max_tokens == 0:
                 self._complete(req, "length")
             else:
-                self._take(req, logits[i, -1])
-        self._groups.append(group)
+                self._take_or_fail(req, logits[i, -1])
         self._prune(group)
 
     def _score_prompt(self, req: Request, logits: torch.Tensor) -> None:
@@ -568,25 +571,42 @@ class PolicyEngine:
                                  cache=group.cache, use_cache=True)
         except Exception as exc:
             log.exception("decode step failed")
-            for req in group.rows:
-                self._fail(req, EngineError(500, f"generation failed: {exc}",
-                                            "generation_error", "server_error"))
-            self._prune(group)
+            self._fail_group(group, _generation_error(exc))
             return
         group.cache = _cache_of(out)
         for i, req in enumerate(group.rows):
-            self._take(req, out.logits[i, -1])
+            self._take_or_fail(req, out.logits[i, -1])
+        self._prune(group)
+
+    def _take_or_fail(self, req: Request, logits: torch.Tensor) -> None:
+        """`_take`, with a failure confined to the request whose sampling raised."""
+        try:
+            self._take(req, logits)
+        except Exception as exc:
+            log.exception("sampling failed")
+            self._fail(req, _generation_error(exc))
+
+    def _fail_group(self, group: _Group, err: EngineError) -> None:
+        for req in group.rows:
+            self._fail(req, err)
         self._prune(group)
 
     def _prune(self, group: _Group) -> None:
-        """Drop finished, cancelled and timed-out rows (and the group once empty)."""
+        """Drop finished, cancelled and timed-out rows (and the group once empty).
+
+        Idempotent: an emptied group has no rows left and is gone from `_groups`, so a second
+        prune in the same round (the step's own, after the one that emptied it) does nothing.
+        """
         now = time.monotonic()
         for req in group.rows:
             if not req.done and (req.cancelled or req.deadline <= now):
                 self._finish_dropped(req, now)
         keep = [i for i, r in enumerate(group.rows) if not r.done]
         if not keep:
-            self._groups.remove(group)
+            group.rows = []
+            group.cache = None  # the KV cache is freed now, not when the last reference goes
+            if group in self._groups:
+                self._groups.remove(group)
             return
         if len(keep) < len(group.rows):
             index = torch.tensor(keep, dtype=torch.long)
@@ -665,6 +685,10 @@ class PolicyEngine:
             for cmd in commands:
                 cmd.run = _raiser(err)
                 self._run_command(cmd)
+
+
+def _generation_error(exc: Exception) -> EngineError:
+    return EngineError(500, f"generation failed: {exc}", "generation_error", "server_error")
 
 
 def _raiser(err: Exception) -> Callable[[], Any]:
