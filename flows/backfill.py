@@ -27,6 +27,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture, as_completed
 
 from flows.runners import ConfiguredTaskRunner
+from flows.steps import STEP_FLOWS
 from metaclaw.config import Settings
 from metaclaw.replay import ImportSummary, Source, parse_ts, partition
 from metaclaw.replay.importer import IMPORTED_TABLES
@@ -54,16 +55,11 @@ def _import_bounded(
 
 
 def _run_downstream(train: bool) -> dict[str, str]:
-    """Run the pipeline flows that exist here; a failure is recorded, then fails the run."""
-    from flows.deployments import FLOWS  # here: deployments imports this module
-
+    """Run the downstream step flows; a failure is recorded, then fails the run."""
     outcome: dict[str, str] = {}
     for name in (*DOWNSTREAM, *(("train",) if train else ())):
-        if name not in FLOWS:
-            outcome[name] = "not installed"
-            continue
         try:
-            FLOWS[name]()
+            STEP_FLOWS[name]()
             outcome[name] = "completed"
         except Exception as exc:
             outcome[name] = f"failed: {type(exc).__name__}: {exc}"

@@ -15,25 +15,13 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 
 from flows.backfill import backfill_flow
-from flows.deploy import deploy_flow
-from flows.diagnose import diagnose_flow
-from flows.evolve import evolve_flow
-from flows.ingest import TURNS_LANDED, ingest_flow
+from flows.ingest import TURNS_LANDED
 from flows.pipeline import pipeline_flow
-from flows.score import REWARDS_LANDED, score_flow
-from flows.train import train_flow
+from flows.score import REWARDS_LANDED
+from flows.steps import STEP_FLOWS
 from metaclaw.config import FlowSettings, Settings
 
-FLOWS = {
-    "ingest": ingest_flow,
-    "score": score_flow,
-    "diagnose": diagnose_flow,
-    "evolve": evolve_flow,
-    "train": train_flow,
-    "deploy": deploy_flow,
-    "backfill": backfill_flow,
-    "pipeline": pipeline_flow,
-}
+FLOWS = {**STEP_FLOWS, "backfill": backfill_flow, "pipeline": pipeline_flow}
 
 
 @dataclass(frozen=True)

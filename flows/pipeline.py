@@ -14,7 +14,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-STEPS = ("ingest", "score", "diagnose", "evolve", "train", "deploy")
+from flows.steps import STEP_FLOWS
 
 
 def _headline(result: Any) -> str:
@@ -33,17 +33,12 @@ def summary_markdown(results: dict[str, Any]) -> str:
 @flow(name="pipeline")
 def pipeline_flow(train: bool = True, deploy: bool = True) -> dict[str, Any]:
     """Run every step once; `train`/`deploy` false stops after skills."""
-    from flows.deployments import FLOWS
-
     skip = set() if train else {"train", "deploy"}
     if not deploy:
         skip.add("deploy")
     results: dict[str, Any] = {}
-    for name in STEPS:
-        if name in skip or name not in FLOWS:
-            results[name] = "skipped"
-            continue
-        results[name] = FLOWS[name]()
+    for name, step in STEP_FLOWS.items():  # in dependency order
+        results[name] = "skipped" if name in skip else step()
     create_markdown_artifact(summary_markdown(results), key="pipeline-summary",
                              description="What each step of the loop did")
     return results

@@ -17,7 +17,7 @@ import httpx
 
 from metaclaw.config import Settings
 from metaclaw.deploy.durable import is_tinker
-from metaclaw.serving.defaults import policy_base_url
+from metaclaw.endpoints import policy_base_url
 
 
 @dataclass(frozen=True)

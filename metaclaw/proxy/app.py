@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from metaclaw.config import Settings
+from metaclaw.endpoints import policy_base_url
 from metaclaw.ledger.wal import WalWriter
 from metaclaw.providers import azure_endpoint
 from metaclaw.proxy.anthropic_api import messages
@@ -26,7 +27,6 @@ from metaclaw.proxy.openai_api import chat_completions, list_models
 from metaclaw.proxy.relay import ProxyState, error_response, json_response
 from metaclaw.proxy.session import SessionTracker
 from metaclaw.proxy.upstream import AzureRoute, Upstream
-from metaclaw.serving.defaults import policy_base_url
 from metaclaw.skills.library import SkillLibrary
 
 log = logging.getLogger("metaclaw.proxy")

@@ -46,7 +46,7 @@ class JudgeEndpoint:
 
 
 def judge_endpoint(settings: Settings) -> JudgeEndpoint | None:
-    from metaclaw.serving.defaults import local_policy_endpoint
+    from metaclaw.endpoints import local_policy_endpoint
 
     """Which judge to call, or None for "no LLM judge" (implicit + explicit signals only).
 

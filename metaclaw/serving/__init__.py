@@ -9,14 +9,8 @@ and the proxy can ask about defaults cheaply.
 
 from typing import Any
 
-from metaclaw.serving.defaults import (
-    Endpoint,
-    describe_defaults,
-    local_policy_endpoint,
-    needs_policy_server,
-    policy_base_url,
-    upstream_endpoint,
-)
+from metaclaw.endpoints import Endpoint, local_policy_endpoint, policy_base_url, upstream_endpoint
+from metaclaw.serving.defaults import describe_defaults, needs_policy_server
 
 _LAZY = {
     "AdapterError": "metaclaw.serving.engine",

@@ -8,51 +8,15 @@ judge (and critic) at a stronger OpenAI-compatible model with `METACLAW_JUDGE__B
 `METACLAW_JUDGE__MODEL` (+ `METACLAW_JUDGE__API_KEY`), e.g. a hosted API or a bigger local
 server; the upstream with `METACLAW_UPSTREAM__BASE_URL` (+ `__MODEL`, `__API_KEY`).
 
-These functions only *describe* the endpoints; the proxy, scoring and `metaclaw up` own the
-wiring.
+These functions only *describe* the endpoints (the addresses themselves live in
+`metaclaw.endpoints`, which the judge and the critic use too); the proxy, scoring and
+`metaclaw up` own the wiring.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from pydantic import SecretStr
-
 from metaclaw.config import Settings
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """An OpenAI-compatible endpoint for one role, and whether it is the local default."""
-
-    role: str
-    base_url: str
-    model: str | None
-    api_key: SecretStr | None
-    local_default: bool
-
-
-def policy_base_url(settings: Settings) -> str:
-    """`http://host:port/v1` of the local policy server (0.0.0.0 binds are reached locally)."""
-    host = settings.policy.host
-    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{settings.policy.port}/v1"
-
-
-def local_policy_endpoint(settings: Settings, role: str = "policy") -> Endpoint:
-    """The local policy server as an endpoint for `role` (upstream, judge or critic)."""
-    return Endpoint(role=role, base_url=policy_base_url(settings),
-                    model=settings.policy.model or settings.training.base_model,
-                    api_key=settings.policy.api_key, local_default=True)
-
-
-def upstream_endpoint(settings: Settings) -> Endpoint:
-    """The proxy's upstream: the configured one, else the local policy server."""
-    up = settings.upstream
-    if up.base_url:
-        return Endpoint("upstream", up.base_url.rstrip("/"), up.model, up.api_key, False)
-    return local_policy_endpoint(settings, "upstream")
+from metaclaw.endpoints import Endpoint, policy_base_url, upstream_endpoint
 
 
 def _role_endpoint(settings: Settings, role: str) -> Endpoint | None:

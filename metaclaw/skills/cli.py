@@ -23,7 +23,7 @@ err = Console(stderr=True)
 
 
 def _settings() -> Any:
-    from metaclaw.cli import load_settings
+    from metaclaw.cli_support import load_settings
 
     return load_settings()
 

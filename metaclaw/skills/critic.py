@@ -68,7 +68,7 @@ def critic_endpoint(settings: Any) -> CriticEndpoint | None:
     if not critic.model:
         if not critic.local_default:
             return None
-        from metaclaw.serving.defaults import local_policy_endpoint
+        from metaclaw.endpoints import local_policy_endpoint
 
         local = local_policy_endpoint(settings)
         key = local.api_key.get_secret_value() if local.api_key else "not-needed"

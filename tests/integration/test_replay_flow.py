@@ -48,7 +48,6 @@ def test_backfill_flow_partitions_imports_and_is_idempotent(
     prefect_harness: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.backfill import backfill_flow
-    from flows.deployments import FLOWS
 
     monkeypatch.setenv("METACLAW_REPLAY__PARTITION_FILES", "3")
     monkeypatch.setenv("METACLAW_REPLAY__CONCURRENCY", "2")
@@ -63,8 +62,7 @@ def test_backfill_flow_partitions_imports_and_is_idempotent(
     assert result["feedback"] == 3 and result["skipped"] == 5
     assert result["ledger_rows"] == 12 + 6 + 3, "the snapshot duplicate is dropped"
     assert set(result["downstream"]) == {"score", "diagnose", "evolve"}
-    for name, outcome in result["downstream"].items():
-        assert outcome == ("completed" if name in FLOWS else "not installed")
+    assert set(result["downstream"].values()) == {"completed"}
     paths = LedgerPaths(home)
     assert rows(paths, "SELECT count(*) AS n FROM turns") == [{"n": 18}]
     imports = [

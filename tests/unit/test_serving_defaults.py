@@ -10,12 +10,9 @@ from typer.testing import CliRunner
 
 from metaclaw.cli import app
 from metaclaw.config import Settings
+from metaclaw.endpoints import upstream_endpoint
 from metaclaw.scoring.judge import judge_endpoint
-from metaclaw.serving.defaults import (
-    describe_defaults,
-    needs_policy_server,
-    upstream_endpoint,
-)
+from metaclaw.serving.defaults import describe_defaults, needs_policy_server
 
 # tests/conftest.py turns the local judge/critic default off for the suite; these tests are
 # about that default, so they turn it back on explicitly.
