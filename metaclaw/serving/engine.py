@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from metaclaw.serving.constrained import Guide, Guides
 from metaclaw.serving.sampling import SamplingParams, TextTracker, choose, split_tool_calls
 
 log = logging.getLogger("metaclaw.serving")
@@ -112,6 +113,7 @@ class Request:
     policy: Policy | None = None
     generator: torch.Generator | None = None
     tracker: TextTracker | None = None
+    guide: Guide | None = None  # response_format: masks and tracks the grammar
     completion_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top: list[list[tuple[int, float]]] = field(default_factory=list)
@@ -193,6 +195,7 @@ class PolicyEngine:
         self.vocab_size = int(self.model.get_input_embeddings().weight.shape[0])
         self._linear_shapes = _linear_shapes(self.model)
         self._tok_lock = threading.Lock()
+        self._guides = Guides(self.tokenizer, self.vocab_size, self.eos_ids, self._tok_lock)
         self._cv = threading.Condition()
         self._pending: deque[Request] = deque()
         self._groups: list[_Group] = []
@@ -523,6 +526,7 @@ class PolicyEngine:
             req.policy = policy
             req.generator = _generator(req.params.seed)
             req.tracker = TextTracker(self.decode, req.params.stop, req.params.detect_tools)
+            req.guide = self._guides.start(req.params.constraint)
             self.stats.prompt_tokens += n
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         full = any(r.params.prompt_logprobs for r in rows)
@@ -618,7 +622,7 @@ class PolicyEngine:
     def _take(self, req: Request, logits: torch.Tensor) -> None:
         """Sample the next token of `req` from its logits, report it, and maybe finish."""
         # on the CPU: the per-request generator is a CPU generator (seeded, device-independent)
-        token, logprob, top = choose(logits.float().cpu(), req.params, req.generator)
+        token, logprob, top = choose(logits.float().cpu(), req.params, req.generator, req.guide)
         req.completion_ids.append(token)
         req.logprobs.append(logprob)
         req.top.append(top)

@@ -3,7 +3,8 @@
 Pure functions over the decoded JSON body. Limits the server enforces (one choice per request,
 a cap on new tokens) are applied here so every endpoint enforces them the same way; a
 `max_tokens` above the cap is clamped (agents routinely send large values) and the response's
-finish_reason says "length" when the cap cut the answer.
+finish_reason says "length" when the cap cut the answer. A chat `response_format` (JSON object
+or JSON schema) becomes a `Constraint` the engine enforces while sampling (`constrained.py`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from metaclaw.serving.constrained import ConstraintError, parse_response_format
 from metaclaw.serving.engine import EngineError
 from metaclaw.serving.sampling import SamplingParams
 
@@ -129,11 +131,15 @@ def parse_chat(body: Any, max_new_tokens: int) -> ChatRequest:
         raise bad("'tools' must be a list", "tools")
     if body.get("tool_choice") == "none":
         tools = None
+    try:
+        constraint = parse_response_format(body.get("response_format"))
+    except ConstraintError as exc:
+        raise bad(str(exc), "response_format") from None
     params = SamplingParams(
         max_tokens=max_tokens if max_tokens is not None else max_new_tokens,
         temperature=common["temperature"], top_p=common["top_p"], stop=common["stop"],
         seed=common["seed"], top_logprobs=top, detect_tools=bool(tools),
-        ignore_eos=common["ignore_eos"],
+        ignore_eos=common["ignore_eos"], constraint=constraint,
     )
     return ChatRequest(messages=messages, tools=tools or None, params=params,
                        stream=common["stream"], include_usage=common["include_usage"],

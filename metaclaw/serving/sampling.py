@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from metaclaw.serving.constrained import Constraint, Guide
+
 TOOL_OPEN = "<tool_call>"
 TOOL_CLOSE = "</tool_call>"
 _TOOL_RE = re.compile(re.escape(TOOL_OPEN) + r"\s*(.*?)\s*" + re.escape(TOOL_CLOSE), re.DOTALL)
@@ -38,21 +40,28 @@ class SamplingParams:
     prompt_logprobs: bool = False  # score the prompt too (completions echo+logprobs)
     detect_tools: bool = False  # hold back and parse <tool_call> blocks
     ignore_eos: bool = False  # vLLM's extension: generate exactly max_tokens (benchmarks)
+    constraint: Constraint | None = None  # response_format: the grammar the reply must match
 
 
 def choose(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
+    guide: Guide | None = None,
 ) -> tuple[int, float, list[tuple[int, float]]]:
     """Pick the next token from one row of logits [V].
 
     Returns (token id, its logprob under the distribution sampled from, top alternatives as
-    (id, logprob) from that same distribution).
+    (id, logprob) from that same distribution). With a `guide` (a constrained request), tokens
+    the grammar forbids are masked out first and the chosen token advances the guide.
     """
+    if guide is not None:
+        logits = guide.mask(logits)
     logprobs = sampling_logprobs(logits, params.temperature, params.top_p)
     if params.temperature <= 0.0:
         token = int(torch.argmax(logprobs))
     else:
         token = int(torch.multinomial(logprobs.exp(), 1, generator=generator))
+    if guide is not None:
+        guide.advance(token)
     return token, float(logprobs[token]), top_k(logprobs, params.top_logprobs)
 
 

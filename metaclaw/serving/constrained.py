@@ -1,0 +1,173 @@
+"""Constrained decoding: a request's `response_format` enforced token by token (llguidance).
+
+Why: the judge and the critic must answer in JSON that their callers can read, and a 135M model
+asked nicely almost never does (0 of 3 fixed judge prompts gave a valid verdict unconstrained in
+our measurement; see docs/serving.md). With a grammar-guided logits processor every sampled token
+keeps the text a prefix of a document the schema accepts, and once the document is complete only
+end-of-sequence may follow, so the reply is schema-valid unless `max_tokens` cuts it short.
+
+Why llguidance (measured on SmolLM2-135M, CPU, against xgrammar, outlines-core and
+lm-format-enforcer): one wheel with no dependencies, ~20 ms to compile a schema (a fresh schema
+per request is cheap), ~1-3 ms of mask work per token against 30-250 ms per decode step. xgrammar
+was as fast per token but pulls in triton and a TVM runtime; outlines-core needed ~10 s to index
+the vocabulary for one schema.
+
+Two halves, split by what they need:
+- `Constraint` is model-free and hashable (it rides in the frozen `SamplingParams`): parsed and
+  validated from the request body, so a bad schema is a 400 before any work is queued.
+- `Guides` (one per engine) compiles the tokenizer for llguidance once, lazily (~1-2 s, only
+  when the first constrained request arrives); `Guide` is one request's matcher state.
+
+Logprobs: a constrained token is reported with its log-probability under the masked,
+renormalised distribution it was actually drawn from (`sampling.py`'s rule). Such replies are
+judge/critic output, not training data for the unconstrained policy.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+# Compact JSON with the separators models saw most in training: no runaway whitespace.
+JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ",
+                                "key_separator": ": "}
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+class ConstraintError(ValueError):
+    """A response_format that cannot be enforced; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a reply must match: an llguidance grammar compiled from a JSON schema."""
+
+    kind: str  # "json_schema" | "json_object"
+    grammar: str  # llguidance's serialized grammar (model-independent)
+    name: str | None = None
+
+
+def json_constraint(schema: dict[str, Any] | None, name: str | None = None) -> Constraint:
+    """A constraint for replies that are JSON documents matching `schema` (None: any object).
+
+    Raises ConstraintError naming the problem when llguidance cannot compile the schema
+    (unsupported keyword, invalid schema), so the caller can answer 400.
+    """
+    from llguidance import LLMatcher
+
+    try:
+        grammar = LLMatcher.grammar_from_json_schema(schema or ANY_OBJECT,
+                                                     overrides=JSON_OPTIONS)  # type: ignore[arg-type]
+    except (ValueError, TypeError) as exc:
+        raise ConstraintError(f"the JSON schema cannot be used: {exc}") from None
+    problem = LLMatcher.validate_grammar(grammar)
+    if problem:
+        raise ConstraintError(f"the JSON schema cannot be enforced: {problem}")
+    return Constraint("json_schema" if schema is not None else "json_object", grammar, name)
+
+
+def parse_response_format(value: Any) -> Constraint | None:
+    """OpenAI's `response_format` → a Constraint (None for `{"type": "text"}` or absent).
+
+    Accepted: `{"type": "json_object"}` and `{"type": "json_schema", "json_schema": {"name":
+    …, "schema": {…}, "strict"?: bool}}`. Errors name the field to fix.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConstraintError("'response_format' must be an object such as "
+                              '{"type": "json_object"}')
+    kind = value.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return json_constraint(None)
+    if kind != "json_schema":
+        raise ConstraintError(f"'response_format.type' must be 'text', 'json_object' or "
+                              f"'json_schema', got {kind!r}")
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        raise ConstraintError("'response_format.json_schema' must be an object with 'name' "
+                              "and 'schema'")
+    name = spec.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ConstraintError("'response_format.json_schema.name' must be a string")
+    schema = spec.get("schema", ANY_OBJECT)
+    if not isinstance(schema, dict):
+        raise ConstraintError("'response_format.json_schema.schema' must be a JSON schema "
+                              "object")
+    return json_constraint(schema, name)
+
+
+def schema_format(schema: dict[str, Any], name: str) -> dict[str, Any]:
+    """The `response_format` body that asks an OpenAI-compatible server for `schema`.
+
+    Not `strict`: OpenAI's strict mode rejects keywords our schemas use (maxLength, defaults);
+    the local policy server enforces every keyword llguidance supports either way.
+    """
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+
+
+class Guides:
+    """Starts guides for one engine's tokenizer; the llguidance tokenizer is built once."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: Iterable[int],
+                 tokenizer_lock: threading.Lock | None = None) -> None:
+        self._hf = tokenizer
+        self.vocab_size = vocab_size
+        self.eos_ids = sorted(eos_ids)
+        self._tok_lock = tokenizer_lock or threading.Lock()
+        self._ll: Any = None
+
+    def _tokenizer(self) -> Any:
+        if self._ll is None:
+            import llguidance.hf
+
+            with self._tok_lock:  # the HF tokenizer is shared with the event loop's encode
+                self._ll = llguidance.hf.from_tokenizer(self._hf, n_vocab=self.vocab_size,
+                                                        eos_token=self.eos_ids or None)
+        return self._ll
+
+    def start(self, constraint: Constraint | None) -> Guide | None:
+        if constraint is None:
+            return None
+        from llguidance import LLMatcher
+
+        matcher = LLMatcher(self._tokenizer(), constraint.grammar, log_level=0)
+        if matcher.is_error():
+            raise ConstraintError(f"constrained decoding could not start: {matcher.get_error()}")
+        return Guide(matcher, self.vocab_size)
+
+
+class Guide:
+    """One request's position in its grammar: masks the logits, then consumes the token."""
+
+    def __init__(self, matcher: Any, vocab_size: int) -> None:
+        self.matcher = matcher
+        self.vocab_size = vocab_size
+
+    def allowed(self) -> torch.Tensor:
+        """Bool [V]: the tokens that keep the reply valid (EOS once the document is done)."""
+        words = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
+        bits = np.unpackbits(words, bitorder="little")[: self.vocab_size]
+        if self.matcher.is_error() or not bits.any():
+            raise ConstraintError("constrained decoding reached a dead end: "
+                                  f"{self.matcher.get_error() or 'no token is allowed'}")
+        return torch.from_numpy(bits.astype(np.bool_))
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` [V] with every token the grammar forbids at -inf (a new tensor)."""
+        allowed = self.allowed()
+        if logits.shape[-1] > allowed.shape[0]:  # model rows beyond the tokenizer: never valid
+            allowed = torch.cat([allowed, allowed.new_zeros(logits.shape[-1] - allowed.shape[0])])
+        return logits.masked_fill(~allowed[: logits.shape[-1]], float("-inf"))
+
+    def advance(self, token: int) -> None:
+        if not self.matcher.consume_token(token):
+            raise ConstraintError(f"token {token} does not fit the response format: "
+                                  f"{self.matcher.get_error()}")
