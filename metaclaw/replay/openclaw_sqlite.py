@@ -4,7 +4,11 @@ OpenClaw 2026.9 no longer writes session JSONL files; each transcript record is 
 `transcript_events(session_id, seq, event_json | event_zstd, ...)`, large ones zstd-compressed.
 The rows of one session are read in `seq` order, one session at a time (memory stays bounded by
 the largest session), and walked with the same tree code as the JSONL files. The database is
-opened read-only, so importing from a live OpenClaw installation never disturbs it.
+opened read-only, so importing from a live OpenClaw installation never disturbs it: its name goes
+into the SQLite URI percent-encoded (`Path.as_uri`), so a file called `x?mode=rwc` cannot
+reopen it read-write. Compressed events are inflated as a stream and stopped at
+`replay.max_record_bytes`: the size a frame header declares (or the `event_utf8_bytes` column)
+is the attacker's word, not a bound (`max_output_size` is ignored when a frame declares one).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 def connect_readonly(path: Path) -> sqlite3.Connection:
     """Read-only connection; a non-database or a database without transcripts is not a log."""
     try:
-        con = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         found = con.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)
         ).fetchone()
@@ -40,10 +44,25 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     return con
 
 
-def _decompress(blob: bytes, size: int | None, limit: int) -> bytes:
+class RecordTooLarge(ValueError):
+    """A compressed event inflates past `replay.max_record_bytes`."""
+
+
+def _decompress(blob: bytes, limit: int) -> bytes:
+    """The event, read as a stream and stopped one byte past `limit` (never allocated whole)."""
     import zstandard
 
-    return zstandard.ZstdDecompressor().decompress(blob, max_output_size=size or limit)
+    chunks: list[bytes] = []
+    got = 0
+    with zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True) as reader:
+        while got <= limit and (chunk := reader.read(min(limit + 1 - got, 1 << 20))):
+            chunks.append(chunk)
+            got += len(chunk)
+    data = b"".join(chunks)
+    if got > limit:
+        raise RecordTooLarge(
+            f"event inflates past replay.max_record_bytes ({limit} bytes); skipped")
+    return data
 
 
 def parse_sqlite(path: Path, opts: ParseOptions, default_ts: int) -> Iterator[Item]:
@@ -94,12 +113,14 @@ def _record(
                 return Problem(
                     where, f"event of {size} bytes exceeds replay.max_record_bytes; skipped"
                 )
-            data = _decompress(blob, size, limit)
+            data = _decompress(blob, limit)
         else:
             return Problem(where, "event has neither event_json nor event_zstd; skipped")
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         return Problem(where, f"invalid JSON in event ({exc}); skipped")
+    except RecordTooLarge as exc:
+        return Problem(where, str(exc))
     except Exception as exc:  # zstandard.ZstdError and friends: a corrupt blob
         return Problem(where, f"cannot decompress event_zstd ({exc}); skipped")
     if not isinstance(value, dict):
