@@ -11,6 +11,7 @@ the view `turn_rewards` combines them by one documented rule:
 - `explicit`: what users post to `POST /v1/feedback` (`feedback.py`), tied to a turn even when the
   client only knows its session (`combine.py`, view `turn_feedback`).
 
-This package's `__init__` imports nothing: `metaclaw.ledger.views` imports `combine` while the
-ledger package is still initialising, so eager imports here would be circular.
+This package's `__init__` imports nothing: the package root registers `combine.VIEWS` with the
+ledger (`metaclaw.ledger.views.register_views`) on every import of MetaClaw, and that must stay
+cheap.
 """

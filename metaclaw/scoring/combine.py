@@ -140,4 +140,4 @@ VIEWS: dict[str, str] = {
     "turn_rewards": TURN_REWARDS_SQL,
     "judge_agreement": JUDGE_AGREEMENT_SQL,
 }
-"""The derived views scoring provides, in creation order (registered in ledger/views.py)."""
+"""The derived views scoring provides, in creation order (the package root registers them)."""
