@@ -47,6 +47,7 @@ from bench._common import (
 )
 from metaclaw.config import LedgerPaths, LedgerSettings
 from metaclaw.ledger import connect, ingest
+from metaclaw.ledger.lookup import find_turn
 from metaclaw.ledger.schemas import TURNS
 from metaclaw.ledger.wal import WalWriter, list_segments
 
@@ -440,6 +441,73 @@ def ingest_bench(
     return out
 
 
+# -- 5: point lookups (POST /v1/feedback) ---------------------------------------------------
+
+
+def _view_lookup(paths: LedgerPaths, turn_id: str) -> str | None:
+    """What `POST /v1/feedback` did before: a full connection (every WAL row decoded), then
+    SQL over the view."""
+    con = connect(paths)
+    try:
+        row = con.execute(
+            "SELECT session_id FROM turns WHERE turn_id = ? LIMIT 1", [turn_id]
+        ).fetchone()
+    finally:
+        con.close()
+    return row[0] if row else None
+
+
+def _point_lookup(paths: LedgerPaths, turn_id: str) -> str | None:
+    ref = find_turn(paths, turn_id)
+    return ref.session_id if ref else None
+
+
+def lookup_bench(
+    home: Path, factory: TurnFactory, parquet_rows: int, wal_mb: float, lookups: int
+) -> dict[str, Any]:
+    """A ledger of `parquet_rows` ingested turns plus `wal_mb` of not-yet-ingested WAL; time
+    the feedback endpoint's turn lookup both ways on the same ids (in the WAL, in Parquet,
+    unknown) and check that they agree."""
+    paths = LedgerPaths(home)
+    first = 70_000_000
+    with WalWriter(paths.wal) as wal:
+        wal.append(TABLE, [factory.row(first + i) for i in range(parquet_rows)], timeout=120)
+    in_parquet = [r[0] for r in connect(paths).execute(
+        f"SELECT turn_id FROM {TABLE} USING SAMPLE {lookups} ROWS").fetchall()]
+    ingest(paths, LedgerSettings())
+    in_wal: list[str] = []
+    with WalWriter(paths.wal, rotate_s=3600) as wal:
+        i = 0
+        while sum(p.stat().st_size for p in list_segments(paths.wal)) < wal_mb * 1e6:
+            batch = [factory.row(first + parquet_rows + i + j) for j in range(2000)]
+            wal.append(TABLE, batch, timeout=120)
+            in_wal += [r["turn_id"] for r in batch[:: max(1, 2000 * 30 // lookups)]]
+            i += len(batch)
+    ids = [*in_parquet[: lookups // 2], *in_wal[: lookups // 2], "no-such-turn"]
+    out: dict[str, Any] = {
+        "parquet_rows": parquet_rows,
+        "wal_mb": sum(p.stat().st_size for p in list_segments(paths.wal)) / 1e6,
+        "wal_rows": i,
+        "lookups": len(ids),
+    }
+    disagree = 0
+    for name, fn in (("view", _view_lookup), ("point", _point_lookup)):
+        times, cpu = [], []
+        for tid in ids:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            fn(paths, tid)
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
+        out[f"{name}_ms_p50"] = percentile(_ms(times), 50)
+        out[f"{name}_ms_max"] = percentile(_ms(times), 100)
+        out[f"{name}_python_cpu_ms_p50"] = percentile(_ms(cpu), 50)
+    for tid in ids:
+        disagree += _view_lookup(paths, tid) != _point_lookup(paths, tid)
+    out["disagreements"] = disagree
+    out["speedup_p50"] = out["view_ms_p50"] / max(out["point_ms_p50"], 1e-6)
+    return out
+
+
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -494,8 +562,12 @@ def main(argv: list[str] | None = None) -> int:
         help="where to put the temp ledger dirs (default: system temp dir)",
     )
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["append", "baseline", "visibility", "ingest"]
+        "--skip", nargs="*", default=[],
+        choices=["append", "baseline", "visibility", "ingest", "lookup"],
     )
+    parser.add_argument("--lookup-parquet-rows", type=int, default=200_000)
+    parser.add_argument("--lookup-wal-mb", type=float, default=50.0)
+    parser.add_argument("--lookups", type=int, default=40)
     parser.add_argument("--quick", action="store_true", help="smoke run with small sizes")
     add_wait_idle(parser)
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
@@ -507,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
         args.vis_seconds = min(args.vis_seconds, 5.0)
         args.small_batches = min(args.small_batches, 3)
         args.small_rows = min(args.small_rows, 500)
+        args.lookup_parquet_rows = min(args.lookup_parquet_rows, 20_000)
+        args.lookup_wal_mb = min(args.lookup_wal_mb, 10.0)
+        args.lookups = min(args.lookups, 10)
 
     root = Path(tempfile.mkdtemp(prefix="metaclaw-bench-ledger-", dir=args.dir))
     machine = machine_summary()
@@ -760,6 +835,33 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(verdicts[-1])
             rc |= 0 if counts_ok else 1
+        if "lookup" not in args.skip:
+            print(
+                f"\n5. feedback lookup: {args.lookup_parquet_rows:,} turns in Parquet + "
+                f"{args.lookup_wal_mb:.0f} MB of WAL; one turn_id per lookup",
+                flush=True,
+            )
+            lk = lookup_bench(
+                root / "lookup", factory, args.lookup_parquet_rows, args.lookup_wal_mb,
+                args.lookups,
+            )
+            results["lookup"] = lk
+            print_table(
+                ["method", "p50 ms", "max ms", "Python CPU p50 ms"],
+                [
+                    [f"connect() + SQL (before; WAL {lk['wal_mb']:.0f} MB)", lk["view_ms_p50"],
+                     lk["view_ms_max"], lk["view_python_cpu_ms_p50"]],
+                    ["lookup.find_turn (after)", lk["point_ms_p50"], lk["point_ms_max"],
+                     lk["point_python_cpu_ms_p50"]],
+                ],
+            )
+            ok = not lk["disagreements"]
+            verdicts.append(
+                f"feedback lookup: {'PASS' if ok else 'FAIL'} ({lk['speedup_p50']:.0f}x faster "
+                f"at p50; {lk['disagreements']} disagreements between the two methods)"
+            )
+            print(verdicts[-1], flush=True)
+            rc |= 0 if ok else 1
     finally:
         if args.keep:
             print(f"ledger dirs kept under {root}")

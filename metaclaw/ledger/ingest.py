@@ -23,6 +23,7 @@ import pyarrow as pa
 from metaclaw.config import LedgerPaths, LedgerSettings
 from metaclaw.ledger.coerce import coerce_rows
 from metaclaw.ledger.deadletter import write_dead_letters
+from metaclaw.ledger.lookup import LOOKUP_COLUMNS
 from metaclaw.ledger.manifest import LedgerBusyError, Manifest
 from metaclaw.ledger.records import BadLine, Row, decode_lines, rows_to_table, unique_by_id
 from metaclaw.ledger.schemas import PARTITION_COLUMN, TABLES, TableSpec
@@ -249,7 +250,9 @@ def _write_partitions(store: LedgerStorage, spec: TableSpec, rows: list[Row]) ->
     written = []
     for day, day_rows in sorted(by_date.items()):
         rel = f"{spec.name}/{PARTITION_COLUMN}={day}/part-{uuid.uuid4().hex}.parquet"
-        store.write_parquet(rows_to_table(spec, day_rows, coerced=True), rel)
+        store.write_parquet(
+            rows_to_table(spec, day_rows, coerced=True), rel, LOOKUP_COLUMNS.get(spec.name, ())
+        )
         written.append(rel)
     return written
 
@@ -274,7 +277,7 @@ def _compact(
                 [store.read_table(rel) for rel in small], promote_options="default"
             ).sort_by(spec.time_column)
             rel = f"{partition}/part-c{uuid.uuid4().hex}.parquet"
-            store.write_parquet(merged, rel)
+            store.write_parquet(merged, rel, LOOKUP_COLUMNS.get(table_name, ()))
             written.append(rel)
             manifest.replace_files(table_name, small, [rel])
             compacted += len(small)

@@ -26,6 +26,7 @@ __all__ = [
     "decode_lines",
     "encode_line",
     "now_micros",
+    "parse_line",
     "rows_to_table",
     "to_micros",
     "unique_by_id",
@@ -74,6 +75,11 @@ def decode_lines(data: bytes, bad: list[BadLine] | None = None) -> Iterator[tupl
             continue
         if bad is not None:
             bad.append(BadLine(offset, reason, bytes(line)))
+
+
+def parse_line(line: bytes) -> tuple[str, Row] | None:
+    """One line's record (without its newline), or None when it is not a valid record."""
+    return _parse(line)[0]
 
 
 def _parse(line: bytes) -> tuple[tuple[str, Row] | None, str]:

@@ -118,8 +118,9 @@ class LedgerStorage(ABC):
         """What DuckDB/pyarrow open for `rel` (a path, or a URL the registered fs serves)."""
 
     @abstractmethod
-    def write_parquet(self, table: pa.Table, rel: str) -> None:
-        """Land a table under its final name; a reader can never see half of it."""
+    def write_parquet(self, table: pa.Table, rel: str, bloom: tuple[str, ...] = ()) -> None:
+        """Land a table under its final name; a reader can never see half of it. `bloom`:
+        columns to write Parquet Bloom filters for (point lookups skip row groups by them)."""
 
     @abstractmethod
     def read_table(self, rel: str) -> pa.Table: ...
@@ -177,8 +178,8 @@ class LocalStorage(LedgerStorage):
     def url(self, rel: str) -> str:
         return str(self.directory / rel)
 
-    def write_parquet(self, table: pa.Table, rel: str) -> None:
-        write_parquet_atomic(table, self.directory / rel)
+    def write_parquet(self, table: pa.Table, rel: str, bloom: tuple[str, ...] = ()) -> None:
+        write_parquet_atomic(table, self.directory / rel, bloom)
 
     def read_table(self, rel: str) -> pa.Table:
         return pq.read_table(self.directory / rel)
@@ -248,9 +249,9 @@ class FsspecStorage(LedgerStorage):
     def url(self, rel: str) -> str:
         return f"{self.protocol}://{self._path(rel)}"
 
-    def write_parquet(self, table: pa.Table, rel: str) -> None:
+    def write_parquet(self, table: pa.Table, rel: str, bloom: tuple[str, ...] = ()) -> None:
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
+        pq.write_table(table, buf, compression="zstd", **_bloom_options(table, bloom))
         # The key is new (uuid) and unlisted until a manifest names it: a plain put is atomic
         # enough — S3 never exposes a partial object, and nobody reads an unlisted key.
         self.fs.pipe_file(self._path(rel), buf.getvalue())
@@ -358,12 +359,17 @@ def _mtime(info: dict[str, Any]) -> float:
     return float(value)
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+def _bloom_options(table: pa.Table, columns: tuple[str, ...]) -> dict[str, Any]:
+    present = [c for c in columns if c in table.column_names]
+    return {"bloom_filter_options": {c: True for c in present}} if present else {}
+
+
+def write_parquet_atomic(table: pa.Table, path: Path, bloom: tuple[str, ...] = ()) -> None:
     """Temp file + fsync + rename, so no reader ever sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", **_bloom_options(table, bloom))
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)

@@ -3,9 +3,9 @@
 Validation lives in `metaclaw.scoring.feedback` (pure); this handler adds the two things only the
 proxy can do: check that the turn or session exists in the ledger (404 otherwise — the client
 learns at once that it sent the wrong id), and make the row durable in the WAL *before* answering,
-so acknowledged feedback is never lost. The existence check reads the ledger in a worker thread;
-when the ledger cannot answer in time the feedback is still stored (never refuse a user's signal
-because of our own trouble) and the reason is logged.
+so acknowledged feedback is never lost. The existence check is a point lookup (its cost does not
+grow with the ledger) in a worker thread; when the ledger cannot answer in time the feedback is
+still stored (never refuse a user's signal because of our own trouble) and the reason is logged.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from metaclaw.ledger.reader import connect
+from metaclaw.ledger.lookup import find_turn, session_has_completed_turn
 from metaclaw.ledger.records import now_micros
 from metaclaw.ledger.schemas import FEEDBACK
 from metaclaw.proxy.errors import ProxyError
@@ -31,26 +31,19 @@ LOOKUP_TIMEOUT_S = 5.0
 
 
 def _lookup(state: ProxyState, turn_id: str | None, session_id: str | None) -> str | None:
-    """Why the ids do not name a known turn (None when they do)."""
-    con = connect(state.settings.paths)
-    try:
-        if turn_id is not None:
-            row = con.execute(
-                "SELECT session_id FROM turns WHERE turn_id = ? LIMIT 1", [turn_id]
-            ).fetchone()
-            if row is None:
-                return f"no turn with turn_id {turn_id!r} in the ledger"
-            if session_id is not None and row[0] != session_id:
-                return f"turn {turn_id!r} belongs to session {row[0]!r}, not {session_id!r}"
-            return None
-        row = con.execute(
-            "SELECT count(*) FROM turns WHERE session_id = ? AND status = 'ok'", [session_id]
-        ).fetchone()
-        if not row or not row[0]:
-            return f"no completed turn in session {session_id!r} yet"
+    """Why the ids do not name a known turn (None when they do). Point lookups: the cost does
+    not grow with the ledger (metaclaw/ledger/lookup.py)."""
+    paths = state.settings.paths
+    if turn_id is not None:
+        ref = find_turn(paths, turn_id)
+        if ref is None:
+            return f"no turn with turn_id {turn_id!r} in the ledger"
+        if session_id is not None and ref.session_id != session_id:
+            return f"turn {turn_id!r} belongs to session {ref.session_id!r}, not {session_id!r}"
         return None
-    finally:
-        con.close()
+    if not session_has_completed_turn(paths, session_id or ""):
+        return f"no completed turn in session {session_id!r} yet"
+    return None
 
 
 async def feedback(request: Request) -> Response:
