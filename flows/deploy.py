@@ -10,11 +10,13 @@ The train flow writes **candidate** checkpoints; nothing serves them until this 
    sees (`metaclaw.deploy.split`), plus `deploy.prompts_file`;
 3. samples both policies on every prompt with the same seeds, and has the judge compare each
    pair twice, swapping positions to cancel position bias;
-4. computes the win rate with a Wilson interval and runs the guards (non-finite values, KL from
-   the base, empty/looping replies, length blow-up);
-5. promotes only when the interval's lower bound clears `deploy.min_win_rate` and no guard
-   trips — the running policy server hot-swaps at once — and otherwise rejects. The full
-   comparison is recorded in `checkpoints.eval_metrics` and published as artifacts.
+4. runs an exact sign test on the prompts won or lost (ties reported, never half-wins) at the α
+   this decision may spend — α·6/(π²k²) for the k-th decision against the current policy, so
+   repeating the gate never inflates false promotions — and the guards (non-finite values, KL
+   from the base, empty/looping replies, length blow-up);
+5. promotes only when the test is significant and no guard trips — the running policy server
+   hot-swaps at once — and otherwise rejects. The full comparison is recorded in
+   `checkpoints.eval_metrics` and published as artifacts.
 
 Idempotent: a decided candidate is never evaluated again, and every row has a stable id. A
 judge outage fails the evaluation task (retried once); the candidate waits for the next run.
@@ -52,8 +54,12 @@ def _markdown(outcome: GateOutcome) -> str:
             f"(split `{ev.eval_split}`; skipped: {ev.skipped or 'none'})",
             f"- pairs: {w.n} judged — {w.wins} won both ways, {w.losses} lost both ways, "
             f"{w.ties} ties/splits, {w.missing} without a valid verdict",
-            f"- win rate **{w.win_rate:.3f}**, {w.confidence:.0%} Wilson interval "
-            f"[{w.low:.3f}, {w.high:.3f}]",
+            f"- sign test over prompts: {ev.test.wins} won, {ev.test.losses} lost, "
+            f"{ev.test.ties} tied → p = **{ev.test.p_value:.3g}** against "
+            f"α_{ev.test.k} = {ev.test.alpha_k:.3g} (decision {ev.test.k} against "
+            f"`{ev.baseline.label}`, family-wise α = {ev.test.alpha:g})",
+            f"- win rate {w.win_rate:.3f}, {w.confidence:.0%} Wilson interval "
+            f"[{w.low:.3f}, {w.high:.3f}] (ties as half-points; descriptive)",
             f"- judge `{ev.judge_model}`: {ev.judge_calls} calls, {ev.invalid_verdicts} "
             "unreadable verdicts",
             "- time: " + ", ".join(f"{k} {v:.1f} s" for k, v in ev.seconds.items()),

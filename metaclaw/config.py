@@ -394,20 +394,27 @@ class CriticSettings(_Section):
 
 class DeploySettings(_Section):
     """The gate of the `deploy` flow (metaclaw/deploy, docs/deploy.md): a candidate checkpoint is
-    promoted only when its pairwise win rate against the promoted policy (or the base model) on
-    held-out prompts is significantly above `min_win_rate` and no guard trips."""
+    promoted only when it beats the promoted policy (or the base model) on held-out prompts in a
+    sign test significant at the α this decision may spend, and no guard trips."""
 
     min_win_rate: float = Field(
         default=0.5, ge=0, lt=1,
-        description="Promote only when the Wilson lower bound of the win rate exceeds this.",
+        description="Null hypothesis of the sign test: P(candidate wins a decided prompt) <= this.",
+    )
+    alpha: float = Field(
+        default=0.05, gt=0, lt=0.5,
+        description="Chance of any false promotion against one current policy, over all its "
+        "decisions: the k-th decision against it is tested at alpha·6/(π²k²).",
     )
     confidence: float = Field(
-        default=0.95, gt=0.5, lt=1, description="Two-sided confidence of the Wilson interval."
+        default=0.95, gt=0.5, lt=1,
+        description="Two-sided confidence of the Wilson interval reported with the win rate.",
     )
     eval_fraction: float = Field(
         default=0.1, ge=0, le=0.5,
-        description="Share of turns held out from training for evaluation (a hash of turn_id "
-        "decides; see metaclaw.deploy.split). 0: evaluate on prompts_file only.",
+        description="Share of sessions held out from training for evaluation (a hash of "
+        "session_id decides, and their prompts are kept out of training in every session; see "
+        "metaclaw.deploy.split). 0: evaluate on prompts_file only.",
     )
     split_salt: str = Field(
         default="metaclaw-eval-v1",
@@ -434,6 +441,16 @@ class DeploySettings(_Section):
     seed: int = Field(default=0, description="Both policies draw with the same seeds per prompt.")
     judge_temperature: float = Field(default=0.0, ge=0, le=2, description="Pairwise judge.")
     judge_max_tokens: int = Field(default=256, ge=16, description="Most tokens per verdict.")
+    judge_base_url: str | None = Field(
+        default=None,
+        description="A separate gate judge (OpenAI-compatible), so a policy that learned to "
+        "please the scoring judge does not pass the gate by the same trick; unset: the scoring "
+        "judge.",
+    )
+    judge_model: str | None = Field(
+        default=None, description="The gate judge's model (required with judge_base_url)."
+    )
+    judge_api_key: SecretStr | None = None
     max_kl: float = Field(
         default=1.0, gt=0,
         description="Guard: mean per-token KL(candidate ‖ base) in nats on the candidate's "

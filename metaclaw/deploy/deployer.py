@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from metaclaw.config import Settings
@@ -33,6 +34,7 @@ from metaclaw.deploy.registry import (
     plan_reject,
     plan_rollback,
 )
+from metaclaw.deploy.replycache import ReplyCache
 from metaclaw.deploy.sampling import BASE, PolicyRef, Sampler, make_sampler
 from metaclaw.deploy.store import append, read_book, registry_lock
 from metaclaw.ledger.records import now_micros
@@ -134,6 +136,7 @@ class Prepared:
     superseded: list[str] = field(default_factory=list)  # older candidates rejected unjudged
     notes: list[str] = field(default_factory=list)
     promoted_id: str | None = None  # what was promoted when the comparison was set up
+    prior_decisions: dict[str, int] = field(default_factory=dict)  # per current policy
 
 
 @dataclass
@@ -164,7 +167,9 @@ class GateOutcome:
         if self.evaluation is not None:
             ev = self.evaluation
             out.update(baseline=ev.baseline.label, win_rate=ev.win.win_rate, low=ev.win.low,
-                       high=ev.win.high, pairs=ev.win.n,
+                       high=ev.win.high, pairs=ev.win.n, wins=ev.test.wins,
+                       losses=ev.test.losses, ties=ev.test.ties, p_value=ev.test.p_value,
+                       alpha_k=ev.test.alpha_k, k=ev.test.k,
                        guards_tripped=[g.name for g in ev.guards if g.tripped])
         if self.change is not None and self.change.notice is not None:
             out["policy_server"] = self.change.notice.status
@@ -210,7 +215,12 @@ def prepare(settings: Settings, checkpoint_id: str | None = None, *,
     baseline, notes = baseline_of(settings, book)
     return Prepared(target, baseline, build_eval_set(settings),
                     [c.checkpoint_id for c in stale], notes,
-                    book.promoted.checkpoint_id if book.promoted else None)
+                    book.promoted.checkpoint_id if book.promoted else None,
+                    book.decisions_against())
+
+
+def reply_cache_root(settings: Settings) -> Path:
+    return settings.home / "deploy" / "replies"
 
 
 def assess(settings: Settings, prepared: Prepared, *, sampler: Sampler | None = None,
@@ -245,8 +255,11 @@ def assess(settings: Settings, prepared: Prepared, *, sampler: Sampler | None = 
     own_sampler = sampler is None
     sampler = sampler or make_sampler(settings)
     try:
+        root, model = reply_cache_root(settings), settings.training.base_model
         evaluation = evaluate(cfg, sampler, judge, PolicyRef(ckpt.checkpoint_id, path),
                               prepared.baseline, eval_set, train_metrics=ckpt.train_metrics,
+                              prior_decisions=prepared.prior_decisions,
+                              cache_for=lambda policy: ReplyCache(root, policy, model),
                               progress=progress)
     except CandidateBrokenError as exc:
         return Assessment(False, str(exc))

@@ -4,9 +4,12 @@ Steps (each recorded in the result, so a reader can audit a verdict):
 1. render every eval prompt with the policy's chat template, exactly as the policy server does;
 2. sample the candidate (same seed per prompt for both policies) and score its replies under
    itself and under the base model (the KL guard);
-3. sample the current policy (the promoted checkpoint, or the base model when none is);
+3. sample the current policy (the promoted checkpoint, or the base model when none is) — its
+   replies come from the reply cache when an earlier decision drew them already;
 4. judge each pair in both orders (identical replies are a tie without asking);
-5. win rate + Wilson interval, guards, decision (`guards.decide`).
+5. per-prompt outcomes → the sign test at this decision's spent α (`stats.sign_test`; the
+   decision's index k against this policy comes from the registry), win rate + Wilson interval
+   for the report, guards, decision (`guards.decide`).
 
 Nothing here writes to the ledger: `deployer.py` records the decision.
 """
@@ -16,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,11 +39,22 @@ from metaclaw.deploy.guards import (
     policy_stats,
 )
 from metaclaw.deploy.pairwise import PROMPT_VERSION, PairwiseJudge, render_conversation
+from metaclaw.deploy.replycache import ReplyCache
 from metaclaw.deploy.sampling import BASE, PolicyRef, Reply, Sampler, prompt_seed
-from metaclaw.deploy.stats import Verdict, WinRate, pair_score, win_rate
+from metaclaw.deploy.stats import (
+    SignTest,
+    Verdict,
+    WinRate,
+    pair_score,
+    prompt_outcome,
+    sign_test,
+    win_rate,
+)
 
 PREVIEW_CHARS = 500
+SAMPLE_BATCH = 16  # prompts per sampler call (and per progress tick)
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
+CacheFor = Callable[[PolicyRef], ReplyCache]
 
 
 class CandidateBrokenError(RuntimeError):
@@ -87,6 +102,7 @@ class Evaluation:
     judge_calls: int
     invalid_verdicts: int
     prompts_used: int
+    current_cached: int = 0  # prompts whose current-policy replies came from the reply cache
     skipped: dict[str, int] = field(default_factory=dict)
     turn_ids: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -95,6 +111,10 @@ class Evaluation:
     @property
     def guards(self) -> list[Guard]:
         return self.decision.guards
+
+    @property
+    def test(self) -> SignTest:
+        return self.decision.test
 
     def metrics(self) -> dict[str, Any]:
         """The full comparison, as recorded in `checkpoints.eval_metrics`."""
@@ -111,13 +131,17 @@ class Evaluation:
             "candidate": self.candidate.label, "baseline": self.baseline.label,
             "decision": "promote" if self.decision.promote else "reject",
             "reason": self.decision.reason,
-            "win": asdict(self.win), "guards": [asdict(g) for g in self.guards],
+            "win": asdict(self.win),
+            "test": {**asdict(self.test), "decided": self.test.decided,
+                     "significant": self.test.significant},
+            "guards": [asdict(g) for g in self.guards],
             "kl": asdict(self.kl) if self.kl else None,
             "candidate_stats": asdict(self.candidate_stats),
             "current_stats": asdict(self.current_stats),
             "judge": {"model": self.judge_model, "prompt_version": PROMPT_VERSION,
                       "calls": self.judge_calls, "invalid_verdicts": self.invalid_verdicts},
             "eval_set": {"split": self.eval_split, "prompts": self.prompts_used,
+                         "current_cached": self.current_cached,
                          "skipped": self.skipped, "turn_ids": self.turn_ids},
             "seconds": self.seconds, "notes": self.notes,
             "pairs": [p.record() for p in self.pairs],
@@ -149,14 +173,29 @@ def _params(cfg: DeploySettings, prompt_id: str) -> types.SamplingParams:
 
 
 def _sample_all(sampler: Sampler, policy: PolicyRef, encoded: list[tuple[EvalPrompt, list[int]]],
-                cfg: DeploySettings, progress: Progress | None, phase: str) -> list[list[Reply]]:
-    out = []
-    for i, (prompt, ids) in enumerate(encoded):
-        out.append(sampler.sample(policy, ids, cfg.samples_per_prompt,
-                                  _params(cfg, prompt.prompt_id)))
+                cfg: DeploySettings, progress: Progress | None, phase: str,
+                cache: ReplyCache | None = None) -> tuple[list[list[Reply]], int]:
+    """Replies per prompt — from the cache where it has them, the rest sampled in batches —
+    and how many prompts the cache answered."""
+    requests = [(ids, cfg.samples_per_prompt, _params(cfg, prompt.prompt_id))
+                for prompt, ids in encoded]
+    keys = [ReplyCache.key(*r) for r in requests]
+    out: list[list[Reply] | None] = [cache.get(k) if cache else None for k in keys]
+    todo = [i for i, found in enumerate(out) if found is None]
+    done = len(requests) - len(todo)
+    for start in range(0, len(todo), SAMPLE_BATCH):
+        chunk = todo[start : start + SAMPLE_BATCH]
+        for i, replies in zip(chunk, sampler.sample_many(policy, [requests[i] for i in chunk]),
+                              strict=True):
+            out[i] = replies
+            if cache is not None:
+                cache.put(keys[i], replies)
+        done += len(chunk)
         if progress:
-            progress(phase, i + 1, len(encoded))
-    return out
+            progress(phase, done, len(requests))
+    if cache is not None:
+        cache.save()
+    return [replies for replies in out if replies is not None], len(requests) - len(todo)
 
 
 async def _judge_all(judge: PairwiseJudge, pairs: list[Pair], conversations: dict[str, str],
@@ -181,8 +220,14 @@ async def _judge_all(judge: PairwiseJudge, pairs: list[Pair], conversations: dic
 def evaluate(cfg: DeploySettings, sampler: Sampler, judge: PairwiseJudge,
              candidate: PolicyRef, baseline: PolicyRef, eval_set: EvalSet, *,
              train_metrics: dict[str, Any] | None = None,
+             prior_decisions: Mapping[str, int] | None = None,
+             cache_for: CacheFor | None = None,
              progress: Progress | None = None) -> Evaluation:
-    """Run the comparison and decide. Raises `CandidateBrokenError` if the candidate cannot run."""
+    """Run the comparison and decide. Raises `CandidateBrokenError` if the candidate cannot run.
+
+    `prior_decisions`: how many decisions were already made against each current policy (by
+    label): this one is number k = that + 1 and spends α_k. `cache_for`: the reply cache of a
+    current policy (None: sample it every time)."""
     seconds: dict[str, float] = {}
     started = time.monotonic()
     skipped = dict(eval_set.skipped)
@@ -190,7 +235,7 @@ def evaluate(cfg: DeploySettings, sampler: Sampler, judge: PairwiseJudge,
                              skipped)
     t = time.monotonic()
     try:
-        cand = _sample_all(sampler, candidate, encoded, cfg, progress, "sampling candidate")
+        cand, _ = _sample_all(sampler, candidate, encoded, cfg, progress, "sampling candidate")
         pairs_ids = [(ids, r.tokens) for (_, ids), replies in zip(encoded, cand, strict=True)
                      for r in replies]
         cand_lp = sampler.logprobs(candidate, pairs_ids)
@@ -201,8 +246,9 @@ def evaluate(cfg: DeploySettings, sampler: Sampler, judge: PairwiseJudge,
     t = time.monotonic()
     notes: list[str] = []
     try:
-        current = _sample_all(sampler, baseline, encoded, cfg, progress,
-                              f"sampling {baseline.label}")
+        current, cached = _sample_all(sampler, baseline, encoded, cfg, progress,
+                                      f"sampling {baseline.label}",
+                                      cache_for(baseline) if cache_for else None)
     except (RuntimeError, ValueError) as exc:
         if baseline == BASE:
             raise
@@ -211,7 +257,8 @@ def evaluate(cfg: DeploySettings, sampler: Sampler, judge: PairwiseJudge,
         notes.append(f"the promoted checkpoint {baseline.label} could not be sampled "
                      f"({type(exc).__name__}: {str(exc)[:200]}): compared with the base model")
         baseline = BASE
-        current = _sample_all(sampler, baseline, encoded, cfg, progress, "sampling base")
+        current, cached = _sample_all(sampler, baseline, encoded, cfg, progress,
+                                      "sampling base", cache_for(baseline) if cache_for else None)
     seconds["current"] = time.monotonic() - t
     t = time.monotonic()
     base_lp = sampler.logprobs(BASE, pairs_ids)
@@ -235,15 +282,22 @@ def evaluate(cfg: DeploySettings, sampler: Sampler, judge: PairwiseJudge,
                            cand_lp)
     u_stats = policy_stats([r.text for r in cur_replies], [r.tokens for r in cur_replies])
     win = win_rate([p.score for p in pairs], cfg.confidence)
-    numeric = {k: v for k, v in (train_metrics or {}).items() if isinstance(v, int | float)}
+    by_prompt: dict[str, list[float | None]] = defaultdict(list)
+    for pair in pairs:
+        by_prompt[pair.prompt_id].append(pair.score)
+    k = (prior_decisions or {}).get(baseline.label, 0) + 1
+    test = sign_test([prompt_outcome(scores) for scores in by_prompt.values()],
+                     p0=cfg.min_win_rate, alpha=cfg.alpha, k=k)
+    numeric = {n: v for n, v in (train_metrics or {}).items() if isinstance(v, int | float)}
     guards = check_guards(cfg, c_stats, u_stats, kl, numeric)
-    decision = decide(cfg, win, guards)
+    decision = decide(win, test, guards)
     seconds["total"] = time.monotonic() - started
     return Evaluation(
         candidate=candidate, baseline=baseline, eval_split=eval_set.split, pairs=pairs,
         candidate_stats=c_stats, current_stats=u_stats, kl=kl, win=win, decision=decision,
         judge_model=judge.model, judge_calls=judge.stats.calls,
-        invalid_verdicts=judge.stats.invalid, prompts_used=len(encoded), skipped=skipped,
+        invalid_verdicts=judge.stats.invalid, prompts_used=len(encoded), current_cached=cached,
+        skipped=skipped,
         turn_ids=[p.prompt_id for p, _ in encoded if p.source == "ledger"], seconds=seconds,
         notes=notes,
     )

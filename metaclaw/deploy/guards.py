@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from metaclaw.config import DeploySettings
-from metaclaw.deploy.stats import WinRate
+from metaclaw.deploy.stats import SignTest, WinRate
 
 LOOP_MIN_TOKENS = 24  # shorter replies are never called loops
 LOOP_NGRAM = 4
@@ -147,6 +147,7 @@ class Decision:
     promote: bool
     reason: str
     win: WinRate
+    test: SignTest
     guards: list[Guard] = field(default_factory=list)
 
     @property
@@ -155,20 +156,22 @@ class Decision:
 
     def as_dict(self) -> dict[str, Any]:
         return {"promote": self.promote, "reason": self.reason, "win": asdict(self.win),
-                "guards": [asdict(g) for g in self.guards]}
+                "test": asdict(self.test), "guards": [asdict(g) for g in self.guards]}
 
 
-def decide(cfg: DeploySettings, win: WinRate, guards: list[Guard]) -> Decision:
-    """Promote only when the interval's lower bound clears the threshold and no guard trips."""
+def decide(win: WinRate, test: SignTest, guards: list[Guard]) -> Decision:
+    """Promote only when the sign test is significant at this decision's spent α and no guard
+    trips. Ties never count toward a promotion."""
     tripped = [g for g in guards if g.tripped]
     if tripped:
         names = ", ".join(f"{g.name} ({g.detail})" for g in tripped)
-        return Decision(False, f"guard tripped: {names}", win, guards)
+        return Decision(False, f"guard tripped: {names}", win, test, guards)
     if win.n == 0:
-        return Decision(False, "no pair got a valid verdict from the judge", win, guards)
-    summary = (f"win rate {win.win_rate:.3f} over {win.n} pairs, {win.confidence:.0%} Wilson "
-               f"interval [{win.low:.3f}, {win.high:.3f}]")
-    if not win.low > cfg.min_win_rate:
-        return Decision(False, f"{summary}: lower bound does not clear min_win_rate "
-                        f"{cfg.min_win_rate}", win, guards)
-    return Decision(True, f"{summary} clears min_win_rate {cfg.min_win_rate}", win, guards)
+        return Decision(False, "no pair got a valid verdict from the judge", win, test, guards)
+    summary = (f"{test.wins} prompts won, {test.losses} lost, {test.ties} tied; sign test "
+               f"p={test.p_value:.3g} vs α_{test.k}={test.alpha_k:.3g} (decision {test.k} "
+               f"against this policy, α={test.alpha:g}); win rate {win.win_rate:.3f} "
+               f"[{win.low:.3f}, {win.high:.3f}]")
+    if not test.significant:
+        return Decision(False, f"{summary}: not significantly better", win, test, guards)
+    return Decision(True, f"{summary}: significantly better", win, test, guards)

@@ -1,7 +1,9 @@
 """The pairwise judge: which of two replies to the same conversation is better.
 
-The judge is the one configured for scoring (`metaclaw.scoring.judge.judge_endpoint`: any
-OpenAI-compatible model), asked a different question: not "was this turn good?" but "which of
+The judge is `deploy.judge_base_url`/`deploy.judge_model` when set — a separate gate judge, so a
+policy trained to please the scoring judge cannot pass the gate by the same trick — else the one
+configured for scoring (`metaclaw.scoring.judge.judge_endpoint`: any OpenAI-compatible model),
+asked a different question: not "was this turn good?" but "which of
 these two replies is better?". Each pair is asked twice, with the replies swapped (see
 `stats.pair_score`). The reply sections are fenced by fixed markers so neither reply can
 impersonate the other's section, and the verdict is the last `Winner:` line.
@@ -138,15 +140,24 @@ class PairwiseJudge:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PairwiseJudge | None:
-        """The scoring judge, or None when none is configured."""
+        """The gate judge (`deploy.judge_*`), else the scoring judge; None when neither is
+        configured."""
         from metaclaw.scoring.judge import judge_endpoint
 
-        endpoint = judge_endpoint(settings)
-        if endpoint is None:
-            return None
         judge, deploy = settings.judge, settings.deploy
-        key = endpoint.api_key.get_secret_value() if endpoint.api_key else None
-        return cls(endpoint.base_url, endpoint.model, key, temperature=deploy.judge_temperature,
+        if deploy.judge_base_url:
+            if not deploy.judge_model:
+                raise ValueError("deploy.judge_model is required when deploy.judge_base_url is "
+                                 "set (METACLAW_DEPLOY__JUDGE_MODEL)")
+            base_url, model, secret = (deploy.judge_base_url.rstrip("/"), deploy.judge_model,
+                                       deploy.judge_api_key)
+        else:
+            endpoint = judge_endpoint(settings)
+            if endpoint is None:
+                return None
+            base_url, model, secret = endpoint.base_url, endpoint.model, endpoint.api_key
+        key = secret.get_secret_value() if secret else None
+        return cls(base_url, model, key, temperature=deploy.judge_temperature,
                    max_tokens=deploy.judge_max_tokens, concurrency=judge.concurrency,
                    timeout_s=judge.timeout_s, retries=judge.retries)
 

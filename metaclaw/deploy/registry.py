@@ -219,6 +219,19 @@ class Book:
         found = self.with_status(SUPERSEDED)
         return found[0] if found else None
 
+    def decisions_against(self) -> dict[str, int]:
+        """How many gate decisions (a recorded comparison, promote or reject) were made against
+        each current policy, by label ("base" or a checkpoint id). Every one counts, before or
+        after a rollback restored that policy: the gate's α is spent per current policy."""
+        counts: dict[str, int] = {}
+        for ckpt in self.checkpoints.values():
+            for e in ckpt.events:
+                m = e.eval_metrics
+                if (e.status in (PROMOTED, REJECTED) and isinstance(m, dict)
+                        and isinstance(m.get("baseline"), str) and m.get("pairs") is not None):
+                    counts[m["baseline"]] = counts.get(m["baseline"], 0) + 1
+        return counts
+
     def candidates(self) -> list[Checkpoint]:
         """Candidates awaiting a verdict, newest (highest step, then latest) first."""
         found = self.with_status(CANDIDATE)

@@ -63,6 +63,10 @@ class Sampler(Protocol):
     def sample(self, policy: PolicyRef, prompt: list[int], n: int,
                params: types.SamplingParams) -> list[Reply]: ...
 
+    def sample_many(self, policy: PolicyRef,
+                    requests: Sequence[tuple[list[int], int, types.SamplingParams]]
+                    ) -> list[list[Reply]]: ...
+
     def logprobs(self, policy: PolicyRef,
                  pairs: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]: ...
 
@@ -113,6 +117,13 @@ class BackendSampler:
         tok = self.tokenizer()
         return [Reply(list(s.tokens), _decode(tok, list(s.tokens)), s.stop_reason)
                 for s in out.sequences]
+
+    def sample_many(self, policy: PolicyRef,
+                    requests: Sequence[tuple[list[int], int, types.SamplingParams]]
+                    ) -> list[list[Reply]]:
+        """One prompt at a time: the backend decodes a prompt's n samples together, and each
+        prompt keeps its own seeded generator (common random numbers need it)."""
+        return [self.sample(policy, prompt, n, params) for prompt, n, params in requests]
 
     def logprobs(self, policy: PolicyRef,
                  pairs: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
@@ -179,6 +190,24 @@ class TinkerSampler:
         tok = self.tokenizer()
         return [Reply(list(s.tokens), _decode(tok, list(s.tokens)), s.stop_reason)
                 for s in out.sequences]
+
+    def sample_many(self, policy: PolicyRef,
+                    requests: Sequence[tuple[list[int], int, types.SamplingParams]]
+                    ) -> list[list[Reply]]:
+        """Every request submitted at once (the SDK returns futures), then collected: one
+        round trip of latency for the whole eval set instead of one per prompt."""
+        client = self._client(policy)
+        futures = self._call(lambda: [
+            client.sample(prompt=types.ModelInput.from_ints(prompt), num_samples=n,
+                          sampling_params=params) for prompt, n, params in requests],
+            "sample")
+        tok = self.tokenizer()
+        out = []
+        for future in futures:
+            done = self._call(lambda f=future: f, "sample")  # waits for the future's result
+            out.append([Reply(list(s.tokens), _decode(tok, list(s.tokens)), s.stop_reason)
+                        for s in done.sequences])
+        return out
 
     def logprobs(self, policy: PolicyRef,
                  pairs: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:

@@ -1,14 +1,17 @@
-"""Win-rate maths of the gate: pairwise verdicts in both orders → a win rate with a Wilson
-interval (pure functions, tested on known inputs).
+"""The gate's statistics (pure functions, tested on known inputs).
 
 Why both orders: LLM judges favour a position (often the first answer). Each pair is judged
 twice, candidate as A and as B; a pair scores 1 when the candidate wins both, 0 when it loses
-both, and 0.5 otherwise (a tie, or a split that is the position bias talking). The unit of the
-interval is the pair, not the single judgment: the two orders of one pair are not independent.
+both, and 0.5 otherwise (a tie, or a split that is the position bias talking). The two orders of
+one pair are not independent, so the pair (and for the test, the prompt) is the unit.
 
-Why Wilson: the normal ("Wald") interval collapses to zero width at 0 % or 100 % and is far too
-narrow for the small samples an eval set gives; Wilson's score interval stays honest there.
-Half-points from ties enter as fractional successes (a standard approximation).
+The decision is `sign_test`: an exact one-sided binomial test on the *decided* prompts (won or
+lost), with ties reported and left out — never counted as half-wins, which let a candidate that
+mostly ties through on accumulated noise — at a level `spend_alpha` lowers with every decision
+against the same current policy, so repeating the gate does not inflate false promotions.
+
+The win rate with a Wilson interval (ties as half-points) is kept as a description for reports:
+Wilson's score interval stays honest at 0 % / 100 % and on small samples where Wald collapses.
 """
 
 from __future__ import annotations
@@ -97,3 +100,79 @@ def win_rate(scores: Iterable[float | None], confidence: float = 0.95) -> WinRat
         ties=sum(1 for s in valid if s == 0.5), missing=len(values) - n,
         win_rate=total / n if n else math.nan, low=low, high=high, confidence=confidence,
     )
+
+
+# ----- the sequential gate: an exact sign test with α spent across repeated decisions ---------
+
+
+def spend_alpha(alpha: float, k: int) -> float:
+    """α for the k-th decision against the same current policy: α·6/(π²k²), summing to α.
+
+    Why: every candidate faces the same promoted policy on much the same prompts; testing each
+    at a fixed α lets false promotions accumulate (after 20 decisions at 0.025 the chance of at
+    least one is ~40 %). Spending a convergent series keeps the chance of *any* false promotion
+    against that policy at most α, however many candidates come (a union bound: it needs no
+    independence between decisions).
+    """
+    if k < 1:
+        raise ValueError(f"decisions are counted from 1, got k={k}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    return alpha * 6 / (math.pi**2 * k * k)
+
+
+def binomial_tail(successes: int, n: int, p0: float) -> float:
+    """P(X ≥ successes) for X ~ Binomial(n, p0): the exact one-sided p-value."""
+    if not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes}, {n}")
+    if successes == 0:
+        return 1.0
+    return min(1.0, sum(math.comb(n, i) * p0**i * (1 - p0) ** (n - i)
+                        for i in range(successes, n + 1)))
+
+
+def prompt_outcome(scores: Iterable[float | None]) -> Outcome | None:
+    """One prompt's outcome from its pairs' scores: the sign of (won − lost) pairs.
+
+    The prompt, not the pair, is the unit of the test: samples of one prompt are not
+    independent. None when no pair of the prompt has a verdict."""
+    valid = [s for s in scores if s is not None]
+    if not valid:
+        return None
+    net = sum(1 for s in valid if s == 1.0) - sum(1 for s in valid if s == 0.0)
+    return "win" if net > 0 else "loss" if net < 0 else "tie"
+
+
+@dataclass(frozen=True)
+class SignTest:
+    """The gate's test: H0 "P(candidate wins | the prompt is decided) ≤ p0" against the current
+    policy, one-sided exact binomial on decided prompts; ties are counted and reported, never
+    half-wins. Promote only when p_value ≤ alpha_k."""
+
+    wins: int
+    losses: int
+    ties: int  # identical replies, tie verdicts, split verdicts (position bias)
+    p0: float
+    p_value: float
+    alpha: float  # the family-wise budget per current policy
+    k: int  # this is the k-th decision against the current policy
+    alpha_k: float
+
+    @property
+    def decided(self) -> int:
+        return self.wins + self.losses
+
+    @property
+    def significant(self) -> bool:
+        return self.decided > 0 and self.p_value <= self.alpha_k
+
+
+def sign_test(outcomes: Iterable[Outcome | None], *, p0: float, alpha: float,
+              k: int) -> SignTest:
+    """The k-th decision's test over per-prompt outcomes (None: no verdict, left out)."""
+    values = [o for o in outcomes if o is not None]
+    wins = sum(1 for o in values if o == "win")
+    losses = sum(1 for o in values if o == "loss")
+    return SignTest(wins=wins, losses=losses, ties=len(values) - wins - losses, p0=p0,
+                    p_value=binomial_tail(wins, wins + losses, p0), alpha=alpha, k=k,
+                    alpha_k=spend_alpha(alpha, k))

@@ -90,6 +90,9 @@ def test_a_candidate_trained_toward_the_judge_is_promoted_with_the_full_record(
     ev = outcome.evaluation
     assert ev is not None and ev.baseline.label == "base" and ev.prompts_used == 8
     assert ev.win.n == 8 and ev.win.wins >= 7 and ev.win.low > 0.5
+    # the first decision against the base spends α_1 = 0.05·6/π² ≈ 0.0304 of α = 0.05
+    assert ev.test.k == 1 and ev.test.alpha_k == pytest.approx(0.0304, abs=1e-4)
+    assert ev.test.wins >= 7 and ev.test.significant and ev.test.p_value <= 1 / 2**7
     assert ev.kl is not None and ev.kl.k3 > 0  # it did move away from the base
     # every non-identical pair was judged twice, with the candidate in each position
     judged = [p for p in ev.pairs if not p.identical]
@@ -103,7 +106,8 @@ def test_a_candidate_trained_toward_the_judge_is_promoted_with_the_full_record(
     assert ckpt.status == "promoted" and ckpt.latest.actor == "deploy-flow"
     recorded = ckpt.latest.eval_metrics
     assert recorded["decision"] == "promote" and recorded["baseline"] == "base"
-    assert recorded["eval_set"]["split"] == "sha256/metaclaw-eval-v1/0.5"
+    assert recorded["eval_set"]["split"] == "session-sha256+prompt/metaclaw-eval-v1/0.5"
+    assert recorded["test"]["k"] == 1 and recorded["test"]["significant"] is True
     assert sorted(recorded["eval_set"]["turn_ids"]) == sorted(ev.turn_ids)
     assert len(recorded["pairs"]) == 8 and recorded["pairs"][0]["candidate_as_A"] in "AB tie"
     assert {g["name"] for g in recorded["guards"]} >= {"kl_from_base", "non_finite"}
@@ -119,7 +123,8 @@ def test_a_worse_or_equal_candidate_is_rejected(home: Path, tiny: Path, ckpts: d
     worse = deployer.run_gate(settings)
     assert worse.status == "rejected" and worse.evaluation is not None
     assert worse.evaluation.baseline.label == "ckpt-good"
-    assert worse.evaluation.win.win_rate < 0.2 and "does not clear" in worse.reason
+    assert worse.evaluation.win.win_rate < 0.2 and "not significantly better" in worse.reason
+    assert worse.evaluation.test.k == 1 and worse.evaluation.test.losses >= 7
 
     stub.reset()
     add_candidates(settings.paths, candidate_row("ckpt-same", ckpts["same"], 3))
@@ -127,6 +132,9 @@ def test_a_worse_or_equal_candidate_is_rejected(home: Path, tiny: Path, ckpts: d
     assert equal.status == "rejected" and equal.evaluation is not None
     assert equal.evaluation.win.win_rate == 0.5  # identical weights → identical replies → ties
     assert all(p.identical for p in equal.evaluation.pairs) and stub.stats()["calls"] == 0
+    assert equal.evaluation.test.ties == 8 and equal.evaluation.test.decided == 0
+    # the second decision against ckpt-good: its replies came from the cache, α_2 = α_1 / 4
+    assert equal.evaluation.test.k == 2 and equal.evaluation.current_cached == 8
     assert statuses(settings.paths) == {"ckpt-good": "promoted", "ckpt-blue": "rejected",
                                         "ckpt-same": "rejected"}
 
@@ -164,7 +172,7 @@ def test_the_kl_guard_vetoes_a_winner_that_drifted_too_far(
     add_candidates(settings.paths, candidate_row("ckpt-good", ckpts["good"], 1))
     outcome = deployer.run_gate(settings)
     assert outcome.status == "rejected" and outcome.reason.startswith("guard tripped: kl_from")
-    assert outcome.evaluation is not None and outcome.evaluation.win.low > 0.5  # it did win
+    assert outcome.evaluation is not None and outcome.evaluation.test.significant  # it did win
 
 
 def test_without_a_judge_or_enough_prompts_the_candidate_waits(

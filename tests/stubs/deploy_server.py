@@ -10,6 +10,11 @@ and answers `Winner: A|B|tie` according to its mode, switchable at runtime
 
 * ``prefer:WORD`` (default ``prefer:Paris``) - the reply with more occurrences of WORD
   (case-insensitive) wins; equal counts are a tie;
+* ``noisy:WORD:P`` - a judge with noise, deterministic in the replies: with probability P (and
+  always when the counts of WORD are equal) the verdict is A or B by a hash of (A, B) — a
+  decisive judge, never "tie" — else the reply with more WORD wins. Swapping A and B draws
+  afresh, as an LLM judge's position noise does; the same pair in the same order always gets
+  the same verdict;
 * ``always-a`` - always A (a maximally position-biased judge);
 * ``garbage`` - prose without a verdict; ``e500`` / ``e401`` - that HTTP error.
 
@@ -21,6 +26,7 @@ Requests are recorded: ``GET /_stub/requests``, ``GET /_stub/stats``, ``POST /_s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import logging
 import re
@@ -62,6 +68,18 @@ def verdict_for(mode: str, text: str) -> str | None:
         return "Both are fine; the first reads better.\nWinner: A"
     if mode == "garbage":
         return "Hard to say, they both have merits."
+    if mode.startswith("noisy:"):
+        if a is None or b is None:
+            return "I cannot find two replies.\nWinner: tie"
+        _, word, noise = mode.split(":", 2)
+        ca, cb = a.lower().count(word.lower()), b.lower().count(word.lower())
+        draw = hashlib.sha256(f"{a}\x00{b}".encode()).digest()
+        u, v = int.from_bytes(draw[:4]) / 2**32, int.from_bytes(draw[4:8]) / 2**32
+        if ca != cb and u >= float(noise):
+            winner = "A" if ca > cb else "B"
+        else:
+            winner = "A" if v < 0.5 else "B"
+        return f"A mentions {word} {ca}×, B {cb}×; noise {u:.2f}.\nWinner: {winner}"
     if mode.startswith("prefer:"):
         if a is None or b is None:
             return "I cannot find two replies.\nWinner: tie"

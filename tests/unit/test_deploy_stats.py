@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,16 @@ from metaclaw.deploy.guards import (
     kl_estimate,
 )
 from metaclaw.deploy.pairwise import A_BEGIN, build_messages, parse_verdict
-from metaclaw.deploy.stats import pair_score, wilson_interval, win_rate, z_for
+from metaclaw.deploy.stats import (
+    binomial_tail,
+    pair_score,
+    prompt_outcome,
+    sign_test,
+    spend_alpha,
+    wilson_interval,
+    win_rate,
+    z_for,
+)
 
 
 def test_wilson_interval_matches_published_values() -> None:
@@ -101,16 +111,72 @@ def test_guards_trip_on_each_failure_and_only_then() -> None:
     assert "loss" in next(g for g in nan_train if g.name == "non_finite").detail
 
 
-def test_decide_needs_the_lower_bound_above_the_threshold_and_no_guard() -> None:
-    good = win_rate([1.0] * 10)
-    assert decide(CFG, good, []).promote
-    equal = win_rate([0.5] * 40)
-    assert not decide(CFG, equal, []).promote  # 0.5 is not better
-    worse = win_rate([0.0] * 10)
-    assert "does not clear" in decide(CFG, worse, []).reason
-    guarded = decide(CFG, good, check_guards(CFG, stats(bad=2), stats(), None))
+def test_the_sign_test_and_the_alpha_spending_on_known_values() -> None:
+    assert binomial_tail(8, 8, 0.5) == pytest.approx(1 / 256)
+    assert binomial_tail(7, 8, 0.5) == pytest.approx(9 / 256)
+    assert binomial_tail(0, 5, 0.5) == 1.0 and binomial_tail(0, 0, 0.5) == 1.0
+    assert binomial_tail(3, 4, 0.6) == pytest.approx(4 * 0.6**3 * 0.4 + 0.6**4)
+    assert spend_alpha(0.05, 1) == pytest.approx(0.030396, abs=1e-6)
+    assert spend_alpha(0.05, 2) == pytest.approx(spend_alpha(0.05, 1) / 4)
+    assert sum(spend_alpha(0.05, k) for k in range(1, 100_000)) == pytest.approx(0.05, rel=1e-4)
+    with pytest.raises(ValueError, match="counted from 1"):
+        spend_alpha(0.05, 0)
+
+
+def test_the_prompt_is_the_unit_and_ties_are_never_half_wins() -> None:
+    assert prompt_outcome([1.0, 0.5, 0.0]) == "tie"
+    assert prompt_outcome([1.0, 1.0, 0.0]) == "win" and prompt_outcome([0.0, None]) == "loss"
+    assert prompt_outcome([None]) is None
+    # a small step: it changes 8 prompts and wins all of them, ties on 52: promoted
+    small = sign_test(["win"] * 8 + ["tie"] * 52 + [None], p0=0.5, alpha=0.05, k=1)
+    assert (small.wins, small.losses, small.ties, small.decided) == (8, 0, 52, 8)
+    assert small.p_value == pytest.approx(1 / 256) and small.significant
+    # a drift that wins as often as it loses is not let through by its ties
+    drift = sign_test(["win"] * 6 + ["loss"] * 6 + ["tie"] * 48, p0=0.5, alpha=0.05, k=1)
+    assert drift.p_value > 0.5 and not drift.significant
+    assert not sign_test(["tie"] * 60, p0=0.5, alpha=0.05, k=1).significant
+
+
+def test_decide_spends_alpha_across_decisions_and_respects_the_guards() -> None:
+    good = win_rate([1.0] * 8)
+    first = sign_test(["win"] * 8, p0=0.5, alpha=0.05, k=1)
+    assert decide(good, first, []).promote  # p = 1/256 ≤ α_1 ≈ 0.030
+    # the same evidence as the third decision against the same policy: α_3 ≈ 0.0034
+    third = sign_test(["win"] * 8, p0=0.5, alpha=0.05, k=3)
+    refused = decide(good, third, [])
+    assert not refused.promote and "not significantly better" in refused.reason
+    assert "α_3=0.00338" in refused.reason
+    worse = sign_test(["loss"] * 8, p0=0.5, alpha=0.05, k=1)
+    assert not decide(win_rate([0.0] * 8), worse, []).promote
+    guarded = decide(good, first, check_guards(CFG, stats(bad=2), stats(), None))
     assert not guarded.promote and guarded.reason.startswith("guard tripped: non_finite")
-    assert not decide(CFG, win_rate([]), []).promote
+    assert not decide(win_rate([]), sign_test([], p0=0.5, alpha=0.05, k=1), []).promote
+
+
+def _aa_pair(rng: random.Random) -> float:
+    """One A/A pair judged in both orders by a decisive judge that flips a coin each time."""
+    return pair_score(rng.choice("AB"), rng.choice("AB"))  # type: ignore[arg-type]
+
+
+def test_repeated_aa_decisions_keep_false_promotions_under_alpha() -> None:
+    """A/A in simulation: 400 sequences of 50 decisions against one policy, 24 prompts each,
+    candidates exactly as good as the current policy. The chance of ANY false promotion in a
+    sequence stays under α = 0.05 with spending; a fixed-level rule (the old Wilson lower bound
+    > 0.5, i.e. one-sided 0.025 every time) exceeds it."""
+    rng = random.Random(7)
+    sequences, decisions, prompts = 400, 50, 24
+    spent = fixed = 0
+    for _ in range(sequences):
+        any_spent = any_fixed = False
+        for k in range(1, decisions + 1):
+            scores = [_aa_pair(rng) for _ in range(prompts)]
+            test = sign_test([prompt_outcome([s]) for s in scores], p0=0.5, alpha=0.05, k=k)
+            any_spent |= test.significant
+            any_fixed |= wilson_interval(sum(scores), prompts)[0] > 0.5
+        spent += any_spent
+        fixed += any_fixed
+    assert spent / sequences <= 0.05
+    assert fixed / sequences > 0.05  # why spending is needed: ~12 % here
 
 
 def test_verdict_parsing() -> None:

@@ -100,6 +100,10 @@ def test_tinker_sampler_samples_and_scores_through_sampling_clients() -> None:
     prompt = [5, 6, 7]
     (reply,) = sampler.sample(cand, prompt, 1, types.SamplingParams(max_tokens=4, seed=1))
     assert reply.text == "Paris" and reply.stop_reason == "stop"
+    # the eval set in one batch: every request submitted, then every future collected
+    batch = sampler.sample_many(cand, [(prompt, 1, types.SamplingParams(max_tokens=4, seed=1)),
+                                       ([8, 9], 2, types.SamplingParams(max_tokens=4, seed=2))])
+    assert [[r.text for r in replies] for replies in batch] == [["Paris"], ["Paris", "Paris"]]
     (lps,) = sampler.logprobs(cand, [(prompt, reply.tokens)])
     assert lps == [-0.1] * len(reply.tokens)  # the completion's logprobs only
     (base_lps,) = sampler.logprobs(BASE, [(prompt, reply.tokens)])
