@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,26 +258,52 @@ def _write_partitions(store: LedgerStorage, spec: TableSpec, rows: list[Row]) ->
     return written
 
 
+def compaction_tier(rel: str) -> int:
+    """How many merges a file's rows went through: 0 for a file ingest wrote, n for the output
+    of a tier n-1 merge (`part-L<n>-…`; `part-c…` files of earlier versions count as 1)."""
+    stem = rel.rsplit("/", 1)[-1].removeprefix("part-").removesuffix(".parquet")
+    if stem.startswith("L"):
+        return int(stem[1:].split("-", 1)[0])
+    return 1 if len(stem) == 33 and stem.startswith("c") else 0  # "c" + uuid hex
+
+
+def _due_merges(
+    store: LedgerStorage, settings: LedgerSettings, manifest: Manifest, table_name: str
+) -> Iterator[tuple[str, int, list[str]]]:
+    """(partition, tier, files) groups to merge, lowest tier first; a merge's output can
+    complete the next tier's group within the same run (the groups are recomputed)."""
+    while True:
+        groups: dict[tuple[str, int], list[str]] = defaultdict(list)
+        for rel in manifest.files.get(table_name, []):
+            if store.size(rel) < COMPACT_TARGET_BYTES:
+                groups[(rel.rsplit("/", 1)[0], compaction_tier(rel))].append(rel)
+        due = sorted(
+            (key for key, files in groups.items() if len(files) >= settings.compact_min_files),
+            key=lambda key: key[1],
+        )
+        if not due:
+            return
+        partition, tier = due[0]
+        yield partition, tier, groups[due[0]]
+
+
 def _compact(
     store: LedgerStorage, settings: LedgerSettings, manifest: Manifest, report: IngestReport
 ) -> Manifest:
-    """Merge small files per partition. On a publish conflict the merge is dropped (the next
-    run compacts against the newer manifest): compaction is an optimisation, never urgent."""
+    """Merge small files per partition, by size tier: `compact_min_files` files of one tier
+    become one file of the next. A merged file is rewritten only when enough files of its own
+    tier accumulate, so each row is rewritten O(log n) times, not on every run. On a publish
+    conflict the merge is dropped (the next run compacts against the newer manifest):
+    compaction is an optimisation, never urgent."""
     written: list[str] = []
     compacted = 0
-    for table_name, files in list(manifest.files.items()):
+    for table_name in list(manifest.files):
         spec = TABLES[table_name]
-        by_partition: dict[str, list[str]] = defaultdict(list)
-        for rel in files:
-            if store.size(rel) < COMPACT_TARGET_BYTES:
-                by_partition[rel.rsplit("/", 1)[0]].append(rel)
-        for partition, small in by_partition.items():
-            if len(small) < settings.compact_min_files:
-                continue
+        for partition, tier, small in _due_merges(store, settings, manifest, table_name):
             merged = pa.concat_tables(
                 [store.read_table(rel) for rel in small], promote_options="default"
             ).sort_by(spec.time_column)
-            rel = f"{partition}/part-c{uuid.uuid4().hex}.parquet"
+            rel = f"{partition}/part-L{tier + 1}-{uuid.uuid4().hex}.parquet"
             store.write_parquet(merged, rel, LOOKUP_COLUMNS.get(table_name, ()))
             written.append(rel)
             manifest.replace_files(table_name, small, [rel])
