@@ -306,6 +306,9 @@ def demo(
     questions: Annotated[int, typer.Option(help="Questions the scripted user asks.")] = 6,
     max_tokens: Annotated[int, typer.Option(help="Reply length cap (CPU time).")] = 48,
     proxy_port: Annotated[int | None, typer.Option(help="Proxy port.")] = None,
+    preference: Annotated[str, typer.Option(
+        help="What the scripted user wants: brevity, one_sentence, sign_off or french.",
+    )] = "sign_off",
 ) -> None:
     """A scripted user with a preference, the whole loop once, behaviour before and after."""
     import os
@@ -316,13 +319,18 @@ def demo(
     from metaclaw.serving.launch import start_policy_server
     from metaclaw.supervisor import apply_env, prefect_env, start_proxy
 
+    try:
+        pref = script.preference(preference)
+    except ValueError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     for key, value in script.DEMO_ENV.items():
         os.environ.setdefault(key, value)
     settings = load_settings()
     paths = settings.paths
     prompts = paths.home / "demo-eval-prompts.jsonl"
     paths.home.mkdir(parents=True, exist_ok=True)
-    prompts.write_text(script.eval_prompts_jsonl())
+    prompts.write_text(script.eval_prompts_jsonl(pref))
     os.environ.setdefault("METACLAW_DEPLOY__PROMPTS_FILE", str(prompts.resolve()))
     paths.prefect.mkdir(parents=True, exist_ok=True)
     apply_env(prefect_env(paths.prefect, _prefect_url(None)))
@@ -337,7 +345,7 @@ def demo(
         with console.status("starting the proxy …"):
             children.append(start_proxy(paths, port))
         user = script.ScriptedUser(f"http://{settings.proxy.host}:{port}", max_tokens,
-                                   settings.training.temperature)
+                                   settings.training.temperature, pref)
         asked = script.QUESTIONS[:questions]
         with console.status("the scripted user asks, corrects and rates …"):
             before = user.ask("before", asked, teach=True)

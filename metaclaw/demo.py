@@ -1,6 +1,7 @@
 """`metaclaw demo`: a scripted user with a stated preference, the whole loop, before and after.
 
-The user wants every answer to end with a sign-off ("Cheers!"). It says so once, then asks a few
+The user has one preference from `metaclaw.learning.preferences` (by default: every answer ends
+with the sign-off "Cheers!"). It says so at the start of each conversation, asks a few
 questions through the proxy; when a reply ignores the preference it corrects the agent and rates
 the turn −1 (+1 when it complies) through `POST /v1/feedback`. Then the pipeline runs once
 (ingest → score → diagnose → evolve → train → deploy) and the same questions are asked again.
@@ -19,22 +20,14 @@ from typing import Any
 
 import httpx
 
-SIGN_OFF = "Cheers!"
-PREFERENCE = f"Please always end every answer with the word '{SIGN_OFF}'. It matters to me."
-QUESTIONS = (
-    "What is the capital of France?",
-    "Name a primary colour.",
-    "How many legs does a spider have?",
-    "What is 2 + 2?",
-    "What colour is the sky on a clear day?",
-    "Name a fruit that is yellow.",
+from metaclaw.learning.preferences import (
+    HELD_OUT_QUESTIONS,
+    PREFERENCES,
+    TEACHING_QUESTIONS,
+    Preference,
 )
 
-
-def complies(reply: str) -> bool:
-    """The user's rule, applied identically before and after: the reply ends with the
-    sign-off (an echo of the request, which ends otherwise, does not count)."""
-    return reply.rstrip().rstrip("!.").endswith(SIGN_OFF.rstrip("!"))
+DEFAULT_PREFERENCE = "sign_off"
 
 
 @dataclass
@@ -51,10 +44,12 @@ class Round:
 class ScriptedUser:
     """Talks to the proxy like a person would: same session per question, corrections, ratings."""
 
-    def __init__(self, proxy_url: str, max_tokens: int, temperature: float) -> None:
+    def __init__(self, proxy_url: str, max_tokens: int, temperature: float,
+                 preference: Preference) -> None:
         """`temperature`: the training temperature, so the policy's replies are on-policy data
         (turns sampled at another temperature cannot feed an importance-sampling loss)."""
         self.client = httpx.Client(base_url=proxy_url, timeout=600)
+        self.preference = preference
         self.max_tokens = max_tokens
         self.temperature = temperature
 
@@ -73,21 +68,19 @@ class ScriptedUser:
         result = Round(label)
         for i, question in enumerate(questions):
             session = f"demo-{label}-{i}-{int(time.time())}"
-            history = [{"role": "user", "content": f"{PREFERENCE}\n\n{question}"}]
+            history = [{"role": "user", "content": self.preference.ask(question)}]
             reply, turn_id = self._chat(session, history)
-            ok = complies(reply)
+            ok = self.preference.complies(reply)
             result.replies.append(reply)
             result.complied.append(ok)
             if not teach:
                 continue
             self.client.post("/v1/feedback", json={
                 "turn_id": turn_id, "value": 1.0 if ok else -1.0,
-                "comment": "followed my sign-off preference" if ok else f"no '{SIGN_OFF}'"})
+                "comment": "followed my preference" if ok else self.preference.correction})
             if not ok:  # the correction is part of the conversation, as a person would write it
                 history += [{"role": "assistant", "content": reply},
-                            {"role": "user", "content": f"No — you forgot to end with "
-                                                        f"'{SIGN_OFF}'. Please follow my "
-                                                        "preference."}]
+                            {"role": "user", "content": self.preference.correction}]
                 self._chat(session, history)
         return result
 
@@ -103,20 +96,24 @@ DEMO_ENV = {
     "METACLAW_DEPLOY__MIN_EVAL_PROMPTS": "4",
     "METACLAW_DEPLOY__MAX_NEW_TOKENS": "48",
 }
-EVAL_QUESTIONS = (
-    "What is the largest ocean?",
-    "Name a mammal that can fly.",
-    "What do bees make?",
-    "How many days are in a week?",
-)
+QUESTIONS = TEACHING_QUESTIONS[:6]
+EVAL_QUESTIONS = HELD_OUT_QUESTIONS[:4]
 
 
-def eval_prompts_jsonl() -> str:
+def preference(kind: str) -> Preference:
+    try:
+        return PREFERENCES[kind]
+    except KeyError:
+        raise ValueError(f"unknown preference {kind!r}; choose one of "
+                         f"{', '.join(PREFERENCES)}") from None
+
+
+def eval_prompts_jsonl(pref: Preference) -> str:
     """The fixed held-out prompts for the deploy gate (never asked during teaching)."""
     import json
 
     return "".join(
-        json.dumps({"messages": [{"role": "user", "content": f"{PREFERENCE}\n\n{q}"}]}) + "\n"
+        json.dumps({"messages": [{"role": "user", "content": pref.ask(q)}]}) + "\n"
         for q in EVAL_QUESTIONS
     )
 

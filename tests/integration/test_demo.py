@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 
 from metaclaw.config import LedgerPaths
-from metaclaw.demo import complies
 from tests.helpers import REPO, free_port, rows
 from tests.stubs.upstream_server import StubUpstream
 
 
-def test_compliance_rule() -> None:
-    assert complies("Paris is the capital. Cheers!")
-    assert complies("Eight legs. Cheers")
-    assert not complies("Please always end every answer with the word 'Cheers!'. It matters.")
-    assert not complies("")
+def test_an_unknown_preference_is_refused_with_the_choices(tmp_path: Path) -> None:
+    env = {**os.environ, "METACLAW_HOME": str(tmp_path / "home"),
+           "METACLAW_CONFIG": str(tmp_path / "x.toml")}
+    out = subprocess.run([sys.executable, "-m", "metaclaw", "demo", "--preference", "rhymes"],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "unknown preference 'rhymes'" in out.stderr and "brevity" in out.stderr
 
 
 @pytest.mark.slow
