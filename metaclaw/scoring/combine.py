@@ -1,6 +1,7 @@
 """The reward rule: judge, implicit and explicit signals → one training reward per turn.
 
-The rule (configured by the constants below; the views are plain SQL built from them):
+The rule (configured by the constants below and the implicit weights registered in
+`implicit.DETECTORS`; the views are plain SQL built from them):
 
 1. Each source gives at most one value per turn, in [-1, 1]:
    - explicit: the latest feedback on the turn (a user who changes their mind is believed);
@@ -25,18 +26,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 
+from metaclaw.scoring.implicit import WEIGHTS
+
 SOURCES = ("explicit", "judge", "implicit")
 REWARD_PRIORITY: tuple[str, ...] = ("explicit", "judge", "implicit")
 
-IMPLICIT_WEIGHTS: dict[str, float] = {
-    "correction": 1.0,  # the user said the reply was wrong
-    "upstream_error": 1.0,  # the call failed outright
-    "re_ask": 0.6,  # the user asked the same thing again
-    "tool_error": 0.5,  # a tool the reply called failed (sometimes the tool's fault)
-    "abandonment": 0.5,  # the session ended on a cut-off / unanswered turn
-    "continuation": 0.5,  # the user built on the reply
-    "session_length": 0.0,  # diagnosis feature only
-}
+IMPLICIT_WEIGHTS: Mapping[str, float] = WEIGHTS  # one registry: implicit.DETECTORS
 
 
 def reward_id(turn_id: str, signal: str, scorer_version: str) -> str:

@@ -3,8 +3,13 @@
 Each detector is a pure function over a turn in its session and returns at most one signal with
 its evidence. Precision matters more than recall: a detector fires only on explicit markers, and
 says nothing when in doubt (a silent detector costs a little recall; a wrong one poisons the
-training signal). Detector values are in [-1, 1]; how much each kind moves the reward is
-decided in one place, `combine.IMPLICIT_WEIGHTS`.
+training signal). Detector values are in [-1, 1].
+
+`DETECTORS` is the one registry of kinds: each kind's value, its weight in the reward rule
+(`combine.turn_rewards_sql` reads `WEIGHTS`) and what fires it. The reward view and the table in
+docs/scoring.md are generated from it (a test keeps the doc in step), and a `Signal` of a kind
+the registry does not know cannot be built, so no kind is written to `rewards` and then silently
+ignored by `turn_rewards`. Adding a detector: docs/developing.md.
 
 A signal is only emitted once its evidence is final, so a row never has to be taken back:
 next-state detectors wait for the next state; `abandonment` and `session_length` wait for the
@@ -30,7 +35,50 @@ ABANDONMENT = "abandonment"
 TOOL_ERROR = "tool_error"
 UPSTREAM_ERROR = "upstream_error"
 SESSION_LENGTH = "session_length"
-KINDS = (CORRECTION, RE_ASK, CONTINUATION, ABANDONMENT, TOOL_ERROR, UPSTREAM_ERROR, SESSION_LENGTH)
+
+
+@dataclass(frozen=True)
+class Detector:
+    """One implicit kind: what it emits, how much it moves the reward, and when it fires."""
+
+    kind: str
+    value: str  # the value it emits, as the docs show it
+    weight: float  # its weight in the reward rule, in [0, 1] (0: diagnosis only)
+    fires_when: str
+
+
+DETECTORS: tuple[Detector, ...] = (
+    Detector(CORRECTION, "−1", 1.0, "the user's next message corrects the reply (\"no, I "
+             "meant…\", \"that's wrong\", \"it still doesn't work\"); a bare \"no\" after a "
+             "reply that asked a question does not count"),
+    Detector(RE_ASK, "−1", 0.6, "the user repeats the request (word similarity ≥ 0.75 and ≥ 90 % "
+             "of its content words), or says \"try again\"; texts a session sends ≥ 3 times "
+             "(heartbeats) are ignored"),
+    Detector(CONTINUATION, "+1", 0.5, "the user builds on the reply (\"thanks\", \"great, "
+             "now…\", \"also,\") with no sign of trouble (\"but\", \"still\", \"not\", "
+             "\"error\"…)"),
+    Detector(TOOL_ERROR, "−1", 0.5, "a result of the tools the reply called is flagged "
+             "`is_error` or reads as a failure (`Error:`, traceback, `{\"error\": …}`, non-zero "
+             "exit); sometimes the tool's fault, hence the lower weight"),
+    Detector(UPSTREAM_ERROR, "−1", 1.0, "the LLM call itself failed (`status = upstream_error`)"),
+    Detector(ABANDONMENT, "−1", 0.5, "the session went idle right after a turn that left the user "
+             "without an answer: client hung up mid-reply, cut off at the token limit, or tool "
+             "calls whose results never came"),
+    Detector(SESSION_LENGTH, "0", 0.0, "on a session's last turn once idle; details: turns, user "
+             "messages, duration. It also marks the session as fully evaluated (diagnosis only)"),
+)
+KINDS = tuple(d.kind for d in DETECTORS)
+WEIGHTS: dict[str, float] = {d.kind: d.weight for d in DETECTORS}
+
+
+def render_markdown() -> str:
+    """The implicit rows of the signals table in docs/scoring.md (generated, test-checked)."""
+    lines = ["| signal | value | weight in reward | emitted when |", "|---|---|---|---|",
+             "| `judge` | −1/0/+1 (majority) | — | the turn has a next state, or its session is "
+             "idle |"]
+    lines += [f"| `implicit:{d.kind}` | {d.value} | {d.weight:g} | {d.fires_when} |"
+              for d in DETECTORS]
+    return "\n".join(lines) + "\n"
 
 EVIDENCE_CHARS = 200
 RE_ASK_MIN_WORDS = 4  # "yes", "ok", "continue" repeated are not re-asks
@@ -50,6 +98,11 @@ class Signal:
     value: float
     reason: str
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in WEIGHTS:
+            raise ValueError(f"implicit kind {self.kind!r} is not in implicit.DETECTORS: register "
+                             "it there (weight and docs) before emitting it")
 
     @property
     def signal(self) -> str:

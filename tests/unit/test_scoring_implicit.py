@@ -176,3 +176,15 @@ def test_detect_session_final_evidence_only() -> None:
     assert [s.kind for s in idle["t1"]] == ["session_length"]
     assert idle["t1"][0].details == {"turns": 2, "user_messages": 2, "duration_s": 1.5}
     assert idle["t1"][0].value == 0.0
+
+
+def test_a_kind_missing_from_the_registry_cannot_be_emitted() -> None:
+    """A kind outside implicit.DETECTORS would be written to `rewards` and then silently dropped
+    by `turn_rewards` (no weight): building such a signal fails instead."""
+    from metaclaw.scoring.combine import IMPLICIT_WEIGHTS
+    from metaclaw.scoring.implicit import DETECTORS, KINDS, Signal
+
+    with pytest.raises(ValueError, match=r"not in implicit\.DETECTORS"):
+        Signal("sarcasm", -1.0, "the user rolled their eyes")
+    assert set(IMPLICIT_WEIGHTS) == set(KINDS) == {d.kind for d in DETECTORS}
+    assert Signal(KINDS[0], -1.0, "registered").signal == f"implicit:{KINDS[0]}"
