@@ -4,18 +4,23 @@ returns; an ingest on the full disk fails without leaving temp files or losing s
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from metaclaw.config import LedgerPaths, LedgerSettings
 from metaclaw.ledger import WalWriter, ingest, query
 from metaclaw.ledger.records import now_micros
 from metaclaw.ledger.wal import list_segments
+from tests.helpers import ProxyProcess
+from tests.stubs.upstream_server import StubUpstream
 
 SETTINGS = LedgerSettings(compact_grace_s=0)
 
@@ -82,3 +87,52 @@ def test_disk_full_fails_loudly_loses_nothing_and_resumes(small_disk: Path) -> N
     stored = _stored(paths)
     assert sorted(stored) == sorted(acked), "every acknowledged row exactly once, nothing else"
     assert list_segments(paths.wal) == []
+
+
+@pytest.mark.slow  # a proxy process + an upstream stand-in
+def test_proxy_keeps_answering_on_a_full_disk_and_resumes(
+    small_disk: Path, tmp_path: Path, stub: StubUpstream
+) -> None:
+    """The proxy's WAL on the small disk (the rest of its home elsewhere, so its log can still
+    be written): with the disk full every request is still answered, /healthz counts the
+    failed captures, every turn the proxy counted as recorded is in the ledger, and recording
+    resumes once space returns."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (small_disk / "wal").mkdir()
+    (home / "wal").symlink_to(small_disk / "wal")
+    filler = small_disk / "filler"
+    # Fill the disk, then give back room for a few turns.
+    with open(filler, "wb", buffering=0) as fh, contextlib.suppress(OSError):
+        while fh.write(b"\0" * 65536):
+            pass
+    os.truncate(filler, filler.stat().st_size - 16 * 1024)
+    env = {"METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
+           "METACLAW_PROXY__CAPTURE_TIMEOUT_S": "5"}
+    with ProxyProcess(home, env) as proxy:
+        client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0)
+
+        def chat(text: str) -> str:
+            reply = client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": text + " " + "y" * 1500}]
+            )
+            return reply.choices[0].message.content or ""
+
+        sent = 0
+        while proxy.health()["ledger"]["failed"] == 0:
+            assert chat(f"before-{sent}").startswith(f"Echo: before-{sent}")
+            sent += 1
+            assert sent < 40, "the disk never filled"
+        for i in range(3):  # still full: answered, not recorded
+            assert chat(f"full-{i}").startswith(f"Echo: full-{i}")
+        health = proxy.health()
+        assert health["ledger"]["wal_errors"] >= 1 and health["ledger"]["failed"] >= 3
+        filler.unlink()  # space returns
+        for i in range(3):
+            assert chat(f"after-{i}").startswith(f"Echo: after-{i}")
+        recorded = proxy.health()["ledger"]["recorded"]
+        got = proxy.turns(params="request->>'$.messages[0].content' AS t")
+        texts = [r["t"].split()[0] for r in got]
+    assert len(texts) == recorded == len(set(texts)), "every recorded turn exactly once"
+    assert {"after-0", "after-1", "after-2"} <= set(texts), "recording resumed"
+    assert not any(t.startswith("full-") for t in texts)
