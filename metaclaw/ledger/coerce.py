@@ -118,13 +118,18 @@ def _timestamp(value: Any) -> int:
     raise TypeError(f"expected epoch microseconds or an ISO time, got {type(value).__name__}")
 
 
-def _listing(item: Coercer, scalar: type) -> Coercer:
+def _listing(scalar: type | tuple[type, ...]) -> Coercer:
+    """Lists are only shape-checked here: their elements (token ids can be thousands) are
+    checked by Arrow in one C pass (`coerce_rows`), not one Python call each."""
+
     def coerce(value: Any) -> list[Any]:
-        if isinstance(value, scalar) and not isinstance(value, bool | list):
-            value = [value]  # one value where a list is expected
-        if not isinstance(value, list | tuple):
+        if isinstance(value, scalar) and not isinstance(value, bool):
+            return [value]  # one value where a list is expected
+        if isinstance(value, tuple):
+            return list(value)
+        if not isinstance(value, list):
             raise TypeError(f"expected a list, got {type(value).__name__}")
-        return [None if v is None else item(v) for v in value]
+        return value
 
     return coerce
 
@@ -143,9 +148,7 @@ def _coercer(kind: pa.DataType, json_column: bool) -> Coercer:
     if pa.types.is_timestamp(kind):
         return _timestamp
     if pa.types.is_list(kind):
-        inner = kind.value_type
-        scalar = str if pa.types.is_string(inner) else int | float
-        return _listing(_coercer(inner, False), scalar)
+        return _listing(str if pa.types.is_string(kind.value_type) else (int, float))
     raise TypeError(f"no coercion for Arrow type {kind}")
 
 
@@ -163,7 +166,7 @@ def _plan(spec: TableSpec) -> _Plan:
     for field in spec.schema:
         json_column = field.name in spec.json_columns
         coercer = _coercer(field.type, json_column)
-        exact: tuple[type, ...] = ()  # ints (range), timestamps, lists: always checked
+        exact: tuple[type, ...] = ()  # ints (range), timestamps: always checked
         if json_column:
             exact = (dict, list)  # kept nested; encoded as text when stored
         elif pa.types.is_string(field.type):
@@ -172,6 +175,8 @@ def _plan(spec: TableSpec) -> _Plan:
             exact = (float,)
         elif pa.types.is_boolean(field.type):
             exact = (bool,)
+        elif pa.types.is_list(field.type):
+            exact = (list,)  # elements: checked by Arrow in coerce_rows
         plan[field.name] = (coercer, exact)
     required = tuple(f.name for f in spec.schema if not f.nullable)
     _PLANS[id(spec)] = (spec, (plan, required))
@@ -214,4 +219,28 @@ def coerce_rows(spec: TableSpec, rows: Iterable[Row]) -> tuple[list[Row], list[t
             good.append(coerce_row(spec, row))
         except RowError as exc:
             bad.append((row, str(exc)))
+    for field in spec.schema:
+        if pa.types.is_list(field.type) and good:
+            good, failed = _check_elements(spec.name, field, good)
+            bad.extend(failed)
+    return good, bad
+
+
+def _check_elements(
+    table: str, field: pa.Field, rows: list[Row]
+) -> tuple[list[Row], list[tuple[Row, str]]]:
+    """Arrow converts a list column of the whole batch at once; only when that fails is each
+    row converted alone, to find the ones at fault."""
+    try:
+        pa.array([row.get(field.name) for row in rows], field.type)
+        return rows, []
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        pass
+    good, bad = [], []
+    for row in rows:
+        try:
+            pa.array([row.get(field.name)], field.type)
+            good.append(row)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            bad.append((row, f"column {field.name!r} of {table}: {exc}"[:500]))
     return good, bad

@@ -70,3 +70,16 @@ def test_compaction_tier_from_file_names() -> None:
     assert compaction_tier(f"turns/date=2026-01-01/part-{hex32}.parquet") == 0
     assert compaction_tier(f"turns/date=2026-01-01/part-c{hex32}.parquet") == 1  # older merges
     assert compaction_tier(f"turns/date=2026-01-01/part-L3-{hex32}.parquet") == 3
+
+
+def test_list_elements_are_checked_per_batch_and_only_bad_rows_fail() -> None:
+    fine = {**BASE, "prompt_token_ids": list(range(5000)), "injected_skills": ("a@1",)}
+    wrong = {**BASE, "turn_id": "u", "prompt_token_ids": [1, "two"]}
+    huge = {**BASE, "turn_id": "v", "completion_token_ids": [2**40]}
+    good, bad = coerce_rows(TURNS, [fine, wrong, huge])
+    assert [r["turn_id"] for r in good] == ["t"]
+    assert good[0]["injected_skills"] == ["a@1"]
+    assert [(r["turn_id"], why.split(":")[0]) for r, why in bad] == [
+        ("u", "column 'prompt_token_ids' of turns"),
+        ("v", "column 'completion_token_ids' of turns"),
+    ]
