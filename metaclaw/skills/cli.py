@@ -192,9 +192,14 @@ def export_skills(
 ) -> None:
     """Export the current skills as SKILL.md folders (upstream MetaClaw / OpenClaw format)."""
     from metaclaw.skills import ops
+    from metaclaw.skills.model import SkillValidationError
 
     store = _store(_settings())
-    n = ops.export_dir(store, directory, include_inactive=all_versions)
+    try:
+        n = ops.export_dir(store, directory, include_inactive=all_versions)
+    except SkillValidationError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
     console.print(f"exported {n} skills to {directory}")
 
 

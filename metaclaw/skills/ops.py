@@ -50,14 +50,13 @@ def import_dir(store: SkillStore, directory: Path, *, max_instruction_chars: int
     parsed: list[skillmd.ParsedSkill] = []
     for i, path in enumerate(files):
         try:
-            item = skillmd.parse(path.read_text(encoding="utf-8"),
-                                 fallback_name=path.parent.name, source=str(path))
+            item = skillmd.parse(skillmd.read_file(path), fallback_name=path.parent.name,
+                                 source=str(path))
             parsed.append(skillmd.ParsedSkill(
                 validate(item.skill, max_instruction_chars=max_instruction_chars),
                 item.declared_id, item.composes_names))
-        except (SkillValidationError, UnicodeDecodeError) as exc:
-            report.errors.append(str(exc) if isinstance(exc, SkillValidationError)
-                                 else f"{path}: not UTF-8 text")
+        except SkillValidationError as exc:
+            report.errors.append(str(exc))
         if progress:
             progress(i + 1, len(files))
     current = {s.skill_id: s for s in store.current()}
@@ -97,10 +96,8 @@ def export_dir(store: SkillStore, directory: Path, *, include_inactive: bool = F
     skills = store.current(None if include_inactive else "active")
     names = {s.skill_id: s.name for s in store.current()}
     for skill in skills:
-        folder = directory / skill.name
-        folder.mkdir(exist_ok=True)
         composes = [names[c] for c in skill.composes if c in names]
-        (folder / skillmd.FILENAME).write_text(skillmd.render(skill, composes), encoding="utf-8")
+        skillmd.write_file(directory / skill.name, skillmd.render(skill, composes))
     return len(skills)
 
 
