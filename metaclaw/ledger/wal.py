@@ -5,9 +5,13 @@ after the response must lose nothing), yet one fsync per turn would cap throughp
 disk's fsync rate. One writer thread drains everything queued since its last fsync, writes it
 in one `write`, fsyncs once, and only then resolves every waiter: many turns share one fsync.
 
-Each writer owns its active segment through an exclusive `flock`. Ingest skips locked segments;
-the kernel drops the lock when the process dies, so a killed writer's segment becomes ingestible
-without any cleanup step.
+Each writer owns its active segment through an exclusive `flock`, taken before the segment
+appears under its `.wal` name. Ingest skips locked segments; the kernel drops the lock when the
+process dies, so a killed writer's segment becomes ingestible without any cleanup step.
+
+The queue in front of the writer thread is bounded in rows and bytes, so a stalled or full disk
+makes appends fail loudly instead of exhausting memory; after a failed write the writer starts
+a fresh segment and carries on once the disk accepts writes again.
 """
 
 from __future__ import annotations
