@@ -154,6 +154,12 @@ class JudgeSettings(_Section):
     votes: int = Field(default=3, ge=1, le=15, description="Independent votes per turn.")
     temperature: float = Field(default=0.6, ge=0, le=2, description="Sampling for the votes.")
     max_tokens: int = Field(default=512, ge=16, description="Most tokens one vote may use.")
+    structured_output: bool = Field(
+        default=True,
+        description="Ask for the vote as JSON with a response_format JSON schema (the local "
+        "policy server enforces it by constrained decoding); off: free text with Score/Reason "
+        "lines, for judge servers that reject response_format.",
+    )
     concurrency: int = Field(default=16, ge=1, description="Judge calls in flight at once.")
     timeout_s: float = Field(default=60.0, gt=0, description="Per-call timeout.")
     retries: int = Field(default=2, ge=0, description="Retries of a failed call (with backoff).")
@@ -387,6 +393,12 @@ class CriticSettings(_Section):
     )
     temperature: float = Field(default=0.2, ge=0, le=2)
     max_tokens: int = Field(default=1500, ge=64, description="Most tokens one critic reply uses.")
+    json_schema: bool = Field(
+        default=True,
+        description="Send the answer's JSON schema as response_format (the local policy server "
+        "enforces it by constrained decoding); off: plain JSON mode, for servers without "
+        "json_schema support.",
+    )
     timeout_s: float = Field(default=120.0, gt=0, description="Per-call timeout.")
     retries: int = Field(default=2, ge=0, description="Retries of a failed or invalid reply.")
     max_calls_per_run: int = Field(default=50, ge=0, description="Cost budget per flow run.")

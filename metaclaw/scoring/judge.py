@@ -5,7 +5,9 @@ everything a remote call needs — bounded concurrency (a semaphore over calls),
 timeout, retries with exponential backoff for transient failures (timeouts, connection errors,
 429, 5xx), and a cost budget counted in calls (retries included). A turn whose votes could not
 all be *obtained* gets no verdict: nothing is written and it is tried again next run. Votes that
-came back unreadable are ordinary invalid votes (see `votes.py`).
+came back unreadable are ordinary invalid votes (see `votes.py`). With `judge.structured_output`
+the vote is asked for as JSON under a response_format schema (`VOTE_SCHEMA`): same score and
+reason, so the scorer version is unchanged; the local policy server enforces the schema.
 
 `judge_endpoint(settings)` is the one place that decides which judge runs; the embedded-model
 work points the default at the local policy server there.
@@ -27,11 +29,25 @@ from pydantic import SecretStr
 from metaclaw.config import JudgeSettings, Settings
 from metaclaw.providers import async_openai_client, azure_endpoint
 from metaclaw.scoring.prompt import PROMPT_VERSION, JudgeCase
-from metaclaw.scoring.votes import Verdict, Vote, majority, parse_vote
+from metaclaw.scoring.votes import MAX_REASON_CHARS, Verdict, Vote, majority, parse_vote
+from metaclaw.serving.constrained import response_format
 
 log = logging.getLogger("metaclaw.scoring")
 
 PLACEHOLDER_KEY = "metaclaw-no-key"  # local judges ignore the key, the client requires one
+
+# The vote as JSON (`judge.structured_output`): what `parse_vote` reads, reason first so a judge
+# that reasons writes its reason before committing to a score. Not OpenAI-`strict` (it rejects
+# maxLength); the local policy server enforces every keyword by constrained decoding, which is
+# what makes even the embedded 135M model's votes readable.
+VOTE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"reason": {"type": "string", "maxLength": MAX_REASON_CHARS},
+                   "score": {"type": "integer", "enum": [1, 0, -1]}},
+    "required": ["reason", "score"],
+    "additionalProperties": False,
+}
+VOTE_FORMAT = response_format(VOTE_SCHEMA, "judge_vote")
 
 
 @dataclass(frozen=True)
@@ -186,6 +202,7 @@ class Judge:
                 messages=list(case.messages),  # type: ignore[arg-type]
                 temperature=self.settings.temperature,
                 max_tokens=self.settings.max_tokens,
+                **({"response_format": VOTE_FORMAT} if self.settings.structured_output else {}),
             )
         return reply_content(raw.http_response.content)
 

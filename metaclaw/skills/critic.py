@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from metaclaw.serving.constrained import response_format
+
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
 
@@ -112,7 +114,7 @@ class Critic:
 
     def __init__(self, endpoint: CriticEndpoint, *, timeout_s: float = 120.0, retries: int = 2,
                  max_calls: int = 50, temperature: float = 0.2, max_tokens: int = 1500,
-                 backoff_s: float = 0.5) -> None:
+                 backoff_s: float = 0.5, json_schema: bool = True) -> None:
         from metaclaw.providers import openai_client
 
         self.endpoint = endpoint
@@ -122,6 +124,7 @@ class Critic:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.backoff_s = backoff_s
+        self.json_schema = json_schema
         self.calls = 0
         self.invalid = 0
         self.client = openai_client(endpoint, timeout=timeout_s, max_retries=0)  # or Azure
@@ -134,7 +137,7 @@ class Critic:
         c = settings.critic
         return cls(endpoint, timeout_s=c.timeout_s, retries=c.retries,
                    max_calls=c.max_calls_per_run, temperature=c.temperature,
-                   max_tokens=c.max_tokens)
+                   max_tokens=c.max_tokens, json_schema=c.json_schema)
 
     @property
     def budget_left(self) -> int:
@@ -151,7 +154,7 @@ class Critic:
                     "(critic.max_calls_per_run)")
             self.calls += 1
             try:
-                text = self._complete(system, user)
+                text = self._complete(system, user, schema)
                 return schema.model_validate(extract_json(text))
             except (ValueError, ValidationError) as exc:
                 self.invalid += 1
@@ -167,13 +170,15 @@ class Critic:
                                     + problems[-1])
         raise CriticError("the critic gave no valid answer: " + " | ".join(problems))
 
-    def _complete(self, system: str, user: str) -> str:
+    def _complete(self, system: str, user: str, schema: type[BaseModel]) -> str:
         resp = self.client.chat.completions.create(
             model=self.model,
             messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
             temperature=self.temperature,
             max_tokens=self.max_tokens,
-            response_format={"type": "json_object"},
+            response_format=(  # type: ignore[arg-type]
+                response_format(schema.model_json_schema(), schema.__name__)
+                if self.json_schema else {"type": "json_object"}),
         )
         return resp.choices[0].message.content or ""
 

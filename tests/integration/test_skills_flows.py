@@ -97,7 +97,9 @@ def test_diagnose_then_evolve(prefect_harness: str, configured: Path, critic: St
     trajectory = sent[0]["messages"][1]["content"]
     assert "ERROR: no such file" in trajectory and "the file does not exist" in trajectory
     assert f"turn_id {ids['tool']}) — FAILED" in trajectory and ids["good"] not in trajectory
-    assert sent[0]["response_format"] == {"type": "json_object"}
+    fmt = sent[0]["response_format"]  # the answer's schema: the local server enforces it
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "DiagnosisAnswer"
+    assert fmt["json_schema"]["schema"]["additionalProperties"] is False
     (diag,) = rows(paths, "SELECT * FROM diagnoses")
     assert diag["turn_ids"] == [ids["tool"]] and diag["root_cause_category"] == "tool_misuse"
     assert diag["critic_model"] == "critic-stub" and diag["session_id"] == "s1"

@@ -1,0 +1,71 @@
+"""The embedded SmolLM2-135M as judge and critic, under constrained decoding (slow: one model
+conversion and a few hundred generated tokens on a real policy server process).
+
+The real `Judge` and `Critic` classes talk to the real policy server through the `openai`
+client, on the fixed prompt set of `tests/structured_prompts.py`: every vote is valid and every
+critic answer passes its pydantic model on the first attempt (`retries=0`). Unconstrained, the
+same model gave 0 usable answers on these prompts (bench/structured_output.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from metaclaw.config import JudgeSettings, LedgerPaths
+from metaclaw.scoring.judge import CallBudget, Judge, JudgeEndpoint
+from metaclaw.scoring.prompt import JudgeCase
+from metaclaw.serving.launch import start_policy_server
+from metaclaw.skills.critic import Critic, CriticEndpoint
+from tests.helpers import free_port
+from tests.structured_prompts import diagnose_prompts, evolve_prompts, judge_prompts
+
+pytestmark = pytest.mark.slow
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    home = tmp_path_factory.mktemp("constrained-home")
+    port = free_port()
+    env = {"METACLAW_HOME": str(home), "METACLAW_CONFIG": str(home / "none.toml"),
+           "METACLAW_POLICY__TORCH_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "METACLAW_POLICY__REQUEST_TIMEOUT_S": "1200"}
+    child = start_policy_server(LedgerPaths(home), port, env=env, timeout_s=900)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        child.stop()
+
+
+def test_every_judge_vote_of_the_135m_model_is_valid(server: str) -> None:
+    settings = JudgeSettings(votes=2, timeout_s=1200, retries=0, structured_output=True)
+    cases = [JudgeCase(f"t{i}", "s", tuple(p.messages), "user")
+             for i, p in enumerate(judge_prompts())]
+
+    async def run() -> list:
+        async with Judge(JudgeEndpoint(server, MODEL), settings) as judge:
+            outcomes = await judge.judge_all(cases, CallBudget(100))
+            return [outcomes, judge.stats]
+
+    outcomes, stats = asyncio.run(run())
+    assert stats.calls == 2 * len(cases) and stats.failed_calls == 0
+    assert stats.invalid_votes == 0, [v.error for o in outcomes for v in o.votes]
+    assert all(o.verdict is not None for o in outcomes)
+
+
+def test_every_critic_answer_of_the_135m_model_passes_its_schema(server: str) -> None:
+    critic = Critic(CriticEndpoint(server, MODEL, "unused"), timeout_s=1200, retries=0,
+                    max_calls=20)
+    prompts = [*diagnose_prompts(), *evolve_prompts()]
+    with ThreadPoolExecutor(len(prompts)) as pool:  # concurrent: the server batches them
+        answers = list(pool.map(
+            lambda p: critic.ask(p.messages[0]["content"], p.messages[1]["content"], p.schema),
+            prompts))
+    assert critic.invalid == 0 and critic.calls == len(prompts)
+    for prompt, answer in zip(prompts, answers, strict=True):
+        assert isinstance(answer, prompt.schema)
+
