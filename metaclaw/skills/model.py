@@ -7,8 +7,9 @@ version; only the lifecycle fields (`status`, `pinned`, `updated_at`) ever chang
 
 Validation matters because skills are a prompt-injection persistence vector: text an attacker
 gets into a conversation could be turned by the critic into a skill that is then injected into
-every later conversation. So a skill must be small, plain, and free of instructions to reveal
-secrets, contact outside hosts, or ignore or deceive the user.
+later conversations. So a skill must be small, plain, and pass the hard rules of
+`metaclaw.skills.safety` (no URLs, network tools, secrets, "ignore the user", claimed authority,
+invisible characters), and a skill the critic writes starts `proposed` (quarantined).
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-STATUSES = ("active", "retired", "superseded")
+from metaclaw.skills.safety import hard_problems
+
+# proposed: quarantined (only its origin sessions, until its efficacy clears the bar);
+# rejected and retired are sticky: evolution never brings such a skill back
+STATUSES = ("proposed", "active", "retired", "rejected", "superseded")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{1,63}$")
 CATEGORY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 MAX_DESCRIPTION = 500
@@ -127,55 +132,10 @@ class Skill:
 
 # -- validation -------------------------------------------------------------------------------
 
-_NEGATION = re.compile(
-    r"\b(never|not|don'?t|do not|avoid|must not|mustn'?t|without|no|redact|mask|hide)\b", re.I
-)
-_SECRET = (
-    r"(api[ _-]?keys?|secrets?|passwords?|passphrases?|credentials?|(access |auth |bearer )?"
-    r"tokens?|private[ _-]?keys?|ssh[ _-]?keys?|\.env\b|environment variables?|cookies?)"
-)
-_LEAK_VERB = (
-    r"(send|post|upload|forward|e-?mail|transmit|exfiltrat\w*|leak|reveal|print|output|echo|"
-    r"include|share|paste|copy|disclose|append|report)"
-)
-_RULES: tuple[tuple[str, re.Pattern[str], bool], ...] = (
-    # (why, pattern, whether a negation in the same sentence makes it harmless)
-    ("asks to reveal or send secrets",
-     re.compile(rf"\b{_LEAK_VERB}\b[^.\n]{{0,80}}{_SECRET}", re.I), True),
-    ("asks to reveal or send secrets", re.compile(rf"{_SECRET}[^.\n]{{0,40}}\bto\b[^.\n]{{0,40}}"
-                                                  r"(https?://|\burl\b|\bserver\b|\bendpoint\b|"
-                                                  r"\bemail\b|\bwebhook\b)", re.I), True),
-    ("contacts an outside host", re.compile(r"\b(curl|wget|fetch|post|send|upload|beacon|ping)\b"
-                                            r"[^\n]{0,80}https?://", re.I), False),
-    ("tells the model to ignore instructions or the user", re.compile(
-        r"\b(ignore|disregard|forget|override|bypass)\b[^.\n]{0,40}\b(previous|prior|above|earlier|"
-        r"all|any|system|user'?s?|safety|original)\b[^.\n]{0,20}\b(instructions?|messages?|"
-        r"requests?|prompts?|rules?|guidelines?|wishes|the user)\b", re.I), False),
-    ("tells the model to deceive the user", re.compile(
-        r"\b(do not|don'?t|never)\s+(tell|inform|mention to|let)\s+the user\b|"
-        r"\bwithout (telling|informing|asking) the user\b|\b(lie|deceive)\b[^.\n]{0,20}\buser\b",
-        re.I), False),
-    ("claims a new identity or mode", re.compile(
-        r"\byou are now\b|\bnew (system )?instructions\s*:|\bjailbreak|\bdeveloper mode\b|"
-        r"<\|?(im_start|system)\|?>", re.I), False),
-)
-_HIDDEN = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
-
-
 def safety_problems(text: str) -> list[str]:
-    """Why `text` must not become a skill (empty when it may)."""
-    problems: list[str] = []
-    if _HIDDEN.search(text):
-        problems.append("contains invisible or bidirectional control characters")
-    sentences = re.split(r"(?<=[.!?])\s+|\n", text)
-    for why, pattern, negatable in _RULES:
-        for sentence in sentences:
-            match = pattern.search(sentence)
-            # "Never print API keys" is advice, not an attack: a negation before the match
-            if match and not (negatable and _NEGATION.search(sentence[: match.start() + 1])):
-                problems.append(f"{why}: {sentence.strip()[:120]!r}")
-                break
-    return problems
+    """Why `text` must not become a skill by the hard rules (empty when it may); see
+    `metaclaw.skills.safety` for the normalisation and the intent scan that follows."""
+    return hard_problems(text)
 
 
 def validate(skill: Skill, *, max_instruction_chars: int = 4000) -> Skill:
