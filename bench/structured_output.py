@@ -10,6 +10,9 @@ response_format the judge / critic now send. A reply is usable when the scorer's
 or the critic's pydantic model accepts it, exactly as the flows read it.
 
     .venv/bin/python bench/structured_output.py --home ~/.metaclaw   # reuses the converted model
+
+On a loaded 2-core machine the unconstrained replies (which run to max_tokens) dominate; the
+`--judge-max-tokens` / `--critic-max-tokens` caps apply to both phases alike.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from tests.helpers import free_port  # noqa: E402
 from tests.structured_prompts import all_prompts, request_kwargs, usable  # noqa: E402
 
 
-async def _run(base_url: str, constrained: bool, repeats: int) -> list[dict[str, Any]]:
+async def _run(base_url: str, constrained: bool, repeats: int,
+               caps: dict[str, int | None]) -> list[dict[str, Any]]:
     import openai
 
     client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="none", timeout=3600,
@@ -41,9 +45,12 @@ async def _run(base_url: str, constrained: bool, repeats: int) -> list[dict[str,
 
     async def one(prompt: Any, seed: int) -> dict[str, Any]:
         started = time.monotonic()
+        kwargs = request_kwargs(prompt, constrained)
+        cap = caps["judge" if prompt.schema is None else "critic"]
+        if cap is not None:
+            kwargs["max_tokens"] = min(kwargs["max_tokens"], cap)
         resp = await client.chat.completions.create(
-            model="policy", messages=prompt.messages, seed=seed,
-            **request_kwargs(prompt, constrained))
+            model="policy", messages=prompt.messages, seed=seed, **kwargs)
         text = resp.choices[0].message.content or ""
         ok, why = usable(prompt, text)
         return {"role": prompt.role, "ok": ok, "why": why, "text": text,
@@ -66,6 +73,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", type=Path, help="METACLAW_HOME (reuses its converted model)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--judge-max-tokens", type=int, help="cap judge.max_tokens (512)")
+    parser.add_argument("--critic-max-tokens", type=int, help="cap critic.max_tokens (1500)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="metaclaw-structured-"))
@@ -79,8 +88,9 @@ def main() -> int:
     try:
         for label, constrained in (("before", False), ("after", True)):
             started = time.monotonic()
+            caps = {"judge": args.judge_max_tokens, "critic": args.critic_max_tokens}
             results[label] = asyncio.run(_run(f"http://127.0.0.1:{port}", constrained,
-                                              args.repeats))
+                                              args.repeats, caps))
             wall = time.monotonic() - started
             tokens = sum(r["tokens"] for r in results[label])
             print(f"{label}: {len(results[label])} calls, {tokens} tokens in {wall:.1f} s "
