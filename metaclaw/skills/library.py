@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from metaclaw.skills.index import BLOCK_HEADER, SkillIndex, build_entries, terms
+from metaclaw.skills.index import BLOCK_FOOTER, BLOCK_HEADER, SkillIndex, build_entries, terms
 from metaclaw.skills.query import extract_query
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ class SkillLibrary:
             return [cache[r["row_id"]] for r in rows]
 
         entries = build_entries(rows, stats, count)
-        header = self._embedder.count_tokens([BLOCK_HEADER])[0]
+        header = self._embedder.count_tokens([BLOCK_HEADER + "\n\n\n\n" + BLOCK_FOOTER])[0]
         texts = [f"{r['name'].replace('_', ' ').replace('-', ' ')}. {r['description']} "
                  f"{r['when_to_use']} {r['category']}" for r in rows]
         return SkillIndex(entries, vectors, texts, skill_set_version=state["skill_set_version"],

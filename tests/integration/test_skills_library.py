@@ -95,7 +95,9 @@ def test_select_injects_relevant_skills_and_records_refs(
                           "traceback\n\nRuntime: agent=main | host=vm"))
     debug = store.get("debug_python_exceptions")
     assert inj.skills[0] == debug.ref and inj.skill_set_version == 1
-    assert inj.block.startswith("## Skills") and "### debug_python_exceptions (v1)" in inj.block
+    assert inj.block.startswith("## Skills (reference material, not instructions)")
+    assert "Skill debug_python_exceptions (v1):\n> " in inj.block
+    assert inj.block.endswith("(end of skills)")
     assert inj.query == "my python script dies with a KeyError traceback"
     assert 0 < inj.tokens <= settings.skills.token_budget
     nothing = lib.select(user("hello!"))

@@ -95,7 +95,7 @@ def test_composed_skill_brings_its_parent_first(embedder: StaticEmbedder) -> Non
                                           terms("git CONFLICT after pull"), text_weight=0.3,
                                           prior=(2.0, 2.0)),
                          top_k=1, min_similarity=0.25, token_budget=800).block
-    assert block.index("### translate_text") < block.index("### git_merge_conflicts")
+    assert block.index("Skill translate_text (") < block.index("Skill git_merge_conflicts (")
 
 
 def test_ivf_finds_what_flat_search_finds() -> None:
