@@ -91,6 +91,16 @@ class ProxySettings(_Section):
         description="Share of sessions (stable per session) served by our policy server, for "
         "A/B against the upstream. With no upstream configured, the policy serves everything.",
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names (besides IP addresses and localhost) clients may reach the "
+        "proxy by; other Host headers get 403 (DNS-rebinding protection).",
+    )
+    allow_open_bind: bool = Field(
+        default=False,
+        description="Allow a non-loopback host without api_keys (an open relay of the upstream "
+        "key); refused otherwise.",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -195,7 +205,8 @@ class TrainingSettings(_Section):
     lora_alpha: int = Field(default=32, ge=1, description="LoRA scaling is alpha / rank.")
     batch_size: int = Field(default=8, ge=1, description="Sequences per micro-batch (step).")
     loss_fn: Literal["cross_entropy", "importance_sampling", "ppo", "cispo", "distillation"] = (
-        "importance_sampling"
+        Field(default="ppo", description="Clipped by default: served turns are up to "
+              "max_staleness steps behind the learner, so the ratio must be bounded.")
     )
     learning_rate: float = Field(default=1e-4, gt=0, description="AdamW LR, sent every step.")
     adam_beta1: float = 0.9
@@ -213,21 +224,65 @@ class TrainingSettings(_Section):
         default=1.0, ge=0, description="distillation: advantage = kl_coef·(teacher − student)."
     )
     max_kl: float = Field(
-        default=0.5,
+        default=0.05,
         gt=0,
-        description="Abort a step when the sampler→learner KL on its on-policy tokens exceeds "
-        "this (healthy is ~1e-3).",
+        description="Abort a step when the sampler→learner KL on its importance-weighted tokens "
+        "exceeds this (measured healthy runs stay under 0.01; see docs/training.md).",
     )
     temperature: float = Field(
         default=1.0,
-        ge=0,
-        description="The sampling temperature on-policy turns must have been served at to be "
-        "importance-weighted (the learner scores at 1, as Tinker does).",
+        description="Must be 1: the learner scores the untempered softmax (as Tinker does), so "
+        "only turns served at T = 1 and top_p = 1 are importance-weighted.",
     )
+    max_staleness: int = Field(
+        default=4, ge=0,
+        description="K: a policy turn is importance-weighted only when the checkpoint that "
+        "served it is on the learner's lineage at most K steps behind it; else off-policy.",
+    )
+    max_unpromoted_steps: int = Field(
+        default=4, ge=1,
+        description="N: the learner accumulates at most N steps on top of the promoted "
+        "checkpoint without a promotion, then resets to it (bounds drift).",
+    )
+    stall_after_failures: int = Field(
+        default=3, ge=1,
+        description="Consecutive failed steps from one state (same config) that stall training.",
+    )
+    stall_after_rejections: int = Field(
+        default=12, ge=1,
+        description="Candidates rejected since the last promotion that stall training.",
+    )
+    baseline_decay: float = Field(
+        default=0.8, ge=0, lt=1,
+        description="Reward baseline: EMA of each step's mean RL reward (bias-corrected).",
+    )
+
+    @field_validator("temperature")
+    @classmethod
+    def _learner_temperature(cls, value: float) -> float:
+        if value != 1.0:
+            raise ValueError("training.temperature must be 1: the learner scores the untempered "
+                             "softmax (as Tinker does); turns served at another temperature are "
+                             "routed off-policy, not importance-weighted")
+        return value
+
+    @model_validator(mode="after")
+    def _staleness_covers_the_unpromoted_steps(self) -> TrainingSettings:
+        if self.max_staleness < self.max_unpromoted_steps - 1:
+            raise ValueError(
+                f"training.max_staleness ({self.max_staleness}) must be at least "
+                f"training.max_unpromoted_steps - 1 ({self.max_unpromoted_steps - 1}): the "
+                "learner may be that many steps ahead of the served (promoted) policy, whose "
+                "turns must stay importance-weighted")
+        return self
     min_reward_for_sft: float = Field(
         default=0.5, description="Off-policy turns train (cross-entropy) only at this reward."
     )
-    max_seq_len: int = Field(default=4096, ge=2, description="Longer turns are skipped.")
+    max_seq_len: int = Field(
+        default=4096, ge=2,
+        description="Longest training sequence; at least policy.max_context_tokens (every served "
+        "turn fits). Longer rendered turns keep the system head + the most recent messages.",
+    )
     max_steps_per_run: int = Field(default=1, ge=1, description="Steps one flow run may take.")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -324,6 +379,16 @@ class PolicySettings(_Section):
     request_timeout_s: float = Field(default=600.0, gt=0, description="Queue wait + generation.")
     torch_threads: int = Field(default=0, ge=0, description="0: torch's default.")
     api_key: SecretStr | None = Field(default=None, description="Bearer key, when set.")
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024,
+                                description="Largest request body; bigger ones get 413.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names (besides IP addresses and localhost) clients may use; others "
+        "get 403 (DNS-rebinding protection).",
+    )
+    allow_open_bind: bool = Field(
+        default=False, description="Allow a non-loopback host without api_key; refused otherwise."
+    )
 
 
 class SkillsSettings(_Section):
@@ -375,6 +440,23 @@ class SkillsSettings(_Section):
         default=8, ge=1, description="Failed turns of one session diagnosed together."
     )
     max_new_skills_per_run: int = Field(default=5, ge=0, description="Evolution write budget.")
+    promotion: Literal["auto", "manual"] = Field(
+        default="auto",
+        description="auto: a proposed (quarantined) skill becomes active for every session once "
+        "its efficacy clears the bar and the critic's safety scan passed; manual: only "
+        "`metaclaw skills approve` promotes.",
+    )
+    promote_min_uses: int = Field(
+        default=10, ge=1, description="Rewarded injected turns before a proposal can be promoted."
+    )
+    promote_z: float = Field(
+        default=1.0, ge=0, description="Promote when (with − without) − z·se > 0."
+    )
+    trial_share: float = Field(
+        default=0.0, ge=0, le=1,
+        description="Share of other sessions (by hash) that also get a proposed skill (A/B); 0: "
+        "only the sessions whose failures produced it.",
+    )
 
 
 class CriticSettings(_Section):
@@ -444,7 +526,11 @@ class DeploySettings(_Section):
     )
     samples_per_prompt: int = Field(default=1, ge=1, le=16, description="Pairs per prompt.")
     max_new_tokens: int = Field(default=256, ge=1, description="Cap per sampled reply.")
-    max_prompt_tokens: int = Field(default=2048, ge=16, description="Longer prompts are skipped.")
+    max_prompt_tokens: int = Field(
+        default=3840, ge=16,
+        description="Longer prompts are skipped; with max_new_tokens at most "
+        "policy.max_context_tokens (validated), so every served prompt length can be evaluated.",
+    )
     temperature: float = Field(
         default=1.0, ge=0, le=2,
         description="Sampling temperature of both policies (1 = as served by default, and the "
@@ -667,6 +753,23 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file_path())
         return (init_settings, env_settings, AzureStandardEnvSource(settings_cls), toml)
+
+    @model_validator(mode="after")
+    def _length_limits_agree(self) -> Settings:
+        """The three length limits describe one sequence budget; refuse a config in which a
+        served turn could not be trained on or an eval prompt could not be served."""
+        context = self.policy.max_context_tokens
+        if self.training.max_seq_len < context:
+            raise ValueError(
+                f"training.max_seq_len ({self.training.max_seq_len}) must be at least "
+                f"policy.max_context_tokens ({context}): every turn the policy serves must fit "
+                "a training sequence")
+        if self.deploy.max_prompt_tokens + self.deploy.max_new_tokens > context:
+            raise ValueError(
+                f"deploy.max_prompt_tokens ({self.deploy.max_prompt_tokens}) + "
+                f"deploy.max_new_tokens ({self.deploy.max_new_tokens}) must be at most "
+                f"policy.max_context_tokens ({context}): the gate samples through the policy")
+        return self
 
     @cached_property
     def paths(self) -> LedgerPaths:
