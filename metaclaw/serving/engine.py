@@ -526,7 +526,6 @@ class PolicyEngine:
             req.policy = policy
             req.generator = _generator(req.params.seed)
             req.tracker = TextTracker(self.decode, req.params.stop, req.params.detect_tools)
-            req.guide = self._guides.start(req.params.constraint)
             self.stats.prompt_tokens += n
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         full = any(r.params.prompt_logprobs for r in rows)
@@ -622,6 +621,8 @@ class PolicyEngine:
     def _take(self, req: Request, logits: torch.Tensor) -> None:
         """Sample the next token of `req` from its logits, report it, and maybe finish."""
         # on the CPU: the per-request generator is a CPU generator (seeded, device-independent)
+        if req.guide is None and req.params.constraint is not None:  # here: fails only this row
+            req.guide = self._guides.start(req.params.constraint)
         token, logprob, top = choose(logits.float().cpu(), req.params, req.generator, req.guide)
         req.completion_ids.append(token)
         req.logprobs.append(logprob)
