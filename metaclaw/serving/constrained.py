@@ -28,10 +28,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: callers that only build a
+    import torch  # response_format (the judge, the critic) stay light
 
 # Compact JSON with the separators models saw most in training: no runaway whitespace.
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ",
@@ -104,13 +106,26 @@ def parse_response_format(value: Any) -> Constraint | None:
     return json_constraint(schema, name)
 
 
-def schema_format(schema: dict[str, Any], name: str) -> dict[str, Any]:
+def response_format(schema: dict[str, Any], name: str) -> dict[str, Any]:
     """The `response_format` body that asks an OpenAI-compatible server for `schema`.
 
-    Not `strict`: OpenAI's strict mode rejects keywords our schemas use (maxLength, defaults);
-    the local policy server enforces every keyword llguidance supports either way.
+    Objects that do not say otherwise get `additionalProperties: false`: an open object lets a
+    small model invent keys until `max_tokens` runs out. Not `strict`: OpenAI's strict mode
+    rejects keywords our schemas use (maxLength, defaults); the local policy server enforces
+    every keyword llguidance supports either way.
     """
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": _closed(schema)}}
+
+
+def _closed(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_closed(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _closed(value) for key, value in node.items()}
+    if out.get("type") == "object" and "properties" in out:
+        out.setdefault("additionalProperties", False)
+    return out
 
 
 class Guides:
@@ -153,6 +168,8 @@ class Guide:
 
     def allowed(self) -> torch.Tensor:
         """Bool [V]: the tokens that keep the reply valid (EOS once the document is done)."""
+        import torch
+
         words = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
         bits = np.unpackbits(words, bitorder="little")[: self.vocab_size]
         if self.matcher.is_error() or not bits.any():

@@ -14,7 +14,12 @@ import jsonschema
 import pytest
 import torch
 
-from metaclaw.serving.constrained import ConstraintError, json_constraint, parse_response_format
+from metaclaw.serving.constrained import (
+    ConstraintError,
+    json_constraint,
+    parse_response_format,
+    response_format,
+)
 from metaclaw.serving.engine import EngineError, PolicyEngine
 from metaclaw.serving.openai_params import parse_chat
 from metaclaw.serving.sampling import SamplingParams, sampling_logprobs
@@ -138,3 +143,16 @@ def _parses(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_response_format_closes_objects_so_a_small_model_cannot_invent_keys() -> None:
+    from metaclaw.skills.diagnosis import DiagnosisAnswer
+
+    fmt = response_format(DiagnosisAnswer.model_json_schema(), "DiagnosisAnswer")
+    schema = fmt["json_schema"]["schema"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "DiagnosisAnswer"
+    assert schema["additionalProperties"] is False
+    assert schema["$defs"]["Evidence"]["additionalProperties"] is False
+    assert parse_response_format(fmt) is not None  # llguidance compiles it ($ref, enum, limits)
+    open_map = {"type": "object", "additionalProperties": {"type": "string"}}
+    assert response_format(open_map, "m")["json_schema"]["schema"] == open_map  # left as said
