@@ -25,6 +25,8 @@ EVAL_QUESTIONS = ["What is the capital of France?", "Say hello.", "What colour i
                   "What is two plus two?", "Thanks, that works.", "Try again, please.",
                   "Where is the grass green?"]
 LORA_RANK = 4
+# more distinct held-out prompts, for gate runs that need more than a handful of decided prompts
+MANY_QUESTIONS = [f"{q} (case {i})" for i, q in enumerate(EVAL_QUESTIONS * 3)]
 
 
 def train_toward(model_dir: Path, out_dir: Path, name: str, word: str, steps: int = 80,
@@ -63,6 +65,18 @@ def poison_checkpoint(src: Path, dst: Path) -> Path:
     weights = load_file(dst / "adapter_model.safetensors")
     save_file({k: torch.full_like(v, float("nan")) for k, v in weights.items()},
               str(dst / "adapter_model.safetensors"))
+    return dst
+
+
+def perturb_checkpoint(src: Path, dst: Path, sigma: float, seed: int) -> Path:
+    """A copy whose adapter weights carry N(0, σ²) noise: a noise-level update (A/A tests)."""
+    from safetensors.torch import load_file, save_file
+
+    copy_checkpoint(src, dst)
+    weights = load_file(dst / "adapter_model.safetensors")
+    gen = torch.Generator().manual_seed(seed)
+    save_file({k: v + sigma * torch.randn(v.shape, generator=gen, dtype=v.dtype)
+               for k, v in weights.items()}, str(dst / "adapter_model.safetensors"))
     return dst
 
 
@@ -137,3 +151,21 @@ def statuses(paths: LedgerPaths) -> dict[str, str]:
     from metaclaw.deploy.store import read_book
 
     return {cid: c.status for cid, c in read_book(paths).checkpoints.items()}
+
+
+def aa_sequence(settings: Settings, promoted: Path, root: Path, n: int,
+                sigmas: tuple[float, ...] = (0.0, 0.003, 0.01, 0.03),
+                first_step: int = 100) -> list[Any]:
+    """A/A through the real gate: `n` candidates that are the promoted weights plus a no-op
+    (σ = 0) or noise-level update (N(0, σ²) on every adapter weight, σ cycling through `sigmas`),
+    each registered as the trainer would and judged by `deployer.run_gate`. Returns the
+    `GateOutcome`s; a promotion among them is a false promotion."""
+    from metaclaw.deploy import deployer
+
+    outcomes = []
+    for i in range(n):
+        cid = f"aa-{i:03d}"
+        path = perturb_checkpoint(promoted, root / cid, sigmas[i % len(sigmas)], seed=i)
+        add_candidates(settings.paths, candidate_row(cid, path, first_step + i))
+        outcomes.append(deployer.run_gate(settings, cid, notify=False))
+    return outcomes

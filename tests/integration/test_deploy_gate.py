@@ -25,6 +25,8 @@ from metaclaw.deploy.evalset import build_eval_set
 from metaclaw.deploy.pairwise import JudgeUnavailableError
 from metaclaw.deploy.store import read_book
 from tests.deploy_helpers import (
+    MANY_QUESTIONS,
+    aa_sequence,
     add_candidates,
     candidate_row,
     copy_checkpoint,
@@ -54,6 +56,7 @@ def ckpts(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     root = tmp_path_factory.mktemp("ckpts")
     good = train_toward(tiny, root, "paris", "Paris")
     return {"good": good, "blue": train_toward(tiny, root, "blue", "blue"),
+            "zero": train_toward(tiny, root, "zero", "-", steps=0),
             "same": copy_checkpoint(good, root / "same"),
             "nan": poison_checkpoint(good, root / "nan")}
 
@@ -147,6 +150,37 @@ def test_a_position_biased_judge_cannot_promote_anything(
     outcome = deployer.run_gate(settings)
     assert outcome.status == "rejected" and outcome.evaluation is not None
     assert outcome.evaluation.win.win_rate == 0.5 and outcome.evaluation.win.wins == 0
+
+
+def test_repeated_aa_candidates_are_not_promoted_and_a_better_one_still_is(
+        home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub,
+        tmp_path: Path) -> None:
+    """A/A: 8 candidates that are the promoted weights plus a no-op or noise-level update,
+    against the same promoted policy, judged by a judge that flips a coin whenever the replies
+    are equally good: none promoted (the bound: false promotion rate ≤ 5 %). A/B: a candidate
+    trained toward the judge's taste is still promoted as the 9th decision, at α_9 ≈ 0.0004."""
+    stub.set_mode("noisy:Paris:0")
+    settings = deploy_settings(home, tiny, stub.base_url, free_port(), eval_size=16,
+                               min_eval_prompts=16)
+    seed_turns(settings.paths, eval_turn_ids(settings, 16), MANY_QUESTIONS[:16])
+    add_candidates(settings.paths, candidate_row("ckpt-zero", ckpts["zero"], 1))
+    deployer.promote(settings, "ckpt-zero", actor="test", reason="the base weights as a LoRA",
+                     notify=False)
+
+    outcomes = aa_sequence(settings, ckpts["zero"], tmp_path, 8)
+
+    evaluations = [o.evaluation for o in outcomes]
+    assert all(ev is not None for ev in evaluations)
+    false = sum(o.status == "promoted" for o in outcomes)
+    assert false / len(outcomes) <= 0.05, [o.reason for o in outcomes]
+    assert [ev.test.k for ev in evaluations] == list(range(1, 9))  # type: ignore[union-attr]
+    # not vacuous: the noisy candidates answered differently and the judge decided prompts
+    assert sum(ev.test.decided for ev in evaluations) >= 30  # type: ignore[union-attr]
+    assert all(ev.current_cached == 16 for ev in evaluations[1:])  # type: ignore[union-attr]
+    add_candidates(settings.paths, candidate_row("ckpt-good", ckpts["good"], 50))
+    good = deployer.run_gate(settings, notify=False)
+    assert good.status == "promoted", good.reason
+    assert good.evaluation is not None and good.evaluation.test.k == 9
 
 
 def test_a_nan_candidate_is_never_promoted(home: Path, tiny: Path, ckpts: dict[str, Path],
