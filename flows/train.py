@@ -49,6 +49,7 @@ def train_flow(max_steps: int | None = None) -> dict[str, Any]:
     return {
         "steps": [o["step"] for o in outcomes if o["status"] == "trained"],
         "failed": [o["step"] for o in outcomes if o["status"] == "failed"],
+        "stalled": [o["reason"] for o in outcomes if o["status"] == "stalled"],
         "checkpoints": [o["checkpoint_id"] for o in outcomes if o["checkpoint_id"]],
         "outcomes": [{k: o[k] for k in ("status", "reason", "step", "checkpoint_id", "path",
                                         "skipped", "candidates")} for o in outcomes],

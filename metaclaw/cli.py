@@ -150,6 +150,11 @@ def status() -> None:
         console.print(f"proxy {url}: [green]{health['status']}[/green] {health['ledger']}")
     except (httpx.HTTPError, ValueError):
         console.print(f"proxy {url}: [yellow]not running[/yellow]")
+    from metaclaw.training.report import status_line as training_status
+
+    _, latest = run_query(settings.paths, "SELECT metrics FROM train_steps ORDER BY ts DESC "
+                          "LIMIT 1")
+    console.print(training_status(json.loads(latest[0][0]) if latest else None))
 
 
 def _dead_letters_status(settings: Any) -> None:

@@ -78,6 +78,9 @@ TURNS = TableSpec(
         ("http_status", pa.int32()),
         ("error", pa.string()),
         ("source", pa.string()),  # live | backfill:<format>
+        ("sampling_temperature", pa.float64()),  # as served by our policy (its trace)
+        ("sampling_top_p", pa.float64()),
+        ("injected_text", pa.string()),  # the skills block appended to the system prompt
     ),
 )
 
@@ -198,6 +201,10 @@ COLUMN_NOTES: dict[tuple[str, str], str] = {
     ("turns", "status"): "ok, upstream_error, client_error or disconnected",
     ("turns", "http_status"): "status sent to the client (499: client hung up)",
     ("turns", "source"): "live or backfill:<format>",
+    ("turns", "sampling_temperature"): "T the policy sampled at (its trace); null if upstream",
+    ("turns", "sampling_top_p"): "top_p the policy sampled with (its trace); null if upstream",
+    ("turns", "injected_text"): "skills block appended to the system prompt; null when none "
+    "(served messages = skills.query.inject(request messages, injected_text))",
     ("feedback", "value"): "-1 .. 1",
     ("rewards", "reward_id"): "hash of (turn_id, signal, scorer_version)",
     ("rewards", "signal"): "judge, implicit:<kind> or explicit",

@@ -171,6 +171,7 @@ async def messages(request: Request) -> Response:
     to_policy = state.to_policy(body.get("model"), draft.session_id)
     if state.upstream.anthropic_native and not to_policy:
         upstream_body = state.upstream_body(body)
+    draft.injected_text = injection.block or None
         if injection.block:
             upstream_body = {
                 **upstream_body,

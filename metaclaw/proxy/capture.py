@@ -42,6 +42,9 @@ class TurnDraft:
     skill_set_version: int | None = None
 
     def headers(self) -> dict[str, str]:
+    # the exact skills block appended to the system prompt (None: nothing injected); training
+    # and evaluation rebuild the served messages with metaclaw.skills.query.inject(_system)
+    injected_text: str | None = None
         """Response headers naming the turn, so a client can post feedback on it."""
         return {"x-metaclaw-turn-id": self.turn_id, "x-metaclaw-session-id": self.session_id}
 
@@ -97,6 +100,9 @@ class TurnDraft:
             "source": "live",
         }
         return row
+            "sampling_temperature": policy.temperature if policy else None,
+            "sampling_top_p": policy.top_p if policy else None,
+            "injected_text": self.injected_text,
 
 
 @dataclass

@@ -33,6 +33,10 @@ class PolicyTrace:
     completion_token_ids: list[int]
     completion_logprobs: list[float]
     checkpoint: str | None
+    # the sampling parameters the logprobs are of (the server renormalises within the top_p
+    # nucleus at temperature T): training importance-weights only T = 1, top_p = 1 turns
+    temperature: float | None = None
+    top_p: float | None = None
 
     @classmethod
     def parse(cls, value: Any) -> PolicyTrace | None:
@@ -49,7 +53,15 @@ class PolicyTrace:
         if not isinstance(logprobs, list) or len(logprobs) != len(completion):
             return None
         checkpoint = value.get("checkpoint")
-        return cls(ids, completion, logprobs, checkpoint if isinstance(checkpoint, str) else None)
+        return cls(ids, completion, logprobs, checkpoint if isinstance(checkpoint, str) else None,
+                   _number(value.get("temperature")), _number(value.get("top_p")))
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from the trace, or None (absent, null, or not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if value == value and abs(value) != float("inf") else None
 
 
 def pop_policy_trace(payload: dict[str, Any]) -> PolicyTrace | None:

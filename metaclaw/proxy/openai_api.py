@@ -112,6 +112,7 @@ async def chat_completions(request: Request) -> Response:
     if resp.status_code >= 400:
         return await relay_upstream_error(state, draft, resp, anthropic=False)
     if stream:
+    draft.injected_text = injection.block or None
         relay = OpenAIStreamRelay(state, draft, resp, messages)
         return RelayResponse(
             relay.events(), media_type="text/event-stream", headers=draft.headers()

@@ -1,8 +1,9 @@
 """What the ledger says about training so far, and which turns are still to be trained.
 
 The ledger is the trainer's only memory: `train_steps.turn_ids` of every earlier step (ok or
-failed) define what is consumed, the latest ok step's `metrics.state_path` is where to resume,
-and the running-mean reward baseline is summed from the steps' metrics. Nothing lives in a side
+failed) define what is consumed, the ok steps' `metrics.state_path` are the states the learner
+may resume from (metaclaw.training.lineage picks one by the checkpoint registry), and the reward
+baseline is an EMA over the steps' metrics. Nothing lives in a side
 file, so a crash mid-step leaves exactly the last good state to resume from.
 """
 
@@ -22,7 +23,8 @@ CANDIDATES_SQL = """
 WITH consumed AS (SELECT DISTINCT unnest(turn_ids) AS turn_id FROM train_steps)
 SELECT $held_out AS held_out, t.turn_id, t.ts_start, t.served_by, t.source, t.request,
        t.completion_text, t.tool_calls, t.prompt_token_ids, t.completion_token_ids,
-       t.completion_logprobs, t.policy_checkpoint, t.skill_set_version, r.reward, r.reward_source
+       t.completion_logprobs, t.policy_checkpoint, t.skill_set_version, r.reward, r.reward_source,
+       t.client, t.sampling_temperature, t.sampling_top_p, t.injected_text
 FROM turns t
 LEFT JOIN turn_rewards r ON r.turn_id = t.turn_id
 LEFT JOIN consumed c ON c.turn_id = t.turn_id
@@ -61,20 +63,24 @@ class TrainHistory:
         return {t for s in self.steps for t in s.turn_ids}
 
     @property
-    def last_ok(self) -> StepRecord | None:
-        ok = [s for s in self.steps if s.ok]
-        return ok[-1] if ok else None
-
-    @property
     def next_step(self) -> int:
         return max((s.step for s in self.steps), default=0) + 1
 
-    @property
-    def baseline(self) -> float:
-        """Running mean reward of every RL turn trained so far (0 before the first)."""
-        total = sum(float(s.metrics.get("rl_reward_sum", 0.0)) for s in self.steps if s.ok)
-        n = sum(int(s.metrics.get("rl_n", 0)) for s in self.steps if s.ok)
-        return total / n if n else 0.0
+    def baseline(self, decay: float) -> float:
+        """Bias-corrected EMA of each ok step's mean RL reward (0 before the first).
+
+        An all-time mean never forgets: once the policy improves, every turn of the improved
+        policy looks better than the stale baseline and gets a positive advantage. The EMA
+        follows the current policy's reward level (horizon ~1/(1−decay) steps)."""
+        value, weight = 0.0, 0.0
+        for s in self.steps:
+            n = int(s.metrics.get("rl_n", 0) or 0)
+            if not s.ok or n <= 0:
+                continue
+            mean = float(s.metrics.get("rl_reward_sum", 0.0)) / n
+            value = decay * value + (1 - decay) * mean
+            weight = decay * weight + (1 - decay)
+        return value / weight if weight else 0.0
 
     def missing_candidates(self) -> list[StepRecord]:
         """Ok steps whose candidate row never landed (a crash between the two appends)."""

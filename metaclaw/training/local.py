@@ -58,6 +58,23 @@ def _fsync_tree(path: Path) -> None:
     _fsync_path(path)
 
 
+def _first_loss_position(datum: types.Datum) -> int:
+    """The first target position any loss input (weights, advantages, sampler logprobs) is
+    non-zero at; every loss in metaclaw.training.losses is zero before it."""
+    inputs = [v.to_torch() for k, v in datum.loss_fn_inputs.items() if k != "target_tokens"]
+    nonzero = [int(t.reshape(t.shape[0], -1).ne(0).any(-1).nonzero()[0]) for t in inputs
+               if t.ne(0).any()]
+    return min(nonzero, default=datum.model_input.length)
+
+
+def _score(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) = logit(target) − logsumexp(logits), without a full log-softmax tensor."""
+    logits = head(hidden).float()
+    norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+    picked = logits.gather(-1, targets[:, None] if targets.dim() == 1 else targets) - norm
+    return picked.squeeze(-1) if targets.dim() == 1 else picked
+
+
 class LocalBackend:
     """A LoRA training run on a local Hugging Face model.
 
@@ -123,7 +140,13 @@ class LocalBackend:
 
     # -- forward / backward ---------------------------------------------------------------
     def _target_logprobs(self, data: Sequence[types.Datum]) -> list[torch.Tensor]:
-        """Learner log-probabilities of each datum's targets, shape (N,) or (N, K)."""
+        """Learner log-probabilities of each datum's targets, shape (N,) or (N, K).
+
+        The unembedding and the vocabulary log-normaliser run only on real positions (never on
+        padding), and positions before the first one that carries a loss input (the prompt)
+        run without autograd: the (positions × vocabulary) logits, the largest tensors of a
+        step, are kept for the backward pass only over the span the loss reads. Every target
+        still gets its logprob (the backend contract)."""
         lengths = [d.model_input.length for d in data]
         if min(lengths) < 1:
             raise ValueError("a datum has an empty model_input")
@@ -133,10 +156,11 @@ class LocalBackend:
         for i, d in enumerate(data):
             ids[i, : lengths[i]] = torch.tensor(d.model_input.to_ints(), dtype=torch.long)
             mask[i, : lengths[i]] = 1
-        logits = self.model(
+        base = self.model.get_base_model()
+        hidden = base.get_decoder()(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
-        ).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
+        ).last_hidden_state
+        head = base.get_output_embeddings()
         out = []
         for i, d in enumerate(data):
             targets = d.loss_fn_inputs["target_tokens"].to_torch().long().to(self.device)
@@ -145,11 +169,11 @@ class LocalBackend:
                     f"datum {i}: target_tokens has {targets.shape[0]} positions for a "
                     f"model_input of {lengths[i]} tokens (targets must be full[1:])"
                 )
-            rows = logp[i, : lengths[i]]
-            if targets.dim() == 1:
-                out.append(rows.gather(-1, targets[:, None]).squeeze(-1))
-            else:
-                out.append(rows.gather(-1, targets))
+            start = _first_loss_position(d)
+            rows = hidden[i, : lengths[i]]
+            with torch.no_grad():
+                before = _score(head, rows[:start], targets[:start])
+            out.append(torch.cat([before, _score(head, rows[start:], targets[start:])]))
         return out
 
     def _inputs(self, datum: types.Datum) -> dict[str, torch.Tensor]:

@@ -79,7 +79,10 @@ def loss_sum(
         return -(torch.clamp(ratio, low, high).detach() * lp * adv).sum()
     if loss_fn == "dro":
         beta = float((config or {}).get("beta", DEFAULT_DRO_BETA))
-        return -(lp * adv - 0.5 * beta * (lp - q) ** 2).sum()
+        # the squared penalty is not zero where q = adv = 0 (the prompt padding of a datum,
+        # metaclaw.training.datums): only completion positions may be pulled toward q
+        sampled = ((q != 0) | (adv != 0)).to(lp.dtype)
+        return -((lp * adv - 0.5 * beta * (lp - q) ** 2) * sampled).sum()
     raise LossInputError(f"unknown loss_fn {loss_fn!r}; supported: {', '.join(LOSSES)}")
 
 

@@ -14,6 +14,14 @@ turn exactly as it will when served.
 
 Anthropic `/v1/messages` requests are first mapped to OpenAI-style messages (top-level system,
 text blocks; tool blocks as text).
+
+What was served is rebuilt first: the proxy appended a skills block to the system prompt and
+recorded it as `turns.injected_text`, so the prompt is `skills.query.inject(messages, text)`
+(`inject_system` for an Anthropic `system`) — SFT trains on the prompt the model actually saw.
+
+A prompt longer than `max_len` tokens is cut reproducibly, never dropped silently: the system
+message stays, the oldest other messages go first (tool results with the call they answer),
+and if the system message alone is too long its head is kept. The caller counts it.
 """
 
 from __future__ import annotations
@@ -24,6 +32,30 @@ from typing import Any
 
 class RenderError(ValueError):
     """The turn cannot be rendered faithfully for this tokenizer."""
+
+
+class TooLongError(RenderError):
+    """Even cut to the system head and the last message, the turn exceeds the length limit."""
+
+
+TRUNCATION_MARK = "\n[… truncated to fit training.max_seq_len]"
+MIN_SYSTEM_TOKENS = 32
+
+
+def served_request(request: dict[str, Any], injected_text: str | None, *,
+                   anthropic: bool) -> dict[str, Any]:
+    """The request as the model saw it: the recorded skills block put back where the proxy put
+    it (the contract of `turns.injected_text`; `anthropic`: the client spoke /v1/messages)."""
+    from metaclaw.skills.query import inject, inject_system
+
+    if not injected_text:
+        return request
+    if anthropic:
+        return {**request, "system": inject_system(request.get("system"), injected_text)}
+    messages = request.get("messages")
+    if not isinstance(messages, list):
+        return request
+    return {**request, "messages": inject(messages, injected_text)}
 
 
 def _text(content: Any) -> str:
@@ -70,14 +102,49 @@ def render_turn(
     request: dict[str, Any],
     completion_text: str | None,
     tool_calls: list[dict[str, Any]] | None,
-) -> tuple[list[int], list[int]]:
-    """(prompt, completion) token ids for a logged turn."""
-    from metaclaw.serving.chat import normalise_messages, render_prompt, template_supports_tools
-
+    max_len: int | None = None,
+) -> tuple[list[int], list[int], int]:
+    """(prompt, completion, messages dropped or cut) token ids for a logged turn, at most
+    `max_len` tokens in all."""
     if not completion_text and not tool_calls:
         raise RenderError("the turn has neither completion text nor tool calls")
-    tools = request.get("tools") or None
     messages = chat_messages(request)
+    prompt, completion = _render(tokenizer, request, messages, completion_text, tool_calls)
+    if max_len is None or len(prompt) + len(completion) <= max_len:
+        return prompt, completion, 0
+    head = [m for m in messages[:1] if m.get("role") in ("system", "developer")]
+    rest = messages[len(head):]
+    cut = 0
+    while len(prompt) + len(completion) > max_len and len(rest) > 1:
+        rest = rest[1:]
+        cut += 1
+        while len(rest) > 1 and rest[0].get("role") == "tool":  # its call is gone
+            rest = rest[1:]
+            cut += 1
+        prompt, completion = _render(tokenizer, request, [*head, *rest], completion_text,
+                                     tool_calls)
+    overflow = len(prompt) + len(completion) - max_len
+    if overflow > 0 and head and isinstance(head[0].get("content"), str):
+        system = _encode(tokenizer, head[0]["content"])
+        keep = len(system) - overflow - len(_encode(tokenizer, TRUNCATION_MARK)) - 8
+        if keep >= MIN_SYSTEM_TOKENS:
+            text = tokenizer.decode(system[:keep]) + TRUNCATION_MARK
+            head = [{**head[0], "content": text}]
+            cut += 1
+            prompt, completion = _render(tokenizer, request, [*head, *rest], completion_text,
+                                         tool_calls)
+    if len(prompt) + len(completion) > max_len:
+        raise TooLongError(f"{len(prompt) + len(completion)} tokens even with the system head "
+                           f"and the last message only (limit {max_len})")
+    return prompt, completion, cut
+
+
+def _render(tokenizer: Any, request: dict[str, Any], messages: list[dict[str, Any]],
+            completion_text: str | None, tool_calls: list[dict[str, Any]] | None,
+            ) -> tuple[list[int], list[int]]:
+    from metaclaw.serving.chat import normalise_messages, render_prompt, template_supports_tools
+
+    tools = request.get("tools") or None
     prompt_text = render_prompt(tokenizer, messages, tools)
     assistant: dict[str, Any] = {"role": "assistant", "content": completion_text or ""}
     if tool_calls:

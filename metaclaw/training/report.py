@@ -47,11 +47,17 @@ def run_markdown(outcomes: Sequence[dict[str, Any]], history: Sequence[dict[str,
                 f"{_fmt(m.get('reward_mean'))} → candidate `{o.get('checkpoint_id')}` at "
                 f"`{o.get('path')}`"
             )
+        elif o["status"] == "stalled":
+            lines.append(f"- **TRAINING STALLED**: {o['reason']} (no turn was consumed)")
         elif o["status"] == "failed":
             lines.append(f"- step **{o['step']}** FAILED: {o['reason']} (nothing saved; its "
                          f"{m.get('n_samples')} turns are quarantined)")
         else:
             lines.append(f"- no step: {o['reason']}")
+        lineage = m.get("lineage") or {}
+        if o["status"] in ("trained", "failed") and lineage:
+            lines.append(f"  - resumed from `{lineage.get('checkpoint_id') or 'base model'}` "
+                         f"({lineage.get('rule')}: {lineage.get('reason')})")
         if o.get("skipped"):
             skipped = ", ".join(f"{k} {v}" for k, v in sorted(o["skipped"].items()))
             lines.append(f"  - skipped turns: {skipped}")
@@ -76,3 +82,19 @@ def run_markdown(outcomes: Sequence[dict[str, Any]], history: Sequence[dict[str,
             for h in history[-50:]
         ]
     return "\n".join(lines)
+
+
+def status_line(latest: dict[str, Any] | None) -> str:
+    """One line for `metaclaw status` from the newest `train_steps` row's metrics: a stall
+    must be visible where people look, not only in a log."""
+    if latest is None:
+        return "training: no step yet"
+    status = latest.get("status")
+    lineage = latest.get("lineage") or {}
+    if status == "stalled":
+        return f"training: [red]STALLED[/red] — {latest.get('reason')}"
+    where = lineage.get("checkpoint_id") or "base model"
+    how = f" (resumed from {where}: {lineage.get('rule')})" if lineage else ""
+    if status == "failed":
+        return f"training: last step [yellow]failed[/yellow] — {latest.get('reason')}{how}"
+    return f"training: last step ok → {latest.get('checkpoint_id')}{how}"

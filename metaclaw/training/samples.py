@@ -8,10 +8,17 @@ Routing is the honest on/off-policy split of DESIGN.md:
   logprobs) carry no sampler logprobs of our policy. They feed cross-entropy (SFT) when their
   reward is at least `min_reward_for_sft`, and nothing else: no importance-sampling loss is ever
   given made-up logprobs.
-- The learner scores tokens at temperature 1 (Tinker semantics), so a policy turn whose request
-  asked for another temperature than `training.temperature` (default 1) is not importance-weighted
-  either (its logprobs are of a different distribution); it is routed like an off-policy turn and
-  counted in `notes["temperature_mismatch"]`.
+- The learner scores the untempered full softmax (Tinker semantics), so a policy turn served at
+  a temperature other than 1, with top_p < 1 (the server renormalises its logprobs inside the
+  nucleus) or with a top_k is not importance-weighted either: its logprobs are of another
+  distribution. It is routed like an off-policy turn and counted in `notes["sampling_mismatch"]`.
+  The served T and top_p come from the policy's trace (`turns.sampling_*`); older rows fall back
+  to the request's values.
+- **Staleness**: a policy turn is importance-weighted only when the checkpoint that served it is
+  on the learner's lineage (`SelectionPolicy.lineage`, newest first, None = base model) at most
+  `max_staleness` steps behind the learner. Otherwise — another branch, a rolled-back or older
+  checkpoint — it is off-policy (`notes["stale_policy"]`, `notes["other_lineage"]`). Each RL
+  sample carries its staleness, recorded in the step's metrics.
 - **Support/query separation**: on-policy turns served under an older `skill_set_version` than
   the current one saw a different prompt distribution (the skills changed since), so they are
   excluded from on-policy updates and counted as `stale_skill_set`.
@@ -19,10 +26,11 @@ Routing is the honest on/off-policy split of DESIGN.md:
 Advantages (RL losses): GRPO-style centring `A = r − mean(r_group)` within a group of turns that
 share the exact prompt tokens (and skill-set version) when the group has ≥2 turns with differing
 rewards. Otherwise — a single turn (the usual case for live traffic) or a group whose rewards
-are all equal, where centring would silently give zero — `A = r − baseline`, the baseline being
-the running mean reward of every RL turn trained so far (0 before the first step). A turn whose
-advantage is still exactly 0 carries no signal; it is skipped as `zero_advantage` and left
-unconsumed, so a batch of only such turns never becomes a silent zero-gradient step.
+are all equal, where centring would silently give zero — `A = r − baseline`, the baseline
+being an EMA of the steps' mean RL rewards (`TrainHistory.baseline`; 0 before the first
+step). A turn whose advantage is still exactly 0 carries no signal; it is skipped as
+`zero_advantage` and left unconsumed, so a batch of only such turns never becomes a silent
+zero-gradient step.
 """
 
 from __future__ import annotations
@@ -37,11 +45,14 @@ from typing import Any, Literal
 from tinker import types
 
 from metaclaw.training.datums import rl_datum, sft_datum
+from metaclaw.training.render import TooLongError
 
 RL_LOSS_FNS = ("importance_sampling", "ppo", "cispo")
 ZERO = 1e-9
 
-Renderer = Callable[["Turn"], tuple[list[int], list[int]]]
+# (prompt, completion, messages dropped or cut to fit max_seq_len)
+Renderer = Callable[["Turn"], tuple[list[int], list[int], int]]
+TEMPERATURE, TOP_P = 1.0, 1.0  # what the learner reproduces: the untempered full softmax
 
 
 def _json(value: Any) -> Any:
@@ -67,6 +78,7 @@ class Turn:
 
     turn_id: str
     ts: float = 0.0
+    client: str | None = None
     served_by: str | None = None
     source: str | None = None
     request: dict[str, Any] | None = None
@@ -79,6 +91,9 @@ class Turn:
     skill_set_version: int | None = None
     reward: float | None = None
     reward_source: str | None = None
+    sampling_temperature: float | None = None
+    sampling_top_p: float | None = None
+    injected_text: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Turn:
@@ -88,6 +103,7 @@ class Turn:
         return cls(
             turn_id=row["turn_id"],
             ts=ts_value,
+            client=row.get("client"),
             served_by=row.get("served_by"),
             source=row.get("source"),
             request=_json(row.get("request")),
@@ -101,13 +117,38 @@ class Turn:
             skill_set_version=row.get("skill_set_version"),
             reward=None if reward is None else float(reward),
             reward_source=row.get("reward_source"),
+            sampling_temperature=row.get("sampling_temperature"),
+            sampling_top_p=row.get("sampling_top_p"),
+            injected_text=row.get("injected_text"),
         )
+
+    def _requested(self, key: str, default: float) -> float:
+        value = self.request.get(key) if isinstance(self.request, dict) else None
+        return float(value) if isinstance(value, int | float) and value is not None else default
 
     @property
     def temperature(self) -> float:
-        """The sampling temperature the request asked for (the OpenAI default is 1)."""
-        value = self.request.get("temperature") if isinstance(self.request, dict) else None
-        return float(value) if isinstance(value, int | float) else 1.0
+        """The temperature served at: the policy's trace, else the request's (default 1)."""
+        if self.sampling_temperature is not None:
+            return float(self.sampling_temperature)
+        return self._requested("temperature", 1.0)
+
+    @property
+    def top_p(self) -> float:
+        if self.sampling_top_p is not None:
+            return float(self.sampling_top_p)
+        return self._requested("top_p", 1.0)
+
+    @property
+    def top_k(self) -> float:
+        """A top_k the client asked for (not OpenAI's API; some clients send it anyway)."""
+        return self._requested("top_k", 0.0)
+
+    @property
+    def sampled_as_learner_scores(self) -> bool:
+        """T = 1, top_p = 1, no top_k: the sampler's logprobs are of the learner's softmax."""
+        return (abs(self.temperature - TEMPERATURE) < 1e-6 and self.top_p >= TOP_P
+                and self.top_k <= 0)
 
     @property
     def is_backfill(self) -> bool:
@@ -143,6 +184,8 @@ class Sample:
     token_advantages: list[float] | None = None
     advantage_method: str | None = None
     group: str | None = None
+    staleness: int | None = None  # RL: steps between the serving checkpoint and the learner
+    truncated: int = 0  # SFT: messages dropped or cut to fit max_seq_len
 
     @property
     def tokens(self) -> int:
@@ -167,7 +210,10 @@ class SelectionPolicy:
     current_skill_set_version: int | None = None
     baseline: float = 0.0
     max_seq_len: int = 4096
-    temperature: float = 1.0
+    # checkpoint ids from the learner's state back to the base model (None); a policy turn is
+    # importance-weighted only when it was served by one of the first max_staleness + 1
+    lineage: tuple[str | None, ...] = (None,)
+    max_staleness: int = 4
 
 
 @dataclass
@@ -191,6 +237,7 @@ def _sft(turn: Turn, policy: SelectionPolicy, render: Renderer | None,
     if turn.reward < policy.min_reward_for_sft:
         selection.skipped["below_sft_threshold"] += 1
         return None
+    truncated = 0
     if turn.served_by == "policy" and turn.prompt_token_ids and turn.completion_token_ids:
         prompt, completion = list(turn.prompt_token_ids), list(turn.completion_token_ids)
     else:
@@ -198,11 +245,36 @@ def _sft(turn: Turn, policy: SelectionPolicy, render: Renderer | None,
             selection.skipped["unrenderable"] += 1
             return None
         try:
-            prompt, completion = render(turn)
+            prompt, completion, truncated = render(turn)
+        except TooLongError:
+            selection.skipped["too_long"] += 1
+            return None
         except ValueError:
             selection.skipped["unrenderable"] += 1
             return None
-    return Sample(turn.turn_id, "sft", prompt, completion, ts=turn.ts, reward=turn.reward)
+    if truncated:
+        selection.notes["truncated"] += 1
+    return Sample(turn.turn_id, "sft", prompt, completion, ts=turn.ts, reward=turn.reward,
+                  truncated=truncated)
+
+
+def _importance_weighted(turn: Turn, policy: SelectionPolicy, selection: Selection) -> bool:
+    """On-policy, sampled as the learner scores, and served by its recent lineage (counted)."""
+    if not turn.on_policy:
+        return False
+    if not turn.sampled_as_learner_scores:
+        # its logprobs are of another distribution than the one the learner scores: not
+        # importance-weighted (it may still be SFT data when its reward is high enough)
+        selection.notes["sampling_mismatch"] += 1
+        return False
+    key = turn.policy_checkpoint or None
+    if key not in policy.lineage:
+        selection.notes["other_lineage"] += 1
+        return False
+    if policy.lineage.index(key) > policy.max_staleness:
+        selection.notes["stale_policy"] += 1
+        return False
+    return True
 
 
 def select_samples(turns: Iterable[Turn], policy: SelectionPolicy,
@@ -212,13 +284,7 @@ def select_samples(turns: Iterable[Turn], policy: SelectionPolicy,
     rl_loss = policy.loss_fn in RL_LOSS_FNS or policy.loss_fn == "distillation"
     for turn in turns:
         sample: Sample | None
-        importance_weighted = rl_loss and turn.on_policy
-        if importance_weighted and abs(turn.temperature - policy.temperature) > 1e-6:
-            # its logprobs are of another distribution than the one the learner scores: not
-            # importance-weighted (it may still be SFT data when its reward is high enough)
-            selection.notes["temperature_mismatch"] += 1
-            importance_weighted = False
-        if importance_weighted:
+        if rl_loss and _importance_weighted(turn, policy, selection):
             current = policy.current_skill_set_version
             if (current is not None and turn.skill_set_version is not None
                     and turn.skill_set_version < current):
@@ -232,6 +298,7 @@ def select_samples(turns: Iterable[Turn], policy: SelectionPolicy,
                 turn.turn_id, "rl", list(turn.prompt_token_ids or []),
                 list(turn.completion_token_ids or []), ts=turn.ts, reward=turn.reward,
                 sampler_logprobs=list(turn.completion_logprobs or []), group=_group_key(turn),
+                staleness=policy.lineage.index(turn.policy_checkpoint or None),
             )
         else:
             sample = _sft(turn, policy, render, selection)

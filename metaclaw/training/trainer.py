@@ -14,7 +14,10 @@ resumes from that state and, given the same turns, derives the same step id and 
 A crash between the two appends is repaired on the next run (the candidate row is re-derived).
 A failed step is recorded with its turns (quarantined, so one poisoned batch cannot wedge
 training) and the in-memory learner is reloaded from the last good state. Nothing is promoted
-here: the deploy flow decides.
+here: the deploy flow decides — and the learner follows its decisions: every step resumes from
+the state `metaclaw.training.lineage.resume_point` derives from the checkpoint registry (the
+promoted checkpoint after a rollback, a guard rejection or N unpromoted steps; a stall is
+recorded as a `train_steps` row with `metrics.status = "stalled"` and takes no turns).
 """
 
 from __future__ import annotations
@@ -39,14 +42,14 @@ from metaclaw.ledger.records import now_micros
 from metaclaw.training.backend import TrainingBackend, learner_logprobs, loss_of
 from metaclaw.training.datums import completion_span
 from metaclaw.training.history import (
-    StepRecord,
     TrainHistory,
     current_skill_set_version,
     read_candidates,
     read_history,
 )
+from metaclaw.training.lineage import Resume, read_registry, resume_point
 from metaclaw.training.losses import distillation_advantages, sampler_learner_kl
-from metaclaw.training.render import render_turn
+from metaclaw.training.render import render_turn, served_request
 from metaclaw.training.samples import (
     Sample,
     SelectionPolicy,
@@ -63,7 +66,7 @@ SECRET_KEYS = {"teacher_api_key", "tinker_api_key"}
 
 @dataclass
 class StepOutcome:
-    status: Literal["trained", "failed", "idle"]
+    status: Literal["trained", "failed", "idle", "stalled"]
     reason: str = ""
     step: int | None = None
     step_id: str | None = None
@@ -109,9 +112,9 @@ class Trainer:
         self._routed: dict[str, int] = {}
 
     # -- backend lifecycle ----------------------------------------------------------------
-    def backend(self, last_ok: StepRecord | None) -> TrainingBackend:
-        """The learner at the last good state (fresh LoRA when there is none)."""
-        want = (last_ok.metrics.get("state_path") or "") if last_ok else ""
+    def backend(self, resume: Resume) -> TrainingBackend:
+        """The learner at the resume state (a fresh LoRA for the base model)."""
+        want = resume.state_path or ""
         if self._backend is not None and self._loaded == want:
             return self._backend
         if self._backend is not None and not want:
@@ -120,7 +123,7 @@ class Trainer:
         if self._backend is None:
             self._backend = self._factory(self.settings)
         if want:
-            log.info("resuming from %s (step %s)", want, last_ok.step if last_ok else "-")
+            log.info("resuming from %s (%s: %s)", want, resume.rule, resume.reason)
             self._backend.load_state(want)
         self._loaded = want
         return self._backend
@@ -146,31 +149,42 @@ class Trainer:
             rows = read_candidates(con, distill=self.cfg.loss_fn == "distillation",
                                    held_out_sql=held_out_sql(self.settings, "t"))
             current = current_skill_set_version(con)
+            registry = read_registry(con)
         finally:
             con.close()
         self._repair(history)
+        cfg = self.cfg
+        resume = resume_point(history.steps, registry, max_unpromoted=cfg.max_unpromoted_steps,
+                              stall_after_failures=cfg.stall_after_failures,
+                              stall_after_rejections=cfg.stall_after_rejections,
+                              config_sha=config_snapshot(self.settings)["sha256"])
+        if resume.stalled:
+            return self._stall(history, resume, started)
         held_out = sum(1 for r in rows if r["held_out"])  # the deploy gate's evaluation turns
         turns = [Turn.from_row(r) for r in rows if not r["held_out"]]
         policy = SelectionPolicy(
             loss_fn=self.cfg.loss_fn, min_reward_for_sft=self.cfg.min_reward_for_sft,
-            current_skill_set_version=current, baseline=history.baseline,
-            max_seq_len=self.cfg.max_seq_len, temperature=self.cfg.temperature,
+            current_skill_set_version=current, baseline=history.baseline(cfg.baseline_decay),
+            max_seq_len=self.cfg.max_seq_len, lineage=resume.lineage,
+            max_staleness=cfg.max_staleness,
         )
         # Decide "not enough yet" before paying for a backend (a model load, a Tinker session):
         # routing needs no tokenizer, and an optimistic renderer counts every off-policy turn.
-        rough = select_samples(turns, policy, lambda _turn: ([0], [0]))
+        rough = select_samples(turns, policy, lambda _turn: ([0], [0], 0))
         if held_out:
             rough.skipped["held_out_for_eval"] = held_out
         if pack_batch(rough.samples, self.cfg.batch_size) is None:
             return StepOutcome("idle", f"{len(rough.samples)} usable samples < batch_size "
                                f"{self.cfg.batch_size}", skipped=dict(rough.skipped),
                                candidates=len(turns))
-        backend = self.backend(history.last_ok)
+        backend = self.backend(resume)
         tokenizer = backend.get_tokenizer()
 
-        def render(turn: Turn) -> tuple[list[int], list[int]]:
-            return render_turn(tokenizer, turn.request or {}, turn.completion_text,
-                               turn.tool_calls)
+        def render(turn: Turn) -> tuple[list[int], list[int], int]:
+            request = served_request(turn.request or {}, turn.injected_text,
+                                     anthropic=turn.client == "anthropic")
+            return render_turn(tokenizer, request, turn.completion_text, turn.tool_calls,
+                               self.cfg.max_seq_len)
 
         selection = select_samples(turns, policy, render)
         if selection.stale_turn_ids:
@@ -185,11 +199,26 @@ class Trainer:
         if batch is None:
             return StepOutcome("idle", f"{len(selection.samples)} usable samples < batch_size "
                                f"{self.cfg.batch_size}", skipped=skipped, candidates=len(turns))
-        return self._train(backend, history, batch, skipped, len(turns), current, started)
+        return self._train(backend, history, resume, batch, skipped, len(turns), current,
+                           started)
 
-    def _train(self, backend: TrainingBackend, history: TrainHistory, batch: list[Sample],
-               skipped: dict[str, int], candidates: int, skill_version: int | None,
-               started: float) -> StepOutcome:
+    def _stall(self, history: TrainHistory, resume: Resume, started: float) -> StepOutcome:
+        """Record the stall once (a stable id per cause) and take no turns: never silent."""
+        step_id = stable_id("stalled", resume.reason, resume.promoted)
+        metrics = {"status": "stalled", "reason": resume.reason, "lineage": resume.summary(),
+                   "metaclaw_config": config_snapshot(self.settings),
+                   "duration_s": time.monotonic() - started}
+        if all(s.step_id != step_id for s in history.steps):
+            append_rows(self.paths.wal, "train_steps", [{
+                "step_id": step_id, "step": history.next_step, "backend": self.cfg.backend,
+                "base_model": self.cfg.base_model, "loss_fn": self.cfg.loss_fn, "turn_ids": [],
+                "metrics": metrics, "ts": now_micros()}])
+        log.error("TRAINING STALLED: %s", resume.reason)
+        return StepOutcome("stalled", resume.reason, metrics=metrics)
+
+    def _train(self, backend: TrainingBackend, history: TrainHistory, resume: Resume,
+               batch: list[Sample], skipped: dict[str, int], candidates: int,
+               skill_version: int | None, started: float) -> StepOutcome:
         cfg = self.cfg
         rl = [s for s in batch if s.kind == "rl"]
         sft = [s for s in batch if s.kind == "sft"]
@@ -201,9 +230,7 @@ class Trainer:
                                                              cfg.kl_coef)
                 s.advantage = sum(s.token_advantages) / len(s.token_advantages)
                 s.advantage_method = "distillation"
-        last_ok = history.last_ok
-        parent = (last_ok.metrics.get("state_path") if last_ok else None) or \
-            f"base:{backend.base_model}"
+        parent = resume.state_path or f"base:{backend.base_model}"
         turn_ids = sorted(s.turn_id for s in batch)
         step = history.next_step
         step_id = stable_id(parent, turn_ids, cfg.loss_fn, backend.base_model, backend.name)
@@ -216,11 +243,15 @@ class Trainer:
             "reward_mean": sum(rewards) / len(rewards) if rewards else None,
             "rl_reward_sum": sum(s.reward or 0.0 for s in rl if s.reward is not None),
             "rl_n": sum(1 for s in rl if s.reward is not None),
-            "baseline": history.baseline,
+            "baseline": history.baseline(cfg.baseline_decay),
             "advantage_mean": (sum(s.advantage or 0.0 for s in rl) / len(rl)) if rl else None,
             "advantage_methods": dict(Counter(s.advantage_method for s in rl)),
             "skipped": skipped, "routed": self._routed, "skill_set_version": skill_version,
-            "parent_state_path": parent, "config": effective_config(self.settings, backend),
+            "parent_state_path": parent, "lineage": resume.summary(),
+            # per RL sample: steps between the checkpoint that served it and this learner
+            "staleness": {s.turn_id: s.staleness for s in rl},
+            "truncated": {s.turn_id: s.truncated for s in sft if s.truncated},
+            "config": effective_config(self.settings, backend),
             # the whole MetaClawConfig (secrets masked) + its hash: the run is reproducible
             "metaclaw_config": config_snapshot(self.settings),
         }

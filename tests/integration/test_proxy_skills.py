@@ -12,6 +12,7 @@ from pathlib import Path
 
 import openai
 
+from metaclaw.skills.query import inject
 from tests.helpers import REPO, ProxyProcess
 from tests.stubs.upstream_server import StubUpstream
 
@@ -66,6 +67,10 @@ def test_relevant_skill_is_injected_and_recorded(
         assert turn["skill_set_version"] >= 1
         assert json.loads(turn["request"])["messages"][0]["role"] == "user", \
             "the request is recorded as the client sent it"
+        # what was served is recorded exactly: the request + injected_text rebuild it
+        assert turn["injected_text"] and turn["injected_text"] in sent["messages"][0]["content"]
+        assert inject(json.loads(turn["request"])["messages"], turn["injected_text"]) == \
+            sent["messages"]
 
         other = uuid.uuid4().hex
         client.chat.completions.create(model="m", user=other, messages=[
@@ -85,3 +90,4 @@ def test_broken_skill_library_never_breaks_chat(stub: StubUpstream, tmp_path: Pa
             model="m", messages=[{"role": "user", "content": "answer as JSON"}])
         assert reply.choices[0].message.content == "Echo: answer as JSON"
         assert proxy.turns()[0]["injected_skills"] == []
+        assert proxy.turns()[0]["injected_text"] is None

@@ -115,3 +115,18 @@ def test_bad_datums_fail_with_the_reason() -> None:
         rl_datum([1], [2], [-1.0, -1.0], 1.0)
     with pytest.raises(LossInputError, match="1 advantages for 2 tokens"):
         rl_datum([1], [2, 3], [-1.0, -1.0], [1.0])
+
+
+def test_dro_leaves_the_prompt_positions_alone() -> None:
+    """A datum pads its prompt with q = 0, A = 0: the squared penalty must not pull the
+    learner's prompt logprobs toward 0 (i.e. toward certainty about the prompt)."""
+    datum = rl_datum([1, 2, 3, 4], [5, 6], [-0.5, -0.7], 1.0)
+    inputs = {k: v.to_torch().float() for k, v in datum.loss_fn_inputs.items()
+              if k != "target_tokens"}
+    lp = torch.tensor([-2.0, -3.0, -1.0, -0.4, -0.9], requires_grad=True)
+    loss = loss_sum("dro", lp, inputs, {"beta": 0.1})
+    loss.backward()
+    assert lp.grad is not None
+    assert lp.grad[:3].tolist() == [0.0, 0.0, 0.0]
+    # completion: d/dlp −(lp·A − ½β(lp − q)²) = −A + β(lp − q)
+    assert lp.grad[3:].tolist() == pytest.approx([-1 + 0.1 * 0.1, -1 + 0.1 * -0.2])

@@ -30,8 +30,8 @@ def upstream_turn(turn_id: str, reward: float | None, **extra: object) -> Turn:
                 completion_text="hello", reward=reward, **extra)  # type: ignore[arg-type]
 
 
-def fake_render(turn: Turn) -> tuple[list[int], list[int]]:
-    return [7, 7], [8]
+def fake_render(turn: Turn) -> tuple[list[int], list[int], int]:
+    return [7, 7], [8], 0
 
 
 def select(turns: list[Turn], loss_fn: str = "importance_sampling", **kw: object) -> Selection:
@@ -143,7 +143,9 @@ def test_render_turn_matches_the_policy_server_and_stops_at_end_of_turn() -> Non
     tok = build_tokenizer()
     messages = [{"role": "system", "content": "Be brief."},
                 {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]}]
-    prompt, completion = render_turn(tok, {"model": "m", "messages": messages}, "Paris.", None)
+    prompt, completion, cut = render_turn(tok, {"model": "m", "messages": messages}, "Paris.",
+                                          None)
+    assert cut == 0
     served = tok(render_prompt(tok, messages, None), add_special_tokens=False)["input_ids"]
     assert prompt == served  # the very ids the policy server would have generated after
     assert tok.decode(prompt).endswith("<|im_start|>assistant\n")
@@ -156,7 +158,7 @@ def test_render_writes_tool_calls_the_way_the_server_reads_them() -> None:
     calls = [{"id": "c1", "type": "function",
               "function": {"name": "read_file", "arguments": "{\"path\": \"a.py\"}"}}]
     tools = [{"type": "function", "function": {"name": "read_file", "parameters": {}}}]
-    prompt, completion = render_turn(
+    prompt, completion, _ = render_turn(
         tok, {"messages": [{"role": "user", "content": "read it"}], "tools": tools}, None, calls)
     assert "read_file" in tok.decode(prompt)  # tools described in the system message
     text = tok.decode(completion)
@@ -168,7 +170,7 @@ def test_render_maps_anthropic_requests_and_names_bad_ones() -> None:
     tok = build_tokenizer()
     request = {"system": "Be brief.", "messages": [
         {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}
-    prompt, _ = render_turn(tok, request, "Hello", None)
+    prompt, _, _ = render_turn(tok, request, "Hello", None)
     assert tok.decode(prompt).startswith("<|im_start|>system\nBe brief.<|im_end|>")
     with pytest.raises(RenderError, match="no messages"):
         render_turn(tok, {"messages": []}, "x", None)
@@ -191,12 +193,84 @@ def test_sparkline_and_report() -> None:
     assert "reward mean `▁█`" in text and "| 2 | ok | 0.5 | 0.9 |" in text
 
 
-def test_policy_turns_sampled_at_another_temperature_are_not_importance_weighted() -> None:
-    hot = Turn(turn_id="hot", served_by="policy", source="live", prompt_token_ids=[1, 2],
+@pytest.mark.parametrize("served, requested", [
+    ({"sampling_temperature": 0.7}, {}),  # the policy's trace says T = 0.7
+    ({"sampling_temperature": 1.0, "sampling_top_p": 0.9}, {}),  # nucleus-renormalised
+    ({}, {"top_p": 0.5}),  # an older row without the trace columns: the request's value
+    ({"sampling_temperature": 1.0, "sampling_top_p": 1.0}, {"top_k": 20}),
+])
+def test_turns_sampled_unlike_the_learner_scores_are_not_importance_weighted(
+        served: dict[str, float], requested: dict[str, float]) -> None:
+    odd = Turn(turn_id="odd", served_by="policy", source="live", prompt_token_ids=[1, 2],
                completion_token_ids=[3], completion_logprobs=[-0.2], reward=0.9,
-               request={"messages": [{"role": "user", "content": "x"}], "temperature": 0.7})
-    assert hot.temperature == 0.7 and hot.on_policy
-    sel = select([hot, policy_turn("t1", 1.0)])
-    assert {s.turn_id: s.kind for s in sel.samples} == {"hot": "sft", "t1": "rl"}
-    assert sel.notes == {"temperature_mismatch": 1}
-    assert [s.kind for s in select([hot], temperature=0.7).samples] == ["rl"]
+               request={"messages": [{"role": "user", "content": "x"}], **requested},
+               **served)  # type: ignore[arg-type]
+    assert odd.on_policy and not odd.sampled_as_learner_scores
+    sel = select([odd, policy_turn("t1", 1.0)])
+    assert {s.turn_id: s.kind for s in sel.samples} == {"odd": "sft", "t1": "rl"}
+    assert sel.notes == {"sampling_mismatch": 1}
+
+
+def test_staleness_is_counted_from_the_learners_lineage() -> None:
+    def by(turn_id: str, checkpoint: str | None) -> Turn:
+        return Turn(turn_id=turn_id, served_by="policy", source="live", prompt_token_ids=[1],
+                    completion_token_ids=[3], completion_logprobs=[-0.2], reward=1.0,
+                    policy_checkpoint=checkpoint)
+    turns = [by("now", "c3"), by("two", "c1"), by("base", None), by("other", "x9")]
+    sel = select(turns, lineage=("c3", "c2", "c1", None), max_staleness=2, baseline=0.5)
+    assert {s.turn_id: s.staleness for s in sel.samples if s.kind == "rl"} == \
+        {"now": 0, "two": 2}
+    assert sel.notes == {"stale_policy": 1, "other_lineage": 1}
+
+
+def test_sft_renders_the_prompt_the_model_was_served() -> None:
+    """The recorded skills block is put back where the proxy put it (`injected_text`)."""
+    from metaclaw.skills.query import inject
+    from metaclaw.training.render import served_request
+
+    tok = build_tokenizer()
+    block = "## Skills\n- answer in one word"
+    openai_req = {"messages": [{"role": "system", "content": "Be brief."},
+                               {"role": "user", "content": "Capital?"}]}
+    served = served_request(openai_req, block, anthropic=False)
+    assert served["messages"] == inject(openai_req["messages"], block)
+    prompt, _, _ = render_turn(tok, served, "Paris.", None)
+    assert "answer in one word" in tok.decode(prompt)
+    anthropic_req = {"messages": [{"role": "user", "content": "Capital?"}]}
+    prompt, _, _ = render_turn(tok, served_request(anthropic_req, block, anthropic=True),
+                               "Paris.", None)
+    assert tok.decode(prompt).startswith(f"<|im_start|>system\n{block}<|im_end|>")
+    assert served_request(openai_req, None, anthropic=False) is openai_req
+
+
+def test_long_prompts_are_cut_reproducibly_not_dropped() -> None:
+    from metaclaw.training.render import TooLongError
+
+    tok = build_tokenizer()
+    system = "You are a helpful assistant. " * 60  # an agent's long system prompt
+    history = []
+    for i in range(12):
+        history += [{"role": "user", "content": f"Question {i}: the capital of France?"},
+                    {"role": "assistant", "content": f"Paris, answer {i}."}]
+    request = {"messages": [{"role": "system", "content": system}, *history,
+                            {"role": "user", "content": "And the last question?"}]}
+    full, completion, cut = render_turn(tok, request, "Paris.", None)
+    assert cut == 0
+    limit = len(full) + len(completion) - 120
+    prompt, completion2, cut = render_turn(tok, request, "Paris.", None, limit)
+    assert len(prompt) + len(completion2) <= limit and cut > 0
+    text = tok.decode(prompt)
+    assert text.startswith("<|im_start|>system\nYou are a helpful") and "last question" in text
+    assert "Question 0:" not in text, "the oldest messages go first"
+    assert render_turn(tok, request, "Paris.", None, limit) == (prompt, completion2, cut)
+    # 24 older messages dropped, then the system text cut to its head (and recorded)
+    tight, _, cut = render_turn(tok, request, "Paris.", None, 200)
+    assert len(tight) < 200 and "truncated" in tok.decode(tight) and cut == 24 + 1
+    with pytest.raises(TooLongError):
+        render_turn(tok, request, "Paris.", None, 30)
+    long_turn = Turn(turn_id="long", served_by="upstream", request=request, reward=1.0,
+                     completion_text="Paris.")
+    sel = select_samples([long_turn],
+                         SelectionPolicy(loss_fn="ppo", max_seq_len=limit),
+                         lambda t: render_turn(tok, t.request or {}, "Paris.", None, limit))
+    assert sel.notes == {"truncated": 1} and sel.samples[0].truncated > 0
