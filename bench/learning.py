@@ -5,14 +5,19 @@ For each preference kind (`metaclaw.learning.preferences`) and each arm:
 1. a fresh MetaClaw home: the local policy server (the embedded model unless `--base-model`)
    and the capture proxy as real processes, as `metaclaw up` runs them;
 2. **before**: the held-out questions (never asked while teaching), each in a fresh session at
-   temperature 0, counted by the preference's rule;
+   temperature 0, asked plainly (the preference is not restated), counted by its rule;
 3. **teaching rounds** until `--minutes` run out: the scripted user asks the teaching questions
-   at the training temperature (on-policy data), rates every reply ±1 through
+   plainly at the training temperature (on-policy data), rates every reply ±1 through
    `POST /v1/feedback` and corrects the ones that ignore the preference, as a person would;
    the *learn* arm then runs a train step and the deploy gate in this process (the same library
    calls the `train` and `deploy` flows make); the *control* arm asks, rates and corrects
    exactly the same way and trains nothing;
 4. **after**: the held-out questions again, served by whatever the gate promoted.
+
+What is measured: whether the agent adopted the user's preference without being told again.
+Told in the same message, the embedded model already keeps answers short (12/12 held-out
+replies under 15 words at temperature 0, measured), so restating it would measure instruction
+following, not learning; the "before" column is the base rate when asked plainly.
 
 The gate judges its own prompts (the teaching questions, never the held-out ones) with a rule
 judge (`bench/_rule_judge.py`): a stand-in for a capable judge that reads the user's preference.
@@ -93,8 +98,9 @@ def arm_env(home: Path, args: argparse.Namespace, judge_url: str, prompts: Path,
     return env
 
 
-def gate_prompts(pref: Preference) -> str:
-    return "".join(json.dumps({"messages": [{"role": "user", "content": pref.ask(q)}]}) + "\n"
+def gate_prompts() -> str:
+    """The gate's yardstick: the teaching questions asked plainly, as the held-out ones are."""
+    return "".join(json.dumps({"messages": [{"role": "user", "content": q}]}) + "\n"
                    for q in TEACHING_QUESTIONS)
 
 
@@ -111,7 +117,7 @@ def run_arm(pref: Preference, arm: str, args: argparse.Namespace, root: Path) ->
     home = root / f"{pref.kind}-{arm}"
     home.mkdir(parents=True)
     prompts = home / "gate-prompts.jsonl"
-    prompts.write_text(gate_prompts(pref))
+    prompts.write_text(gate_prompts())
     started = time.monotonic()
     children = []
     with RuleJudge(pref.complies) as judge:
@@ -122,12 +128,14 @@ def run_arm(pref: Preference, arm: str, args: argparse.Namespace, root: Path) ->
             children.append(start_policy_server(paths, settings.policy.port))
             children.append(start_proxy(paths, settings.proxy.port))
             url = f"http://127.0.0.1:{settings.proxy.port}"
-            teacher = ScriptedUser(url, args.max_tokens, settings.training.temperature, pref)
-            greedy = ScriptedUser(url, args.max_tokens, 0.0, pref)
+            teacher = ScriptedUser(url, args.max_tokens, settings.training.temperature, pref,
+                                   restate=False, parallel=args.parallel)
+            greedy = ScriptedUser(url, args.max_tokens, 0.0, pref, restate=False,
+                                  parallel=args.parallel)
             before = measure(greedy, "before")
             result = ArmResult(pref.kind, arm, before.rate, before.rate,
                                replies_before=before.replies)
-            teach(result, args, settings, teacher, started)
+            teach(result, args, settings, teacher)
             after = measure(greedy, "after")
             result.after, result.replies_after = after.rate, after.replies
         finally:
@@ -137,15 +145,16 @@ def run_arm(pref: Preference, arm: str, args: argparse.Namespace, root: Path) ->
     return result
 
 
-def teach(result: ArmResult, args: argparse.Namespace, settings: Any, teacher: ScriptedUser,
-          started: float) -> None:
-    """Teaching rounds until the time budget is spent; the learn arm trains and gates."""
+def teach(result: ArmResult, args: argparse.Namespace, settings: Any,
+          teacher: ScriptedUser) -> None:
+    """Teaching rounds until the time budget (from the first question) is spent; the learn arm
+    trains and gates after each round."""
     from metaclaw.deploy.deployer import run_gate
     from metaclaw.training.trainer import Trainer
 
     trainer = Trainer(settings) if result.arm == "learn" else None
     first_feedback: float | None = None
-    deadline = started + args.minutes * 60
+    deadline = time.monotonic() + args.minutes * 60
     try:
         while time.monotonic() < deadline and result.rounds < args.max_rounds:
             taught = teacher.ask(f"teach{result.rounds}", TEACHING_QUESTIONS, teach=True)
@@ -178,6 +187,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="Teaching budget per arm.")
     parser.add_argument("--max-rounds", type=int, default=50)
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--parallel", type=int, default=4, help="Users asking at once.")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--base-model", default=None,

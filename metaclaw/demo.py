@@ -42,16 +42,24 @@ class Round:
 
 
 class ScriptedUser:
-    """Talks to the proxy like a person would: same session per question, corrections, ratings."""
+    """Talks to the proxy like a person would: one session per question, corrections, ratings.
+
+    `restate`: each conversation opens with the preference (the demo); off, the user asks plainly
+    and only rates and corrects, so what is measured is whether the agent adopted the preference
+    without being told again (bench/learning.py). `parallel`: that many users at once (the
+    policy server batches concurrent requests); each question is its own session either way.
+    """
 
     def __init__(self, proxy_url: str, max_tokens: int, temperature: float,
-                 preference: Preference) -> None:
+                 preference: Preference, *, restate: bool = True, parallel: int = 1) -> None:
         """`temperature`: the training temperature, so the policy's replies are on-policy data
         (turns sampled at another temperature cannot feed an importance-sampling loss)."""
         self.client = httpx.Client(base_url=proxy_url, timeout=600)
         self.preference = preference
         self.max_tokens = max_tokens
         self.temperature = temperature
+        self.restate = restate
+        self.parallel = max(1, parallel)
 
     def _chat(self, session: str, messages: list[dict[str, Any]]) -> tuple[str, str]:
         resp = self.client.post(
@@ -64,17 +72,12 @@ class ScriptedUser:
         return resp.json()["choices"][0]["message"]["content"] or "", resp.headers[
             "x-metaclaw-turn-id"]
 
-    def ask(self, label: str, questions: tuple[str, ...], *, teach: bool) -> Round:
-        result = Round(label)
-        for i, question in enumerate(questions):
-            session = f"demo-{label}-{i}-{int(time.time())}"
-            history = [{"role": "user", "content": self.preference.ask(question)}]
-            reply, turn_id = self._chat(session, history)
-            ok = self.preference.complies(reply)
-            result.replies.append(reply)
-            result.complied.append(ok)
-            if not teach:
-                continue
+    def _converse(self, session: str, question: str, teach: bool) -> tuple[str, bool]:
+        opening = self.preference.ask(question) if self.restate else question
+        history = [{"role": "user", "content": opening}]
+        reply, turn_id = self._chat(session, history)
+        ok = self.preference.complies(reply)
+        if teach:
             self.client.post("/v1/feedback", json={
                 "turn_id": turn_id, "value": 1.0 if ok else -1.0,
                 "comment": "followed my preference" if ok else self.preference.correction})
@@ -82,6 +85,20 @@ class ScriptedUser:
                 history += [{"role": "assistant", "content": reply},
                             {"role": "user", "content": self.preference.correction}]
                 self._chat(session, history)
+        return reply, ok
+
+    def ask(self, label: str, questions: tuple[str, ...], *, teach: bool) -> Round:
+        from concurrent.futures import ThreadPoolExecutor
+
+        stamp = int(time.time())
+        with ThreadPoolExecutor(self.parallel) as pool:
+            done = list(pool.map(lambda iq: self._converse(f"demo-{label}-{iq[0]}-{stamp}",
+                                                          iq[1], teach),
+                                 enumerate(questions)))
+        result = Round(label)
+        for reply, ok in done:
+            result.replies.append(reply)
+            result.complied.append(ok)
         return result
 
 
