@@ -18,6 +18,11 @@ The train flow writes **candidate** checkpoints; nothing serves them until this 
    hot-swaps at once — and otherwise rejects. The full comparison is recorded in
    `checkpoints.eval_metrics` and published as artifacts.
 
+Before all that, every run checks that the running policy server serves the promoted checkpoint
+(`GET /admin/adapter`) and re-sends the swap when it does not — a refused hot-swap would
+otherwise leave users on weights the registry does not name until a restart. A mismatch is
+logged and published (`policy-server-reconcile`).
+
 Idempotent: a decided candidate is never evaluated again, and every row has a stable id. A
 judge outage fails the evaluation task (retried once); the candidate waits for the next run.
 """
@@ -31,7 +36,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from metaclaw.config import Settings
 from metaclaw.deploy.deployer import FLOW_ACTOR, GateOutcome
-from tasks.deploy import evaluate_candidate, record_decision, select_candidate
+from metaclaw.deploy.reconcile import Reconciliation
+from tasks.deploy import (
+    evaluate_candidate,
+    reconcile_policy_server,
+    record_decision,
+    select_candidate,
+)
 
 CELL = 80
 
@@ -86,6 +97,20 @@ def _table(outcome: GateOutcome) -> list[dict[str, Any]]:
             for p in outcome.evaluation.pairs]
 
 
+def _report_reconciliation(found: Reconciliation) -> None:
+    from prefect import get_run_logger
+
+    if not found.problem:
+        return
+    get_run_logger().warning("policy server and ledger disagreed: %s", found.detail)
+    create_markdown_artifact(
+        f"## Policy server reconciliation\n\n- status: **{found.status}**\n"
+        f"- ledger (promoted): `{found.expected or 'base'}`\n"
+        f"- server (before): `{found.served or 'base'}`\n- {found.detail}\n",
+        key="policy-server-reconcile", description="the policy server served other weights "
+        "than the ledger's promoted checkpoint")
+
+
 def _actor() -> str:
     from prefect.runtime import flow_run
 
@@ -98,10 +123,14 @@ def deploy_flow(checkpoint_id: str | None = None) -> dict[str, Any]:
     """Evaluate the newest candidate (or `checkpoint_id`) and promote or reject it."""
     settings = Settings()
     actor = _actor()
+    found = reconcile_policy_server(settings)
+    _report_reconciliation(found)
+    reconciled = {"status": found.status, "detail": found.detail}
     prepared = select_candidate(settings, checkpoint_id, actor)
     if prepared.candidate is None:
         return {"status": "idle", "checkpoint_id": checkpoint_id,
-                "reason": "; ".join(prepared.notes), "superseded": []}
+                "reason": "; ".join(prepared.notes), "superseded": [],
+                "reconciliation": reconciled}
     assessment = evaluate_candidate(settings, prepared)
     outcome = record_decision(settings, prepared, assessment, actor)
     create_markdown_artifact(_markdown(outcome), key="deploy-report",
@@ -109,7 +138,7 @@ def deploy_flow(checkpoint_id: str | None = None) -> dict[str, Any]:
     if outcome.evaluation is not None and outcome.evaluation.pairs:
         create_table_artifact(_table(outcome), key="deploy-comparison",
                               description="candidate vs current policy, pair by pair")
-    return outcome.summary()
+    return {**outcome.summary(), "reconciliation": reconciled}
 
 
 if __name__ == "__main__":

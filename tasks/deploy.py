@@ -11,6 +11,15 @@ from prefect.cache_policies import NO_CACHE
 
 from metaclaw.config import Settings
 from metaclaw.deploy.deployer import Assessment, GateOutcome, Prepared, assess, prepare, record
+from metaclaw.deploy.reconcile import Reconciliation, reconcile
+
+
+@task(name="reconcile-policy-server", retries=1, retry_delay_seconds=[5],
+      cache_policy=NO_CACHE)
+def reconcile_policy_server(settings: Settings) -> Reconciliation:
+    """Re-send the swap when the running policy server does not serve the promoted checkpoint
+    (a refused or lost hot-swap); reports what it found."""
+    return reconcile(settings)
 
 
 @task(name="select-candidate", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)

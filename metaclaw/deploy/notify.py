@@ -31,6 +31,43 @@ def admin_url(settings: Settings) -> str:
     return policy_base_url(settings).removesuffix("/v1") + "/admin/adapter"
 
 
+def admin_headers(settings: Settings) -> dict[str, str]:
+    """What the policy server's `/admin/*` endpoints require: the API key, if any, and the
+    admin token."""
+    key = settings.policy.api_key
+    headers = {"authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+    return headers
+
+
+@dataclass(frozen=True)
+class Served:
+    """What `GET /admin/adapter` reported; `error` set when it could not say."""
+
+    checkpoint_id: str | None = None
+    path: str | None = None
+    error: str | None = None
+    reachable: bool = True
+
+
+def served_adapter(settings: Settings) -> Served:
+    """Ask the running policy server which adapter new requests get."""
+    url = admin_url(settings)
+    try:
+        resp = httpx.get(url, headers=admin_headers(settings),
+                         timeout=settings.deploy.notify_timeout_s, trust_env=False)
+    except httpx.HTTPError as exc:
+        return Served(error=f"policy server at {url} not reachable ({type(exc).__name__})",
+                      reachable=False)
+    try:
+        body = resp.json()
+        if resp.status_code == 200:
+            return Served(body.get("checkpoint_id"), body.get("path"))
+        message = body["error"]["message"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        message = resp.text[:300]
+    return Served(error=f"GET {url} answered {resp.status_code}: {message}")
+
+
 def notify_policy_server(settings: Settings, checkpoint_id: str | None,
                          path: str | None) -> SwapNotice:
     """Ask the policy server to serve (checkpoint_id, path); (None, None) = the base model."""
@@ -38,12 +75,11 @@ def notify_policy_server(settings: Settings, checkpoint_id: str | None,
         return SwapNotice("skipped", f"{checkpoint_id} lives on Tinker; the local policy server "
                           "does not serve it")
     url = admin_url(settings)
-    key = settings.policy.api_key
-    headers = {"authorization": f"Bearer {key.get_secret_value()}"} if key else {}
     started = time.monotonic()
     try:
         resp = httpx.post(url, json={"checkpoint_id": checkpoint_id, "path": path},
-                          headers=headers, timeout=settings.deploy.notify_timeout_s,
+                          headers=admin_headers(settings),
+                          timeout=settings.deploy.notify_timeout_s,
                           trust_env=False)
     except httpx.HTTPError as exc:
         return SwapNotice("unreachable", f"policy server at {url} not reachable "

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,6 +20,8 @@ import torch
 
 from metaclaw.config import LedgerPaths, Settings
 from metaclaw.deploy import deployer
+from metaclaw.deploy.notify import notify_policy_server
+from metaclaw.deploy.reconcile import reconcile
 from metaclaw.deploy.store import read_book
 from metaclaw.serving.launch import start_policy_server
 from metaclaw.supervisor import Child
@@ -168,3 +171,66 @@ def test_the_cli_lists_promotes_and_rolls_back_a_running_server(env: Env) -> Non
     assert missing.returncode == 1 and "no checkpoint 'ckpt-nope'" in missing.stderr
     forced = cli("promote", "ckpt-cli", "--force")
     assert forced.returncode == 0 and serving(env) == "ckpt-cli"
+
+
+def test_a_server_that_drifted_from_the_ledger_is_swapped_back_by_the_deploy_flow(
+        env: Env, prefect_harness: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.deploy import deploy_flow
+
+    book = read_book(env.paths)
+    promoted = book.promoted
+    assert promoted is not None and serving(env) == promoted.checkpoint_id
+    # the server serves other weights than the ledger names (what a refused or lost swap leaves)
+    other = book.get("ckpt-blue")
+    assert notify_policy_server(env.settings, "ckpt-blue", other.path).status == "swapped"
+    assert serving(env) == "ckpt-blue"
+    for key, value in {"HOME": str(env.settings.home),
+                       "CONFIG": str(env.settings.home / "none.toml"),
+                       "POLICY__PORT": str(env.settings.policy.port)}.items():
+        monkeypatch.setenv(f"METACLAW_{key}", value)
+
+    result = deploy_flow()
+
+    assert result["reconciliation"]["status"] == "resent", result
+    assert serving(env) == promoted.checkpoint_id  # swapped back without a restart
+
+    async def artifact() -> str:
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["policy-server-reconcile"])))
+        return str(sorted(found, key=lambda a: a.created)[-1].data)
+
+    report = asyncio.run(artifact())
+    assert "**resent**" in report and f"`{promoted.checkpoint_id}`" in report
+    assert "`ckpt-blue`" in report
+    assert reconcile(env.settings).status == "in_sync"
+
+
+def test_a_refused_swap_is_reported_until_the_ledger_and_server_agree(env: Env,
+                                                                        tmp_path: Path) -> None:
+    from tests.tiny_model import build_tiny_model
+
+    # finite LoRA weights, so the registry accepts it, but for a model of another width: the
+    # server refuses to load it
+    model, tok = build_tiny_model(hidden=32)
+    other_model = tmp_path / "other-model"
+    model.save_pretrained(other_model)
+    tok.save_pretrained(other_model)
+    alien = train_toward(other_model, tmp_path / "c", "alien", "Paris", steps=1)
+    add_candidates(env.paths, candidate_row("ckpt-alien", alien, 9))
+    before = serving(env)
+    change = deployer.promote(env.settings, "ckpt-alien", actor="test", reason="by hand")
+    assert change.notice is not None and change.notice.status == "refused"
+    assert serving(env) == before and read_book(env.paths).promoted.checkpoint_id == "ckpt-alien"
+
+    found = reconcile(env.settings)
+
+    assert (found.status, found.expected, found.served) == ("mismatch", "ckpt-alien", before)
+    assert found.problem and "different base model" in found.detail
+    assert serving(env) == before
+    back = deployer.rollback(env.settings, actor="test", reason="the server cannot load it")
+    assert back.notice is not None and back.notice.status == "swapped"
+    assert reconcile(env.settings).status == "in_sync"
