@@ -8,7 +8,8 @@ changed after training consumed a turn (counted as `skipped.prompt_trained`). Th
 `deploy.eval_size` distinct prompts are used, newest first, so the gate tracks today's traffic.
 
 Each prompt is rebuilt as the policy saw it: the skills block the proxy injected
-(`turns.injected_text`) is put back with `metaclaw.skills.query.inject`, the proxy's own function.
+(`turns.injected_text`) is put back by `training.render.served_request` — the same function the
+trainer renders served turns with, which uses the proxy's own `skills.query.inject*`.
 
 The prompts file (`deploy.prompts_file`) is JSONL, one prompt per line:
 `{"messages": [{"role": "user", "content": "…"}], "tools": [...]}` or `{"prompt": "…"}`
@@ -31,7 +32,8 @@ LEDGER_SQL = """
 WITH consumed AS (SELECT DISTINCT unnest(turn_ids) AS turn_id FROM train_steps),
 trained AS (SELECT DISTINCT {trained_digest} AS d FROM turns tt
             JOIN consumed k ON k.turn_id = tt.turn_id)
-SELECT t.turn_id, CAST(t.request AS VARCHAR) AS request, r.reward, {injected} AS injected,
+SELECT t.turn_id, CAST(t.request AS VARCHAR) AS request, t.client, r.reward,
+       {injected} AS injected,
        coalesce({digest} IN (SELECT d FROM trained WHERE d IS NOT NULL), false) AS trained
 FROM turns t
 JOIN turn_rewards r ON r.turn_id = t.turn_id
@@ -128,15 +130,14 @@ def _ledger_rows(settings: Settings) -> list[tuple[Any, ...]]:
 def ledger_prompts(settings: Settings, skipped: dict[str, int]) -> list[EvalPrompt]:
     """Held-out, scored, never-trained turns, newest first (at most deploy.eval_size), with the
     injected skills block they were served with."""
-    from metaclaw.skills.query import inject
-    from metaclaw.training.render import chat_messages
+    from metaclaw.training.render import chat_messages, served_request
 
     cfg = settings.deploy
     if cfg.eval_fraction <= 0:
         return []
     out: dict[str, EvalPrompt] = {}
     seen_turns: set[str] = set()
-    for turn_id, raw, reward, injected, trained in _ledger_rows(settings):
+    for turn_id, raw, client, reward, injected, trained in _ledger_rows(settings):
         if turn_id in seen_turns:
             continue
         seen_turns.add(turn_id)
@@ -145,7 +146,8 @@ def ledger_prompts(settings: Settings, skipped: dict[str, int]) -> list[EvalProm
             continue
         try:
             request = json.loads(raw)
-            messages = inject(chat_messages(request), injected or "")
+            messages = chat_messages(served_request(request, injected,
+                                                    anthropic=client == "anthropic"))
         except (ValueError, TypeError, AttributeError):
             skipped["unreadable_request"] = skipped.get("unreadable_request", 0) + 1
             continue
