@@ -59,13 +59,19 @@ def proxy(
     port: Annotated[int | None, typer.Option(help="Port (default proxy.port).")] = None,
 ) -> None:
     """Run the capture proxy alone."""
-    from metaclaw.proxy.server import serve
+    from metaclaw.proxy.guard import OpenBindError
+    from metaclaw.proxy.server import build_server
 
     settings = load_settings()
+    try:
+        server = build_server(settings, host, port)
+    except OpenBindError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     bind = f"{host or settings.proxy.host}:{port or settings.proxy.port}"
     err_console.print(f"MetaClaw proxy on http://{bind}/v1 → "
                       f"{settings.upstream.base_url or '(no upstream configured)'}")
-    serve(settings, host, port)
+    server.run()
 
 
 @app.command()
@@ -273,9 +279,20 @@ def policy_server(
 ) -> None:
     """Run the local policy server (packaged model + promoted LoRA, OpenAI-compatible)."""
     from metaclaw.models import ModelNotAvailableError
-    from metaclaw.serving.server import build_engine, build_server, policy_model_name
+    from metaclaw.proxy.guard import OpenBindError
+    from metaclaw.serving.server import (
+        build_engine,
+        build_server,
+        check_policy_bind,
+        policy_model_name,
+    )
 
     settings = load_settings()
+    try:
+        check_policy_bind(settings, host)
+    except OpenBindError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     try:
         with err_console.status(f"loading {policy_model_name(settings)} …") as spinner:
             engine = build_engine(settings, notify=lambda m: spinner.update(m))

@@ -484,8 +484,10 @@ class AnthropicStreamAccumulator:
 
     @property
     def text(self) -> str:
-        """All text blocks so far, concatenated."""
-        return "".join(_joined(s.parts) for s in self._ordered() if s.kind == "text")
+        """All text blocks so far, joined by newlines as the next request re-sends them
+        (`anthropic_compat`), so the recorded reply and the session chain agree."""
+        texts = (_joined(s.parts) for s in self._ordered() if s.kind == "text")
+        return "\n".join(t for t in texts if t)
 
     @property
     def tool_calls(self) -> list[dict[str, Any]]:

@@ -43,7 +43,7 @@ from metaclaw.proxy.relay import (
     read_upstream_json,
     relay_upstream_error,
 )
-from metaclaw.proxy.session import explicit_session_id, turn_index
+from metaclaw.proxy.session import client_identity, explicit_session_id, turn_index
 from metaclaw.proxy.sse import SSEEvent
 from metaclaw.proxy.validate import parse_json_object, validate_messages
 from metaclaw.skills.query import inject, inject_system
@@ -155,23 +155,29 @@ async def messages(request: Request) -> Response:
     openai_body = anthropic_request_to_openai(body, state.settings.upstream.model)
     history: list[dict[str, Any]] = openai_body["messages"]
     stream = bool(body.get("stream"))
+    identity = client_identity(request.headers)
     draft = TurnDraft(
-        session_id=state.sessions.resolve(explicit_session_id(request.headers, body), history),
+        session_id=state.sessions.resolve(
+            explicit_session_id(request.headers, body), history, identity
+        ),
         turn_index=turn_index(history),
         client="anthropic",
         endpoint=ENDPOINT,
         request=body,
         stream=stream,
         model=body.get("model"),
+        client_identity=identity,
     )
     model = str(openai_body.get("model") or "")
     injection = state.select_skills(history)
     draft.injected_skills = injection.skills
+    draft.injected_text = injection.block or None
     draft.skill_set_version = injection.skill_set_version
     to_policy = state.to_policy(body.get("model"), draft.session_id)
     if state.upstream.anthropic_native and not to_policy:
-        upstream_body = state.upstream_body(body)
-    draft.injected_text = injection.block or None
+        # upstream.model names the OpenAI-compatible upstream's model: a Claude client's own
+        # model choice stands; the setting only fills a request that named none.
+        upstream_body = body if body.get("model") else {**body, "model": model}
         if injection.block:
             upstream_body = {
                 **upstream_body,

@@ -23,23 +23,15 @@ from metaclaw.proxy.anthropic_api import messages
 from metaclaw.proxy.capture import Recorder
 from metaclaw.proxy.errors import ProxyError, error_body, is_anthropic_path
 from metaclaw.proxy.feedback_api import feedback
+from metaclaw.proxy.guard import LocalGuard, Refusal
 from metaclaw.proxy.openai_api import chat_completions, list_models
 from metaclaw.proxy.relay import ProxyState, error_response, json_response
-from metaclaw.proxy.session import SessionTracker
+from metaclaw.proxy.session import SESSIONS_FILE, SessionTracker, presented_key
 from metaclaw.proxy.upstream import AzureRoute, Upstream
 from metaclaw.skills.library import SkillLibrary
 
 log = logging.getLogger("metaclaw.proxy")
 OPEN_PATHS = frozenset({"/healthz"})
-
-
-def presented_key(headers: dict[str, str]) -> str | None:
-    """The key a client sent: `Authorization: Bearer …` (OpenAI, new Anthropic SDKs) or
-    `x-api-key` (Anthropic)."""
-    auth = headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return headers.get("x-api-key")
 
 
 class AuthMiddleware:
@@ -114,12 +106,15 @@ def create_app(settings: Settings, wal: WalWriter | None = None) -> FastAPI:
             settings=settings,
             upstream=upstream,
             recorder=Recorder(writer, settings.proxy.capture_timeout_s),
-            sessions=SessionTracker(settings.proxy.session_cache_size),
+            sessions=SessionTracker(
+                settings.proxy.session_cache_size, settings.paths.home / SESSIONS_FILE
+            ),
             skills=skills,
         )
         try:
             yield
         finally:
+            app.state.proxy.sessions.close()
             if skills is not None:
                 skills.close()
             await upstream.aclose()
@@ -129,6 +124,10 @@ def create_app(settings: Settings, wal: WalWriter | None = None) -> FastAPI:
     app = FastAPI(title="MetaClaw proxy", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(
         AuthMiddleware, keys=[k.get_secret_value().encode() for k in settings.proxy.api_keys]
+    )
+    # Added last, so it runs first: a browser's request is refused before auth or any read.
+    app.add_middleware(
+        LocalGuard, allowed_hosts=settings.proxy.allowed_hosts, respond=_refusal_response
     )
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_api_route("/v1/messages", messages, methods=["POST"])
@@ -161,6 +160,11 @@ def create_app(settings: Settings, wal: WalWriter | None = None) -> FastAPI:
         return json_response(body, 500)
 
     return app
+
+
+def _refusal_response(scope: Scope, refusal: Refusal) -> Response:
+    err = ProxyError(refusal.status, refusal.message, code=refusal.code)
+    return error_response(err, anthropic=is_anthropic_path(scope["path"]))
 
 
 async def healthz(request: Request) -> Response:

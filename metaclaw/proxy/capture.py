@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from concurrent.futures import Future
@@ -34,17 +35,18 @@ class TurnDraft:
     request: dict[str, Any]
     stream: bool
     model: str | None
+    client_identity: str = ""  # hash of the presented key: seeds the session chain
     turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     ts_start: int = field(default_factory=now_micros)
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
     injected_skills: list[str] = field(default_factory=list)  # skill_id@version
     skill_set_version: int | None = None
-
-    def headers(self) -> dict[str, str]:
     # the exact skills block appended to the system prompt (None: nothing injected); training
     # and evaluation rebuild the served messages with metaclaw.skills.query.inject(_system)
     injected_text: str | None = None
+
+    def headers(self) -> dict[str, str]:
         """Response headers naming the turn, so a client can post feedback on it."""
         return {"x-metaclaw-turn-id": self.turn_id, "x-metaclaw-session-id": self.session_id}
 
@@ -98,11 +100,11 @@ class TurnDraft:
             "http_status": http_status,
             "error": error,
             "source": "live",
-        }
-        return row
             "sampling_temperature": policy.temperature if policy else None,
             "sampling_top_p": policy.top_p if policy else None,
             "injected_text": self.injected_text,
+        }
+        return row
 
 
 @dataclass
@@ -118,6 +120,8 @@ class Recorder:
         self.wal = wal
         self.timeout_s = timeout_s
         self.stats = CaptureStats()
+        # counted from the event loop and from the WAL thread (record_nowait's callbacks)
+        self._stats_lock = threading.Lock()
 
     async def record(self, row: Row) -> bool:
         """Wait until the row is durable (bounded by the timeout); False when it is not."""
@@ -126,7 +130,7 @@ class Recorder:
         except Exception as exc:
             self._failed(row, exc)
             return False
-        self.stats.recorded += 1
+        self._recorded()
         return True
 
     def record_nowait(self, row: Row) -> None:
@@ -141,12 +145,17 @@ class Recorder:
     def _done(self, row: Row, fut: Future[None]) -> None:
         exc = fut.exception()
         if exc is None:
-            self.stats.recorded += 1
+            self._recorded()
         else:
             self._failed(row, exc)
 
+    def _recorded(self) -> None:
+        with self._stats_lock:
+            self.stats.recorded += 1
+
     def _failed(self, row: Row, exc: BaseException) -> None:
-        self.stats.failed += 1
+        with self._stats_lock:
+            self.stats.failed += 1
         reason = "timed out" if isinstance(exc, asyncio.TimeoutError | TimeoutError) else exc
         log.error(
             "LEDGER WRITE FAILED for turn %s (session %s): %s — the response was still served; "

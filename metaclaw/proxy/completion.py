@@ -78,12 +78,44 @@ class Completion:
     model: str | None = None
     policy: PolicyTrace | None = None
 
+    def __post_init__(self) -> None:
+        self.usage = normal_usage(self.usage)
+
     def reply_message(self) -> dict[str, Any]:
         """The assistant message a client will send back next turn (for the hash chain)."""
         msg: dict[str, Any] = {"role": "assistant", "content": self.text or ""}
         if self.tool_calls:
             msg["tool_calls"] = self.tool_calls
         return msg
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def normal_usage(raw: Any) -> dict[str, int] | None:
+    """Token counts in one shape whatever the API, so the ledger's `usage` sums across turns:
+    `prompt_tokens`, `completion_tokens`, `total_tokens` (OpenAI's names), and `cached_tokens`
+    when the upstream reports prompt-cache reads. Anthropic's `input_tokens` excludes cache
+    reads and writes, which are prompt tokens too, so they are added in."""
+    if not isinstance(raw, dict):
+        return None
+    if "input_tokens" in raw or "output_tokens" in raw:
+        cached = _count(raw.get("cache_read_input_tokens"))
+        prompt = (_count(raw.get("input_tokens")) + cached
+                  + _count(raw.get("cache_creation_input_tokens")))
+        completion = _count(raw.get("output_tokens"))
+    elif "prompt_tokens" in raw or "completion_tokens" in raw:
+        prompt, completion = _count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens"))
+        details = raw.get("prompt_tokens_details")
+        cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    else:
+        return None
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+             "total_tokens": prompt + completion}
+    if cached:
+        usage["cached_tokens"] = cached
+    return usage
 
 
 class _Accumulated(Protocol):
@@ -118,7 +150,8 @@ def from_openai(resp: dict[str, Any]) -> Completion:
 
 def from_anthropic(msg: dict[str, Any]) -> Completion:
     blocks = [b for b in msg.get("content") or [] if isinstance(b, dict)]
-    text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+    # joined as the next request re-sends them (anthropic_compat): one text either way
+    text = "\n".join(str(b["text"]) for b in blocks if b.get("type") == "text" and b.get("text"))
     calls = [
         {
             "id": b.get("id"),

@@ -30,7 +30,7 @@ from metaclaw.proxy.relay import (
     read_upstream_json,
     relay_upstream_error,
 )
-from metaclaw.proxy.session import explicit_session_id, turn_index
+from metaclaw.proxy.session import client_identity, explicit_session_id, turn_index
 from metaclaw.proxy.sse import SSEEvent
 from metaclaw.proxy.validate import parse_json_object, validate_chat
 from metaclaw.skills.query import inject
@@ -41,10 +41,12 @@ ENDPOINT = "/v1/chat/completions"
 class OpenAIStreamRelay(StreamRelay):
     """Verbatim pass-through of an OpenAI SSE stream; `data: [DONE]` is the terminal event."""
 
-    def __init__(self, *args: Any) -> None:
+    def __init__(self, *args: Any, strip_usage: bool = False) -> None:
         super().__init__(*args)
         self.acc = OpenAIStreamAccumulator()
         self.policy: PolicyTrace | None = None
+        # The proxy asked for the usage chunk the client did not: record it, don't forward it.
+        self.strip_usage = strip_usage
 
     def is_terminal(self, event: SSEEvent) -> bool:
         return event.data.strip() == "[DONE]"
@@ -66,6 +68,8 @@ class OpenAIStreamRelay(StreamRelay):
                 self.acc.add(chunk)
                 if self.acc.first_content_seen:
                     self.draft.mark_first_token()
+                if self.strip_usage and chunk.get("choices") == [] and "usage" in chunk:
+                    return []
                 if POLICY_FIELD in chunk:  # our policy's trace: keep it, don't forward it
                     self.policy = pop_policy_trace(chunk)
                     return [b"data: " + orjson.dumps(chunk) + b"\n\n"]
@@ -86,19 +90,29 @@ async def chat_completions(request: Request) -> Response:
     validate_chat(body, model_required=not state.settings.upstream.model)
     messages: list[dict[str, Any]] = body["messages"]
     stream = bool(body.get("stream"))
+    identity = client_identity(request.headers)
     draft = TurnDraft(
-        session_id=state.sessions.resolve(explicit_session_id(request.headers, body), messages),
+        session_id=state.sessions.resolve(
+            explicit_session_id(request.headers, body), messages, identity
+        ),
         turn_index=turn_index(messages),
         client="openai",
         endpoint=ENDPOINT,
         request=body,
         stream=stream,
         model=body.get("model"),
+        client_identity=identity,
     )
     to_policy = state.to_policy(body.get("model"), draft.session_id)
     upstream_body = state.upstream_body(body, policy=to_policy)
     injection = state.select_skills(messages)
+    options = body.get("stream_options")
+    client_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    if stream and not client_usage:  # token counts for the ledger, even if the client won't
+        extra = options if isinstance(options, dict) else {}
+        upstream_body = {**upstream_body, "stream_options": {**extra, "include_usage": True}}
     draft.injected_skills = injection.skills
+    draft.injected_text = injection.block or None
     draft.skill_set_version = injection.skill_set_version
     if injection.block:
         upstream_body = {**upstream_body, "messages": inject(messages, injection.block)}
@@ -112,8 +126,7 @@ async def chat_completions(request: Request) -> Response:
     if resp.status_code >= 400:
         return await relay_upstream_error(state, draft, resp, anthropic=False)
     if stream:
-    draft.injected_text = injection.block or None
-        relay = OpenAIStreamRelay(state, draft, resp, messages)
+        relay = OpenAIStreamRelay(state, draft, resp, messages, strip_usage=not client_usage)
         return RelayResponse(
             relay.events(), media_type="text/event-stream", headers=draft.headers()
         )

@@ -8,7 +8,7 @@ up right after it.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,12 +143,24 @@ async def relay_upstream_error(
     )
     if not isinstance(parsed, dict):
         parsed = None
+    advice = backoff_headers(resp.headers)
     if translate is not None:
-        return json_response(translate(resp.status_code, parsed), resp.status_code)
+        return json_response(translate(resp.status_code, parsed), resp.status_code, advice)
     if parsed is not None and "error" in parsed:
-        return json_response(parsed, resp.status_code)
+        return json_response(parsed, resp.status_code, advice)
     err = ProxyError(resp.status_code, f"upstream error: {message}", "upstream_error")
-    return error_response(err, anthropic=anthropic)
+    return json_response(error_body(err, anthropic=anthropic), err.status, advice)
+
+
+def backoff_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The upstream's rate-limit advice, which SDK retry logic reads (`retry-after`, OpenAI's
+    `x-ratelimit-*`, Anthropic's `anthropic-ratelimit-*`): relayed with its error."""
+    return {
+        name.lower(): value
+        for name, value in headers.items()
+        if name.lower() in ("retry-after", "retry-after-ms")
+        or name.lower().startswith(("x-ratelimit-", "anthropic-ratelimit-"))
+    }
 
 
 async def read_upstream_json(
@@ -193,7 +205,9 @@ async def finish_turn(
     """Make a successful turn durable and remember the conversation for session chaining."""
     row = draft.finish(status="ok", http_status=200, response=response, completion=completion)
     await state.recorder.record(row)
-    state.sessions.remember(messages, completion.reply_message(), draft.session_id)
+    state.sessions.remember(
+        messages, completion.reply_message(), draft.session_id, draft.client_identity
+    )
 
 
 class RelayResponse(StreamingResponse):

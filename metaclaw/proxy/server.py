@@ -6,14 +6,20 @@ import uvicorn
 
 from metaclaw.config import Settings
 from metaclaw.proxy.app import create_app
+from metaclaw.proxy.guard import check_bind
 
 
 def build_server(
     settings: Settings, host: str | None = None, port: int | None = None
 ) -> uvicorn.Server:
+    """The proxy's server; raises `OpenBindError` for a non-loopback bind nobody allowed."""
+    bind = host or settings.proxy.host
+    check_bind(bind, keyed=bool(settings.proxy.api_keys),
+               allow_open=settings.proxy.allow_open_bind, section="proxy",
+               key_setting="proxy.api_keys")
     config = uvicorn.Config(
         create_app(settings),
-        host=host or settings.proxy.host,
+        host=bind,
         port=port or settings.proxy.port,
         loop="uvloop",
         http="httptools",
@@ -23,7 +29,3 @@ def build_server(
     )
     return uvicorn.Server(config)
 
-
-def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
-    """Serve until SIGINT/SIGTERM; in-flight turns finish and the WAL is flushed on the way out."""
-    build_server(settings, host, port).run()

@@ -2,24 +2,53 @@
 
 Order: `X-Session-Id` header, `prompt_cache_key` (OpenClaw sends `<sessionId>:<n>`), the `user`
 field, else a hash chain: a request whose earlier messages equal a previous turn's messages plus
-its reply continues that turn's session. Hashes are taken over a normalised form (role, text,
-tool calls) without system messages, so clients that re-serialise history or refresh a timestamp
-in their system prompt still chain.
+its reply continues that turn's session.
+
+The chain's digests start from a seed of the client's identity (a hash of the API key it
+presented) and its system prompt, so two agents that open with the same words and get the same
+reply stay apart. The system prompt is compared without digits (clients refresh a timestamp or
+a counter in it every turn); all texts are compared without whitespace (clients re-join
+Anthropic text blocks with newlines, or re-indent). The chain lives in
+a small SQLite file under METACLAW_HOME (WAL mode), with an in-memory LRU in front, so a
+restarted proxy, or a second proxy process on the same home, continues running sessions.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import sqlite3
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+log = logging.getLogger("metaclaw.proxy")
+SESSIONS_FILE = "proxy-sessions.sqlite"
 _CACHE_KEY_SUFFIX = re.compile(r":\d+$")
+_DIGITS = re.compile(r"\d+")
+_PRUNE_EVERY = 1024  # writes between trims of the SQLite table to `max_size` rows
 Message = dict[str, Any]
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key a client sent: `Authorization: Bearer …` (OpenAI, new Anthropic SDKs) or
+    `x-api-key` (Anthropic)."""
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return headers.get("x-api-key")
+
+
+def client_identity(headers: Mapping[str, str]) -> str:
+    """Who is calling, as far as the chain needs to know: a hash of the presented key ("")."""
+    key = presented_key(headers)
+    return hashlib.blake2b(key.encode(), digest_size=8).hexdigest() if key else ""
 
 
 def explicit_session_id(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
@@ -53,6 +82,11 @@ def _text(content: Any) -> str:
     return str(content)
 
 
+def _squeeze(text: str) -> str:
+    """Text without whitespace: how the chain compares texts (see the module docstring)."""
+    return "".join(text.split())
+
+
 def _arguments(arguments: Any) -> Any:
     """Tool arguments compared by value: clients re-serialise JSON with other spacing."""
     if isinstance(arguments, str):
@@ -70,13 +104,22 @@ def _normalise(msg: Message) -> bytes:
         if isinstance(c, dict)
     ]
     return orjson.dumps(
-        [msg.get("role"), _text(msg.get("content")).strip(), calls, msg.get("tool_call_id")]
+        [msg.get("role"), _squeeze(_text(msg.get("content"))), calls, msg.get("tool_call_id")]
     )
 
 
-def prefix_digests(messages: list[Message]) -> Iterator[tuple[int, bytes]]:
+def chain_seed(messages: list[Message], identity: str) -> bytes:
+    """Where a conversation's chain starts: the client and its system prompt (digits aside)."""
+    system = "".join(
+        _text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")
+    )
+    material = orjson.dumps([identity, _squeeze(_DIGITS.sub("", system))])
+    return hashlib.blake2b(material, digest_size=16).digest()
+
+
+def prefix_digests(messages: list[Message], identity: str = "") -> Iterator[tuple[int, bytes]]:
     """(k, digest of messages[:k]) for every k, in one pass (a running hash, not O(n²))."""
-    running = b""
+    running = chain_seed(messages, identity)
     for k, msg in enumerate(messages, start=1):
         if msg.get("role") in ("system", "developer"):
             continue
@@ -84,19 +127,66 @@ def prefix_digests(messages: list[Message]) -> Iterator[tuple[int, bytes]]:
         yield k, running
 
 
+class ChainStore:
+    """digest → session id in SQLite, shared by every proxy process on one METACLAW_HOME.
+
+    Failures (a locked or full disk) are logged and the chain degrades to memory: session
+    identity is a convenience, serving must not wait on it.
+    """
+
+    def __init__(self, path: Path, max_size: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_size = max_size
+        self._writes = 0
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                   timeout=1.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # survives a crash of the process
+        self._db.execute("CREATE TABLE IF NOT EXISTS chain (digest BLOB PRIMARY KEY, "
+                         "session TEXT NOT NULL, seen INTEGER NOT NULL)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS chain_seen ON chain (seen)")
+
+    def find(self, digests: list[bytes]) -> dict[bytes, str]:
+        try:
+            marks = ",".join("?" * len(digests))
+            found = self._db.execute(
+                f"SELECT digest, session FROM chain WHERE digest IN ({marks})", digests
+            ).fetchall()
+        except sqlite3.Error as exc:
+            log.warning("session chain lookup failed (%s); using memory only", exc)
+            return {}
+        return {bytes(d): s for d, s in found}
+
+    def put(self, digest: bytes, session_id: str) -> None:
+        try:
+            self._db.execute("INSERT OR REPLACE INTO chain VALUES (?, ?, ?)",
+                             (digest, session_id, time.time_ns()))
+            self._writes += 1
+            if self._writes % _PRUNE_EVERY == 0:
+                self._db.execute(
+                    "DELETE FROM chain WHERE seen < (SELECT seen FROM chain ORDER BY seen DESC "
+                    "LIMIT 1 OFFSET ?)", (self.max_size - 1,))
+        except sqlite3.Error as exc:
+            log.warning("session chain write failed (%s); using memory only", exc)
+
+    def close(self) -> None:
+        self._db.close()
+
+
 class SessionTracker:
     """Remembers the digest of each finished conversation (request + reply) → session id."""
 
-    def __init__(self, max_size: int = 100_000) -> None:
+    def __init__(self, max_size: int = 100_000, path: Path | None = None) -> None:
         self.max_size = max_size
         self._sessions: OrderedDict[bytes, str] = OrderedDict()
+        self._store = ChainStore(path, max_size) if path is not None else None
 
-    def resolve(self, explicit: str | None, messages: list[Message]) -> str:
+    def resolve(self, explicit: str | None, messages: list[Message], identity: str = "") -> str:
         if explicit:
             return explicit
         candidates = [
             digest
-            for k, digest in prefix_digests(messages)
+            for k, digest in prefix_digests(messages, identity)
             if messages[k - 1].get("role") == "assistant"
         ]
         for digest in reversed(candidates):
@@ -104,18 +194,35 @@ class SessionTracker:
             if session is not None:
                 self._sessions.move_to_end(digest)
                 return session
+        if candidates and self._store is not None:  # another process, or before a restart
+            stored = self._store.find(candidates)
+            for digest in reversed(candidates):
+                if digest in stored:
+                    self._cache(digest, stored[digest])
+                    return stored[digest]
         return f"sess-{uuid.uuid4().hex}"
 
-    def remember(self, messages: list[Message], reply: Message, session_id: str) -> None:
+    def remember(
+        self, messages: list[Message], reply: Message, session_id: str, identity: str = ""
+    ) -> None:
         last = None
-        for _, digest in prefix_digests([*messages, reply]):
+        for _, digest in prefix_digests([*messages, reply], identity):
             last = digest
         if last is None:
             return
-        self._sessions[last] = session_id
-        self._sessions.move_to_end(last)
+        self._cache(last, session_id)
+        if self._store is not None:
+            self._store.put(last, session_id)
+
+    def _cache(self, digest: bytes, session_id: str) -> None:
+        self._sessions[digest] = session_id
+        self._sessions.move_to_end(digest)
         while len(self._sessions) > self.max_size:
             self._sessions.popitem(last=False)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
 
 def turn_index(messages: list[Message]) -> int:

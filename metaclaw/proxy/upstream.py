@@ -45,6 +45,7 @@ class UpstreamResponse:
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
         self.status_code = resp.status
+        self.headers = resp.headers
 
     async def aread(self) -> bytes:
         try:

@@ -23,7 +23,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from metaclaw.config import PolicySettings
+from metaclaw.proxy.guard import LocalGuard, Refusal
 from metaclaw.serving import responses as shapes
+from metaclaw.serving.admin_token import HEADER as ADMIN_HEADER
+from metaclaw.serving.admin_token import TOKEN_FILE, ensure_admin_token
 from metaclaw.serving.chat import ChatFormatError
 from metaclaw.serving.checkpoints import CheckpointError, adapter_dir, ledger_path
 from metaclaw.serving.engine import AdapterError, Delta, EngineError, PolicyEngine, Result
@@ -34,6 +38,7 @@ OPEN_PATHS = frozenset({"/healthz"})
 STALL_GRACE_S = 30.0  # beyond the request timeout, before the async side gives up on the worker
 CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, logs can tell
 DISCONNECT_POLL_S = 1.0  # how often a waiting non-streamed request checks its client is there
+DEFAULT_MAX_BODY: int = PolicySettings.model_fields["max_body_bytes"].default
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
@@ -73,17 +78,49 @@ class KeyMiddleware:
         await error_response(err)(scope, receive, send)
 
 
+class AdminMiddleware:
+    """`/admin/*` needs the admin token (`admin_token.py`) on top of any API key."""
+
+    def __init__(self, app: ASGIApp, token: bytes) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/admin/"):
+            await self.app(scope, receive, send)
+            return
+        presented = dict(scope["headers"]).get(ADMIN_HEADER.encode(), b"")
+        if presented and hmac.compare_digest(presented, self.token):
+            await self.app(scope, receive, send)
+            return
+        err = EngineError(401, f"admin endpoints need the '{ADMIN_HEADER}' header with the token "
+                          f"in METACLAW_HOME/{TOKEN_FILE}", "invalid_admin_token",
+                          "authentication_error")
+        await error_response(err)(scope, receive, send)
+
+
+def _refusal_response(scope: Scope, refusal: Refusal) -> Response:
+    return error_response(EngineError(refusal.status, refusal.message, refusal.code))
+
+
 class ServerState:
-    def __init__(self, engine: PolicyEngine, home: Path, timeout_s: float) -> None:
+    def __init__(self, engine: PolicyEngine, home: Path, timeout_s: float,
+                 max_body_bytes: int) -> None:
         self.engine = engine
         self.home = home
         self.timeout_s = timeout_s
+        self.max_body_bytes = max_body_bytes
         self.started = time.time()
 
 
 def create_app(engine: PolicyEngine, *, home: Path, request_timeout_s: float,
-               api_key: str | None = None, own_engine: bool = True) -> FastAPI:
-    """The ASGI app. The engine is started with the app and closed with it when owned."""
+               api_key: str | None = None, own_engine: bool = True,
+               max_body_bytes: int = DEFAULT_MAX_BODY, allowed_hosts: list[str] | None = None
+               ) -> FastAPI:
+    """The ASGI app. The engine is started with the app and closed with it when owned.
+
+    The admin token is read (created on the first start) under `home`.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -96,8 +133,11 @@ def create_app(engine: PolicyEngine, *, home: Path, request_timeout_s: float,
 
     app = FastAPI(title="MetaClaw policy server", lifespan=lifespan, docs_url=None,
                   redoc_url=None)
-    app.state.policy = ServerState(engine, Path(home), request_timeout_s)
+    app.state.policy = ServerState(engine, Path(home), request_timeout_s, max_body_bytes)
+    app.add_middleware(AdminMiddleware, token=ensure_admin_token(Path(home)).encode())
     app.add_middleware(KeyMiddleware, key=api_key.encode() if api_key else None)
+    # Added last, so it runs first: a browser's request is refused before anything else.
+    app.add_middleware(LocalGuard, allowed_hosts=allowed_hosts or [], respond=_refusal_response)
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_api_route("/v1/completions", completions, methods=["POST"])
     app.add_api_route("/v1/models", models, methods=["GET"])
@@ -131,7 +171,21 @@ def _state(request: Request) -> ServerState:
 
 
 async def _body(request: Request) -> Any:
-    raw = await request.body()
+    """The JSON body, refused with 413 as soon as it passes `policy.max_body_bytes`."""
+    limit = _state(request).max_body_bytes
+    declared = request.headers.get("content-length", "")
+    too_large = EngineError(413, f"request body exceeds policy.max_body_bytes ({limit} bytes)",
+                            "request_too_large")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -176,10 +230,9 @@ async def chat_completions(request: Request) -> Response:
     engine = state.engine
     chat = parse_chat(await _body(request), engine.max_new_tokens)
     try:
-        prompt_text = engine.render_chat(chat.messages, chat.tools)
+        prompt_ids = await asyncio.to_thread(_chat_prompt_ids, engine, chat)
     except ChatFormatError as exc:
         raise EngineError(400, str(exc), "invalid_messages", param="messages") from None
-    prompt_ids = engine.encode(prompt_text, add_special_tokens=False)
     max_tokens = engine.check_prompt(prompt_ids, chat.params.max_tokens)
     params = _with_max(chat.params, max_tokens)
     req = engine.submit(prompt_ids, params, stream=chat.stream, timeout_s=state.timeout_s)
@@ -196,6 +249,13 @@ async def chat_completions(request: Request) -> Response:
                                           params.top_p, deadline),
                              media_type="text/event-stream",
                              headers={"cache-control": "no-cache"})
+
+
+def _chat_prompt_ids(engine: PolicyEngine, chat: Any) -> list[int]:
+    """Template + tokenizer, off the event loop: a long prompt takes milliseconds under the
+    tokenizer lock, and other requests' streams must not wait on it."""
+    text = engine.render_chat(chat.messages, chat.tools)
+    return engine.encode(text, add_special_tokens=False)
 
 
 async def _chat_stream(req: Any, rid: str, engine: PolicyEngine, logprobs: bool,
@@ -253,12 +313,12 @@ async def completions(request: Request) -> Response:
     engine = state.engine
     comp = parse_completion(await _body(request))
     if isinstance(comp.prompt, str):
-        prompt_ids = engine.encode(comp.prompt, add_special_tokens=True)
+        prompt_ids = await asyncio.to_thread(engine.encode, comp.prompt, add_special_tokens=True)
         prompt_text = comp.prompt
     else:
         prompt_ids = comp.prompt
         engine.check_prompt(prompt_ids, 0)  # token ids in range before decoding them
-        prompt_text = engine.decode_all(prompt_ids)
+        prompt_text = await asyncio.to_thread(engine.decode_all, prompt_ids)
     max_tokens = engine.check_prompt(prompt_ids, comp.params.max_tokens)
     if comp.params.max_tokens > 0 and max_tokens == 0:
         raise EngineError(400, "no room left in the context for a completion",

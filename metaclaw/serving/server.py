@@ -14,6 +14,7 @@ import uvicorn
 from metaclaw.config import Settings
 from metaclaw.models import resolve_model_dir
 from metaclaw.models.resolve import Notify
+from metaclaw.proxy.guard import check_bind
 from metaclaw.serving.app import create_app
 from metaclaw.serving.checkpoints import CheckpointError, adapter_dir, promoted_checkpoint
 from metaclaw.serving.engine import AdapterError, PolicyEngine
@@ -66,11 +67,20 @@ def load_promoted_checkpoint(engine: PolicyEngine, settings: Settings,
     return checkpoint_id
 
 
+def check_policy_bind(settings: Settings, host: str | None = None) -> None:
+    """Raise `OpenBindError` for a non-loopback bind without `policy.api_key`, unless allowed."""
+    policy = settings.policy
+    check_bind(host or policy.host, keyed=policy.api_key is not None,
+               allow_open=policy.allow_open_bind, section="policy", key_setting="policy.api_key")
+
+
 def build_server(settings: Settings, engine: PolicyEngine, host: str | None = None,
                  port: int | None = None) -> uvicorn.Server:
     policy = settings.policy
+    check_policy_bind(settings, host)
     app = create_app(engine, home=Path(settings.home), request_timeout_s=policy.request_timeout_s,
-                     api_key=policy.api_key.get_secret_value() if policy.api_key else None)
+                     api_key=policy.api_key.get_secret_value() if policy.api_key else None,
+                     max_body_bytes=policy.max_body_bytes, allowed_hosts=policy.allowed_hosts)
     config = uvicorn.Config(app, host=host or policy.host, port=port or policy.port,
                             loop="uvloop", http="httptools", log_level="warning",
                             access_log=False, timeout_graceful_shutdown=30)

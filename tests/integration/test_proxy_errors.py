@@ -70,14 +70,19 @@ def test_body_over_limit_gets_413_before_being_read(stub: StubUpstream, tmp_path
     }
     with ProxyProcess(tmp_path / "h", env) as proxy:
         big = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 5000}]})
-        _assert_openai_error(httpx.post(proxy.url + CHAT, content=big), 413, "max_body_bytes")
+        json_type = {"content-type": "application/json"}
+        _assert_openai_error(
+            httpx.post(proxy.url + CHAT, content=big, headers=json_type), 413, "max_body_bytes"
+        )
 
         def chunked() -> Iterator[bytes]:  # no content-length: counted while streaming in
             for _ in range(50):
                 yield b" " * 100
 
-        _assert_openai_error(httpx.post(proxy.url + CHAT, content=chunked()), 413, "max_body")
-        resp = httpx.post(proxy.url + "/v1/messages", content=big)
+        _assert_openai_error(
+            httpx.post(proxy.url + CHAT, content=chunked(), headers=json_type), 413, "max_body"
+        )
+        resp = httpx.post(proxy.url + "/v1/messages", content=big, headers=json_type)
         assert resp.status_code == 413
         assert resp.json()["type"] == "error"
         assert resp.json()["error"]["type"] == "request_too_large"

@@ -9,7 +9,6 @@ The upstream is a real HTTP server on a socket that writes a fixed SSE body and 
 from __future__ import annotations
 
 import asyncio
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from metaclaw.config import Settings, SkillsSettings, UpstreamSettings
 from metaclaw.proxy.app import create_app
 from tests.helpers import rows
+from tests.raw_upstream import RawUpstream
 
 OPENAI_STREAM = (
     b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
@@ -45,52 +45,10 @@ ANTHROPIC_STREAM = (
 )
 
 
-class RawSSEUpstream:
-    """An HTTP/1.1 server that answers every POST with one fixed SSE body, then closes."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.port = 0
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
-        self.thread.start()
-        ready.wait(10)
-
-    def _serve(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0)
-        )
-        self.port = server.sockets[0].getsockname()[1]
-        ready.set()
-        self.loop.run_forever()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        request_line, *header_lines = head.decode("latin-1").split("\r\n")
-        sizes = [h.split(":", 1)[1] for h in header_lines if h.lower().startswith("content-length")]
-        length = int(sizes[0]) if sizes else 0
-        await reader.readexactly(length)
-        body = ANTHROPIC_STREAM if "/messages" in request_line else OPENAI_STREAM
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
-            + body
-        )
-        await writer.drain()
-        writer.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[RawSSEUpstream]:
-    server = RawSSEUpstream()
+def upstream() -> Iterator[RawUpstream]:
+    sse = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream"
+    server = RawUpstream({"/messages": (sse, ANTHROPIC_STREAM), "/": (sse, OPENAI_STREAM)})
     yield server
     server.close()
 
@@ -138,7 +96,7 @@ def _settings(home: Path, **upstream: str) -> Settings:
 
 
 def test_openai_done_without_blank_line_is_held_until_durable(
-    upstream: RawSSEUpstream, tmp_path: Path
+    upstream: RawUpstream, tmp_path: Path
 ) -> None:
     marker = uuid.uuid4().hex
     body = {"model": "m", "stream": True, "metadata": {"marker": marker},
@@ -150,7 +108,7 @@ def test_openai_done_without_blank_line_is_held_until_durable(
 
 
 def test_anthropic_message_stop_without_blank_line_is_held_until_durable(
-    upstream: RawSSEUpstream, tmp_path: Path
+    upstream: RawUpstream, tmp_path: Path
 ) -> None:
     marker = uuid.uuid4().hex
     body = {"model": "m", "stream": True, "max_tokens": 16, "metadata": {"marker": marker},

@@ -23,6 +23,8 @@ import pytest
 import torch
 
 from metaclaw.config import LedgerPaths
+from metaclaw.serving.admin_token import HEADER as ADMIN_HEADER
+from metaclaw.serving.admin_token import read_admin_token
 from metaclaw.serving.launch import start_policy_server
 from tests.helpers import REPO, free_port
 from tests.serving_helpers import Reference
@@ -192,7 +194,9 @@ def test_hot_swap_on_the_real_model_under_concurrent_requests(server: str, home:
 
         async def swapper() -> list[int]:
             codes = []
-            async with httpx.AsyncClient(timeout=60) as http:
+            token = read_admin_token(home)
+            assert token is not None
+            async with httpx.AsyncClient(timeout=60, headers={ADMIN_HEADER: token}) as http:
                 for body in plan:
                     await asyncio.sleep(0.3)
                     codes.append((await http.post(server + "/admin/adapter", json=body)

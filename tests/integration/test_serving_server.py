@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +22,11 @@ import torch
 from metaclaw.config import LedgerPaths
 from metaclaw.ledger import append_rows
 from metaclaw.ledger.records import now_micros
+from metaclaw.serving.admin_token import HEADER as ADMIN_HEADER
+from metaclaw.serving.admin_token import read_admin_token
 from metaclaw.serving.launch import start_policy_server
 from metaclaw.supervisor import Child
-from tests.helpers import free_port
+from tests.helpers import REPO, free_port
 from tests.serving_helpers import Reference, make_adapter, tiny_model_dir
 
 torch.set_num_threads(1)
@@ -46,9 +51,16 @@ class Server:
             self._refs[checkpoint] = Reference(self.model, adapter)
         return self._refs[checkpoint]
 
+    @property
+    def admin(self) -> dict[str, str]:
+        """The admin header, with the token the server wrote under its home."""
+        token = read_admin_token(self.home)
+        assert token is not None
+        return {ADMIN_HEADER: token}
+
     def swap(self, checkpoint_id: str | None, path: Path | str | None = None) -> httpx.Response:
         body = {"checkpoint_id": checkpoint_id, "path": str(path) if path else None}
-        return httpx.post(self.url + "/admin/adapter", json=body, timeout=30)
+        return httpx.post(self.url + "/admin/adapter", json=body, headers=self.admin, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +84,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = free_port()
     env = {"METACLAW_HOME": str(home), "METACLAW_CONFIG": str(root / "none.toml"),
            "METACLAW_POLICY__MODEL": str(model), "METACLAW_POLICY__TORCH_THREADS": "1",
-           "METACLAW_POLICY__MAX_NEW_TOKENS": "4000",
+           "METACLAW_POLICY__MAX_NEW_TOKENS": "4000", "METACLAW_POLICY__MAX_BODY_BYTES": "100000",
            "OMP_NUM_THREADS": "1"}
-    child = start_policy_server(LedgerPaths(home), port, env=env, timeout_s=120)
+    child = start_policy_server(LedgerPaths(home), port, env=env, timeout_s=300)
     try:
         yield Server(child, port, home, model, adapters)
     finally:
@@ -154,7 +166,8 @@ def test_bad_requests_get_openai_shaped_errors(server: Server) -> None:
         client.chat.completions.create(model="m", messages=MESSAGES, n=2)
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.chat.completions.create(model="m", messages=MESSAGES, temperature=5)
-    resp = httpx.post(server.url + "/v1/chat/completions", content=b"{nope")
+    resp = httpx.post(server.url + "/v1/chat/completions", content=b"{nope",
+                      headers={"content-type": "application/json"})
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json"
     assert httpx.get(server.url + "/v1/nothing").json()["error"]["code"] == "not_found"
 
@@ -173,7 +186,8 @@ def test_admin_swaps_by_checkpoint_id_and_refuses_what_it_cannot_serve(
     assert missing.status_code == 422 and "does not exist" in missing.json()["error"]["message"]
     tinker = server.swap("t1", "tinker://run/weights/1")
     assert tinker.status_code == 400 and "Tinker" in tinker.json()["error"]["message"]
-    assert httpx.get(server.url + "/admin/adapter").json()["checkpoint_id"] == "ckpt-C"
+    current = httpx.get(server.url + "/admin/adapter", headers=server.admin)
+    assert current.json()["checkpoint_id"] == "ckpt-C"
     assert server.swap(None).json() == {"checkpoint_id": None, "path": None}
 
 
@@ -196,7 +210,7 @@ def test_hot_swap_under_concurrent_requests_drops_nothing(server: Server) -> Non
 
         async def swapper() -> list[int]:
             codes = []
-            async with httpx.AsyncClient(timeout=30) as http:
+            async with httpx.AsyncClient(timeout=30, headers=server.admin) as http:
                 for checkpoint_id, path in plan:
                     await asyncio.sleep(0.05)
                     body = {"checkpoint_id": checkpoint_id, "path": path}
@@ -235,6 +249,54 @@ def test_a_client_that_hangs_up_frees_its_slot(server: Server) -> None:
         time.sleep(0.1)
     assert health["stats"]["cancelled"] == before + 1 and health["active"] == 0
     assert health["stats"]["completed"] >= 1  # (the earlier tests' requests)
+
+
+def test_a_web_page_cannot_swap_the_adapter(server: Server) -> None:
+    """Issue 16 item 4: what a browser can send (a cross-site text/plain POST, a DNS-rebinding
+    Host) and what a local process without the token sends are all refused; nothing changes."""
+    url = server.url + "/admin/adapter"
+    before = httpx.get(url, headers=server.admin).json()
+    revert = b'{"checkpoint_id": null, "path": null}'
+    cross_site = httpx.post(url, content=revert, headers={"content-type": "text/plain",
+                                                          "origin": "https://evil.example"})
+    assert cross_site.status_code == 403 and "cross-origin" in cross_site.text
+    plain = httpx.post(url, content=revert, headers={"content-type": "text/plain", **server.admin})
+    assert plain.status_code == 415 and "application/json" in plain.text
+    rebound = httpx.post(url, json={"checkpoint_id": None, "path": None},
+                         headers={"host": "attacker.example", **server.admin})
+    assert rebound.status_code == 403 and "rebinding" in rebound.text
+    for headers in ({}, {ADMIN_HEADER: "guess"}):
+        refused = httpx.post(url, json={"checkpoint_id": None, "path": None}, headers=headers)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"]["code"] == "invalid_admin_token"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers=server.admin).json() == before and before["checkpoint_id"]
+    token_file = server.home / "policy-admin.token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_body_over_the_cap_gets_413(server: Server) -> None:
+    big = {"model": "m", "messages": [{"role": "user", "content": "x" * 200_000}]}
+    resp = httpx.post(server.url + "/v1/chat/completions", json=big)
+    assert resp.status_code == 413 and "policy.max_body_bytes" in resp.text
+
+    def chunked() -> Iterator[bytes]:  # no content-length: counted while it streams in
+        for _ in range(30):
+            yield b" " * 5000
+
+    resp = httpx.post(server.url + "/v1/chat/completions", content=chunked(),
+                      headers={"content-type": "application/json"})
+    assert resp.status_code == 413
+
+
+def test_an_open_bind_without_a_key_is_refused(tmp_path: Path) -> None:
+    env = {**os.environ, "METACLAW_HOME": str(tmp_path), "METACLAW_CONFIG": "none.toml"}
+    proc = subprocess.run([sys.executable, "-m", "metaclaw", "policy-server", "--host",
+                           "0.0.0.0", "--port", str(free_port())], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    message = " ".join(proc.stderr.split())  # the console wraps long lines
+    assert "refusing to listen on 0.0.0.0 without policy.api_key" in message
 
 
 def test_server_log_is_quiet(server: Server) -> None:

@@ -25,8 +25,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _client(app: object, key: str = "k") -> openai.AsyncOpenAI:
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://policy")
-    return openai.AsyncOpenAI(base_url="http://policy/v1", api_key=key, http_client=http,
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost")
+    return openai.AsyncOpenAI(base_url="http://localhost/v1", api_key=key, http_client=http,
                               max_retries=0)
 
 
@@ -72,7 +72,7 @@ def test_api_key_is_required_when_configured(model_dir: Path, tmp_path: Path) ->
         ok = await _client(app, key="s3cret").chat.completions.create(
             model="m", messages=MESSAGES, max_tokens=3)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://policy") as http:
+                                     base_url="http://localhost") as http:
             health = await http.get("/healthz")  # open without a key
         return ok, health
 

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from metaclaw.proxy.session import SessionTracker, explicit_session_id, turn_index
+import sqlite3
+from pathlib import Path
+
+from metaclaw.proxy.anthropic_compat import anthropic_request_to_openai
+from metaclaw.proxy.completion import from_anthropic
+from metaclaw.proxy.session import (
+    SessionTracker,
+    client_identity,
+    explicit_session_id,
+    turn_index,
+)
 
 
 def test_explicit_precedence() -> None:
@@ -93,3 +103,72 @@ def test_turn_index_counts_assistant_replies() -> None:
         )
         == 2
     )
+
+
+def test_the_system_prompt_and_the_client_keep_agents_apart() -> None:
+    """Issue 16 item 5: two agents that open with "hi" and get the same reply used to share one
+    session. The system prompt (digits aside) and the presented key now seed the chain."""
+    tracker = SessionTracker()
+    reply = {"role": "assistant", "content": "hello"}
+
+    def opening(system: str) -> list[dict]:
+        return [{"role": "system", "content": system}, {"role": "user", "content": "hi"}]
+
+    def follow_up(system: str) -> list[dict]:
+        return [*opening(system), reply, {"role": "user", "content": "next"}]
+
+    coder = tracker.resolve(None, opening("You write code."), "key-a")
+    tracker.remember(opening("You write code."), reply, coder, "key-a")
+    writer = tracker.resolve(None, opening("You write poems."), "key-a")
+    tracker.remember(opening("You write poems."), reply, writer, "key-a")
+    assert coder != writer
+    assert tracker.resolve(None, follow_up("You write code."), "key-a") == coder
+    assert tracker.resolve(None, follow_up("You write poems."), "key-a") == writer
+    assert tracker.resolve(None, follow_up("You write code."), "key-b") not in (coder, writer)
+
+
+def test_a_presented_key_is_the_identity_and_never_stored_in_clear() -> None:
+    by_bearer = client_identity({"authorization": "Bearer sk-123"})
+    assert by_bearer == client_identity({"x-api-key": "sk-123"}) and "sk-123" not in by_bearer
+    assert client_identity({}) == "" and client_identity({"x-api-key": "other"}) != by_bearer
+
+
+def test_an_anthropic_reply_of_several_text_blocks_chains() -> None:
+    """Recorded from the reply, then re-sent by the client as blocks: the same conversation."""
+    tracker = SessionTracker()
+    first = {"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]}
+    history = anthropic_request_to_openai(first, None)["messages"]
+    blocks = [{"type": "text", "text": "Hello."}, {"type": "text", "text": "How can I help?"}]
+    reply = from_anthropic({"content": blocks, "stop_reason": "end_turn"}).reply_message()
+    sid = tracker.resolve(None, history)
+    tracker.remember(history, reply, sid)
+    again = {**first, "messages": [*first["messages"], {"role": "assistant", "content": blocks},
+                                   {"role": "user", "content": "more"}]}
+    assert tracker.resolve(None, anthropic_request_to_openai(again, None)["messages"]) == sid
+
+
+def test_the_chain_outlives_the_process_and_is_shared(tmp_path: Path) -> None:
+    """Two trackers on one SQLite file: a restarted proxy, or a second proxy process."""
+    first = [{"role": "user", "content": "hi"}]
+    reply = {"role": "assistant", "content": "hello"}
+    before = SessionTracker(path=tmp_path / "sessions.sqlite")
+    sid = before.resolve(None, first, "k")
+    before.remember(first, reply, sid, "k")
+    other = SessionTracker(path=tmp_path / "sessions.sqlite")  # opened while `before` runs
+    assert other.resolve(None, [*first, reply, {"role": "user", "content": "more"}], "k") == sid
+    before.close()
+    other.close()
+    restarted = SessionTracker(path=tmp_path / "sessions.sqlite")
+    assert restarted.resolve(None, [*first, reply, {"role": "user", "content": "?"}], "k") == sid
+    assert restarted.resolve(None, [*first, reply, {"role": "user", "content": "?"}], "j") != sid
+    restarted.close()
+
+
+def test_the_stored_chain_is_trimmed_to_its_size(tmp_path: Path) -> None:
+    tracker = SessionTracker(max_size=10, path=tmp_path / "sessions.sqlite")
+    for i in range(2100):  # two trims
+        tracker.remember([{"role": "user", "content": str(i)}], {"role": "assistant",
+                                                                "content": "r"}, f"s{i}")
+    tracker.close()
+    with sqlite3.connect(tmp_path / "sessions.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM chain").fetchone()[0] <= 10 + 2100 - 2048
