@@ -388,3 +388,23 @@ def test_the_deploy_gates_held_out_turns_are_never_trained(home: Path) -> None:
     assert trained == set(seeded) - held
     assert outcomes[-1].status == "idle"
     assert outcomes[-1].skipped == {"held_out_for_eval": len(held)}
+
+
+def test_sft_trains_on_the_prompt_that_was_served(home: Path) -> None:
+    """The skills block the proxy appended (`turns.injected_text`) is part of the SFT prompt,
+    for an OpenAI and an Anthropic client, exactly where the proxy put it."""
+    tok = build_tokenizer()
+    fake = BigramBackend(len(tok), checkpoint_dir=home / "checkpoints", tokenizer=tok,
+                         eos_token_id=tok.eos_token_id)
+    paths = LedgerPaths(home)
+    seed = Seeder(paths)
+    block = "## Skills\nAnswer with the city name only."
+    seed.upstream([1.0], injected_text=block)
+    seed.upstream([1.0], injected_text=block, client="anthropic")
+    seed.upstream([1.0])  # nothing injected: the prompt is the request as sent
+    outcome = Trainer(settings_for(home, batch_size=3), backend_factory=lambda s: fake).step()
+    assert outcome.status == "trained", outcome.reason
+    (call,) = [c for c in fake.calls if c.method == "forward_backward"]
+    prompts = [tok.decode(d.model_input.to_ints()) for d in call.data]
+    assert sum(block in p for p in prompts) == 2
+    assert all(p.startswith(f"<|im_start|>system\n{block}<|im_end|>") for p in prompts[:2])
