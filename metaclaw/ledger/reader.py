@@ -46,7 +46,9 @@ def _view_sql(spec: TableSpec, parquet: str, wal: str | None) -> str:
             f"(SELECT {spec.id_column} FROM {parquet})"
         )
     if spec.json_columns:
-        casts = ", ".join(f"CAST({c} AS JSON) AS {c}" for c in spec.json_columns)
+        # TRY_CAST: text that is not JSON (an old file, written before values were coerced)
+        # reads as NULL instead of failing every query on the table.
+        casts = ", ".join(f"TRY_CAST({c} AS JSON) AS {c}" for c in spec.json_columns)
         return f"SELECT * REPLACE ({casts}) FROM ({body})"
     return body
 

@@ -276,3 +276,25 @@ def test_status_reports_dead_letters(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "dead letters: 1 row(s) ingest could not store" in out.stdout
     assert "1× unknown table 'nonesuch'" in out.stdout
+
+
+def test_invalid_json_text_in_an_old_file_reads_as_null(paths: LedgerPaths) -> None:
+    """A JSON column holding text that is not JSON (written before values were coerced) must
+    not make every query on the table fail."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from metaclaw.ledger.manifest import Manifest
+
+    bad = pa.table({"turn_id": ["t"], "session_id": ["s"],
+                    "ts_start": pa.array([now_micros()], pa.timestamp("us", tz="UTC")),
+                    "usage": ["prompt_tokens=3"], "request": ['{"messages": []}']})
+    rel = "turns/date=2026-01-01/part-bad.parquet"
+    (paths.ledger / rel).parent.mkdir(parents=True)
+    pq.write_table(bad, paths.ledger / rel)
+    manifest = Manifest()
+    manifest.files["turns"] = [rel]
+    manifest.save(paths.manifest)
+    assert query(paths, "SELECT turn_id, usage, request->>'$.messages' FROM turns")[1] == [
+        ("t", None, "[]")
+    ]
