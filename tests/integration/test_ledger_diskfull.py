@@ -108,7 +108,7 @@ def test_proxy_keeps_answering_on_a_full_disk_and_resumes(
             pass
     os.truncate(filler, filler.stat().st_size - 16 * 1024)
     env = {"METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
-           "METACLAW_PROXY__CAPTURE_TIMEOUT_S": "5"}
+           "METACLAW_PROXY__CAPTURE_TIMEOUT_S": "30"}
     with ProxyProcess(home, env) as proxy:
         client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0)
 
