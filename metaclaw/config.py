@@ -96,6 +96,11 @@ class ProxySettings(_Section):
         description="Host names (besides IP addresses and localhost) clients may reach the "
         "proxy by; other Host headers get 403 (DNS-rebinding protection).",
     )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins (e.g. 'app://my-agent') allowed to call the proxy besides "
+        "its own; other Origin headers get 403.",
+    )
     allow_open_bind: bool = Field(
         default=False,
         description="Allow a non-loopback host without api_keys (an open relay of the upstream "

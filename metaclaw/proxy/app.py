@@ -127,7 +127,10 @@ def create_app(settings: Settings, wal: WalWriter | None = None) -> FastAPI:
     )
     # Added last, so it runs first: a browser's request is refused before auth or any read.
     app.add_middleware(
-        LocalGuard, allowed_hosts=settings.proxy.allowed_hosts, respond=_refusal_response
+        LocalGuard,
+        allowed_hosts=settings.proxy.allowed_hosts,
+        allowed_origins=settings.proxy.allowed_origins,
+        respond=_refusal_response,
     )
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_api_route("/v1/messages", messages, methods=["POST"])

@@ -9,7 +9,8 @@ read the replies. Three checks close both doors, before any body is read:
 * the `Host` header must name this machine as an address (an IP literal, `localhost`) or a name
   listed in `allowed_hosts` (403): a rebinding page's requests carry the attacker's domain;
 * an `Origin` header, when present, must be this very origin (scheme, host and port of the
-  request), else 403: browsers add it to cross-origin requests, other clients never send it.
+  request) or one listed in `allowed_origins`, else 403: browsers add it to cross-origin
+  requests, other clients never send it.
 
 And a server that binds beyond loopback must have keys, unless explicitly allowed
 (`check_bind`). The checks are pure functions; `LocalGuard` is the ASGI middleware both apps
@@ -79,7 +80,8 @@ def _is_json(content_type: str) -> bool:
 
 
 def check_request(method: str, scheme: str, headers: dict[bytes, bytes],
-                  allowed_hosts: Iterable[str]) -> Refusal | None:
+                  allowed_hosts: Iterable[str], allowed_origins: Iterable[str] = ()
+                  ) -> Refusal | None:
     """Why this request must be refused before it is read; None when it may proceed."""
     host = headers.get(b"host", b"").decode("latin-1")
     if host and not host_allowed(host, allowed_hosts):
@@ -90,7 +92,8 @@ def check_request(method: str, scheme: str, headers: dict[bytes, bytes],
     if origin is not None:
         text = origin.decode("latin-1")
         parts = urlsplit(text)
-        if text == "null" or parts.scheme != scheme or parts.netloc.lower() != host.lower():
+        same = text != "null" and parts.scheme == scheme and parts.netloc.lower() == host.lower()
+        if not same and text.rstrip("/") not in allowed_origins:
             return Refusal(403, f"cross-origin request from {text!r} refused: browser pages "
                            "may not call this server", "origin_not_allowed")
     if method in BODY_METHODS:
@@ -117,15 +120,18 @@ class LocalGuard:
     """ASGI middleware applying `check_request` to every HTTP request."""
 
     def __init__(self, app: ASGIApp, allowed_hosts: list[str],
-                 respond: Callable[[Scope, Refusal], Response]) -> None:
+                 respond: Callable[[Scope, Refusal], Response],
+                 allowed_origins: list[str] | None = None) -> None:
         self.app = app
         self.allowed_hosts = frozenset(h.lower().rstrip(".") for h in allowed_hosts)
+        self.allowed_origins = frozenset(o.rstrip("/") for o in allowed_origins or [])
         self.respond = respond
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             refusal = check_request(scope["method"], scope.get("scheme", "http"),
-                                    dict(scope["headers"]), self.allowed_hosts)
+                                    dict(scope["headers"]), self.allowed_hosts,
+                                    self.allowed_origins)
             if refusal is not None:
                 await self.respond(scope, refusal)(scope, receive, send)
                 return

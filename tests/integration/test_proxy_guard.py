@@ -50,7 +50,7 @@ def _settings(home: Path, stub: StubUpstream, **proxy: object) -> Settings:
 @pytest.fixture(scope="module")
 def proxy(stub: StubUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     settings = _settings(tmp_path_factory.mktemp("guard") / "home", stub,
-                         allowed_hosts=["metaclaw.internal"])
+                         allowed_hosts=["metaclaw.internal"], allowed_origins=["app://agent"])
     with Proxy(settings) as served:
         yield served
 
@@ -84,9 +84,10 @@ def test_a_foreign_origin_gets_403_and_the_same_origin_is_served(
         assert resp.status_code == 403, (origin, resp.text)
         assert resp.json()["error"]["code"] == "origin_not_allowed"
     _nothing_happened(proxy, stub, marker)
-    same = httpx.post(proxy.url + CHAT, content=_body("same origin"),
-                      headers={"content-type": "application/json", "origin": proxy.url})
-    assert same.status_code == 200, same.text
+    for origin in (proxy.url, "app://agent"):  # its own; one in proxy.allowed_origins
+        allowed = httpx.post(proxy.url + CHAT, content=_body("same origin"),
+                             headers={"content-type": "application/json", "origin": origin})
+        assert allowed.status_code == 200, (origin, allowed.text)
 
 
 def test_a_dns_rebinding_host_gets_403_even_for_reads(
