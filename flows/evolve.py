@@ -64,6 +64,9 @@ def evolve_flow() -> dict[str, Any]:
              f"- efficacy: {len(efficacy['stats'])} skill versions over {efficacy['turns']} "
              f"rewarded turns; auto-retired: **{len(efficacy['retired'])}**"]
     lines += [f"  - {r['skill']} (`{r['ref']}`): {r['reason']}" for r in efficacy["retired"]]
+    lines += [f"- proposal {v['skill']} (`{v['ref']}`) {v['event']}: {v['reason']}"
+              for v in efficacy["verdicts"]]
+    summary["verdicts"] = efficacy["verdicts"]
     endpoint = critic_endpoint(settings)
     if endpoint is None:
         lines.append(f"- evolution skipped: {NOT_CONFIGURED}")

@@ -78,6 +78,8 @@ def refresh_efficacy(settings: Settings) -> dict[str, Any]:
         "stats": [e.row() for e in report.stats],
         "retired": [{"skill": r.skill.name, "ref": r.skill.ref, "reason": r.reason}
                     for r in report.retire],
+        "verdicts": [{"skill": v.skill.name, "ref": v.skill.ref, "event": v.event,
+                      "reason": v.reason} for v in report.verdicts],
         "skill_set_version": store.skill_set_version,
     }
 
@@ -100,9 +102,10 @@ def propose_changes(settings: Settings, clusters: list[list[evolution.PendingDia
 @task(name="commit-skills", retries=0, cache_policy=NO_CACHE)
 def commit_skills(settings: Settings, proposals: list[evolution.Proposal], critic_model: str
                   ) -> tuple[evolution.Outcome, CommitResult]:
-    """Validate, deduplicate and commit the proposals as one skill-set version."""
+    """Validate, deduplicate, intent-scan and commit the proposals as one skill-set version."""
     store = SkillStore.open(settings)
-    outcome, result = ops.apply_proposals(settings, store, proposals, critic_model)
+    outcome, result = ops.apply_proposals(settings, store, proposals, critic_model,
+                                          Critic.from_settings(settings))
     store.optimize()
     return outcome, result
 

@@ -1,4 +1,5 @@
-"""`metaclaw skills …`: list, show, search, import, export, retire, restore.
+"""`metaclaw skills …`: list, show, search, import, export, retire, restore, approve, reject,
+pin.
 
 A typer sub-app so metaclaw/cli.py only needs `app.add_typer(skills_app, name="skills")`.
 """
@@ -214,14 +215,26 @@ def _lifecycle(skill: str, event: str, reason: str) -> None:
     except SkillNotFoundError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
-    wanted = "retired" if event == "retired" else "active"
-    if found.status == wanted and (event == "retired" or found.pinned):
-        console.print(f"{found.name} is already {wanted}")
-        return
-    if event == "restored" and found.status == "superseded":
-        err.print(f"[red]{found.name} v{found.version} was merged into another skill; "
-                  "restore that one instead[/red]")
-        raise typer.Exit(1)
+    if event in ("promoted", "rejected"):
+        proposals = [s for s in store.history(found.skill_id) if s.status == "proposed"]
+        if "@" in skill:
+            proposals = [s for s in proposals if s.ref == found.ref]
+        if not proposals:
+            err.print(f"[red]{found.name} has no proposed version to "
+                      f"{'approve' if event == 'promoted' else 'reject'} (see `metaclaw skills "
+                      "show`); use retire/restore for active skills[/red]")
+            raise typer.Exit(1)
+        found = proposals[-1]
+    else:
+        wanted = "retired" if event == "retired" else "active"
+        if found.status == wanted and (event == "retired" or found.pinned):
+            console.print(f"{found.name} is already {wanted}"
+                          + (" and pinned" if found.pinned else ""))
+            return
+        if event == "restored" and found.status == "superseded":
+            err.print(f"[red]{found.name} v{found.version} was merged into another skill; "
+                      "restore that one instead[/red]")
+            raise typer.Exit(1)
     result = store.commit([Change(event, found, reason=reason)])
     ops.record_events(settings.paths, result)
     console.print(f"{found.name} v{found.version}: {event} (skill set v{result.set_version})")
@@ -232,7 +245,8 @@ def retire(
     skill: Annotated[str, typer.Argument(help="Name or skill id.")],
     reason: Annotated[str, typer.Option(help="Why (kept in the change log).")] = "by hand",
 ) -> None:
-    """Stop injecting a skill (its versions stay; `restore` brings it back)."""
+    """Stop injecting a skill (its versions stay; `restore` brings it back). Sticky: evolution
+    never brings a retired skill back."""
     _lifecycle(skill, "retired", reason)
 
 
@@ -241,5 +255,33 @@ def restore(
     skill: Annotated[str, typer.Argument(help="Name or skill id.")],
     reason: Annotated[str, typer.Option(help="Why (kept in the change log).")] = "by hand",
 ) -> None:
-    """Bring a retired skill back; it is pinned, so auto-retirement leaves it alone."""
+    """Bring a retired or rejected skill back; it is pinned, so auto-retirement leaves it alone."""
+    _lifecycle(skill, "restored", reason)
+
+
+@app.command()
+def approve(
+    skill: Annotated[str, typer.Argument(help="Name, skill id or id@version.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the change log).")] = "by hand",
+) -> None:
+    """Promote a proposed (quarantined) skill version: active for every session."""
+    _lifecycle(skill, "promoted", reason)
+
+
+@app.command()
+def reject(
+    skill: Annotated[str, typer.Argument(help="Name, skill id or id@version.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the change log).")] = "by hand",
+) -> None:
+    """Reject a proposed skill version. Sticky: evolution never proposes that skill again."""
+    _lifecycle(skill, "rejected", reason)
+
+
+@app.command()
+def pin(
+    skill: Annotated[str, typer.Argument(help="Name or skill id.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the change log).")] = "pinned",
+) -> None:
+    """Make the current version active and pinned: neither auto-retirement nor evolution
+    changes it."""
     _lifecycle(skill, "restored", reason)

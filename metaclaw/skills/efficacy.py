@@ -75,6 +75,7 @@ class EfficacyReport:
     stats: list[Efficacy] = field(default_factory=list)
     retire: list[Retirement] = field(default_factory=list)
     turns: int = 0
+    verdicts: list[Verdict] = field(default_factory=list)  # on proposed skills
 
 
 def rewarded_turns_sql(window_days: int, limit: int) -> str:
@@ -168,4 +169,39 @@ def retirements(skills: Sequence[Skill], stats: Sequence[Efficacy], *, min_uses:
                 f"n={eff.uses}/{eff.n_without}); effect {eff.effect:+.3f}, upper bound "
                 f"{upper:+.3f} < 0 at z={z}"
             )))
+    return out
+
+
+@dataclass
+class Verdict:
+    """What the efficacy bar decided about one proposed skill version."""
+
+    skill: Skill
+    efficacy: Efficacy
+    event: str  # promoted | rejected
+    reason: str
+
+
+def verdicts(skills: Sequence[Skill], stats: Sequence[Efficacy], *, min_uses: int, z: float,
+             auto: bool) -> list[Verdict]:
+    """Proposed versions whose measured effect (with − without, in the sessions they reached)
+    clears the bar — promoted when `auto` and the intent scan passed — or is confidently
+    negative (rejected, whatever the mode: a quarantined skill that hurts never ships)."""
+    by_ref = {e.ref: e for e in stats}
+    out = []
+    for skill in skills:
+        eff = by_ref.get(skill.ref)
+        if (skill.status != "proposed" or eff is None or eff.effect is None
+                or eff.effect_se is None or eff.uses < min_uses):
+            continue
+        lower, upper = eff.effect - z * eff.effect_se, eff.effect + z * eff.effect_se
+        measured = (f"mean reward {eff.mean_with:+.3f} with vs {(eff.mean_without or 0.0):+.3f} "
+                    f"without (n={eff.uses}/{eff.n_without}); effect {eff.effect:+.3f}")
+        if upper < 0:
+            out.append(Verdict(skill, eff, "rejected",
+                               f"auto-rejected: {measured}, upper bound {upper:+.3f} < 0"))
+        elif lower > 0 and auto and skill.scan.startswith("safe:"):
+            out.append(Verdict(skill, eff, "promoted",
+                               f"auto-promoted: {measured}, lower bound {lower:+.3f} > 0 at "
+                               f"z={z}; intent scan {skill.scan}"))
     return out

@@ -19,6 +19,7 @@ share of the query's terms the skill matches (BM25-saturated), so both lie in [0
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections import defaultdict
@@ -63,6 +64,8 @@ class Entry:
     composes: tuple[str, ...]
     successes: float = 0.0
     failures: float = 0.0
+    status: str = "active"  # or "proposed": only for the sessions in `origin` (or the trial)
+    origin: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -292,7 +295,9 @@ class SkillIndex:
         self.entries = entries
         self.skill_set_version = skill_set_version
         self.header_tokens = header_tokens
-        self.by_skill = {e.skill_id: i for i, e in enumerate(entries)}
+        self.by_skill = {e.skill_id: i for i, e in enumerate(entries) if e.status == "active"}
+        self.proposed = [i for i, e in enumerate(entries) if e.status == "proposed"]
+        self.by_ref = {e.ref: i for i, e in enumerate(entries)}
         self.vectors = VectorIndex(vectors, ivf_min=ivf_min)
         self.successes = np.array([e.successes for e in entries], np.float64)
         self.failures = np.array([e.failures for e in entries], np.float64)
@@ -326,18 +331,37 @@ class SkillIndex:
         order = np.argsort(-(sim * rate), kind="stable")
         return Candidates(positions[order], sim[order], cos[order], lex[order], rate[order])
 
+    def hidden(self, session_id: str | None, trial_share: float = 0.0) -> set[int]:
+        """Positions this session must not get: proposals outside their scope, and the active
+        version of a skill whose proposal is on trial in this session (it replaces it here)."""
+        out: set[int] = set()
+        for pos in self.proposed:
+            entry = self.entries[pos]
+            if in_scope(entry, session_id, trial_share):
+                active = self.by_skill.get(entry.skill_id)
+                if active is not None:
+                    out.add(active)
+            else:
+                out.add(pos)
+        return out
+
     def select(self, candidates: Candidates, *, top_k: int, min_similarity: float,
-               token_budget: int) -> Selection:
-        """Greedy by score within the budget; a skill comes with its (active) parents first."""
+               token_budget: int, session_id: str | None = None,
+               trial_share: float = 0.0) -> Selection:
+        """Greedy by score within the budget; a skill comes with its (active) parents first.
+        Proposed skills only reach the sessions in their scope (`hidden`)."""
         chosen: list[int] = []
         used = self.header_tokens
         primaries = 0
+        hidden = self.hidden(session_id, trial_share) if self.proposed else set()
         for cand in candidates:
             if primaries >= top_k:
                 break
-            if cand.similarity < min_similarity or cand.position in chosen:
+            if (cand.similarity < min_similarity or cand.position in chosen
+                    or cand.position in hidden):
                 continue
-            group = [p for p in self._with_parents(cand.position) if p not in chosen]
+            group = [p for p in self._with_parents(cand.position)
+                     if p not in chosen and p not in hidden]
             cost = sum(self.entries[p].tokens for p in group)
             if used + cost > token_budget:
                 continue
@@ -371,6 +395,19 @@ class SkillIndex:
         return order
 
 
+def in_scope(entry: Entry, session_id: str | None, trial_share: float) -> bool:
+    """Whether a proposed skill may reach this session: one of the sessions whose failures
+    produced it, or (A/B) a stable hash share of the others."""
+    if not session_id:
+        return False
+    if session_id in entry.origin:
+        return True
+    if trial_share <= 0:
+        return False
+    digest = hashlib.sha256(f"{entry.skill_id}\x1f{session_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < trial_share
+
+
 def build_entries(rows: list[dict], stats: dict[str, tuple[float, float]],
                   count_tokens: Callable[[list[str]], list[int]]) -> list[Entry]:
     """Index entries from LanceDB rows (+ efficacy stats per ref)."""
@@ -382,5 +419,7 @@ def build_entries(rows: list[dict], stats: dict[str, tuple[float, float]],
         succ, fail = stats.get(row["row_id"], (0.0, 0.0))
         out.append(Entry(ref=row["row_id"], skill_id=row["skill_id"], version=int(row["version"]),
                          name=row["name"], section=section, tokens=n + 2,
-                         composes=tuple(row["composes"] or ()), successes=succ, failures=fail))
+                         composes=tuple(row["composes"] or ()), successes=succ, failures=fail,
+                         status=row.get("status") or "active",
+                         origin=frozenset(row.get("origin_sessions") or ())))
     return out

@@ -8,6 +8,12 @@ empty `Injection` (still stamped with the skill-set version in force) and counts
 library's signature (`state.json`'s stat, or the table versions on an object store); when the
 library changed (another process committed a new skill-set version or new statistics) that
 thread rebuilds the snapshot and swaps it in whole; until then the old one serves.
+
+Prompt caching: upstream caches the longest byte-identical prefix of a request, and the block
+sits in the system prompt, so a block that changed from turn to turn would void the cache of a
+long agent context on every turn. So the first non-empty selection of a session is pinned: its
+later turns get the same block (the same skill versions, whose text is immutable) until one of
+them leaves the library (retired, or a proposal out of scope) — then the session selects anew.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +32,7 @@ from metaclaw.skills.index import BLOCK_FOOTER, BLOCK_HEADER, SkillIndex, build_
 from metaclaw.skills.query import extract_query
 
 log = logging.getLogger(__name__)
+PINNED_SESSIONS = 10_000  # sessions whose selection is remembered (least recently used dropped)
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,8 @@ class SkillLibrary:
         self._refreshing = threading.Lock()
         self._thread: threading.Thread | None = None
         self._token_counts: dict[str, int] = {}
+        self._pins: OrderedDict[str, tuple[list[str], str, int]] = OrderedDict()
+        self._pin_lock = threading.Lock()
 
     @classmethod
     def open(cls, settings: Any, *, block: bool = True) -> SkillLibrary:
@@ -85,8 +95,12 @@ class SkillLibrary:
         return lib
 
     # -- the hot path ------------------------------------------------------------------------
-    def select(self, messages: Any) -> Injection:
-        """The skills for a request's messages (OpenAI or Anthropic `messages`); never raises."""
+    def select(self, messages: Any, session_id: str | None = None) -> Injection:
+        """The skills for a request's messages (OpenAI or Anthropic `messages`); never raises.
+
+        `session_id` scopes proposed skills (only their origin sessions, or the trial share)
+        and pins the session's selection so its prompt prefix stays cacheable.
+        """
         start = time.perf_counter()
         index = self._index
         version = index.skill_set_version if index is not None else self.health.skill_set_version
@@ -95,19 +109,28 @@ class SkillLibrary:
             self._maybe_refresh()
             if index is None or not self.config.enabled or self.config.top_k == 0:
                 return Injection(skill_set_version=version)
+            cfg = self.config
+            pinned = self._pinned(index, session_id) if session_id else None
+            if pinned is not None:
+                refs, block, tokens = pinned
+                self.health.injections += 1
+                return Injection(skills=list(refs), block=block, skill_set_version=version,
+                                 tokens=tokens, latency_ms=(time.perf_counter() - start) * 1000)
             query = extract_query(messages)
             if not query or len(index) == 0:
                 return Injection(skill_set_version=version, query=query)
             qvec = self._embedder.embed_one(query)
-            cfg = self.config
             candidates = index.candidates(
                 qvec, terms(query), text_weight=cfg.text_weight,
                 prior=(cfg.prior_alpha, cfg.prior_beta),
             )
             chosen = index.select(candidates, top_k=cfg.top_k, min_similarity=cfg.min_similarity,
-                                  token_budget=cfg.token_budget)
+                                  token_budget=cfg.token_budget, session_id=session_id,
+                                  trial_share=cfg.trial_share)
             if chosen.refs:
                 self.health.injections += 1
+                if session_id:
+                    self._pin(session_id, (chosen.refs, chosen.block, chosen.tokens))
             return Injection(
                 skills=chosen.refs, block=chosen.block, skill_set_version=version,
                 tokens=chosen.tokens, query=query,
@@ -116,6 +139,28 @@ class SkillLibrary:
         except Exception as exc:  # retrieval must never fail a chat request
             self._fail("select", exc)
             return Injection(skill_set_version=version)
+
+    def _pinned(self, index: SkillIndex, session_id: str) -> tuple[list[str], str, int] | None:
+        """The session's pinned selection while every skill in it is still injectable here."""
+        with self._pin_lock:
+            pin = self._pins.get(session_id)
+            if pin is None:
+                return None
+            self._pins.move_to_end(session_id)
+        positions = [index.by_ref.get(ref) for ref in pin[0]]
+        hidden = index.hidden(session_id, self.config.trial_share) if index.proposed else set()
+        if any(p is None or p in hidden for p in positions):
+            with self._pin_lock:
+                self._pins.pop(session_id, None)
+            return None
+        return pin
+
+    def _pin(self, session_id: str, pin: tuple[list[str], str, int]) -> None:
+        with self._pin_lock:
+            self._pins[session_id] = pin
+            self._pins.move_to_end(session_id)
+            while len(self._pins) > PINNED_SESSIONS:
+                self._pins.popitem(last=False)
 
     def explain(self, messages: Any, limit: int = 10) -> list[dict[str, Any]]:
         """The ranked candidates for a request (for `metaclaw skills search` and tests)."""

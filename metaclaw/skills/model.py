@@ -80,7 +80,9 @@ class Skill:
     parent_version: int | None = None
     merged_from: tuple[str, ...] = ()  # skill ids folded into this version
     author: str = "user"  # critic model, "import:<dir>", or "user"
-    pinned: bool = False  # restored by hand: auto-retirement leaves it alone
+    pinned: bool = False  # restored or pinned by hand: auto-retirement and evolution leave it
+    origin_sessions: tuple[str, ...] = ()  # a proposal is injected only here (and trial_share)
+    scan: str = ""  # "safe:<critic model>" once the intent scan passed; "" = unscanned
     created_at: datetime = field(default_factory=now)
     updated_at: datetime = field(default_factory=now)
     set_version: int = 0  # the skill-set version that wrote this row
@@ -108,6 +110,11 @@ class Skill:
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
     @property
+    def curated(self) -> bool:
+        """Written or imported by a person: evolution may not rewrite it."""
+        return self.pinned or self.author == "user" or self.author.startswith("import:")
+
+    @property
     def search_text(self) -> str:
         """What retrieval matches a query against: name, description and when-to-use."""
         words = self.name.replace("_", " ").replace("-", " ")
@@ -123,6 +130,7 @@ class Skill:
                 "parent_version": self.version,
                 "status": "active",
                 "pinned": False,
+                "scan": "",
                 "created_at": stamp,
                 "updated_at": stamp,
                 **changes,

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from metaclaw.ledger import append_rows, connect
 from metaclaw.skills import diagnosis as dx
-from metaclaw.skills import efficacy, evolution, skillmd
+from metaclaw.skills import efficacy, evolution, safety, skillmd
 from metaclaw.skills.critic import Critic, CriticBudgetExceeded, CriticError, CriticUnavailable
 from metaclaw.skills.model import Skill, SkillValidationError, validate
 from metaclaw.skills.store import Change, CommitResult, SkillStore
@@ -105,8 +105,9 @@ def export_dir(store: SkillStore, directory: Path, *, include_inactive: bool = F
 
 def refresh_efficacy(settings: Any, store: SkillStore, *, max_turns: int = 50_000
                      ) -> tuple[efficacy.EfficacyReport, CommitResult]:
-    """Recompute every current skill version's statistics, store them (the proxy reloads), and
-    retire the confidently harmful ones."""
+    """Recompute every live skill version's statistics, store them (the proxy reloads), retire
+    the confidently harmful active ones, and decide the proposals that cleared (or failed) the
+    efficacy bar (`skills.promotion`: auto promotes, manual leaves it to a person)."""
     cfg = settings.skills
     con = connect(settings.paths)
     try:
@@ -115,14 +116,17 @@ def refresh_efficacy(settings: Any, store: SkillStore, *, max_turns: int = 50_00
     finally:
         con.close()
     turns = efficacy.to_rewarded(rows)
-    skills = store.current()
+    skills = store.live()
     vectors = store.vectors([s.ref for s in skills])
     stats = efficacy.compute(skills, vectors, turns, store.embedder.embed,
                              min_similarity=cfg.min_similarity)
     store.write_stats([e.row() for e in stats])
     retire = efficacy.retirements(skills, stats, min_uses=cfg.retire_min_uses, z=cfg.retire_z)
-    result = store.commit([Change("retired", r.skill, reason=r.reason) for r in retire])
-    return efficacy.EfficacyReport(stats, retire, len(turns)), result
+    verdicts = efficacy.verdicts(skills, stats, min_uses=cfg.promote_min_uses, z=cfg.promote_z,
+                                 auto=cfg.promotion == "auto")
+    result = store.commit([Change("retired", r.skill, reason=r.reason) for r in retire]
+                          + [Change(v.event, v.skill, reason=v.reason) for v in verdicts])
+    return efficacy.EfficacyReport(stats, retire, len(turns), verdicts), result
 
 
 # -- diagnosis -----------------------------------------------------------------------------------
@@ -180,7 +184,8 @@ def propose(store: SkillStore, critic: Critic,
     for group in clusters:
         shown = evolution.nearest_skills(group, active, vectors, store.embedder.embed)
         proposal = evolution.Proposal([d.diagnosis_id for d in group],
-                                      [s.skill_id for s in shown])
+                                      [s.skill_id for s in shown],
+                                      sessions=[d.session_id for d in group if d.session_id])
         try:
             proposal.answer = critic.ask(evolution.SYSTEM_PROMPT,
                                          evolution.user_prompt(group, shown),
@@ -194,20 +199,50 @@ def propose(store: SkillStore, critic: Critic,
 
 
 def apply_proposals(settings: Any, store: SkillStore, proposals: list[evolution.Proposal],
-                    critic_model: str) -> tuple[evolution.Outcome, CommitResult]:
-    """Check proposals against the library, commit the accepted changes as one skill-set
-    version, and log every considered diagnosis."""
+                    critic_model: str, critic: Critic | None = None
+                    ) -> tuple[evolution.Outcome, CommitResult]:
+    """Check proposals against the library, have the critic scan each new text's intent,
+    commit the accepted changes (all `proposed`) as one skill-set version, and log every
+    considered diagnosis."""
     cfg = settings.skills
-    everything = store.current()
-    active = [s for s in everything if s.status == "active"]
+    latest = store.current()
+    live = store.live()
+    active = [s for s in live if s.status == "active"]
+    live_ids = {s.skill_id for s in live}
     planner = evolution.Planner(
         active, store.vectors([s.ref for s in active]), store.embedder.embed,
         author=critic_model, dedup_similarity=cfg.dedup_similarity,
         max_instruction_chars=cfg.max_instruction_chars, max_new=cfg.max_new_skills_per_run,
-        inactive=[s for s in everything if s.status != "active"],
+        inactive=[s for s in latest if s.skill_id not in live_ids], latest=latest,
+        rejected=store.all_versions("status = 'rejected'"),
     )
     for proposal in proposals:
         planner.add(proposal)
-    result = store.commit(planner.outcome.changes)
-    store.log_considered(planner.outcome.considered, critic_model, evolution.PROMPT_VERSION)
-    return planner.outcome, result
+    outcome = planner.outcome
+    outcome.changes = [ch for ch in (scan_change(critic, ch, outcome) for ch in outcome.changes)
+                       if ch is not None]
+    result = store.commit(outcome.changes)
+    store.log_considered(outcome.considered, critic_model, evolution.PROMPT_VERSION)
+    return outcome, result
+
+
+def scan_change(critic: Critic | None, change: Change, outcome: evolution.Outcome
+                ) -> Change | None:
+    """The change with its intent-scan verdict recorded, or None when the critic judged it
+    unsafe (then it is rejected like a validation failure and never stored). An unreachable
+    critic leaves the text unscanned: it stays proposed until a person approves it."""
+    if critic is None or change.event not in ("created", "updated", "merged"):
+        return change
+    skill = change.skill
+    fields = {"name": skill.name, "description": skill.description,
+              "when_to_use": skill.when_to_use, "instructions": skill.instructions}
+    try:
+        verdict = safety.scan(critic, fields)
+    except CriticError as exc:  # includes budget and unreachable: unscanned, not accepted
+        log.warning("intent scan of %s failed, it stays unscanned: %s", skill.name, exc)
+        return change
+    if not verdict.safe:
+        why = f"skill {skill.name} rejected as unsafe by the intent scan ({verdict.category}): "
+        outcome.rejected.append((list(skill.diagnosis_ids), why + verdict.reason))
+        return None
+    return replace(change, skill=replace(skill, scan=f"safe:{critic.model}"))

@@ -41,12 +41,16 @@ CHANGES = "skill_changes"
 STATS = "skill_stats"
 EVOLVE_LOG = "evolve_log"
 STATE_FILE = "state.json"
-EVENTS = ("created", "updated", "retired", "restored", "merged")
+EVENTS = ("created", "updated", "retired", "restored", "merged", "promoted", "rejected")
+LIVE = ("active", "proposed")  # statuses the proxy may inject (a proposal only in its scope)
 _ROW_COLUMNS = (
     "row_id", "skill_id", "name", "version", "description", "instructions", "when_to_use",
     "category", "composes", "status", "pinned", "diagnosis_ids", "parent_version", "merged_from",
-    "author", "content_hash", "set_version", "created_at", "updated_at",
+    "author", "content_hash", "set_version", "created_at", "updated_at", "origin_sessions",
+    "scan",
 )
+# columns added after the first release: (name, type) added all-null to an older library
+_ADDED_COLUMNS = (("origin_sessions", pa.list_(pa.string())), ("scan", pa.string()))
 
 
 class SkillNotFoundError(LookupError):
@@ -76,6 +80,8 @@ def _skill_model(kind: str) -> type[LanceModel]:
         set_version: int
         created_at: datetime
         updated_at: datetime
+        origin_sessions: list[str] | None = None
+        scan: str | None = None
         search_text: str = func.SourceField()
         vector: Vector(_embedding.DIM) = func.VectorField()  # type: ignore[valid-type]
 
@@ -125,7 +131,7 @@ class CommitResult:
                 "event_id": hashlib.sha256(key.encode()).hexdigest()[:32],
                 "skill_id": s.skill_id,
                 "version": s.version,
-                "event": "updated" if ch.event == "restored" else ch.event,
+                "event": "updated" if ch.event == "restored" else ch.event,  # restore: by hand
                 "diagnosis_id": ch.diagnosis_id
                 or (s.diagnosis_ids[0] if s.diagnosis_ids else None),
                 "parent_version": s.parent_version,
@@ -156,6 +162,7 @@ def row_to_skill(row: dict[str, Any]) -> Skill:
         parent_version=row["parent_version"], merged_from=tuple(row["merged_from"] or ()),
         author=row["author"] or "", created_at=ts(row["created_at"]),
         updated_at=ts(row["updated_at"]), set_version=int(row["set_version"] or 0),
+        origin_sessions=tuple(row.get("origin_sessions") or ()), scan=row.get("scan") or "",
     )
 
 
@@ -185,6 +192,17 @@ class SkillStore:
         self.skills = self.db.open_table(SKILLS)
         self.changes = self.db.open_table(CHANGES)
         self._check_embedding()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the lifecycle columns to a library written before they existed (null there)."""
+        if all(n in self.skills.schema.names for n, _ in _ADDED_COLUMNS):
+            return
+        with self.writing():
+            names = set(self.skills.schema.names)
+            missing = [pa.field(n, t) for n, t in _ADDED_COLUMNS if n not in names]
+            if missing:
+                self.skills.add_columns(missing)
 
     @classmethod
     def open(cls, settings: Any) -> SkillStore:
@@ -297,6 +315,12 @@ class SkillStore:
         out = [s for s in latest.values() if status is None or s.status == status]
         return sorted(out, key=lambda s: s.name)
 
+    def live(self) -> list[Skill]:
+        """Every row the proxy may inject: the active version of each skill and any proposed
+        one (a proposal stands beside the active version it would replace until promoted)."""
+        where = "status IN (" + ", ".join(_sql(s) for s in LIVE) + ")"
+        return sorted(self.all_versions(where), key=lambda s: (s.name, s.version))
+
     def history(self, skill_id: str) -> list[Skill]:
         return sorted(self.all_versions(f"skill_id = {_sql(skill_id)}"), key=lambda s: s.version)
 
@@ -332,10 +356,11 @@ class SkillStore:
         return {r["row_id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
 
     def active_arrow(self) -> pa.Table:
-        """Every active row with its vector, for the in-memory retrieval index."""
+        """Every live (active or proposed) row with its vector, for the retrieval index."""
         self.skills.checkout_latest()
         cols = [*_ROW_COLUMNS, "vector"]
-        return self.skills.search().where("status = 'active'").select(cols).limit(None).to_arrow()
+        where = "status IN (" + ", ".join(_sql(s) for s in LIVE) + ")"
+        return self.skills.search().where(where).select(cols).limit(None).to_arrow()
 
     def stats_rows(self) -> list[dict[str, Any]]:
         if STATS not in set(self.db.list_tables().tables):
@@ -381,15 +406,20 @@ class SkillStore:
             "parent_version": skill.parent_version, "merged_from": list(skill.merged_from),
             "author": skill.author, "content_hash": skill.content_hash,
             "set_version": skill.set_version, "created_at": skill.created_at,
-            "updated_at": skill.updated_at, "search_text": skill.search_text,
+            "updated_at": skill.updated_at, "origin_sessions": list(skill.origin_sessions),
+            "scan": skill.scan, "search_text": skill.search_text,
         }
 
     def commit(self, changes: Sequence[Change]) -> CommitResult:
         """Apply changes under the writer lock as one new skill-set version.
 
-        `created`/`updated`/`merged` write the change's skill as a new row (the previous
-        current row of that skill becomes `superseded`); `retired`/`restored` change the status
-        of the skill's current row. Returns what was done, for the ledger's `skill_events`.
+        `created`/`updated`/`merged` write the change's skill as a new row. An active row
+        supersedes every live row of that skill; a `proposed` one supersedes only an older
+        proposal, so the active version keeps serving everyone while the proposal is on trial.
+        `promoted` makes a proposed row active (superseding the skill's other live rows and the
+        skills it merged); `rejected` ends a proposal; `retired` ends every live row of the
+        skill; `restored` makes the current row active and pinned. Rejected and retired are
+        sticky: only `restored` (a person) brings such a skill back.
         """
         if not changes:
             return CommitResult(self.skill_set_version)
@@ -399,17 +429,23 @@ class SkillStore:
         with self.writing():
             set_version = self._max_set_version() + 1
             stamp = datetime.now(UTC)
-            latest: dict[str, dict[str, Any]] = {}  # skill_id -> its highest-version row
+            rows_of: dict[str, list[dict[str, Any]]] = {}  # skill_id -> its rows
             for row in self._rows(columns=("row_id", "skill_id", "version", "status")):
-                held = latest.get(row["skill_id"])
-                if held is None or row["version"] > held["version"]:
-                    latest[row["skill_id"]] = row
+                rows_of.setdefault(row["skill_id"], []).append(row)
             new_rows: list[dict[str, Any]] = []
             status_of: dict[str, tuple[str, bool | None]] = {}  # row_id -> (status, pinned)
             done: list[Change] = []
+
+            def end(skill_id: str, statuses: tuple[str, ...], keep: str = "") -> None:
+                for row in rows_of.get(skill_id, []):
+                    if row["status"] in statuses and row["row_id"] != keep:
+                        status_of[row["row_id"]] = ("superseded", None)
+                        row["status"] = "superseded"
+
             for ch in changes:
                 skill = replace(ch.skill, set_version=set_version, updated_at=stamp)
-                held = latest.get(skill.skill_id)
+                held = max(rows_of.get(skill.skill_id, []), key=lambda r: r["version"],
+                           default=None)
                 if ch.event in ("created", "updated", "merged"):
                     if held is not None and skill.version <= held["version"]:
                         raise SkillValidationError(
@@ -418,17 +454,35 @@ class SkillStore:
                     if skill.version != expected:
                         raise SkillValidationError(
                             f"{skill.name}: next version must be {expected}, got {skill.version}")
-                    if held and held["status"] == "active":
-                        status_of[held["row_id"]] = ("superseded", None)
+                    end(skill.skill_id, LIVE if skill.status == "active" else ("proposed",))
                     new_rows.append(self._row(skill))
-                    latest[skill.skill_id] = {"row_id": skill.ref, "skill_id": skill.skill_id,
-                                              "version": skill.version, "status": "active"}
+                    rows_of.setdefault(skill.skill_id, []).append(
+                        {"row_id": skill.ref, "skill_id": skill.skill_id,
+                         "version": skill.version, "status": skill.status})
+                elif ch.event in ("promoted", "rejected"):
+                    current = self.get(skill.ref)
+                    if current.status != "proposed":
+                        raise SkillValidationError(
+                            f"{current.name} v{current.version} is {current.status}, not proposed")
+                    status = "active" if ch.event == "promoted" else "rejected"
+                    if ch.event == "promoted":
+                        end(skill.skill_id, LIVE, keep=current.ref)
+                        for merged in current.merged_from:
+                            end(merged, LIVE)
+                    status_of[current.ref] = (status, None)
+                    skill = replace(current, status=status, updated_at=stamp)
                 else:
                     if held is None:
                         raise SkillNotFoundError(f"no skill {skill.skill_id!r} to {ch.event}")
                     current = self.get(held["row_id"])
-                    status = (ch.status or "retired") if ch.event == "retired" else "active"
-                    pinned = current.pinned if ch.event == "retired" else True
+                    if ch.event == "retired":
+                        status, pinned = (ch.status or "retired"), current.pinned
+                        for row in rows_of[skill.skill_id]:
+                            if row["status"] in LIVE:
+                                status_of[row["row_id"]] = (status, pinned)
+                    else:
+                        status, pinned = "active", True
+                        end(skill.skill_id, LIVE, keep=current.ref)
                     status_of[current.ref] = (status, pinned)
                     skill = replace(current, status=status, pinned=pinned, updated_at=stamp)
                 done.append(replace(ch, skill=skill))

@@ -55,7 +55,7 @@ def test_diagnosis_ids_are_stable_and_order_free() -> None:
     a = dx.diagnosis_id(["t2", "t1"], "critic-a")
     assert a == dx.diagnosis_id(["t1", "t2"], "critic-a")
     assert a != dx.diagnosis_id(["t1", "t2"], "critic-b")
-    assert a != dx.diagnosis_id(["t1", "t2"], "critic-a", "diagnose-v2")
+    assert a != dx.diagnosis_id(["t1", "t2"], "critic-a", "diagnose-v0")
     groups = dx.group_failures([("t1", "s1", -1), ("t2", "s2", -1), ("t3", "s1", -0.5)], 1)
     assert [(s, [t for t, _ in g]) for s, g in groups] == [("s1", ["t1"]), ("s1", ["t3"]),
                                                            ("s2", ["t2"])]
@@ -111,7 +111,8 @@ def proposal(action: str, shown: list[str], **answer: object) -> Proposal:
 
 
 def test_create_revise_merge_and_lineage(embed: Embed) -> None:
-    debug, sql = make_skill("debug_python_exceptions"), make_skill("write_sql_queries")
+    debug = make_skill("debug_python_exceptions", author="critic-x")
+    sql = make_skill("write_sql_queries", author="critic-x")
     p = planner(embed, [debug, sql])
     p.add(proposal("create", [], skill=ProposedSkill(
         name="verify_file_paths", description="Check that a file exists before reading it.",
@@ -134,14 +135,13 @@ def test_create_revise_merge_and_lineage(embed: Embed) -> None:
                    merge_skill_ids=[debug.skill_id, sql.skill_id],
                    skill={"name": "x1", "description": "Debug code and queries.",
                           "instructions": "Reproduce, then fix."}))
-    merged, gone = m.outcome.changes
+    (merged,) = m.outcome.changes  # the merged-away skill serves until the merge is promoted
     assert (merged.event, merged.skill.merged_from) == ("merged", (sql.skill_id,))
-    assert (gone.event, gone.status, gone.skill.skill_id) == ("retired", "superseded",
-                                                             sql.skill_id)
+    assert {c.skill.status for c in p.outcome.changes + m.outcome.changes} == {"proposed"}
 
 
 def test_unsafe_unknown_and_duplicate_proposals(embed: Embed) -> None:
-    debug = make_skill("debug_python_exceptions")
+    debug = make_skill("debug_python_exceptions", author="critic-x")
     p = planner(embed, [debug])
     p.add(proposal("create", [], skill={
         "name": "helpful_support", "description": "Help with support.",
