@@ -18,6 +18,8 @@ import httpx
 from metaclaw.config import Settings
 from metaclaw.deploy.durable import is_tinker
 from metaclaw.endpoints import policy_base_url
+from metaclaw.serving.admin_token import HEADER as ADMIN_HEADER
+from metaclaw.serving.admin_token import read_admin_token
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ def admin_headers(settings: Settings) -> dict[str, str]:
     admin token."""
     key = settings.policy.api_key
     headers = {"authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+    token = read_admin_token(settings.home)
+    if token is not None:  # none yet: no policy server ever ran here, the call is unreachable
+        headers[ADMIN_HEADER] = token
     return headers
 
 
