@@ -360,8 +360,12 @@ def _mtime(info: dict[str, Any]) -> float:
 
 
 def _bloom_options(table: pa.Table, columns: tuple[str, ...]) -> dict[str, Any]:
+    """Bloom filters sized for the file (the default sizing doubled the write's CPU time)."""
     present = [c for c in columns if c in table.column_names]
-    return {"bloom_filter_options": {c: True for c in present}} if present else {}
+    if not present:
+        return {}
+    size = {"ndv": max(table.num_rows, 1), "fpp": 0.01}
+    return {"bloom_filter_options": {c: size for c in present}}
 
 
 def write_parquet_atomic(table: pa.Table, path: Path, bloom: tuple[str, ...] = ()) -> None:
