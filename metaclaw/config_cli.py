@@ -16,7 +16,7 @@ from rich.table import Table
 
 from metaclaw.cli_support import console, err_console, load_settings
 from metaclaw.config import config_file_path
-from metaclaw.config_tools import ConfigKeyError, describe, set_in_file
+from metaclaw.config_tools import ConfigKeyError, describe, mask_url, set_in_file
 
 app = typer.Typer(help="Show or edit the configuration (metaclaw.toml, METACLAW_* variables).",
                   no_args_is_help=True, add_completion=False)
@@ -55,5 +55,5 @@ def set_(
     except ValueError as exc:
         err_console.print(str(exc), style="red", markup=False, highlight=False)
         raise typer.Exit(2) from None
-    shown = "**********" if any(w in canonical for w in ("key", "token")) else value
+    shown = "**********" if any(w in canonical for w in ("key", "token")) else mask_url(value)
     console.print(f"set {canonical} = {shown} in {path}", highlight=False)

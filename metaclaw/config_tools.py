@@ -2,13 +2,16 @@
 
 Pure logic over `MetaClawConfig` (metaclaw/config.py) for `metaclaw config show|set`
 (metaclaw/config_cli.py) and for the snapshot every train step records, so a run can be
-reproduced from the ledger alone. Secrets are masked in everything this module returns.
+reproduced from the ledger alone. Secrets are masked in everything this module returns:
+`SecretStr` fields, and credentials written into a URL (`https://user:pw@host`,
+`?api-key=…`), which some providers document as the way to pass a key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,13 +69,39 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+_URL = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<userinfo>[^@/?#\s]*@)?", re.I)
+_SECRET_PARAM = re.compile(
+    r"(?P<name>[?&;][^=&#\s]*(?:key|token|secret|passw(?:or)?d|pwd|sig|signature|auth|"
+    r"credential|code)[^=&#\s]*=)(?P<value>[^&#\s]*)", re.I)
+
+
+def mask_url(text: str) -> str:
+    """`text` with the user info and the secret-named query values of every URL masked."""
+    if "://" not in text:
+        return text
+    text = _URL.sub(lambda m: m["scheme"] + (MASK + "@" if m["userinfo"] else ""), text)
+    return _SECRET_PARAM.sub(lambda m: m["name"] + MASK, text)
+
+
+def mask_urls(value: Any) -> Any:
+    """Every string inside a JSON-like value passed through `mask_url`."""
+    if isinstance(value, str):
+        return mask_url(value)
+    if isinstance(value, Mapping):
+        return {k: mask_urls(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask_urls(v) for v in value]
+    return value
+
+
 def mask(key: str, value: Any) -> Any:
-    """Secret fields show as a mask whatever their value type (a set secret is never shown)."""
+    """Secret fields show as a mask whatever their value type (a set secret is never shown);
+    credentials inside URLs are masked in every other field."""
     if value is None or value == []:
         return value
     if isinstance(value, SecretStr) or _is_secret_field(key):
         return [MASK] * len(value) if isinstance(value, list) else MASK
-    return value
+    return mask_urls(value)
 
 
 def effective(settings: Settings) -> dict[str, Any]:
@@ -84,7 +113,7 @@ def effective(settings: Settings) -> dict[str, Any]:
 def config_snapshot(settings: Settings) -> dict[str, Any]:
     """The whole effective configuration (masked, nested) plus its hash: what a train step
     records so the run can be reproduced (`metaclaw config show` of that moment)."""
-    config = settings.model_dump(mode="json")
+    config = mask_urls(settings.model_dump(mode="json"))
     body = json.dumps(config, sort_keys=True, default=str)
     return {"sha256": hashlib.sha256(body.encode()).hexdigest()[:16], "values": config}
 
@@ -194,6 +223,6 @@ def set_in_file(path: Path, key: str, raw: str) -> str:
 
 __all__ = [
     "ConfigKeyError", "ConfigRow", "canonical_key", "closest_key", "config_snapshot",
-    "describe", "effective", "flatten", "mask", "provenance", "set_in_file", "set_in_toml",
-    "source_layers",
+    "describe", "effective", "flatten", "mask", "mask_url", "provenance", "set_in_file",
+    "set_in_toml", "source_layers",
 ]
