@@ -203,7 +203,7 @@ class LocalBackend:
                 losses = [loss_sum(loss_fn, lp, self._inputs(d), config)
                           for lp, d in zip(lps, chunk, strict=True)]
                 loss = torch.stack(losses).sum()
-                if backward:
+                if backward and loss.requires_grad:  # no loss input anywhere: no gradient
                     loss.backward()  # .grad accumulates until optim_step, as on Tinker
             total += float(loss.detach())
             outputs.extend(

@@ -225,3 +225,16 @@ def test_local_rejects_a_checkpoint_of_another_rank(tmp_path: Path) -> None:
         other.load_state(path)
     with pytest.raises(FileNotFoundError, match="not a LocalBackend checkpoint"):
         other.load_state(str(tmp_path))
+
+
+def test_a_datum_without_loss_inputs_adds_no_gradient(make: Callable[[], TrainingBackend]) -> None:
+    """All-zero weights: a zero loss and no gradient, not an autograd error (the local backend
+    keeps autograd only from the first position that carries a loss input)."""
+    b = make()
+    empty = types.Datum(model_input=D1.model_input,
+                        loss_fn_inputs={"target_tokens": D1.loss_fn_inputs["target_tokens"],
+                                        "weights": [0.0] * D1.model_input.length})
+    out = b.forward_backward([empty], "cross_entropy")
+    assert loss_of(out) == 0.0
+    assert len(learner_logprobs(out)[0]) == D1.model_input.length
+    assert learner_logprobs(out)[0] == pytest.approx(logprobs(b, [D1])[0], abs=1e-5)
