@@ -58,6 +58,9 @@ def run_markdown(outcomes: Sequence[dict[str, Any]], history: Sequence[dict[str,
         if o["status"] in ("trained", "failed") and lineage:
             lines.append(f"  - resumed from `{lineage.get('checkpoint_id') or 'base model'}` "
                          f"({lineage.get('rule')}: {lineage.get('reason')})")
+        if m.get("routed"):
+            routed = ", ".join(f"{k} {v}" for k, v in sorted(m["routed"].items()))
+            lines.append(f"  - policy turns routed off-policy / prompts cut: {routed}")
         if o.get("skipped"):
             skipped = ", ".join(f"{k} {v}" for k, v in sorted(o["skipped"].items()))
             lines.append(f"  - skipped turns: {skipped}")

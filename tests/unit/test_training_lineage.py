@@ -149,3 +149,9 @@ def test_a_stall_shows_in_the_status_line_and_the_run_report() -> None:
     report = run_markdown([{"status": "stalled", "reason": stalled["reason"], "metrics": {},
                             "skipped": {}}], [])
     assert "TRAINING STALLED" in report and "no turn was consumed" in report
+    trained = run_markdown([{"status": "trained", "step": 3, "checkpoint_id": "c3", "path": "/c3",
+                             "reason": "", "skipped": {}, "metrics": {
+                                 "lineage": ok_["lineage"], "routed": {"stale_policy": 2,
+                                                                       "truncated": 1}}}], [])
+    assert "resumed from `c1` (reset_drift" in trained
+    assert "stale_policy 2, truncated 1" in trained
