@@ -20,6 +20,7 @@ from metaclaw.config import Settings, SkillsSettings, UpstreamSettings
 from metaclaw.proxy.app import create_app
 from tests.helpers import rows
 from tests.raw_upstream import RawUpstream
+from tests.served_app import ServedApp
 from tests.stubs.upstream_server import StubUpstream
 
 LIMITED = (
@@ -122,3 +123,23 @@ def test_a_claude_clients_model_is_not_replaced(stub: StubUpstream, tmp_path: Pa
     assert asyncio.run(scenario()) == 200
     sent = [r for r in stub.requests() if marker in json.dumps(r["body"])]
     assert [r["body"]["model"] for r in sent] == ["claude-own"]
+
+
+def test_a_translated_anthropic_stream_reports_real_input_tokens(
+    stub: StubUpstream, tmp_path: Path
+) -> None:
+    """An OpenAI upstream streams usage last; the client's final message still has it."""
+    import anthropic
+
+    settings = Settings(home=tmp_path / "home",
+                        upstream=UpstreamSettings(base_url=stub.base_url + "/v1"),
+                        skills=SkillsSettings(enabled=False))
+    with ServedApp(create_app(settings)) as proxy:
+        client = anthropic.Anthropic(base_url=proxy.url, api_key="k", max_retries=0)
+        with client.messages.stream(
+            model="claude-x", max_tokens=20,
+            messages=[{"role": "user", "content": "five words in the prompt [[words:3]]"}],
+        ) as stream:
+            message = stream.get_final_message()
+    assert message.usage.output_tokens == 3
+    assert message.usage.input_tokens == 6  # the stub counts the prompt's words, directive too
