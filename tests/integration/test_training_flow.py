@@ -375,13 +375,17 @@ def test_a_lost_candidate_row_is_recorded_again(home: Path) -> None:
 
 
 def test_the_deploy_gates_held_out_turns_are_never_trained(home: Path) -> None:
-    from metaclaw.deploy.split import is_eval_turn
+    from metaclaw.deploy.split import held_out_turn_ids
 
     fake = BigramBackend(64, checkpoint_dir=home / "checkpoints")
     paths = LedgerPaths(home)
-    seeded = Seeder(paths).policy(fake, [1.0] * 24)
+    seeder = Seeder(paths)
+    # one session per turn, distinct prompts except two repeats (held out with their twin)
+    seeded = [t for i in range(24) for t in seeder.policy(fake, [1.0], request=json.dumps(
+        {"messages": [{"role": "user", "content": f"q{i % 22}"}]}))]
     settings = settings_for(home, eval_fraction=0.5, batch_size=1, loss_fn="cross_entropy")
-    held = {t for t in seeded if is_eval_turn(t, settings)}
+    held = held_out_turn_ids(rows(paths, "SELECT turn_id, session_id, CAST(request AS VARCHAR) "
+                                         "AS request FROM turns"), settings)
     assert 0 < len(held) < len(seeded)  # a hash split: both sides non-empty (p ≈ 1e-7 not)
     outcomes = Trainer(settings, backend_factory=lambda s: fake).run(max_steps=30)
     trained = {t for s in steps(paths) for t in s["turn_ids"]}
