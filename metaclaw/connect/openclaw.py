@@ -18,6 +18,7 @@ import copy
 import difflib
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,14 +149,28 @@ def _read(path: Path) -> tuple[bytes | None, dict[str, Any]]:
 
 def _atomic_write(path: Path, data: bytes, mode_from: Path | None = None) -> None:
     """Write via a temp file + rename; the file keeps its permissions (it holds API keys, so a
-    new one is private)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    source = mode_from if mode_from is not None and mode_from.exists() else path
+    new one is private).
+
+    A symlinked config (dotfiles managers link `~/.openclaw/openclaw.json`) stays a symlink: its
+    target is replaced. The temp file gets a fresh unpredictable name (`mkstemp`: exclusive, no
+    symlink followed) and its final mode before any byte of the key is written to it.
+    """
+    target = path.resolve() if path.is_symlink() else path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = mode_from if mode_from is not None and mode_from.exists() else target
     mode = source.stat().st_mode & 0o7777 if source.exists() else 0o600
-    tmp = path.with_name(path.name + ".metaclaw-tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, mode)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".metaclaw-tmp",
+                               dir=target.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def connect_openclaw(
