@@ -96,6 +96,11 @@ class ProxySettings(_Section):
         description="Host names (besides IP addresses and localhost) clients may reach the "
         "proxy by; other Host headers get 403 (DNS-rebinding protection).",
     )
+    workers: int = Field(
+        default=1, ge=1,
+        description="Proxy processes serving one port (sessions and the ledger are shared "
+        "through METACLAW_HOME).",
+    )
     allowed_origins: list[str] = Field(
         default_factory=list,
         description="Browser origins (e.g. 'app://my-agent') allowed to call the proxy besides "
@@ -359,6 +364,12 @@ class ReplaySettings(_Section):
         default=32 * 1024 * 1024,
         description="Run ledger ingest whenever the WAL holds this much, so memory stays flat "
         "however long the history (ingest reads the WAL whole).",
+    )
+    allowed_roots: list[Path] = Field(
+        default_factory=lambda: [Path("~/.openclaw")],
+        description="Folders the backfill flow may read: its `path` parameter (a flow run anyone "
+        "with API access can start) must lie under one of them, symlinks resolved; "
+        "METACLAW_HOME/imports is always allowed.",
     )
 
 

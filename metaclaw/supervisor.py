@@ -113,9 +113,21 @@ def start_prefect_server(paths: LedgerPaths, port: int) -> Child:
         str(port),
         "--analytics-off",
     ]
-    child = Child("prefect server", argv, prefect_env(paths.prefect), paths.logs / "prefect.log")
+    env = {**prefect_env(paths.prefect), **prefect_server_guard_env(port)}
+    child = Child("prefect server", argv, env, paths.logs / "prefect.log")
     wait_healthy(f"http://127.0.0.1:{port}/api/health", child, 90, lambda r: r.status_code == 200)
     return child
+
+
+def prefect_server_guard_env(port: int) -> dict[str, str]:
+    """Prefect's server defaults are CORS `*` and no CSRF check, so any web page the user opens
+    could start flow runs (e.g. a backfill of arbitrary files). Only the UI's own origin may
+    read responses, and every state-changing request needs a CSRF token (Prefect's own client
+    fetches one; a cross-site form or `fetch` cannot)."""
+    return {
+        "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": f"http://127.0.0.1:{port}",
+        "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
+    }
 
 
 def start_proxy(paths: LedgerPaths, port: int) -> Child:

@@ -9,11 +9,14 @@ from prefect import task
 
 from metaclaw.config import Settings
 from metaclaw.replay import Importer, Source, discover
+from metaclaw.replay.roots import check_paths
 
 
 @task(name="discover-logs", retries=1, retry_delay_seconds=2)
 def discover_logs(settings: Settings, paths: list[str], fmt: str) -> dict[str, Any]:
-    """Log files under `paths`; a named path that is not a log fails the run with the reason."""
+    """Log files under `paths`; a named path that is not a log, or lies outside
+    `replay.allowed_roots`, fails the run with the reason."""
+    check_paths(paths, settings.replay.allowed_roots, settings.paths.home)
     found = discover(paths, fmt, settings.replay.max_record_bytes)
     if found.errors:
         raise ValueError("not a conversation log: " + "; ".join(str(e) for e in found.errors))

@@ -4,6 +4,7 @@ artifacts, idempotent re-runs, downstream flows."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def test_backfill_flow_partitions_imports_and_is_idempotent(
 
     monkeypatch.setenv("METACLAW_REPLAY__PARTITION_FILES", "3")
     monkeypatch.setenv("METACLAW_REPLAY__CONCURRENCY", "2")
+    monkeypatch.setenv("METACLAW_REPLAY__ALLOWED_ROOTS", json.dumps([str(tmp_path)]))
     logs = tmp_path / "history"
     shutil.copytree(REAL_V3, logs / "openclaw")
     shutil.copy(FIXTURES / "openai-chat.jsonl", logs / "chat.jsonl")
@@ -88,11 +90,22 @@ def test_backfill_flow_partitions_imports_and_is_idempotent(
 
 
 def test_backfill_flow_rejects_a_path_that_is_not_a_log(
-    prefect_harness: str, home: Path, tmp_path: Path
+    prefect_harness: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.backfill import backfill_flow
 
-    junk = tmp_path / "report.pdf"
+    secret = tmp_path / "elsewhere" / "id_rsa"
+    secret.parent.mkdir()
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----")
+    with pytest.raises(ValueError, match="outside the folders a backfill may read"):
+        backfill_flow(str(secret))  # the flow parameter anyone with API access can set
+    monkeypatch.setenv("METACLAW_REPLAY__ALLOWED_ROOTS",
+                       json.dumps([str(tmp_path / "logs"), str(FIXTURES)]))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "escape").symlink_to(secret.parent)
+    with pytest.raises(ValueError, match="outside the folders"):
+        backfill_flow(str(tmp_path / "logs" / "escape" / "id_rsa"))  # resolved, not followed
+    junk = tmp_path / "logs" / "report.pdf"
     junk.write_bytes(b"%PDF-1.7 not a log")
     with pytest.raises(ValueError, match="not a conversation log"):
         backfill_flow(str(junk))
