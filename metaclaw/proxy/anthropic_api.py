@@ -169,7 +169,7 @@ async def messages(request: Request) -> Response:
         client_identity=identity,
     )
     model = str(openai_body.get("model") or "")
-    injection = state.select_skills(history)
+    injection = await state.select_skills(history, draft.session_id)
     draft.injected_skills = injection.skills
     draft.injected_text = injection.block or None
     draft.skill_set_version = injection.skill_set_version

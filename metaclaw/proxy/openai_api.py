@@ -105,12 +105,12 @@ async def chat_completions(request: Request) -> Response:
     )
     to_policy = state.to_policy(body.get("model"), draft.session_id)
     upstream_body = state.upstream_body(body, policy=to_policy)
-    injection = state.select_skills(messages)
     options = body.get("stream_options")
     client_usage = isinstance(options, dict) and bool(options.get("include_usage"))
     if stream and not client_usage:  # token counts for the ledger, even if the client won't
         extra = options if isinstance(options, dict) else {}
         upstream_body = {**upstream_body, "stream_options": {**extra, "include_usage": True}}
+    injection = await state.select_skills(messages, draft.session_id)
     draft.injected_skills = injection.skills
     draft.injected_text = injection.block or None
     draft.skill_set_version = injection.skill_set_version

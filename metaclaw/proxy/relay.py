@@ -53,11 +53,14 @@ class ProxyState:
             policy_share=proxy.policy_share,
         )
 
-    def select_skills(self, messages: list[dict[str, Any]]) -> Injection:
-        """Skills for this request (never raises: retrieval failure injects nothing)."""
+    async def select_skills(self, messages: list[dict[str, Any]],
+                            session_id: str | None = None) -> Injection:
+        """Skills for this request (never raises: retrieval failure injects nothing), chosen
+        in a worker thread: cleaning and embedding a long message is CPU work that must not
+        stall the event loop. `session_id` scopes proposed skills and pins the selection."""
         if self.skills is None:
             return Injection()
-        return self.skills.select(messages)
+        return await anyio.to_thread.run_sync(self.skills.select, messages, session_id)
 
     def upstream_body(self, body: dict[str, Any], *, policy: bool = False) -> dict[str, Any]:
         """The body sent upstream: the client's, unknown fields kept, model pinned if set (the
