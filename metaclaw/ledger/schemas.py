@@ -141,7 +141,7 @@ SKILL_EVENTS = TableSpec(
         ("event_id", pa.string(), False),
         ("skill_id", pa.string(), False),
         ("version", pa.int32()),
-        ("event", pa.string(), False),  # created | updated | retired | merged
+        ("event", pa.string(), False),  # created | updated | retired | merged | promoted | rejected
         ("diagnosis_id", pa.string()),
         ("parent_version", pa.int32()),
         ("merged_from", pa.list_(pa.string())),
@@ -208,7 +208,7 @@ COLUMN_NOTES: dict[tuple[str, str], str] = {
     ("feedback", "value"): "-1 .. 1",
     ("rewards", "reward_id"): "hash of (turn_id, signal, scorer_version)",
     ("rewards", "signal"): "judge, implicit:<kind> or explicit",
-    ("skill_events", "event"): "created, updated, retired or merged",
+    ("skill_events", "event"): "created, updated, retired, merged, promoted or rejected",
     ("diagnoses", "diagnosis_id"): "hash of (sorted turn_ids, critic_model, prompt_version)",
     ("diagnoses", "evidence"): "JSON array of {turn_id, quote, note}",
     ("checkpoints", "event_id"): "one row per state change; the latest row is the state",
