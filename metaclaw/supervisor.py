@@ -100,7 +100,7 @@ def wait_healthy(
     )
 
 
-def start_prefect_server(paths: LedgerPaths, port: int) -> Child:
+def start_prefect_server(paths: LedgerPaths, port: int, timeout: float = 90.0) -> Child:
     argv = [
         sys.executable,
         "-m",
@@ -115,7 +115,8 @@ def start_prefect_server(paths: LedgerPaths, port: int) -> Child:
     ]
     env = {**prefect_env(paths.prefect), **prefect_server_guard_env(port)}
     child = Child("prefect server", argv, env, paths.logs / "prefect.log")
-    wait_healthy(f"http://127.0.0.1:{port}/api/health", child, 90, lambda r: r.status_code == 200)
+    wait_healthy(f"http://127.0.0.1:{port}/api/health", child, timeout,
+                 lambda r: r.status_code == 200)
     return child
 
 

@@ -14,7 +14,7 @@ from metaclaw.supervisor import start_prefect_server
 from tests.helpers import free_port
 
 
-@pytest.mark.slow  # starts a real Prefect server (≈20–60 s on the shared CI box)
+@pytest.mark.slow  # starts a real Prefect server (≈20–100 s on the shared CI box)
 def test_a_cross_origin_flow_run_creation_is_refused(tmp_path: Path) -> None:
     from prefect.client.orchestration import PrefectClient
 
@@ -22,7 +22,7 @@ def test_a_cross_origin_flow_run_creation_is_refused(tmp_path: Path) -> None:
     paths.logs.mkdir(parents=True, exist_ok=True)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    server = start_prefect_server(paths, port)
+    server = start_prefect_server(paths, port, timeout=300)  # a loaded CI box: ~100 s
     try:
         async def legit() -> str:
             async with PrefectClient(api) as client:  # fetches and sends a CSRF token
