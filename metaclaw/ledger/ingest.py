@@ -93,14 +93,14 @@ def ingest(paths: LedgerPaths, settings: LedgerSettings) -> IngestReport:
 
 
 @dataclass
-class _Segment:
+class _Decoded:
     """A claimed segment's records by table, and what could not be stored (dead letters)."""
 
     rows: dict[str, list[Row]]
     dead: list[dict[str, Any]]
 
 
-def _decode(name: str, blob: bytes) -> _Segment:
+def _decode(name: str, blob: bytes) -> _Decoded:
     bad: list[BadLine] = []
     by_table: dict[str, list[Row]] = defaultdict(list)
     dead: list[dict[str, Any]] = []
@@ -120,7 +120,7 @@ def _decode(name: str, blob: bytes) -> _Segment:
         good, failed = coerce_rows(TABLES[table_name], table_rows)
         rows[table_name] = good
         dead.extend({"table": table_name, "reason": why, "row": row} for row, why in failed)
-    return _Segment(rows, dead)
+    return _Decoded(rows, dead)
 
 
 def _batches(segments: list[Path], limit: int) -> list[list[Path]]:
@@ -177,7 +177,7 @@ def _ingest_segments(
 
 
 def _publish(
-    store: LedgerStorage, manifest: Manifest, decoded: dict[str, _Segment], report: IngestReport,
+    store: LedgerStorage, manifest: Manifest, decoded: dict[str, _Decoded], report: IngestReport,
     grace_s: float,
 ) -> Manifest:
     """Land one batch and publish it; on an object store, redo the step on top of any manifest
@@ -215,7 +215,7 @@ def _publish(
 
 
 def _land(
-    store: LedgerStorage, manifest: Manifest, decoded: dict[str, _Segment], report: IngestReport
+    store: LedgerStorage, manifest: Manifest, decoded: dict[str, _Decoded], report: IngestReport
 ) -> dict[str, list[str]]:
     """Write the rows of not-yet-ingested segments as Parquet; returns the new files."""
     done = set(manifest.segments)
