@@ -159,3 +159,34 @@ def test_a_session_keeps_a_byte_identical_prompt_prefix(stub: StubUpstream,
         other = next(r["body"]["messages"] for r in stub.requests()
                      if r["body"].get("user") == fresh)
         assert "debug_python_exceptions" in other[0]["content"], "another session selects anew"
+
+
+def test_the_evolve_step_promotes_a_proposal_that_helped_in_its_sessions(
+        settings: Settings) -> None:
+    from dataclasses import replace
+
+    from tests.helpers import rows
+    from tests.skills_helpers import seed_feedback, seed_turn
+
+    s = skills_settings(settings.paths.home, skills={"promote_min_uses": 6})
+    store = SkillStore.open(s)
+    scanned = replace(make_skill("debug_python_exceptions", author="critic-x"),
+                      status="proposed", origin_sessions=("w",), scan="safe:critic-x")
+    unscanned = replace(make_skill("git_merge_conflicts", author="critic-x"),
+                        status="proposed", origin_sessions=("w",))
+    store.commit([Change("created", scanned), Change("created", unscanned)])
+    for i in range(8):  # where they were on trial, the user is happy
+        for skill, text in ((scanned, "python traceback"), (unscanned, "git merge CONFLICT")):
+            tid, _ = seed_turn(s.paths, session="w", index=i, user=f"{text} {i}", reply="...",
+                               injected=[skill.ref], skill_set_version=1)
+            seed_feedback(s.paths, tid, 1.0)
+            tid, _ = seed_turn(s.paths, session=f"o{i}", index=0, user=f"{text} again {i}",
+                               reply="...")
+            seed_feedback(s.paths, tid, -1.0 if i % 2 else 0.0)
+    report, result = ops.refresh_efficacy(s, store)
+    ops.record_events(s.paths, result)
+    assert [(v.skill.name, v.event) for v in report.verdicts] == [
+        ("debug_python_exceptions", "promoted")], "unscanned stays proposed for a person"
+    assert store.get(scanned.ref).status == "active"
+    assert store.get(unscanned.ref).status == "proposed"
+    assert rows(s.paths, "SELECT event FROM skill_events") == [{"event": "promoted"}]
