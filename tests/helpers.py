@@ -57,16 +57,18 @@ class ProxyProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # a loaded 2-core machine starts it in 5-40 s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.log.close()
                 raise RuntimeError(f"proxy exited: {(self.home / 'proxy-test.log').read_text()}")
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.1)
-        raise RuntimeError("proxy did not become healthy")
+        self.stop()  # never leave a half-started proxy behind (an orphan holds ~350 MB)
+        raise RuntimeError("proxy did not become healthy within 60 s")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
