@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -176,6 +177,7 @@ async def healthz(request: Request) -> Response:
     return json_response(
         {
             "status": "ok",
+            "pid": os.getpid(),  # which worker answered (proxy.workers)
             "ledger": {
                 "recorded": state.recorder.stats.recorded,
                 "failed": state.recorder.stats.failed,
