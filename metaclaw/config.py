@@ -237,7 +237,14 @@ class TrainingSettings(_Section):
         default=0.05,
         gt=0,
         description="Abort a step when the sampler→learner KL on its importance-weighted tokens "
-        "exceeds this (measured healthy runs stay under 0.01; see docs/training.md).",
+        "exceeds this before the update: they did not come from this learner's recent lineage "
+        "(healthy ≤ 1.4e-3 at staleness 4; see docs/training.md).",
+    )
+    max_update_kl: float = Field(
+        default=0.5,
+        gt=0,
+        description="Discard an update that moves its own batch by a KL above this (a diverging "
+        "step; healthy steps measured 5e-3 – 7e-2).",
     )
     temperature: float = Field(
         default=1.0,

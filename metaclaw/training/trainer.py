@@ -259,7 +259,7 @@ class Trainer:
         loss, kl, kl_v2 = self._losses(backend, rl, sft, metrics, backward=True)
         metrics.update(loss=loss, loss_per_token=loss / max(1, metrics["completion_tokens"]),
                        kl=kl, kl_v2=kl_v2)
-        failure = self._guard(loss, kl, kl_v2, "")
+        failure = self._guard(loss, kl, kl_v2, "", "max_kl")
         if failure is None:
             opt = backend.optim_step(self._adam())
             metrics["optim"] = opt.metrics or {}
@@ -268,7 +268,8 @@ class Trainer:
             # saved (it would otherwise become the state every later step resumes from)
             after, kl_after, kl_v2_after = self._losses(backend, rl, sft, {}, backward=False)
             metrics.update(loss_after=after, kl_after=kl_after, kl_v2_after=kl_v2_after)
-            failure = self._guard(after, kl_after, kl_v2_after, "after the update: ")
+            failure = self._guard(after, kl_after, kl_v2_after, "after the update: ",
+                                  "max_update_kl")
         if failure is not None:
             self._loaded = None  # pending gradients or a bad update: reload the last good state
             metrics.update(status="failed", reason=failure,
@@ -313,14 +314,19 @@ class Trainer:
         kl, kl_v2 = sampler_learner_kl(sampler, learner)
         return loss, kl, kl_v2
 
-    def _guard(self, loss: float, kl: float, kl_v2: float, when: str) -> str | None:
+    def _guard(self, loss: float, kl: float, kl_v2: float, when: str,
+               limit: Literal["max_kl", "max_update_kl"]) -> str | None:
+        """Before the update the KL says whether the turns came from this learner's recent
+        lineage (healthy ≈ 0); after it, how far the step moved its own batch (healthy steps
+        are 10–100× larger): two questions, two limits."""
         if not math.isfinite(loss):
             return f"{when}non-finite loss {loss}"
         if not (math.isfinite(kl) and math.isfinite(kl_v2)):
             return f"{when}non-finite sampler/learner KL"
-        if max(abs(kl), kl_v2) > self.cfg.max_kl:
+        bound = getattr(self.cfg, limit)
+        if max(abs(kl), kl_v2) > bound:
             return (f"{when}sampler/learner KL {kl:.4g} (v2 {kl_v2:.4g}) exceeds "
-                    f"training.max_kl {self.cfg.max_kl}")
+                    f"training.{limit} {bound}")
         return None
 
     def run(self, max_steps: int | None = None) -> list[StepOutcome]:

@@ -111,11 +111,7 @@ def candidates(paths: LedgerPaths) -> list[dict[str, Any]]:
 
 
 def settings_for(home: Path, eval_fraction: float = 0.0, **training: Any) -> Settings:
-    """Tiny-model training settings; no held-out split unless asked (exact counts in tests).
-
-    The learning rate is 10× the default so a few steps visibly learn; one such step moves the
-    random tiny model by a KL of ~0.07 on its own batch (bench/training_kl.py measures 0.014 at
-    the default rate), so the KL guard is set to match the rate."""
+    """Tiny-model training settings; no held-out split unless asked (exact counts in tests)."""
     return Settings(home=home, deploy={"eval_fraction": eval_fraction},
                     training={"lora_rank": 4, "batch_size": 4, "learning_rate": 1e-3,
                               "max_kl": 0.5, **training})

@@ -173,3 +173,24 @@ def test_only_the_learners_recent_lineage_is_importance_weighted(home: Path) -> 
     assert m["staleness"] == {t: 0 for t in own}, "only turns c1 served are importance-weighted"
     assert m["n_rl"] == 2 and m["n_sft"] == 6  # the others are SFT data when good enough
     assert m["routed"] == {"other_lineage": 4, "stale_policy": 2, "sampling_mismatch": 2}
+
+
+def test_the_two_kl_guards_ask_different_questions(home: Path) -> None:
+    """Before the update: did the turns come from this learner (healthy ≈ 0)? After it: did the
+    step diverge (a healthy step moves its own batch far more)? One limit for both would either
+    miss foreign logprobs or fail healthy steps."""
+    paths = LedgerPaths(home)
+    seed = Seeder(paths)
+    settings = settings_for(home, learning_rate=0.05, max_kl=1e-3)
+    trainer = Trainer(settings, backend_factory=fresh)
+    seed.policy(fresh(settings), [1.0, -1.0, 1.0, -1.0])
+    healthy = trainer.step()
+    assert healthy.status == "trained", healthy.reason
+    m = healthy.metrics
+    assert max(abs(m["kl"]), m["kl_v2"]) < 1e-6  # served by this very state
+    assert max(abs(m["kl_after"]), m["kl_v2_after"]) > settings.training.max_kl
+    # the same step against a limit below its size: discarded as diverging, nothing saved
+    strict = settings_for(home / "strict", learning_rate=0.05, max_update_kl=1e-3)
+    Seeder(LedgerPaths(home / "strict")).policy(fresh(strict), [1.0, -1.0, 1.0, -1.0])
+    diverged = Trainer(strict, backend_factory=fresh).step()
+    assert diverged.status == "failed" and "training.max_update_kl" in diverged.reason
