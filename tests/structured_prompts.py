@@ -133,5 +133,5 @@ def request_kwargs(prompt: StructuredPrompt, constrained: bool) -> dict[str, Any
     kw = {"temperature": settings.critic.temperature, "max_tokens": settings.critic.max_tokens}
     if constrained:
         kw["response_format"] = response_format(prompt.schema.model_json_schema(),
-                                                prompt.schema.__name__)
+                                                prompt.schema.__name__, kw["max_tokens"])
     return kw

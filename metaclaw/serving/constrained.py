@@ -25,6 +25,7 @@ judge/critic output, not training data for the unconstrained policy.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: callers that only
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ",
                                 "key_separator": ": "}
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
+# Budgeting documents in characters: English text, repetitive text included, tokenises at 3-5
+# characters a token in the BPE vocabularies we serve; 2 leaves a margin for digits and symbols.
+CHARS_PER_TOKEN = 2
 
 
 class ConstraintError(ValueError):
@@ -106,15 +110,99 @@ def parse_response_format(value: Any) -> Constraint | None:
     return json_constraint(schema, name)
 
 
-def response_format(schema: dict[str, Any], name: str) -> dict[str, Any]:
+def response_format(schema: dict[str, Any], name: str, max_tokens: int | None = None
+                    ) -> dict[str, Any]:
     """The `response_format` body that asks an OpenAI-compatible server for `schema`.
 
     Objects that do not say otherwise get `additionalProperties: false`: an open object lets a
     small model invent keys until `max_tokens` runs out. Not `strict`: OpenAI's strict mode
     rejects keywords our schemas use (maxLength, defaults); the local policy server enforces
-    every keyword llguidance supports either way.
+    every keyword llguidance supports either way. With `max_tokens` (the request's), string
+    and array limits are lowered so the longest valid document has at most
+    `CHARS_PER_TOKEN · max_tokens` characters (`fit_to_budget`): a model that loops inside a
+    string is then made to close it before the token limit cuts the document.
     """
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": _closed(schema)}}
+    closed = _closed(schema)
+    if max_tokens is not None:
+        closed = fit_to_budget(closed, CHARS_PER_TOKEN * max_tokens)
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": closed}}
+
+
+def fit_to_budget(schema: dict[str, Any], max_chars: int) -> dict[str, Any]:
+    """`schema` with string `maxLength` and array `maxItems` lowered (never raised) until the
+    longest JSON document it allows has at most `max_chars` characters.
+
+    Why: a small model under a grammar can still loop inside a free string until `max_tokens`
+    cuts the document, which is then invalid; a document short enough in characters fits in
+    the token limit (see `CHARS_PER_TOKEN`; text in scripts that take several tokens a
+    character needs a smaller budget). One cap applies to every string (short fields keep
+    their own limit, long ones share what is left) and one to every array, the largest string
+    cap that fits winning; a schema that cannot fit even at the smallest caps is returned at
+    those caps. Strings with no maxLength are taken as ids or names (at most 64 characters).
+    """
+    fitted = schema
+    for chars in _CHAR_CAPS:  # the longest strings first; then fewer array items
+        for items in (8, 4, 2, 1):
+            fitted = _capped(schema, chars, items)
+            if _longest(fitted, fitted, 0) <= max_chars:
+                return fitted
+    return fitted
+
+
+_CHAR_CAPS = (4000, 3000, 2000, 1500, 1000, 750, 500, 350, 250, 180, 120, 80, 50, 30, 16)
+_ID_CHARS = 64  # a string without maxLength in our schemas is an id, a name or a category
+
+
+def _capped(node: Any, chars: int, items: int) -> Any:
+    if isinstance(node, list):
+        return [_capped(item, chars, items) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _capped(value, chars, items) for key, value in node.items()}
+    if out.get("type") == "string" and "enum" not in out and "const" not in out:
+        limit = min(out.get("maxLength", _ID_CHARS), chars)
+        out["maxLength"] = max(limit, out.get("minLength", 0))
+    if out.get("type") == "array":
+        out["maxItems"] = max(min(out.get("maxItems", items), items), out.get("minItems", 0))
+    return out
+
+
+_UNBOUNDED = 10**9
+
+
+def _longest(node: Any, root: dict[str, Any], depth: int) -> int:
+    """Characters of the longest compact document `node` allows (ASCII; `_UNBOUNDED` if none)."""
+    if not isinstance(node, dict) or depth > 32:
+        return _UNBOUNDED
+    if "$ref" in node:
+        target: Any = root
+        for part in str(node["$ref"]).removeprefix("#/").split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        return _longest(target, root, depth + 1)
+    for key in ("anyOf", "oneOf"):
+        if key in node:
+            return max(_longest(n, root, depth + 1) for n in node[key])
+    if "enum" in node or "const" in node:
+        values = node.get("enum", [node.get("const")])
+        return max(len(json.dumps(v)) for v in values)
+    kind = node.get("type")
+    if kind == "string":
+        return node.get("maxLength", _UNBOUNDED) + 2
+    if kind in ("integer", "number"):
+        return 24
+    if kind in ("boolean", "null"):
+        return 5
+    if kind == "array":
+        n = node.get("maxItems", _UNBOUNDED)
+        return 2 + n * (_longest(node.get("items", {}), root, depth + 1) + 2)
+    if kind == "object":
+        props = node.get("properties", {})
+        extra = node.get("additionalProperties", True)
+        if extra is not False:
+            return _UNBOUNDED
+        return 2 + sum(len(json.dumps(k)) + 4 + _longest(v, root, depth + 1)
+                       for k, v in props.items())
+    return _UNBOUNDED
 
 
 def _closed(node: Any) -> Any:

@@ -177,7 +177,7 @@ class Critic:
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             response_format=(  # type: ignore[arg-type]
-                response_format(schema.model_json_schema(), schema.__name__)
+                response_format(schema.model_json_schema(), schema.__name__, self.max_tokens)
                 if self.json_schema else {"type": "json_object"}),
         )
         return resp.choices[0].message.content or ""

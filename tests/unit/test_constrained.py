@@ -156,3 +156,28 @@ def test_response_format_closes_objects_so_a_small_model_cannot_invent_keys() ->
     assert parse_response_format(fmt) is not None  # llguidance compiles it ($ref, enum, limits)
     open_map = {"type": "object", "additionalProperties": {"type": "string"}}
     assert response_format(open_map, "m")["json_schema"]["schema"] == open_map  # left as said
+
+
+NOTES = {"type": "object",
+         "properties": {"note": {"type": "string", "maxLength": 5000},
+                        "tags": {"type": "array", "items": {"type": "string"}}},
+         "required": ["note", "tags"]}
+
+
+def test_a_token_budget_makes_even_a_looping_model_close_its_document(
+        engine: PolicyEngine) -> None:
+    """The random model never ends a free string by itself: unbudgeted, the document is cut at
+    max_tokens; fitted to a budget of 40 tokens (80 characters), every reply is complete."""
+    loose = _chat_params(response_format(NOTES, "notes"), temperature=1.0, seed=0,
+                         max_tokens=60)
+    (cut,) = _many(engine, [loose])
+    assert cut.finish_reason == "length" and not _parses(cut.text)
+    fitted = response_format(NOTES, "notes", max_tokens=40)
+    schema = fitted["json_schema"]["schema"]
+    assert schema["properties"]["note"]["maxLength"] < 80
+    replies = _many(engine, [_chat_params(fitted, temperature=1.0, seed=s, max_tokens=400)
+                             for s in SEEDS])
+    for result in replies:
+        assert result.finish_reason == "stop", result.text
+        jsonschema.validate(json.loads(result.text), schema)
+        assert len(result.text) <= 80
