@@ -1,10 +1,11 @@
 """Constrained decoding: a request's `response_format` enforced token by token (llguidance).
 
 Why: the judge and the critic must answer in JSON that their callers can read, and a 135M model
-asked nicely almost never does (0 of 3 fixed judge prompts gave a valid verdict unconstrained in
-our measurement; see docs/serving.md). With a grammar-guided logits processor every sampled token
-keeps the text a prefix of a document the schema accepts, and once the document is complete only
-end-of-sequence may follow, so the reply is schema-valid unless `max_tokens` cuts it short.
+asked nicely almost never does (0 of 13 judge and critic prompts gave a usable answer
+unconstrained in our measurement; see docs/policy-server.md). With a grammar-guided logits
+processor every sampled token keeps the text a prefix of a document the schema accepts, and once
+the document is complete only end-of-sequence may follow, so the reply is schema-valid unless
+`max_tokens` cuts it short (`fit_to_budget` keeps the document within it).
 
 Why llguidance (measured on SmolLM2-135M, CPU, against xgrammar, outlines-core and
 lm-format-enforcer): one wheel with no dependencies, ~20 ms to compile a schema (a fresh schema
