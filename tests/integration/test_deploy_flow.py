@@ -62,6 +62,8 @@ def test_deploy_flow_promotes_publishes_and_is_idempotent(
     assert result["status"] == "promoted" and result["checkpoint_id"] == "ckpt-2", result
     assert result["superseded"] == ["ckpt-1"] and result["low"] > 0.5
     assert result["policy_server"] == "unreachable" and result["guards_tripped"] == []
+    assert result["reconciliation"]["status"] == "unreachable"  # no server: nothing to fix
+    assert result["k"] == 1 and result["wins"] >= 7 and result["p_value"] <= result["alpha_k"]
     book = read_book(paths)
     promoted = book.get("ckpt-2").latest
     assert promoted.actor is not None and promoted.actor.startswith("deploy-flow:")
