@@ -190,3 +190,39 @@ def test_the_evolve_step_promotes_a_proposal_that_helped_in_its_sessions(
     assert store.get(scanned.ref).status == "active"
     assert store.get(unscanned.ref).status == "proposed"
     assert rows(s.paths, "SELECT event FROM skill_events") == [{"event": "promoted"}]
+
+
+def test_people_approve_reject_and_pin_from_the_cli(settings: Settings) -> None:
+    from dataclasses import replace
+
+    from typer.testing import CliRunner
+
+    from metaclaw.skills.cli import app
+
+    store = SkillStore.open(settings)
+    store.commit([
+        Change("created", replace(make_skill("translate_text", author="critic-x"),
+                                  status="proposed", origin_sessions=("s1",))),
+        Change("created", replace(make_skill("write_sql_queries", author="critic-x"),
+                                  status="proposed")),
+    ])
+    env = {"METACLAW_HOME": str(settings.paths.home),
+           "METACLAW_CONFIG": str(settings.paths.home / "none.toml"),
+           "METACLAW_SKILLS__EMBEDDINGS_DIR": str(EMBEDDINGS)}
+    runner = CliRunner()
+
+    def run(*args: str) -> tuple[int, str]:
+        out = runner.invoke(app, list(args), env=env)
+        return out.exit_code, out.output
+
+    assert run("approve", "translate_text") == (0, "translate_text v1: promoted (skill set v2)\n")
+    assert run("reject", "write_sql_queries")[0] == 0
+    code, text = run("reject", "write_sql_queries")
+    assert code == 1 and "no proposed version" in text
+    assert run("pin", "translate_text")[0] == 0
+    states = {s.name: (s.status, s.pinned) for s in store.current()}
+    assert states == {"translate_text": ("active", True), "write_sql_queries": ("rejected", False)}
+    again = propose(settings, store, "create", ["s2"], skill={
+        "name": "write_sql_queries", "description": "Write SQL.", "instructions": "Use JOINs."})
+    assert again.changes == [] and "rejected; evolution never brings it back" in \
+        again.rejected[0][1]
