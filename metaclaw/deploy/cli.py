@@ -128,6 +128,11 @@ def show(
     if isinstance(evaluation, dict) and evaluation.get("win"):
         console.print(f"last evaluation vs {evaluation.get('baseline')}: "
                       f"{_win(evaluation)} → {evaluation.get('decision')}")
+        test = evaluation.get("test")
+        if isinstance(test, dict):
+            console.print(f"  sign test: {test['wins']} prompts won, {test['losses']} lost, "
+                          f"{test['ties']} tied; p={test['p_value']:.3g} vs "
+                          f"α_{test['k']}={test['alpha_k']:.3g}", highlight=False)
         for g in evaluation.get("guards") or []:
             mark = "[red]tripped[/red]" if g.get("tripped") else "ok"
             console.print(f"  guard {g['name']}: {mark} — {g.get('detail')}", highlight=False)

@@ -310,3 +310,4 @@ def test_the_cli_runs_the_gate_and_shows_the_verdict(
     assert shown["evaluation"]["decision"] == "promote"
     table = cli("show", "ckpt-good")
     assert "guard kl_from_base: ok" in table.stdout and "→ promote" in table.stdout
+    assert "sign test: " in table.stdout and "vs α_1=0.0304" in table.stdout
