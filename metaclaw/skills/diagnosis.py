@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from metaclaw.skills.query import clean_user_text, extract_query
+from metaclaw.skills.query import MAX_CLEAN_CHARS, clean_user_text, extract_query
 from metaclaw.skills.safety import data_json
 
 PROMPT_VERSION = "diagnose-v2"  # v2: the trajectory as an escaped JSON string
@@ -101,7 +101,11 @@ def _clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
 
 def _render_msg(msg: Any) -> str:
     role = msg.role
-    text = clean_user_text(msg.text) if role == "user" else msg.text
+    text = msg.text
+    if role == "user":  # only the ends survive `_clip`: clean just those (bounded work)
+        if len(text) > 2 * MAX_CLEAN_CHARS:
+            text = f"{text[:MAX_CLEAN_CHARS]}\n[…]\n{text[-MAX_CLEAN_CHARS:]}"
+        text = clean_user_text(text)
     lines = []
     if role == "tool":
         flag = " (error)" if getattr(msg, "is_error", False) else ""
