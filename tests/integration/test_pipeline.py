@@ -49,9 +49,11 @@ def test_pipeline_runs_the_whole_loop(prefect_harness: str, home: Path, tmp_path
         settings = Settings()
         paths = LedgerPaths(home)
         seed_turns(paths, eval_turn_ids(settings, 8))  # held out: the deploy gate's prompts
-        seed_turns(paths, eval_turn_ids(settings, 4, held_out=False), reward=1.0)  # to learn
+        # to learn: prompts of their own (a held-out prompt is never trained on, in any session)
+        seed_turns(paths, eval_turn_ids(settings, 4, held_out=False),
+                   [f"Teach me fact {i}." for i in range(4)], reward=1.0)
         failed = eval_turn_ids(settings, 1, held_out=False)
-        seed_turns(paths, failed, reward=-1.0)  # a failure to diagnose
+        seed_turns(paths, failed, ["Do the thing I asked."], reward=-1.0)  # a failure to diagnose
         critic.script({"match": "turn_id", "content": json.dumps(DIAGNOSIS)},
                       {"match": "ignored_instruction", "content": json.dumps(SKILL)})
 
