@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from metaclaw.config import DeploySettings
+from metaclaw.config import DeploySettings, Settings
 from metaclaw.deploy.evalset import PromptsFileError, load_prompts_file
 from metaclaw.deploy.guards import (
     KL,
@@ -210,3 +210,19 @@ def test_prompts_file(tmp_path: Path) -> None:
         load_prompts_file(bad)
     with pytest.raises(PromptsFileError, match="does not exist"):
         load_prompts_file(tmp_path / "missing.jsonl")
+
+
+def test_a_separate_gate_judge_is_used_when_configured() -> None:
+    from metaclaw.deploy.pairwise import PairwiseJudge
+
+    scoring = {"base_url": "http://scoring.example/v1", "model": "scorer"}
+    shared = PairwiseJudge.from_settings(Settings(judge=scoring))
+    assert shared is not None and (shared.base_url, shared.model) == (scoring["base_url"],
+                                                                       "scorer")
+    own = PairwiseJudge.from_settings(Settings(judge=scoring, deploy={
+        "judge_base_url": "http://gate.example/v1/", "judge_model": "gatekeeper",
+        "judge_api_key": "k"}))
+    assert own is not None and (own.base_url, own.model) == ("http://gate.example/v1",
+                                                             "gatekeeper")
+    with pytest.raises(ValueError, match=r"deploy\.judge_model is required"):
+        PairwiseJudge.from_settings(Settings(deploy={"judge_base_url": "http://gate/v1"}))
