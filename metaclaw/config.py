@@ -238,13 +238,13 @@ class TrainingSettings(_Section):
         gt=0,
         description="Abort a step when the sampler→learner KL on its importance-weighted tokens "
         "exceeds this before the update: they did not come from this learner's recent lineage "
-        "(healthy ≤ 1.4e-3 at staleness 4; see docs/training.md).",
+        "(healthy ≤ 2.4e-3 measured; see docs/training.md).",
     )
     max_update_kl: float = Field(
         default=0.5,
         gt=0,
         description="Discard an update that moves its own batch by a KL above this (a diverging "
-        "step; healthy steps measured 5e-3 – 7e-2).",
+        "step; healthy steps measured 5e-3 – 0.12).",
     )
     temperature: float = Field(
         default=1.0,
