@@ -82,7 +82,8 @@ def test_diagnose_then_evolve(prefect_harness: str, configured: Path, critic: St
     paths = LedgerPaths(configured)
     ids = seed_sessions(paths)
     store = SkillStore.open(Settings())
-    store.commit([Change("created", make_skill("translate_text"))])
+    # written by a critic earlier (a curated skill would be refused before the safety rules)
+    store.commit([Change("created", make_skill("translate_text", author="critic-old"))])
 
     # 1. diagnose: one prose reply (retried), one session whose critic never gives valid JSON
     critic.script(
@@ -137,6 +138,8 @@ def test_diagnose_then_evolve(prefect_harness: str, configured: Path, critic: St
     created = store.get("report_tool_errors")
     assert (created.version, created.author, created.diagnosis_ids) == (
         1, "critic-stub", (diag["diagnosis_id"],))
+    # quarantined where its failures happened; the stub critic gave no scan verdict: unscanned
+    assert (created.status, created.origin_sessions, created.scan) == ("proposed", ("s1",), "")
     assert store.get("translate_text").version == 1  # the attack changed nothing
     prompt = next(r for r in critic.requests() if "format_error" in r["messages"][1]["content"])
     assert store.get("translate_text").skill_id in prompt["messages"][1]["content"]  # nearest
