@@ -113,8 +113,7 @@ def candidates(paths: LedgerPaths) -> list[dict[str, Any]]:
 def settings_for(home: Path, eval_fraction: float = 0.0, **training: Any) -> Settings:
     """Tiny-model training settings; no held-out split unless asked (exact counts in tests)."""
     return Settings(home=home, deploy={"eval_fraction": eval_fraction},
-                    training={"lora_rank": 4, "batch_size": 4, "learning_rate": 1e-3,
-                              "max_kl": 0.5, **training})
+                    training={"lora_rank": 4, "batch_size": 4, "learning_rate": 1e-3, **training})
 
 
 def dir_digest(path: Path) -> str:
