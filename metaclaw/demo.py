@@ -111,6 +111,10 @@ DEMO_ENV = {
     "METACLAW_CRITIC__RETRIES": "0",
     "METACLAW_JUDGE__SESSION_IDLE_S": "0",
     "METACLAW_DEPLOY__MIN_EVAL_PROMPTS": "4",
+    # the gate's yardstick is the fixed prompts file below: holding out a share of the
+    # teaching sessions (and, by prompt digest, every repeat of their questions) would only
+    # take teaching data away from a run this short
+    "METACLAW_DEPLOY__EVAL_FRACTION": "0",
     "METACLAW_DEPLOY__MAX_NEW_TOKENS": "48",
 }
 QUESTIONS = TEACHING_QUESTIONS[:6]
