@@ -150,17 +150,17 @@ def status() -> None:
     from metaclaw.scoring.scorer import status_line  # scoring: judge–human agreement
 
     console.print(status_line(settings))
+    from metaclaw.training.report import status_line as training_status
+
+    _, latest = run_query(settings.paths, "SELECT metrics FROM train_steps ORDER BY ts DESC "
+                          "LIMIT 1")
+    console.print(training_status(json.loads(latest[0][0]) if latest else None))
     url = f"http://{settings.proxy.host}:{settings.proxy.port}/healthz"
     try:
         health = httpx.get(url, timeout=2).json()
         console.print(f"proxy {url}: [green]{health['status']}[/green] {health['ledger']}")
     except (httpx.HTTPError, ValueError):
         console.print(f"proxy {url}: [yellow]not running[/yellow]")
-    from metaclaw.training.report import status_line as training_status
-
-    _, latest = run_query(settings.paths, "SELECT metrics FROM train_steps ORDER BY ts DESC "
-                          "LIMIT 1")
-    console.print(training_status(json.loads(latest[0][0]) if latest else None))
 
 
 def _dead_letters_status(settings: Any) -> None:
