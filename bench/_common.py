@@ -194,8 +194,13 @@ def wait_for_idle(max_wait_s: float, threshold: float = 0.25, quiet_s: float = 3
 
 def add_wait_idle(parser: argparse.ArgumentParser) -> None:
     """The `--wait-idle S` option every benchmark takes (see `settle`)."""
-    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
-                        help="first wait up to S seconds for other processes to go quiet")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="first wait up to S seconds for other processes to go quiet",
+    )
 
 
 def settle(wait_idle_s: float) -> None:

@@ -24,7 +24,7 @@ from metaclaw.deploy.pairwise import A_BEGIN, A_END, B_BEGIN, B_END
 def _between(text: str, begin: str, end: str) -> str | None:
     start = text.find(begin)
     stop = text.find(end, start + len(begin)) if start >= 0 else -1
-    return text[start + len(begin):stop].strip() if start >= 0 and stop >= 0 else None
+    return text[start + len(begin) : stop].strip() if start >= 0 and stop >= 0 else None
 
 
 def verdict(prompt: str, complies: Callable[[str], bool]) -> str:
@@ -34,8 +34,10 @@ def verdict(prompt: str, complies: Callable[[str], bool]) -> str:
     ok_a, ok_b = complies(a), complies(b)
     if ok_a == ok_b:
         return "Both replies are equally compliant.\nWinner: tie"
-    return f"Only reply {'A' if ok_a else 'B'} follows the user's preference.\n" \
-           f"Winner: {'A' if ok_a else 'B'}"
+    return (
+        f"Only reply {'A' if ok_a else 'B'} follows the user's preference.\n"
+        f"Winner: {'A' if ok_a else 'B'}"
+    )
 
 
 class RuleJudge:
@@ -53,12 +55,20 @@ class RuleJudge:
                 prompt = "\n".join(str(m.get("content") or "") for m in body.get("messages", []))
                 rule.calls += 1
                 text = verdict(prompt, rule.complies)
-                reply = {"id": f"rule-{rule.calls}", "object": "chat.completion",
-                         "created": int(time.time()), "model": body.get("model", "rule"),
-                         "choices": [{"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": text}}],
-                         "usage": {"prompt_tokens": 0, "completion_tokens": 0,
-                                   "total_tokens": 0}}
+                reply = {
+                    "id": f"rule-{rule.calls}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model", "rule"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": text},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                }
                 data = json.dumps(reply).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")

@@ -68,12 +68,15 @@ def make_adapters(model_dir: Path, out: Path) -> dict[str, Path]:
     """Two LoRA checkpoints (LocalBackend, a few SFT steps each) that answer differently."""
     from tests.deploy_helpers import train_toward
 
-    return {"ckpt-A": train_toward(model_dir, out, "A", "Paris", steps=2),
-            "ckpt-B": train_toward(model_dir, out, "B", "blue", steps=2)}
+    return {
+        "ckpt-A": train_toward(model_dir, out, "A", "Paris", steps=2),
+        "ckpt-B": train_toward(model_dir, out, "B", "blue", steps=2),
+    }
 
 
-async def load(url: str, stop: asyncio.Event, workers: int, max_tokens: int,
-               out: list[Served]) -> list[Served]:
+async def load(
+    url: str, stop: asyncio.Event, workers: int, max_tokens: int, out: list[Served]
+) -> list[Served]:
     body = {"model": "policy", "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0}
 
     async def worker(client: httpx.AsyncClient) -> None:
@@ -95,8 +98,9 @@ async def load(url: str, stop: asyncio.Event, workers: int, max_tokens: int,
     return out
 
 
-async def scenario(settings: Any, url: str, args: argparse.Namespace
-                   ) -> tuple[list[Served], list[dict[str, Any]], float]:
+async def scenario(
+    settings: Any, url: str, args: argparse.Namespace
+) -> tuple[list[Served], list[dict[str, Any]], float]:
     from metaclaw.deploy import deployer
 
     stop = asyncio.Event()
@@ -114,17 +118,25 @@ async def scenario(settings: Any, url: str, args: argparse.Namespace
     for i in range(args.swaps):
         asked = time.monotonic()
         if i == args.swaps - 1 and i > 0:
-            change = await asyncio.to_thread(deployer.rollback, settings, actor="bench",
-                                             reason="bench rollback")
+            change = await asyncio.to_thread(
+                deployer.rollback, settings, actor="bench", reason="bench rollback"
+            )
             target = change.restored
         else:
             target = targets[i % 2]
-            change = await asyncio.to_thread(deployer.promote, settings, target, actor="bench",
-                                             reason="bench swap", force=True)
+            change = await asyncio.to_thread(
+                deployer.promote, settings, target, actor="bench", reason="bench swap", force=True
+            )
         acked = time.monotonic()
-        swaps.append({"target": target, "asked": asked, "acked": acked,
-                      "notice": change.notice.status if change.notice else None,
-                      "server_s": change.notice.seconds if change.notice else float("nan")})
+        swaps.append(
+            {
+                "target": target,
+                "asked": asked,
+                "acked": acked,
+                "notice": change.notice.status if change.notice else None,
+                "server_s": change.notice.seconds if change.notice else float("nan"),
+            }
+        )
         await asyncio.sleep(interval)
     stop.set()
     return await task, swaps, baseline_end
@@ -136,8 +148,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--swaps", type=int, default=6)
-    parser.add_argument("--interval", type=float, default=2.0,
-                        help="seconds between swaps (at least 3 steady requests long)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        help="seconds between swaps (at least 3 steady requests long)",
+    )
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before swaps")
     parser.add_argument("--threads", type=int, default=1, help="policy server torch threads")
     parser.add_argument("--json", default=None)
@@ -160,25 +176,37 @@ def main() -> int:
         model_dir = Path(resolve_model_dir("HuggingFaceTB/SmolLM2-135M-Instruct", home))
     else:
         model_dir = Path(args.model)
-    print(f"revision {git_revision()} · model {model_dir} · concurrency {args.concurrency} · "
-          f"{args.max_tokens} tokens/request · {args.swaps} swaps", flush=True)
+    print(
+        f"revision {git_revision()} · model {model_dir} · concurrency {args.concurrency} · "
+        f"{args.max_tokens} tokens/request · {args.swaps} swaps",
+        flush=True,
+    )
     adapters = make_adapters(model_dir, root / "ckpts")
     port = free_port()
-    settings = Settings(home=home, training={"base_model": str(model_dir), "lora_rank": 4},
-                        policy={"port": port, "model": str(model_dir)})
-    add_candidates(settings.paths, *(candidate_row(cid, path, i + 1)
-                                     for i, (cid, path) in enumerate(adapters.items())))
-    env = {"METACLAW_HOME": str(home), "METACLAW_CONFIG": str(root / "none.toml"),
-           "METACLAW_POLICY__MODEL": str(model_dir),
-           "METACLAW_POLICY__TORCH_THREADS": str(args.threads),
-           "METACLAW_POLICY__MAX_BATCH": str(max(8, args.concurrency)),
-           "OMP_NUM_THREADS": str(args.threads)}
+    settings = Settings(
+        home=home,
+        training={"base_model": str(model_dir), "lora_rank": 4},
+        policy={"port": port, "model": str(model_dir)},
+    )
+    add_candidates(
+        settings.paths,
+        *(candidate_row(cid, path, i + 1) for i, (cid, path) in enumerate(adapters.items())),
+    )
+    env = {
+        "METACLAW_HOME": str(home),
+        "METACLAW_CONFIG": str(root / "none.toml"),
+        "METACLAW_POLICY__MODEL": str(model_dir),
+        "METACLAW_POLICY__TORCH_THREADS": str(args.threads),
+        "METACLAW_POLICY__MAX_BATCH": str(max(8, args.concurrency)),
+        "OMP_NUM_THREADS": str(args.threads),
+    }
     started = time.monotonic()
     child = start_policy_server(settings.paths, port, env=env, timeout_s=900)
     print(f"policy server up in {time.monotonic() - started:.1f} s", flush=True)
     try:
         served, swaps, baseline_end = asyncio.run(
-            scenario(settings, f"http://127.0.0.1:{port}", args))
+            scenario(settings, f"http://127.0.0.1:{port}", args)
+        )
     finally:
         child.stop()
 
@@ -187,9 +215,17 @@ def main() -> int:
     rows, latencies, acks, servers, never = [], [], [], [], 0
     for i, swap in enumerate(swaps):
         until = swaps[i + 1]["asked"] if i + 1 < len(swaps) else float("inf")
-        first = min((s.ended for s in served if s.checkpoint == swap["target"]
-                     and s.ended >= swap["asked"] and s.started < until and not s.error),
-                    default=None)
+        first = min(
+            (
+                s.ended
+                for s in served
+                if s.checkpoint == swap["target"]
+                and s.ended >= swap["asked"]
+                and s.started < until
+                and not s.error
+            ),
+            default=None,
+        )
         ack = swap["acked"] - swap["asked"]
         acks.append(ack)
         if first is None:
@@ -198,15 +234,35 @@ def main() -> int:
         else:
             latency = first - swap["asked"]
             latencies.append(latency)
-        rows.append([i + 1, swap["target"] or "base", swap["notice"],
-                     (ack - swap["server_s"]) * 1000, swap["server_s"] * 1000, ack * 1000,
-                     latency * 1000])
+        rows.append(
+            [
+                i + 1,
+                swap["target"] or "base",
+                swap["notice"],
+                (ack - swap["server_s"]) * 1000,
+                swap["server_s"] * 1000,
+                ack * 1000,
+                latency * 1000,
+            ]
+        )
         servers.append(swap["server_s"])
-    print_table(["swap", "now serving", "server", "ledger ms", "server swap ms", "ack ms",
-                 "swap latency ms"], rows, 1)
+    print_table(
+        [
+            "swap",
+            "now serving",
+            "server",
+            "ledger ms",
+            "server swap ms",
+            "ack ms",
+            "swap latency ms",
+        ],
+        rows,
+        1,
+    )
     print()
     summary = {
-        "requests": len(served), "failed_requests": len(failed),
+        "requests": len(served),
+        "failed_requests": len(failed),
         "steady_request_ms_p50": median(steady) * 1000,
         "steady_request_ms_p95": percentile(steady, 95) * 1000,
         "ack_ms_median": median(acks) * 1000,
@@ -220,14 +276,24 @@ def main() -> int:
     if warning:
         print(f"\nwarning: {warning}")
     ok = not failed and never == 0
-    print(f"\nverdict: requests failed during swaps {len(failed)} (target 0) — "
-          f"{'PASS' if ok else 'FAIL'}; median swap latency {summary['swap_latency_ms_median']:.0f}"
-          f" ms vs a steady request of {summary['steady_request_ms_p50']:.0f} ms")
+    print(
+        f"\nverdict: requests failed during swaps {len(failed)} (target 0) — "
+        f"{'PASS' if ok else 'FAIL'}; median swap latency {summary['swap_latency_ms_median']:.0f}"
+        f" ms vs a steady request of {summary['steady_request_ms_p50']:.0f} ms"
+    )
     if failed:
         print("first failures:", [s.error for s in failed[:5]])
     if args.json:
-        write_json(args.json, {"args": vars(args), "summary": summary, "swaps": rows,
-                               "machine": machine_summary(), "revision": git_revision()})
+        write_json(
+            args.json,
+            {
+                "args": vars(args),
+                "summary": summary,
+                "swaps": rows,
+                "machine": machine_summary(),
+                "revision": git_revision(),
+            },
+        )
     return 0 if ok else 1
 
 

@@ -58,17 +58,30 @@ TARGET_RATE = 0.05
 def describe(outcome: Any) -> dict[str, Any]:
     ev = outcome.evaluation
     if ev is None:
-        return {"checkpoint_id": outcome.checkpoint_id, "status": outcome.status,
-                "reason": outcome.reason}
+        return {
+            "checkpoint_id": outcome.checkpoint_id,
+            "status": outcome.status,
+            "reason": outcome.reason,
+        }
     t = ev.test
-    return {"checkpoint_id": outcome.checkpoint_id, "status": outcome.status,
-            "baseline": ev.baseline.label, "k": t.k, "wins": t.wins, "losses": t.losses,
-            "ties": t.ties, "p_value": t.p_value, "alpha_k": t.alpha_k,
-            "identical_pairs": sum(p.identical for p in ev.pairs),
-            "old_rule_promotes": ev.win.low > 0.5 and not ev.decision.tripped,
-            "fixed_alpha_promotes": t.decided > 0 and t.p_value <= FIXED_ALPHA
-            and not ev.decision.tripped,
-            "current_cached": ev.current_cached, "seconds": ev.seconds.get("total")}
+    return {
+        "checkpoint_id": outcome.checkpoint_id,
+        "status": outcome.status,
+        "baseline": ev.baseline.label,
+        "k": t.k,
+        "wins": t.wins,
+        "losses": t.losses,
+        "ties": t.ties,
+        "p_value": t.p_value,
+        "alpha_k": t.alpha_k,
+        "identical_pairs": sum(p.identical for p in ev.pairs),
+        "old_rule_promotes": ev.win.low > 0.5 and not ev.decision.tripped,
+        "fixed_alpha_promotes": t.decided > 0
+        and t.p_value <= FIXED_ALPHA
+        and not ev.decision.tripped,
+        "current_cached": ev.current_cached,
+        "seconds": ev.seconds.get("total"),
+    }
 
 
 def main() -> int:
@@ -102,18 +115,27 @@ def main() -> int:
     settle(args.wait_idle)
     root = Path(tempfile.mkdtemp(prefix="metaclaw-bench-gate-"))
     machine = machine_summary()
-    print(f"revision {git_revision()} · {machine['cores']} cores ({machine['cpu']}) · "
-          f"{args.decisions} A/A decisions · {args.prompts} prompts · judge noise {args.noise}",
-          flush=True)
+    print(
+        f"revision {git_revision()} · {machine['cores']} cores ({machine['cpu']}) · "
+        f"{args.decisions} A/A decisions · {args.prompts} prompts · judge noise {args.noise}",
+        flush=True,
+    )
     tiny = save_tiny_model(root / "model")
     good = train_toward(tiny, root / "ckpts", "good", "Paris")
     zero = train_toward(tiny, root / "ckpts", "zero", "-", steps=0)
     with PairwiseJudgeStub(f"noisy:Paris:{args.noise}") as judge:
-        settings = deploy_settings(root / "home", tiny, judge.base_url, free_port(),
-                                   max_new_tokens=args.max_new_tokens,
-                                   eval_size=args.prompts, min_eval_prompts=args.prompts)
-        seed_turns(settings.paths, eval_turn_ids(settings, args.prompts),
-                   MANY_QUESTIONS[: args.prompts])
+        settings = deploy_settings(
+            root / "home",
+            tiny,
+            judge.base_url,
+            free_port(),
+            max_new_tokens=args.max_new_tokens,
+            eval_size=args.prompts,
+            min_eval_prompts=args.prompts,
+        )
+        seed_turns(
+            settings.paths, eval_turn_ids(settings, args.prompts), MANY_QUESTIONS[: args.prompts]
+        )
         add_candidates(settings.paths, candidate_row("zero", zero, 1))
         deployer.promote(settings, "zero", actor="bench", reason="base weights", notify=False)
         started = time.monotonic()
@@ -127,24 +149,44 @@ def main() -> int:
     old = sum(bool(r.get("old_rule_promotes")) for r in rows)
     fixed = sum(bool(r.get("fixed_alpha_promotes")) for r in rows)
     n = len(rows)
-    print_table(["phase", "candidate", "vs", "k", "won", "lost", "tied", "p", "α_k", "verdict"],
-                [[phase, r["checkpoint_id"], r.get("baseline", "-"), r.get("k", "-"),
-                  r.get("wins", "-"), r.get("losses", "-"), r.get("ties", "-"),
-                  f"{r['p_value']:.2g}" if "p_value" in r else "-",
-                  f"{r['alpha_k']:.2g}" if "alpha_k" in r else "-", r["status"]]
-                 for phase, r in [*(("A/A", r) for r in rows[:8]), ("A/B", describe(last))]])
+    print_table(
+        ["phase", "candidate", "vs", "k", "won", "lost", "tied", "p", "α_k", "verdict"],
+        [
+            [
+                phase,
+                r["checkpoint_id"],
+                r.get("baseline", "-"),
+                r.get("k", "-"),
+                r.get("wins", "-"),
+                r.get("losses", "-"),
+                r.get("ties", "-"),
+                f"{r['p_value']:.2g}" if "p_value" in r else "-",
+                f"{r['alpha_k']:.2g}" if "alpha_k" in r else "-",
+                r["status"],
+            ]
+            for phase, r in [*(("A/A", r) for r in rows[:8]), ("A/B", describe(last))]
+        ],
+    )
     decided = sum(r.get("wins", 0) + r.get("losses", 0) for r in rows)
     ties = sum(r.get("ties", 0) for r in rows)
     cached = sum(r.get("current_cached", 0) for r in rows)
-    print(f"\nA/A: {n} decisions, {decided} decided prompts and {ties} ties in all; current "
-          f"policy's replies from the cache for {cached} of {n * args.prompts} prompts")
-    print(f"A/A false promotion rate: {false}/{n} = {false / max(n, 1):.1%} "
-          f"(target ≤ {TARGET_RATE:.0%}; α = {settings.deploy.alpha} per current policy)")
-    print(f"  on the same pairs, the old gate (Wilson lower bound > 0.5) would promote "
-          f"{old}/{n} = {old / max(n, 1):.1%}; a sign test at fixed one-sided {FIXED_ALPHA}: "
-          f"{fixed}/{n} = {fixed / max(n, 1):.1%}")
-    print(f"A/B good vs the promoted policy after the A/A run (k={describe(last).get('k')}): "
-          f"{last.status}")
+    print(
+        f"\nA/A: {n} decisions, {decided} decided prompts and {ties} ties in all; current "
+        f"policy's replies from the cache for {cached} of {n * args.prompts} prompts"
+    )
+    print(
+        f"A/A false promotion rate: {false}/{n} = {false / max(n, 1):.1%} "
+        f"(target ≤ {TARGET_RATE:.0%}; α = {settings.deploy.alpha} per current policy)"
+    )
+    print(
+        f"  on the same pairs, the old gate (Wilson lower bound > 0.5) would promote "
+        f"{old}/{n} = {old / max(n, 1):.1%}; a sign test at fixed one-sided {FIXED_ALPHA}: "
+        f"{fixed}/{n} = {fixed / max(n, 1):.1%}"
+    )
+    print(
+        f"A/B good vs the promoted policy after the A/A run (k={describe(last).get('k')}): "
+        f"{last.status}"
+    )
     print(f"{elapsed:.0f} s in all, {elapsed / (n + 1):.1f} s per decision")
     warning = load_warning()
     if warning:
@@ -152,11 +194,20 @@ def main() -> int:
     ok = last.status == "promoted" and false / max(n, 1) <= TARGET_RATE
     print(f"verdict: {'PASS' if ok else 'FAIL'}")
     if args.json:
-        write_json(args.json, {"revision": git_revision(), "args": vars(args),
-                               "false_promotions": false, "decisions": n,
-                               "old_rule_promotions": old, "fixed_alpha_promotions": fixed,
-                               "ab": describe(last),
-                               "aa": rows, "seconds": elapsed})
+        write_json(
+            args.json,
+            {
+                "revision": git_revision(),
+                "args": vars(args),
+                "false_promotions": false,
+                "decisions": n,
+                "old_rule_promotions": old,
+                "fixed_alpha_promotions": fixed,
+                "ab": describe(last),
+                "aa": rows,
+                "seconds": elapsed,
+            },
+        )
     return 0 if ok else 1
 
 

@@ -77,17 +77,27 @@ class ArmResult:
     replies_after: list[str] = field(default_factory=list)
 
 
-def arm_env(home: Path, args: argparse.Namespace, judge_url: str, prompts: Path,
-            proxy_port: int, policy_port: int) -> dict[str, str]:
+def arm_env(
+    home: Path,
+    args: argparse.Namespace,
+    judge_url: str,
+    prompts: Path,
+    proxy_port: int,
+    policy_port: int,
+) -> dict[str, str]:
     env = {
-        "METACLAW_HOME": str(home), "METACLAW_CONFIG": str(home / "metaclaw.toml"),
-        "METACLAW_PROXY__PORT": str(proxy_port), "METACLAW_POLICY__PORT": str(policy_port),
+        "METACLAW_HOME": str(home),
+        "METACLAW_CONFIG": str(home / "metaclaw.toml"),
+        "METACLAW_PROXY__PORT": str(proxy_port),
+        "METACLAW_POLICY__PORT": str(policy_port),
         # explicit ratings are the reward; no LLM judge or critic spends the CPU
-        "METACLAW_JUDGE__LOCAL_DEFAULT": "false", "METACLAW_CRITIC__LOCAL_DEFAULT": "false",
+        "METACLAW_JUDGE__LOCAL_DEFAULT": "false",
+        "METACLAW_CRITIC__LOCAL_DEFAULT": "false",
         "METACLAW_SKILLS__ENABLED": "false",
         "METACLAW_TRAINING__BATCH_SIZE": str(args.batch_size),
         "METACLAW_TRAINING__LEARNING_RATE": str(args.learning_rate),
-        "METACLAW_DEPLOY__JUDGE_BASE_URL": judge_url, "METACLAW_DEPLOY__JUDGE_MODEL": "rule",
+        "METACLAW_DEPLOY__JUDGE_BASE_URL": judge_url,
+        "METACLAW_DEPLOY__JUDGE_MODEL": "rule",
         "METACLAW_DEPLOY__PROMPTS_FILE": str(prompts),
         "METACLAW_DEPLOY__EVAL_FRACTION": "0",  # the gate's prompts are the file's, below
         "METACLAW_DEPLOY__MIN_EVAL_PROMPTS": str(min(8, len(TEACHING_QUESTIONS))),
@@ -100,8 +110,10 @@ def arm_env(home: Path, args: argparse.Namespace, judge_url: str, prompts: Path,
 
 def gate_prompts() -> str:
     """The gate's yardstick: the teaching questions asked plainly, as the held-out ones are."""
-    return "".join(json.dumps({"messages": [{"role": "user", "content": q}]}) + "\n"
-                   for q in TEACHING_QUESTIONS)
+    return "".join(
+        json.dumps({"messages": [{"role": "user", "content": q}]}) + "\n"
+        for q in TEACHING_QUESTIONS
+    )
 
 
 def measure(user: ScriptedUser, label: str) -> Round:
@@ -128,13 +140,21 @@ def run_arm(pref: Preference, arm: str, args: argparse.Namespace, root: Path) ->
             children.append(start_policy_server(paths, settings.policy.port))
             children.append(start_proxy(paths, settings.proxy.port))
             url = f"http://127.0.0.1:{settings.proxy.port}"
-            teacher = ScriptedUser(url, args.max_tokens, settings.training.temperature, pref,
-                                   restate=False, parallel=args.parallel)
-            greedy = ScriptedUser(url, args.max_tokens, 0.0, pref, restate=False,
-                                  parallel=args.parallel)
+            teacher = ScriptedUser(
+                url,
+                args.max_tokens,
+                settings.training.temperature,
+                pref,
+                restate=False,
+                parallel=args.parallel,
+            )
+            greedy = ScriptedUser(
+                url, args.max_tokens, 0.0, pref, restate=False, parallel=args.parallel
+            )
             before = measure(greedy, "before")
-            result = ArmResult(pref.kind, arm, before.rate, before.rate,
-                               replies_before=before.replies)
+            result = ArmResult(
+                pref.kind, arm, before.rate, before.rate, replies_before=before.replies
+            )
             teach(result, args, settings, teacher)
             after = measure(greedy, "after")
             result.after, result.replies_after = after.rate, after.replies
@@ -145,8 +165,9 @@ def run_arm(pref: Preference, arm: str, args: argparse.Namespace, root: Path) ->
     return result
 
 
-def teach(result: ArmResult, args: argparse.Namespace, settings: Any,
-          teacher: ScriptedUser) -> None:
+def teach(
+    result: ArmResult, args: argparse.Namespace, settings: Any, teacher: ScriptedUser
+) -> None:
     """Teaching rounds until the time budget (from the first question) is spent; the learn arm
     trains and gates after each round."""
     from metaclaw.deploy.deployer import run_gate
@@ -170,9 +191,12 @@ def teach(result: ArmResult, args: argparse.Namespace, settings: Any,
                 continue
             gate = run_gate(settings)
             result.gate.append(gate.status)
-            print(f"  [{result.kind}/{result.arm}] round {result.rounds}: teaching compliance "
-                  f"{taught.rate:.0%}, {len(steps)} step(s), gate {gate.status}: "
-                  f"{gate.reason[:120]}", flush=True)
+            print(
+                f"  [{result.kind}/{result.arm}] round {result.rounds}: teaching compliance "
+                f"{taught.rate:.0%}, {len(steps)} step(s), gate {gate.status}: "
+                f"{gate.reason[:120]}",
+                flush=True,
+            )
             if gate.status == "promoted" and result.first_feedback_to_promotion_s is None:
                 result.first_feedback_to_promotion_s = time.monotonic() - first_feedback
     finally:
@@ -182,16 +206,20 @@ def teach(result: ArmResult, args: argparse.Namespace, settings: Any,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kinds", nargs="+", default=["brevity", "one_sentence"],
-                        choices=sorted(PREFERENCES))
+    parser.add_argument(
+        "--kinds", nargs="+", default=["brevity", "one_sentence"], choices=sorted(PREFERENCES)
+    )
     parser.add_argument("--minutes", type=float, default=10.0, help="Teaching budget per arm.")
     parser.add_argument("--max-rounds", type=int, default=50)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--parallel", type=int, default=4, help="Users asking at once.")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--base-model", default=None,
-                        help="An HF model directory (default: the embedded model, converted once).")
+    parser.add_argument(
+        "--base-model",
+        default=None,
+        help="An HF model directory (default: the embedded model, converted once).",
+    )
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--json", default=None, help="Write the full report here.")
     parser.add_argument("--keep", action="store_true", help="Keep the homes (ledgers, logs).")
@@ -204,8 +232,9 @@ def main() -> None:
             from metaclaw.config import Settings
             from metaclaw.models.resolve import resolve_model_dir
 
-            args.base_model = str(resolve_model_dir(Settings().training.base_model, root,
-                                                    notify=print))
+            args.base_model = str(
+                resolve_model_dir(Settings().training.base_model, root, notify=print)
+            )
         for kind in args.kinds:
             for arm in args.arms:
                 print(f"{kind} / {arm} …", flush=True)
@@ -216,15 +245,47 @@ def main() -> None:
     rows = []
     for r in results:
         delta = (r.after - r.before) * 100
-        rows.append([r.kind, r.arm, f"{r.before:.0%}", f"{r.after:.0%}", f"{delta:+.0f}",
-                     r.rounds, r.train_steps, ",".join(r.gate) or "-",
-                     "-" if r.first_feedback_to_promotion_s is None
-                     else f"{r.first_feedback_to_promotion_s:.0f}", f"{r.seconds:.0f}"])
-    print_table(["preference", "arm", "before", "after", "points", "rounds", "steps", "gate",
-                 "feedback→promotion s", "wall s"], rows)
+        rows.append(
+            [
+                r.kind,
+                r.arm,
+                f"{r.before:.0%}",
+                f"{r.after:.0%}",
+                f"{delta:+.0f}",
+                r.rounds,
+                r.train_steps,
+                ",".join(r.gate) or "-",
+                "-"
+                if r.first_feedback_to_promotion_s is None
+                else f"{r.first_feedback_to_promotion_s:.0f}",
+                f"{r.seconds:.0f}",
+            ]
+        )
+    print_table(
+        [
+            "preference",
+            "arm",
+            "before",
+            "after",
+            "points",
+            "rounds",
+            "steps",
+            "gate",
+            "feedback→promotion s",
+            "wall s",
+        ],
+        rows,
+    )
     if args.json:
-        write_json(args.json, {"machine": machine_summary(), "args": vars(args),
-                               "results": [asdict(r) for r in results], "repo": str(REPO)})
+        write_json(
+            args.json,
+            {
+                "machine": machine_summary(),
+                "args": vars(args),
+                "results": [asdict(r) for r in results],
+                "repo": str(REPO),
+            },
+        )
 
 
 if __name__ == "__main__":

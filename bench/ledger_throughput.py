@@ -472,8 +472,12 @@ def lookup_bench(
     first = 70_000_000
     with WalWriter(paths.wal) as wal:
         wal.append(TABLE, [factory.row(first + i) for i in range(parquet_rows)], timeout=120)
-    in_parquet = [r[0] for r in connect(paths).execute(
-        f"SELECT turn_id FROM {TABLE} USING SAMPLE {lookups} ROWS").fetchall()]
+    in_parquet = [
+        r[0]
+        for r in connect(paths)
+        .execute(f"SELECT turn_id FROM {TABLE} USING SAMPLE {lookups} ROWS")
+        .fetchall()
+    ]
     ingest(paths, LedgerSettings())
     in_wal: list[str] = []
     with WalWriter(paths.wal, rotate_s=3600) as wal:
@@ -562,7 +566,9 @@ def main(argv: list[str] | None = None) -> int:
         help="where to put the temp ledger dirs (default: system temp dir)",
     )
     parser.add_argument(
-        "--skip", nargs="*", default=[],
+        "--skip",
+        nargs="*",
+        default=[],
         choices=["append", "baseline", "visibility", "ingest", "lookup"],
     )
     parser.add_argument("--lookup-parquet-rows", type=int, default=200_000)
@@ -842,17 +848,28 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             lk = lookup_bench(
-                root / "lookup", factory, args.lookup_parquet_rows, args.lookup_wal_mb,
+                root / "lookup",
+                factory,
+                args.lookup_parquet_rows,
+                args.lookup_wal_mb,
                 args.lookups,
             )
             results["lookup"] = lk
             print_table(
                 ["method", "p50 ms", "max ms", "Python CPU p50 ms"],
                 [
-                    [f"connect() + SQL (before; WAL {lk['wal_mb']:.0f} MB)", lk["view_ms_p50"],
-                     lk["view_ms_max"], lk["view_python_cpu_ms_p50"]],
-                    ["lookup.find_turn (after)", lk["point_ms_p50"], lk["point_ms_max"],
-                     lk["point_python_cpu_ms_p50"]],
+                    [
+                        f"connect() + SQL (before; WAL {lk['wal_mb']:.0f} MB)",
+                        lk["view_ms_p50"],
+                        lk["view_ms_max"],
+                        lk["view_python_cpu_ms_p50"],
+                    ],
+                    [
+                        "lookup.find_turn (after)",
+                        lk["point_ms_p50"],
+                        lk["point_ms_max"],
+                        lk["point_python_cpu_ms_p50"],
+                    ],
                 ],
             )
             ok = not lk["disagreements"]

@@ -69,8 +69,12 @@ def free_port() -> int:
 
 
 def bench_start(home: Path, threads: int, gen_tokens: int) -> dict[str, Any]:
-    env = {"METACLAW_HOME": str(home), "METACLAW_CONFIG": str(home / "none.toml"),
-           "METACLAW_POLICY__TORCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    env = {
+        "METACLAW_HOME": str(home),
+        "METACLAW_CONFIG": str(home / "none.toml"),
+        "METACLAW_POLICY__TORCH_THREADS": str(threads),
+        "OMP_NUM_THREADS": str(threads),
+    }
     out: dict[str, Any] = {}
     for label in ("first_start_s", "later_start_s"):
         port = free_port()
@@ -91,14 +95,23 @@ def bench_http(port: int, gen_tokens: int) -> float:
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
     client.chat.completions.create(model="m", messages=PROMPT, max_tokens=4)  # warm-up
     t0 = time.monotonic()
-    resp = client.chat.completions.create(model="m", messages=PROMPT, max_tokens=gen_tokens,
-                                          temperature=0.0, extra_body={"ignore_eos": True})
+    resp = client.chat.completions.create(
+        model="m",
+        messages=PROMPT,
+        max_tokens=gen_tokens,
+        temperature=0.0,
+        extra_body={"ignore_eos": True},
+    )
     return resp.usage.completion_tokens / (time.monotonic() - t0)
 
 
 async def _generate(engine: PolicyEngine, prompt: list[int], tokens: int) -> Result:
-    req = engine.submit(prompt, SamplingParams(max_tokens=tokens, temperature=0.0,
-                                               ignore_eos=True), stream=False, timeout_s=3600)
+    req = engine.submit(
+        prompt,
+        SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True),
+        stream=False,
+        timeout_s=3600,
+    )
     while True:
         event = await req.events.get()
         if isinstance(event, EngineError):
@@ -116,8 +129,9 @@ def bench_generation(model_dir: Path, gen_tokens: int, concurrency: int) -> dict
     single_s = time.monotonic() - t0
 
     async def many() -> list[Result]:
-        return await asyncio.gather(*(_generate(engine, prompt, gen_tokens)
-                                      for _ in range(concurrency)))
+        return await asyncio.gather(
+            *(_generate(engine, prompt, gen_tokens) for _ in range(concurrency))
+        )
 
     t0 = time.monotonic()
     batch = asyncio.run(many())
@@ -132,8 +146,13 @@ def bench_generation(model_dir: Path, gen_tokens: int, concurrency: int) -> dict
     with torch.inference_mode():
         model.generate(ids, max_new_tokens=4, do_sample=False)
         t0 = time.monotonic()
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=gen_tokens,
-                             min_new_tokens=gen_tokens, do_sample=False)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=gen_tokens,
+            min_new_tokens=gen_tokens,
+            do_sample=False,
+        )
         hf_s = time.monotonic() - t0
     assert out.shape[1] - ids.shape[1] == gen_tokens
     return {
@@ -141,7 +160,7 @@ def bench_generation(model_dir: Path, gen_tokens: int, concurrency: int) -> dict
         "engine_tokens_per_s": gen_tokens / single_s,
         "engine_batch_tokens_per_s": sum(len(r.completion_ids) for r in batch) / batch_s,
         "hf_generate_tokens_per_s": gen_tokens / hf_s,
-        "same_tokens_as_hf": out[0, ids.shape[1]:].tolist() == one.completion_ids,
+        "same_tokens_as_hf": out[0, ids.shape[1] :].tolist() == one.completion_ids,
     }
 
 
@@ -152,8 +171,9 @@ def bench_lora(model_dir: Path, rank: int, steps: int) -> dict[str, Any]:
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
-                                            target_modules=targets))
+    model = get_peft_model(
+        base, LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=targets)
+    )
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, base.config.vocab_size, (4, 256))
@@ -170,16 +190,24 @@ def bench_lora(model_dir: Path, rank: int, steps: int) -> dict[str, Any]:
     step(True)  # warm-up
     fb = [step(False) for _ in range(steps)]
     full = [step(True) for _ in range(steps)]
-    return {"lora_rank": rank, "fwd_bwd_s": median(fb), "fwd_bwd_adamw_s": median(full),
-            "train_tokens_per_s": 4 * 256 / median(full)}
+    return {
+        "lora_rank": rank,
+        "fwd_bwd_s": median(fb),
+        "fwd_bwd_adamw_s": median(full),
+        "train_tokens_per_s": 4 * 256 / median(full),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--home", type=Path, default=None,
-                        help="METACLAW_HOME to use (default: a fresh temp dir)")
-    parser.add_argument("--skip-start", action="store_true",
-                        help="skip the start-up figures (needs a converted model in --home)")
+    parser.add_argument(
+        "--home", type=Path, default=None, help="METACLAW_HOME to use (default: a fresh temp dir)"
+    )
+    parser.add_argument(
+        "--skip-start",
+        action="store_true",
+        help="skip the start-up figures (needs a converted model in --home)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--gen-tokens", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=4)
@@ -207,21 +235,35 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[list[Any]] = []
     if "start" in figures:
         s = figures["start"]
-        rows += [["first start → healthy (convert + load)", s["first_start_s"], "s"],
-                 ["  of which GGUF → fp32 conversion", s["conversion_s"], "s"],
-                 ["later start → healthy (cached)", s["later_start_s"], "s"],
-                 [f"HTTP chat, {args.gen_tokens} tokens, openai client", s["http_tokens_per_s"],
-                  "tok/s"]]
+        rows += [
+            ["first start → healthy (convert + load)", s["first_start_s"], "s"],
+            ["  of which GGUF → fp32 conversion", s["conversion_s"], "s"],
+            ["later start → healthy (cached)", s["later_start_s"], "s"],
+            [
+                f"HTTP chat, {args.gen_tokens} tokens, openai client",
+                s["http_tokens_per_s"],
+                "tok/s",
+            ],
+        ]
     g, lora = figures["generation"], figures["lora"]
     rows += [
         [f"engine, 1 request × {args.gen_tokens} tokens", g["engine_tokens_per_s"], "tok/s"],
-        [f"engine, {args.concurrency} concurrent (aggregate)", g["engine_batch_tokens_per_s"],
-         "tok/s"],
+        [
+            f"engine, {args.concurrency} concurrent (aggregate)",
+            g["engine_batch_tokens_per_s"],
+            "tok/s",
+        ],
         ["baseline: transformers generate, 1 request", g["hf_generate_tokens_per_s"], "tok/s"],
-        ["engine / baseline (1 request)",
-         g["engine_tokens_per_s"] / g["hf_generate_tokens_per_s"], "×"],
-        [f"engine batched / baseline ({args.concurrency} requests)",
-         g["engine_batch_tokens_per_s"] / g["hf_generate_tokens_per_s"], "×"],
+        [
+            "engine / baseline (1 request)",
+            g["engine_tokens_per_s"] / g["hf_generate_tokens_per_s"],
+            "×",
+        ],
+        [
+            f"engine batched / baseline ({args.concurrency} requests)",
+            g["engine_batch_tokens_per_s"] / g["hf_generate_tokens_per_s"],
+            "×",
+        ],
         [f"LoRA r={lora['lora_rank']} 4×256 forward+backward", lora["fwd_bwd_s"], "s"],
         ["  + AdamW step", lora["fwd_bwd_adamw_s"], "s"],
         ["  training throughput", lora["train_tokens_per_s"], "tok/s"],

@@ -42,11 +42,20 @@ from tests.stubs.s3_server import StubS3
 
 def _sessions(n: int) -> list[dict[str, Any]]:
     t0 = now_micros() - 3_600_000_000
-    return [{"turn_id": f"b{i}", "session_id": f"bs{i}", "turn_index": 0, "ts_start": t0 + i,
-             "ts_end": t0 + i + 1000, "status": "ok", "finish_reason": "stop",
-             "request": {"model": "m", "messages": [{"role": "user", "content": f"q {i}"}]},
-             "completion_text": f"a {i} [[votes:{('-1', '0', '+1')[i % 3]}]]"}
-            for i in range(n)]
+    return [
+        {
+            "turn_id": f"b{i}",
+            "session_id": f"bs{i}",
+            "turn_index": 0,
+            "ts_start": t0 + i,
+            "ts_end": t0 + i + 1000,
+            "status": "ok",
+            "finish_reason": "stop",
+            "request": {"model": "m", "messages": [{"role": "user", "content": f"q {i}"}]},
+            "completion_text": f"a {i} [[votes:{('-1', '0', '+1')[i % 3]}]]",
+        }
+        for i in range(n)
+    ]
 
 
 def score_run(workers: int, sessions: int, judge: StubJudge, concurrency: int) -> dict[str, Any]:
@@ -54,25 +63,37 @@ def score_run(workers: int, sessions: int, judge: StubJudge, concurrency: int) -
 
     from flows.score import score_flow
 
-    with tempfile.TemporaryDirectory(prefix="metaclaw-bench-scale-") as tmp, \
-            LocalCluster(n_workers=workers, threads_per_worker=1, processes=False,
-                         dashboard_address=None) as cluster:
+    with (
+        tempfile.TemporaryDirectory(prefix="metaclaw-bench-scale-") as tmp,
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+    ):
         with WalWriter(Path(tmp) / "wal") as wal:
             wal.append("turns", _sessions(sessions))
-        os.environ.update({
-            "METACLAW_HOME": tmp, "METACLAW_CONFIG": str(Path(tmp) / "none.toml"),
-            "METACLAW_FLOWS__TASK_RUNNER": "dask",
-            "METACLAW_FLOWS__DASK_ADDRESS": cluster.scheduler_address,
-            "METACLAW_JUDGE__BASE_URL": judge.base_url, "METACLAW_JUDGE__MODEL": "stub-judge",
-            "METACLAW_JUDGE__VOTES": "1", "METACLAW_JUDGE__CONCURRENCY": str(concurrency),
-            "METACLAW_JUDGE__MAX_CALLS_PER_RUN": str(sessions * 2),
-            "METACLAW_PROXY__PORT": str(free_port()),
-        })
+        os.environ.update(
+            {
+                "METACLAW_HOME": tmp,
+                "METACLAW_CONFIG": str(Path(tmp) / "none.toml"),
+                "METACLAW_FLOWS__TASK_RUNNER": "dask",
+                "METACLAW_FLOWS__DASK_ADDRESS": cluster.scheduler_address,
+                "METACLAW_JUDGE__BASE_URL": judge.base_url,
+                "METACLAW_JUDGE__MODEL": "stub-judge",
+                "METACLAW_JUDGE__VOTES": "1",
+                "METACLAW_JUDGE__CONCURRENCY": str(concurrency),
+                "METACLAW_JUDGE__MAX_CALLS_PER_RUN": str(sessions * 2),
+                "METACLAW_PROXY__PORT": str(free_port()),
+            }
+        )
         start = time.perf_counter()
         report = score_flow()
         wall = time.perf_counter() - start
-    return {"workers": workers, "turns judged": report["judged"], "wall s": round(wall, 2),
-            "turns/s": round(report["judged"] / wall, 1)}
+    return {
+        "workers": workers,
+        "turns judged": report["judged"],
+        "wall s": round(wall, 2),
+        "turns/s": round(report["judged"] / wall, 1),
+    }
 
 
 def ingest_run(root: str | None, home: Path, rows: int, batches: int) -> dict[str, Any]:
@@ -82,16 +103,30 @@ def ingest_run(root: str | None, home: Path, rows: int, batches: int) -> dict[st
     elapsed = 0.0
     for b in range(batches):
         with WalWriter(paths.wal) as wal:
-            wal.append("turns", [{"turn_id": f"i{b}-{i}", "session_id": f"s{i % 50}",
-                                  "turn_index": i, "ts_start": t0 + i,
-                                  "completion_text": "x" * 400} for i in range(rows)])
+            wal.append(
+                "turns",
+                [
+                    {
+                        "turn_id": f"i{b}-{i}",
+                        "session_id": f"s{i % 50}",
+                        "turn_index": i,
+                        "ts_start": t0 + i,
+                        "completion_text": "x" * 400,
+                    }
+                    for i in range(rows)
+                ],
+            )
         start = time.perf_counter()
         report = ingest(paths, settings)
         elapsed += time.perf_counter() - start
         assert report.rows == {"turns": rows}, report
-    return {"ledger root": "moto S3" if root else "local disk", "rows": rows * batches,
-            "ingests": batches, "s per ingest": round(elapsed / batches, 3),
-            "rows/s": round(rows * batches / elapsed)}
+    return {
+        "ledger root": "moto S3" if root else "local disk",
+        "rows": rows * batches,
+        "ingests": batches,
+        "s per ingest": round(elapsed / batches, 3),
+        "rows/s": round(rows * batches / elapsed),
+    }
 
 
 def _table(rows: list[dict[str, Any]]) -> None:
@@ -114,8 +149,10 @@ def main() -> None:
         scored = [score_run(w, sessions, judge, args.concurrency) for w in (1, 2)]
     ideal = min(2, sessions // 200)
     speedup = scored[0]["wall s"] / scored[1]["wall s"]
-    print(f"\nScore flow, stub judge {args.latency * 1000:.0f} ms/reply, "
-          f"{args.concurrency} calls in flight per batch, {sessions // 200} batches:")
+    print(
+        f"\nScore flow, stub judge {args.latency * 1000:.0f} ms/reply, "
+        f"{args.concurrency} calls in flight per batch, {sessions // 200} batches:"
+    )
     _table(scored)
     print(f"speed-up 2 vs 1 workers: {speedup:.2f}x (ideal {ideal}x)")
 

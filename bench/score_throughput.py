@@ -44,16 +44,26 @@ from tests.stubs.judge_server import StubJudge
 TARGET = 0.8
 
 
-def run_config(stub: StubJudge, concurrency: int, votes: int, latency: float,
-               turns: int) -> dict[str, Any]:
+def run_config(
+    stub: StubJudge, concurrency: int, votes: int, latency: float, turns: int
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="metaclaw-bench-score-") as tmp:
         home = Path(tmp)
         factory = TurnFactory()
         with WalWriter(home / "wal") as wal:
             wal.append("turns", [factory.row(i) for i in range(turns)])
-        settings = Settings(home=home, judge=JudgeSettings(
-            base_url=stub.base_url, model="stub-judge", votes=votes, concurrency=concurrency,
-            session_idle_s=0, max_calls_per_run=turns * votes * 2, timeout_s=30))
+        settings = Settings(
+            home=home,
+            judge=JudgeSettings(
+                base_url=stub.base_url,
+                model="stub-judge",
+                votes=votes,
+                concurrency=concurrency,
+                session_idle_s=0,
+                max_calls_per_run=turns * votes * 2,
+                timeout_s=30,
+            ),
+        )
         stub.reset()
         start = time.perf_counter()
         report = score(settings)
@@ -64,23 +74,40 @@ def run_config(stub: StubJudge, concurrency: int, votes: int, latency: float,
     e2e = t.judged / wall
     judge_phase = t.judged / t.judge_seconds if t.judge_seconds else float("nan")
     return {
-        "concurrency": concurrency, "votes": votes, "latency_s": latency, "turns": turns,
-        "judged": t.judged, "calls": t.calls, "peak_in_flight": stats["peak_concurrency"],
-        "wall_s": wall, "judge_s": t.judge_seconds, "ideal_turns_per_s": ideal,
-        "turns_per_s": e2e, "judge_phase_turns_per_s": judge_phase,
-        "ratio": e2e / ideal, "judge_phase_ratio": judge_phase / ideal,
+        "concurrency": concurrency,
+        "votes": votes,
+        "latency_s": latency,
+        "turns": turns,
+        "judged": t.judged,
+        "calls": t.calls,
+        "peak_in_flight": stats["peak_concurrency"],
+        "wall_s": wall,
+        "judge_s": t.judge_seconds,
+        "ideal_turns_per_s": ideal,
+        "turns_per_s": e2e,
+        "judge_phase_turns_per_s": judge_phase,
+        "ratio": e2e / ideal,
+        "judge_phase_ratio": judge_phase / ideal,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--concurrency", type=int, nargs="+",
-                        default=[JudgeSettings().concurrency, 32],
-                        help="the first is the one the target applies to (default: configured)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[JudgeSettings().concurrency, 32],
+        help="the first is the one the target applies to (default: configured)",
+    )
     parser.add_argument("--votes", type=int, default=JudgeSettings().votes)
     parser.add_argument("--latency", type=float, default=0.2)
-    parser.add_argument("--seconds", type=float, default=15.0,
-                        help="ideal duration of each configuration (sets the turn count)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=15.0,
+        help="ideal duration of each configuration (sets the turn count)",
+    )
     parser.add_argument("--quick", action="store_true", help="4 s per configuration")
     parser.add_argument("--json", default=None, help="write the figures to this file")
     add_wait_idle(parser)
@@ -95,19 +122,43 @@ def main(argv: list[str] | None = None) -> int:
         for c in args.concurrency:
             turns = math.ceil(seconds * c / (args.votes * args.latency))
             results.append(run_config(stub, c, args.votes, args.latency, turns))
-    print(f"\nscore throughput: stub judge latency {args.latency * 1000:.0f} ms, "
-          f"{args.votes} votes per turn, {os.cpu_count()} cores")
+    print(
+        f"\nscore throughput: stub judge latency {args.latency * 1000:.0f} ms, "
+        f"{args.votes} votes per turn, {os.cpu_count()} cores"
+    )
     print_table(
-        ["concurrency", "turns", "calls", "peak in flight", "wall s", "ideal t/s", "turns/s",
-         "x ideal", "judge-phase x ideal"],
-        [[r["concurrency"], r["judged"], r["calls"], r["peak_in_flight"], r["wall_s"],
-          r["ideal_turns_per_s"], r["turns_per_s"], r["ratio"], r["judge_phase_ratio"]]
-         for r in results],
+        [
+            "concurrency",
+            "turns",
+            "calls",
+            "peak in flight",
+            "wall s",
+            "ideal t/s",
+            "turns/s",
+            "x ideal",
+            "judge-phase x ideal",
+        ],
+        [
+            [
+                r["concurrency"],
+                r["judged"],
+                r["calls"],
+                r["peak_in_flight"],
+                r["wall_s"],
+                r["ideal_turns_per_s"],
+                r["turns_per_s"],
+                r["ratio"],
+                r["judge_phase_ratio"],
+            ]
+            for r in results
+        ],
     )
     configured = results[0]  # the first concurrency is the configured one (judge.concurrency)
     ok = configured["ratio"] >= TARGET
-    print(f"\ntarget: turns/s >= {TARGET:.0%} of c/(m·L) end to end at concurrency "
-          f"{configured['concurrency']}: {configured['ratio']:.2f}x, {'MET' if ok else 'MISSED'}")
+    print(
+        f"\ntarget: turns/s >= {TARGET:.0%} of c/(m·L) end to end at concurrency "
+        f"{configured['concurrency']}: {configured['ratio']:.2f}x, {'MET' if ok else 'MISSED'}"
+    )
     if args.json:
         write_json(args.json, {"machine": machine_summary(), "results": results})
     return 0 if ok else 1

@@ -37,64 +37,63 @@ from metaclaw.config import Settings
 
 EVAL_SKILLS = {
     "handle_ambiguous_queries": "Ask a clarifying question when the user's request is ambiguous "
-                                "or underspecified before acting.",
+    "or underspecified before acting.",
     "debug_python_exceptions": "Read the traceback bottom-up, reproduce the Python exception, "
-                               "then fix the root cause.",
+    "then fix the root cause.",
     "write_sql_queries": "Write correct SQL: check the schema, use explicit joins, test on a "
-                         "small sample.",
+    "small sample.",
     "git_merge_conflicts": "Resolve git merge conflicts by understanding both sides, then run "
-                           "the tests.",
+    "the tests.",
     "summarize_long_documents": "Summarize long documents: outline first, keep key numbers, "
-                                "cite sections.",
+    "cite sections.",
     "translate_text": "Translate text between languages preserving tone, idioms and formatting.",
     "schedule_meetings": "Schedule meetings: confirm time zones, attendees and duration before "
-                         "sending invites.",
+    "sending invites.",
     "write_unit_tests": "Write unit tests covering edge cases, one behaviour per test, with "
-                        "clear names.",
+    "clear names.",
     "regex_patterns": "Build regular expressions step by step and test them against positive "
-                      "and negative examples.",
+    "and negative examples.",
     "docker_troubleshooting": "Troubleshoot Docker containers: check logs, ports, volumes and "
-                              "image versions.",
+    "image versions.",
     "email_tone": "Write professional emails with a clear subject, a polite tone and one call "
-                  "to action.",
+    "to action.",
     "data_visualization": "Choose the right chart for the data: bar for categories, line for "
-                          "time series.",
+    "time series.",
     "security_secrets": "Never print API keys or passwords; redact secrets in logs and outputs.",
     "file_paths": "Verify file paths exist before reading or writing files; use absolute paths.",
     "json_parsing": "Parse JSON robustly: validate the structure and report the position of "
-                    "syntax errors.",
+    "syntax errors.",
     "recipe_cooking": "Suggest recipes from available ingredients with cooking times and "
-                      "substitutions.",
+    "substitutions.",
     "travel_planning": "Plan trips: flights, hotels, visas and a day-by-day itinerary within "
-                       "budget.",
+    "budget.",
     "math_word_problems": "Solve math word problems by defining variables, writing equations "
-                          "and checking units.",
-    "shell_commands": "Write safe shell commands: quote variables, avoid rm -rf, prefer dry "
-                      "runs.",
+    "and checking units.",
+    "shell_commands": "Write safe shell commands: quote variables, avoid rm -rf, prefer dry runs.",
     "api_rate_limits": "Handle HTTP 429 rate limits with exponential backoff and respect "
-                       "Retry-After.",
+    "Retry-After.",
     "citation_research": "Research a topic with reliable sources and cite them with links.",
     "spreadsheet_formulas": "Write spreadsheet formulas in Excel or Google Sheets: VLOOKUP, "
-                            "SUMIF, pivot tables.",
+    "SUMIF, pivot tables.",
     "performance_profiling": "Profile slow code before optimizing: measure, find the hotspot, "
-                             "then optimize.",
+    "then optimize.",
     "customer_complaints": "Respond to an angry customer complaint with empathy, an apology and "
-                           "a concrete fix.",
-    "resume_writing": "Improve a resume or CV: quantify achievements, tailor to the job "
-                      "posting.",
+    "a concrete fix.",
+    "resume_writing": "Improve a resume or CV: quantify achievements, tailor to the job posting.",
     "timezone_conversion": "Convert dates and times between time zones, handling daylight "
-                           "saving time.",
+    "saving time.",
     "kubernetes_deploy": "Deploy to Kubernetes: manifests, rolling updates, readiness probes "
-                         "and rollbacks.",
+    "and rollbacks.",
     "password_reset": "Guide the user through resetting a forgotten account password securely.",
-    "code_review": "Review a pull request: correctness first, then readability, tests and "
-                   "naming.",
+    "code_review": "Review a pull request: correctness first, then readability, tests and naming.",
     "tool_call_errors": "When a tool call fails, read the error message, fix the arguments and "
-                        "retry once.",
+    "retry once.",
 }
 EVAL_QUERIES = [
-    ("what do you mean? the request is unclear, can you help with the thing",
-     "handle_ambiguous_queries"),
+    (
+        "what do you mean? the request is unclear, can you help with the thing",
+        "handle_ambiguous_queries",
+    ),
     ("I get a KeyError traceback when running my python script", "debug_python_exceptions"),
     ("how do I join two tables and count orders per customer in postgres", "write_sql_queries"),
     ("git says CONFLICT in main.py after I pulled, what now", "git_merge_conflicts"),
@@ -111,15 +110,16 @@ EVAL_QUERIES = [
     ("the json payload fails to load with an unexpected token error", "json_parsing"),
     ("what can I cook with eggs, spinach and rice", "recipe_cooking"),
     ("plan a 5 day trip to Japan on a budget", "travel_planning"),
-    ("a train leaves at 3pm going 60 mph, when does it arrive 150 miles away",
-     "math_word_problems"),
+    (
+        "a train leaves at 3pm going 60 mph, when does it arrive 150 miles away",
+        "math_word_problems",
+    ),
     ("delete all the log files older than a week with bash", "shell_commands"),
     ("the API keeps returning too many requests errors", "api_rate_limits"),
     ("find sources about the causes of the French revolution", "citation_research"),
     ("excel formula to sum values where column A equals yes", "spreadsheet_formulas"),
     ("my loop is really slow, how can I make it faster", "performance_profiling"),
-    ("a client is furious that their order arrived broken, reply to them",
-     "customer_complaints"),
+    ("a client is furious that their order arrived broken, reply to them", "customer_complaints"),
     ("make my CV stand out for a data scientist job", "resume_writing"),
     ("what time is 9am PST in Berlin", "timezone_conversion"),
     ("roll out the new version of my service on k8s without downtime", "kubernetes_deploy"),
@@ -134,20 +134,33 @@ def synthetic_skills(n: int, seed: int = 0) -> list:
     from metaclaw.skills.model import Skill
 
     rng = random.Random(seed)
-    words = sorted({w.strip(".,:;()").lower() for d in EVAL_SKILLS.values() for w in d.split()
-                    if len(w) > 3})
-    out = [Skill(name=k, description=v, when_to_use=f"When the user needs {k.replace('_', ' ')}.",
-                 instructions=f"1. {v}\n2. Check the result.\n3. Explain what you did.")
-           for k, v in EVAL_SKILLS.items()]
+    words = sorted(
+        {w.strip(".,:;()").lower() for d in EVAL_SKILLS.values() for w in d.split() if len(w) > 3}
+    )
+    out = [
+        Skill(
+            name=k,
+            description=v,
+            when_to_use=f"When the user needs {k.replace('_', ' ')}.",
+            instructions=f"1. {v}\n2. Check the result.\n3. Explain what you did.",
+        )
+        for k, v in EVAL_SKILLS.items()
+    ]
     while len(out) < n:
         picked = rng.sample(words, 6)
         name = "_".join(picked[:3]) + f"_{len(out)}"
-        out.append(Skill(
-            name=name, description=f"{picked[0].capitalize()} {' '.join(picked[1:4])} with care.",
-            when_to_use=f"When a request involves {picked[4]} or {picked[5]}.",
-            instructions="\n".join(f"{i + 1}. {rng.choice(words).capitalize()} the "
-                                   f"{rng.choice(words)} before {rng.choice(words)}."
-                                   for i in range(5))))
+        out.append(
+            Skill(
+                name=name,
+                description=f"{picked[0].capitalize()} {' '.join(picked[1:4])} with care.",
+                when_to_use=f"When a request involves {picked[4]} or {picked[5]}.",
+                instructions="\n".join(
+                    f"{i + 1}. {rng.choice(words).capitalize()} the "
+                    f"{rng.choice(words)} before {rng.choice(words)}."
+                    for i in range(5)
+                ),
+            )
+        )
     return out[:n]
 
 
@@ -158,23 +171,37 @@ def openclaw_request(text: str) -> list[dict]:
     """OpenClaw's shape: a ~40 KB system prompt, the stamped user message, internal context."""
     return [
         {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": f"[Wed 2026-11-25 21:17 UTC] {text}\n\nRuntime: agent=main"
-                                    " | session=agent:main:explicit:t1 | host=vm"},
-        {"role": "user", "content": [{"type": "text", "text":
-            "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>\nnone\n<<<END_OPENCLAW_INTERNAL_CONTEXT>>>"}]},
+        {
+            "role": "user",
+            "content": f"[Wed 2026-11-25 21:17 UTC] {text}\n\nRuntime: agent=main"
+            " | session=agent:main:explicit:t1 | host=vm",
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "text",
+                    "text": "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>\nnone\n"
+                    "<<<END_OPENCLAW_INTERNAL_CONTEXT>>>",
+                }
+            ],
+        },
     ]
 
 
 def build(n: int, root: Path, embeddings: Path) -> tuple[Settings, float]:
     from metaclaw.skills.store import Change, SkillStore
 
-    settings = Settings(home=root / f"home-{n}", _env_file=None,
-                        skills={"embeddings_dir": embeddings, "refresh_interval_s": 3600})
+    settings = Settings(
+        home=root / f"home-{n}",
+        _env_file=None,
+        skills={"embeddings_dir": embeddings, "refresh_interval_s": 3600},
+    )
     store = SkillStore.open(settings)
     start = time.perf_counter()
     skills = synthetic_skills(n)
     for i in range(0, n, 20_000):
-        store.commit([Change("created", s) for s in skills[i:i + 20_000]])
+        store.commit([Change("created", s) for s in skills[i : i + 20_000]])
     store.optimize()
     return settings, time.perf_counter() - start
 
@@ -212,10 +239,21 @@ def measure(n: int, root: Path, embeddings: Path, queries: int) -> list:
         t = time.perf_counter()
         store.search(q, limit=3)
         lance.append((time.perf_counter() - t) * 1000)
-    return [f"{n:,}", percentile(times, 50), percentile(times, 99), max(times),
-            percentile(cpu, 50), percentile(cpu, 99), percentile(rewrite, 50),
-            percentile(lance, 50), percentile(lance, 99), f"{hits / queries:.0%}",
-            f"{write_s:.1f}", f"{open_s:.1f}", "yes" if percentile(times, 99) <= 5 else "NO"]
+    return [
+        f"{n:,}",
+        percentile(times, 50),
+        percentile(times, 99),
+        max(times),
+        percentile(cpu, 50),
+        percentile(cpu, 99),
+        percentile(rewrite, 50),
+        percentile(lance, 50),
+        percentile(lance, 99),
+        f"{hits / queries:.0%}",
+        f"{write_s:.1f}",
+        f"{open_s:.1f}",
+        "yes" if percentile(times, 99) <= 5 else "NO",
+    ]
 
 
 def quality(embeddings: Path) -> None:
@@ -240,15 +278,19 @@ def quality(embeddings: Path) -> None:
     from metaclaw.skills.library import SkillLibrary
     from metaclaw.skills.store import Change, SkillStore
 
-    settings = Settings(home=embeddings.parent / "home-quality", _env_file=None,
-                        skills={"embeddings_dir": embeddings})
+    settings = Settings(
+        home=embeddings.parent / "home-quality",
+        _env_file=None,
+        skills={"embeddings_dir": embeddings},
+    )
     SkillStore.open(settings).commit([Change("created", s) for s in synthetic_skills(30)])
     library = SkillLibrary.open(settings)
     start = time.perf_counter()
     top = [library.explain(openclaw_request(q), limit=1) for q, _ in EVAL_QUERIES]
     per = (time.perf_counter() - start) / len(EVAL_QUERIES) * 1000
-    acc = np.mean([bool(t) and t[0]["name"] == g for t, (_, g) in zip(top, EVAL_QUERIES,
-                                                                      strict=True)])
+    acc = np.mean(
+        [bool(t) and t[0]["name"] == g for t, (_, g) in zip(top, EVAL_QUERIES, strict=True)]
+    )
     rows.append(["static-minilm + BM25 (the library's hybrid)", f"{acc:.2f}", per])
     print_table(["embedder", "top-1 (30 queries)", "ms / query"], rows, digits=3)
 
@@ -265,13 +307,30 @@ def main() -> int:
         if args.quality:
             quality(embeddings)
             return 0
-        print(f"select() latency, OpenClaw-style requests, {args.queries} per size; "
-              f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+        print(
+            f"select() latency, OpenClaw-style requests, {args.queries} per size; "
+            f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
+        )
         rows = [measure(n, root, embeddings, args.queries) for n in args.sizes]
-        print_table(["skills", "p50 ms", "p99 ms", "max ms", "cpu p50", "cpu p99", "inject p50",
-                     "lance hybrid p50",
-                     "lance hybrid p99", "relevant injected", "write s", "open s",
-                     "p99 ≤ 5 ms"], rows, digits=3)
+        print_table(
+            [
+                "skills",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "cpu p50",
+                "cpu p99",
+                "inject p50",
+                "lance hybrid p50",
+                "lance hybrid p99",
+                "relevant injected",
+                "write s",
+                "open s",
+                "p99 ≤ 5 ms",
+            ],
+            rows,
+            digits=3,
+        )
     return 0
 
 

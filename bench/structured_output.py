@@ -36,12 +36,14 @@ from tests.helpers import free_port  # noqa: E402
 from tests.structured_prompts import all_prompts, request_kwargs, usable  # noqa: E402
 
 
-async def _run(base_url: str, constrained: bool, repeats: int,
-               caps: dict[str, int | None]) -> list[dict[str, Any]]:
+async def _run(
+    base_url: str, constrained: bool, repeats: int, caps: dict[str, int | None]
+) -> list[dict[str, Any]]:
     import openai
 
-    client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="none", timeout=3600,
-                                max_retries=0)
+    client = openai.AsyncOpenAI(
+        base_url=f"{base_url}/v1", api_key="none", timeout=3600, max_retries=0
+    )
 
     async def one(prompt: Any, seed: int) -> dict[str, Any]:
         started = time.monotonic()
@@ -50,16 +52,24 @@ async def _run(base_url: str, constrained: bool, repeats: int,
         if cap is not None:
             kwargs["max_tokens"] = min(kwargs["max_tokens"], cap)
         resp = await client.chat.completions.create(
-            model="policy", messages=prompt.messages, seed=seed, **kwargs)
+            model="policy", messages=prompt.messages, seed=seed, **kwargs
+        )
         text = resp.choices[0].message.content or ""
         ok, why = usable(prompt, text)
-        return {"role": prompt.role, "ok": ok, "why": why, "text": text,
-                "tokens": resp.usage.completion_tokens if resp.usage else 0,
-                "finish": resp.choices[0].finish_reason, "s": time.monotonic() - started}
+        return {
+            "role": prompt.role,
+            "ok": ok,
+            "why": why,
+            "text": text,
+            "tokens": resp.usage.completion_tokens if resp.usage else 0,
+            "finish": resp.choices[0].finish_reason,
+            "s": time.monotonic() - started,
+        }
 
     try:
-        return list(await asyncio.gather(*(one(p, s) for p in all_prompts()
-                                           for s in range(repeats))))
+        return list(
+            await asyncio.gather(*(one(p, s) for p in all_prompts() for s in range(repeats)))
+        )
     finally:
         await client.close()
 
@@ -79,9 +89,13 @@ def main() -> int:
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="metaclaw-structured-"))
     port = free_port()
-    env = {"METACLAW_HOME": str(home), "METACLAW_CONFIG": str(home / "none.toml"),
-           "METACLAW_POLICY__TORCH_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "METACLAW_POLICY__REQUEST_TIMEOUT_S": "3600"}  # unconstrained replies run long
+    env = {
+        "METACLAW_HOME": str(home),
+        "METACLAW_CONFIG": str(home / "none.toml"),
+        "METACLAW_POLICY__TORCH_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "METACLAW_POLICY__REQUEST_TIMEOUT_S": "3600",
+    }  # unconstrained replies run long
     print(f"revision {git_revision()}; policy server on SmolLM2-135M, home {home}")
     child = start_policy_server(LedgerPaths(home), port, env=env)
     results: dict[str, list[dict[str, Any]]] = {}
@@ -89,12 +103,15 @@ def main() -> int:
         for label, constrained in (("before", False), ("after", True)):
             started = time.monotonic()
             caps = {"judge": args.judge_max_tokens, "critic": args.critic_max_tokens}
-            results[label] = asyncio.run(_run(f"http://127.0.0.1:{port}", constrained,
-                                              args.repeats, caps))
+            results[label] = asyncio.run(
+                _run(f"http://127.0.0.1:{port}", constrained, args.repeats, caps)
+            )
             wall = time.monotonic() - started
             tokens = sum(r["tokens"] for r in results[label])
-            print(f"{label}: {len(results[label])} calls, {tokens} tokens in {wall:.1f} s "
-                  f"({1000 * wall / max(tokens, 1):.1f} ms per generated token, batched)")
+            print(
+                f"{label}: {len(results[label])} calls, {tokens} tokens in {wall:.1f} s "
+                f"({1000 * wall / max(tokens, 1):.1f} ms per generated token, batched)"
+            )
     finally:
         child.stop()
     table = []
@@ -102,12 +119,14 @@ def main() -> int:
         b_ok, b_n, b_tok = _summary(results["before"], role)
         a_ok, a_n, a_tok = _summary(results["after"], role)
         table.append([role, f"{b_ok}/{b_n}", f"{a_ok}/{a_n}", b_tok, a_tok])
-    print_table(["prompts", "usable before", "usable after", "tokens before", "tokens after"],
-                table)
+    print_table(
+        ["prompts", "usable before", "usable after", "tokens before", "tokens after"], table
+    )
     for r in results["after"]:
         if not r["ok"]:
-            print(f"  after, unusable {r['role']} ({r['finish']}): {r['why']} :: "
-                  f"{r['text'][:200]!r}")
+            print(
+                f"  after, unusable {r['role']} ({r['finish']}): {r['why']} :: {r['text'][:200]!r}"
+            )
     if args.json:
         write_json(args.json, results)
     return 0

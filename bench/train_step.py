@@ -73,8 +73,9 @@ def micro_batch(vocab: int, batch: int, seq_len: int, seed: int = 0) -> list[typ
     return out
 
 
-def step_time(model_dir: Path, label: str, batch: int, seq_len: int, steps: int,
-              rank: int) -> dict[str, Any]:
+def step_time(
+    model_dir: Path, label: str, batch: int, seq_len: int, steps: int, rank: int
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="metaclaw-bench-train-") as tmp:
         t0 = time.perf_counter()
         backend = LocalBackend(model_dir, checkpoint_dir=Path(tmp), lora_rank=rank)
@@ -98,38 +99,73 @@ def step_time(model_dir: Path, label: str, batch: int, seq_len: int, steps: int,
         params = sum(p.numel() for p in backend.model.parameters())
         trainable = sum(p.numel() for p in backend.params)
     med = median(times)
-    return {"model": label, "params": params, "lora_params": trainable, "load_s": load_s,
-            "step_s": med, "step_min_s": min(times), "tokens_per_s": batch * seq_len / med,
-            "save_s": save_s, "adapter_mb": adapter_mb, "other_load_cores": other,
-            "steps": len(times)}
+    return {
+        "model": label,
+        "params": params,
+        "lora_params": trainable,
+        "load_s": load_s,
+        "step_s": med,
+        "step_min_s": min(times),
+        "tokens_per_s": batch * seq_len / med,
+        "save_s": save_s,
+        "adapter_mb": adapter_mb,
+        "other_load_cores": other,
+        "steps": len(times),
+    }
 
 
 def turn_to_candidate(model_dir: Path, label: str, batch: int, rank: int) -> dict[str, Any]:
     """Seconds from the feedback that completes a micro-batch to a readable candidate row."""
     with tempfile.TemporaryDirectory(prefix="metaclaw-bench-t2c-") as tmp:
         home = Path(tmp)
-        settings = Settings(home=home, deploy={"eval_fraction": 0.0},  # all 8 turns train
-                            training={"base_model": str(model_dir), "lora_rank": rank,
-                                      "batch_size": batch, "learning_rate": 1e-5})
+        settings = Settings(
+            home=home,
+            deploy={"eval_fraction": 0.0},  # all 8 turns train
+            training={
+                "base_model": str(model_dir),
+                "lora_rank": rank,
+                "batch_size": batch,
+                "learning_rate": 1e-5,
+            },
+        )
         sampler = LocalBackend(model_dir, checkpoint_dir=home / "sampler", lora_rank=rank)
         tok = sampler.tokenizer
         turns, feedback = [], []
         for i in range(batch):
             prompt = tok.apply_chat_template(
                 [{"role": "user", "content": f"Question number {i}: what is {i} + {i}?"}],
-                add_generation_prompt=True, tokenize=False)
+                add_generation_prompt=True,
+                tokenize=False,
+            )
             ids = tok(prompt, add_special_tokens=False)["input_ids"]
-            seq = sampler.sample(types.ModelInput.from_ints(ids), 1,
-                                 types.SamplingParams(max_tokens=32, seed=i)).sequences[0]
+            seq = sampler.sample(
+                types.ModelInput.from_ints(ids), 1, types.SamplingParams(max_tokens=32, seed=i)
+            ).sequences[0]
             ts = now_micros()
             tid = uuid.uuid4().hex
-            turns.append({"turn_id": tid, "session_id": f"s{i}", "ts_start": ts, "ts_end": ts,
-                          "status": "ok", "served_by": "policy", "source": "live",
-                          "request": json.dumps({"messages": []}), "prompt_token_ids": ids,
-                          "completion_token_ids": seq.tokens,
-                          "completion_logprobs": seq.logprobs})
-            feedback.append({"feedback_id": uuid.uuid4().hex, "turn_id": tid,
-                             "value": 1.0 if i % 2 else -0.5, "ts": ts + 1})
+            turns.append(
+                {
+                    "turn_id": tid,
+                    "session_id": f"s{i}",
+                    "ts_start": ts,
+                    "ts_end": ts,
+                    "status": "ok",
+                    "served_by": "policy",
+                    "source": "live",
+                    "request": json.dumps({"messages": []}),
+                    "prompt_token_ids": ids,
+                    "completion_token_ids": seq.tokens,
+                    "completion_logprobs": seq.logprobs,
+                }
+            )
+            feedback.append(
+                {
+                    "feedback_id": uuid.uuid4().hex,
+                    "turn_id": tid,
+                    "value": 1.0 if i % 2 else -0.5,
+                    "ts": ts + 1,
+                }
+            )
         del sampler
         append_rows(settings.paths.wal, "turns", turns)
         append_rows(settings.paths.wal, "feedback", feedback[:-1])
@@ -139,15 +175,19 @@ def turn_to_candidate(model_dir: Path, label: str, batch: int, rank: int) -> dic
         outcome = trainer.step()
         from metaclaw.ledger import query
 
-        _, found = query(settings.paths, "SELECT checkpoint_id FROM checkpoints "
-                                         "WHERE status = 'candidate'")
+        _, found = query(
+            settings.paths, "SELECT checkpoint_id FROM checkpoints WHERE status = 'candidate'"
+        )
         total = time.perf_counter() - start
         trainer.close()
         if outcome.status != "trained" or not found:
             raise RuntimeError(f"no candidate: {outcome.status} {outcome.reason}")
-    return {"model": label, "turn_to_candidate_s": total,
-            "step_time_s": outcome.metrics.get("step_time_s"),
-            "tokens": outcome.metrics.get("tokens")}
+    return {
+        "model": label,
+        "turn_to_candidate_s": total,
+        "step_time_s": outcome.metrics.get("step_time_s"),
+        "tokens": outcome.metrics.get("tokens"),
+    }
 
 
 def main() -> None:
@@ -157,15 +197,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) /
-                        "metaclaw-bench-home", help="where the converted SmolLM2 is cached")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "metaclaw-bench-home",
+        help="where the converted SmolLM2 is cached",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny model only, 2 steps")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steps = 2 if args.quick else args.steps
-    print(f"machine: {machine_summary()}; torch threads {torch.get_num_threads()}; "
-          f"device {'cuda' if torch.cuda.is_available() else 'cpu'}")
+    print(
+        f"machine: {machine_summary()}; torch threads {torch.get_num_threads()}; "
+        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+    )
     warning = load_warning()
     if warning:
         print(warning)
@@ -186,23 +232,56 @@ def main() -> None:
             smollm_note = f"unavailable: {type(exc).__name__}: {exc}"
     print(f"SmolLM2: {smollm_note}")
 
-    speed = [step_time(d, label, args.batch, args.seq_len, steps, args.rank)
-             for label, d in models]
-    print(f"\nstep: forward_backward(importance_sampling) + optim_step, micro-batch "
-          f"{args.batch} × {args.seq_len} tokens, LoRA rank {args.rank}")
-    print_table(["model", "LoRA params", "load s", "step s (median)", "tokens/s", "save s",
-                 "adapter MB", "other load (cores)"],
-                [[r["model"], r["lora_params"], r["load_s"], r["step_s"], r["tokens_per_s"],
-                  r["save_s"], r["adapter_mb"], r["other_load_cores"]] for r in speed], digits=3)
+    speed = [step_time(d, label, args.batch, args.seq_len, steps, args.rank) for label, d in models]
+    print(
+        f"\nstep: forward_backward(importance_sampling) + optim_step, micro-batch "
+        f"{args.batch} × {args.seq_len} tokens, LoRA rank {args.rank}"
+    )
+    print_table(
+        [
+            "model",
+            "LoRA params",
+            "load s",
+            "step s (median)",
+            "tokens/s",
+            "save s",
+            "adapter MB",
+            "other load (cores)",
+        ],
+        [
+            [
+                r["model"],
+                r["lora_params"],
+                r["load_s"],
+                r["step_s"],
+                r["tokens_per_s"],
+                r["save_s"],
+                r["adapter_mb"],
+                r["other_load_cores"],
+            ]
+            for r in speed
+        ],
+        digits=3,
+    )
 
     latency = [turn_to_candidate(d, label, args.batch, args.rank) for label, d in models]
     print(f"\nrewarded turn → candidate checkpoint (one train-flow step, batch {args.batch})")
-    print_table(["model", "turn→candidate s", "of which fwd/bwd+optim s", "tokens"],
-                [[r["model"], r["turn_to_candidate_s"], r["step_time_s"], r["tokens"]]
-                 for r in latency], digits=3)
+    print_table(
+        ["model", "turn→candidate s", "of which fwd/bwd+optim s", "tokens"],
+        [[r["model"], r["turn_to_candidate_s"], r["step_time_s"], r["tokens"]] for r in latency],
+        digits=3,
+    )
     if args.json:
-        write_json(args.json, {"machine": machine_summary(), "threads": args.threads,
-                               "smollm2": smollm_note, "step": speed, "latency": latency})
+        write_json(
+            args.json,
+            {
+                "machine": machine_summary(),
+                "threads": args.threads,
+                "smollm2": smollm_note,
+                "step": speed,
+                "latency": latency,
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -38,26 +38,39 @@ from metaclaw.training.datums import completion_span, rl_datum
 from metaclaw.training.local import LocalBackend
 from metaclaw.training.losses import sampler_learner_kl
 
-PROMPTS = ["What is the capital of France?", "Say hello.", "Name a colour.",
-           "What is 2 + 2?", "Give me a fruit.", "How are you today?",
-           "Write one word.", "What is the sky's colour?"]
+PROMPTS = [
+    "What is the capital of France?",
+    "Say hello.",
+    "Name a colour.",
+    "What is 2 + 2?",
+    "Give me a fruit.",
+    "How are you today?",
+    "Write one word.",
+    "What is the sky's colour?",
+]
 
 
 def guard(kl: tuple[float, float]) -> float:
     return max(abs(kl[0]), kl[1])
 
 
-def batch(backend: LocalBackend, tok: Any, max_tokens: int, seed: int,
-          turns: int) -> list[dict[str, Any]]:
+def batch(
+    backend: LocalBackend, tok: Any, max_tokens: int, seed: int, turns: int
+) -> list[dict[str, Any]]:
     out = []
     for i, text in enumerate(PROMPTS[:turns]):
-        rendered = tok.apply_chat_template([{"role": "user", "content": text}],
-                                           add_generation_prompt=True, tokenize=False)
+        rendered = tok.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        )
         prompt = list(tok(rendered, add_special_tokens=False)["input_ids"])
-        seq = backend.sample(types.ModelInput.from_ints(prompt), 1, types.SamplingParams(
-            max_tokens=max_tokens, seed=seed * 100 + i, temperature=1.0)).sequences[0]
-        out.append({"prompt": prompt, "completion": list(seq.tokens),
-                    "q": list(seq.logprobs or [])})
+        seq = backend.sample(
+            types.ModelInput.from_ints(prompt),
+            1,
+            types.SamplingParams(max_tokens=max_tokens, seed=seed * 100 + i, temperature=1.0),
+        ).sequences[0]
+        out.append(
+            {"prompt": prompt, "completion": list(seq.tokens), "q": list(seq.logprobs or [])}
+        )
     lengths = sorted(len(s["completion"]) for s in out)
     median = lengths[len(lengths) // 2]
     for s in out:
@@ -77,15 +90,26 @@ def kl_on(backend: LocalBackend, samples: list[dict[str, Any]]) -> tuple[float, 
 
 def run(name: str, model_dir: Path, steps: int, max_tokens: int, turns: int) -> None:
     cfg = Settings().training
-    adam = types.AdamParams(learning_rate=cfg.learning_rate, beta1=cfg.adam_beta1,
-                            beta2=cfg.adam_beta2, eps=cfg.adam_eps)
+    adam = types.AdamParams(
+        learning_rate=cfg.learning_rate,
+        beta1=cfg.adam_beta1,
+        beta2=cfg.adam_beta2,
+        eps=cfg.adam_eps,
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        backend = LocalBackend(model_dir, checkpoint_dir=Path(tmp), lora_rank=cfg.lora_rank,
-                               lora_alpha=cfg.lora_alpha, device="cpu")
+        backend = LocalBackend(
+            model_dir,
+            checkpoint_dir=Path(tmp),
+            lora_rank=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            device="cpu",
+        )
         tok = backend.get_tokenizer()
         served = batch(backend, tok, max_tokens, 0, turns)  # P's turns
-        print(f"\n{name}: lr {cfg.learning_rate}, LoRA rank {cfg.lora_rank}, {cfg.loss_fn}, "
-              f"{turns} turns/step, ≤{max_tokens} tokens each")
+        print(
+            f"\n{name}: lr {cfg.learning_rate}, LoRA rank {cfg.lora_rank}, {cfg.loss_fn}, "
+            f"{turns} turns/step, ≤{max_tokens} tokens each"
+        )
         print("step  guard before  guard after  P's turns at staleness k  step s")
         for k in range(1, steps + 1):
             own = batch(backend, tok, max_tokens, k, turns)
@@ -110,13 +134,18 @@ def full_sequence_logprobs(backend: LocalBackend, data: list[types.Datum]) -> to
         ids[i, : lengths[i]] = torch.tensor(d.model_input.to_ints())
         mask[i, : lengths[i]] = 1
     logp = torch.log_softmax(backend.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-    rows = [logp[i, : lengths[i]].gather(-1, d.loss_fn_inputs["target_tokens"].to_torch().long()
-                                         [:, None]).squeeze(-1) for i, d in enumerate(data)]
+    rows = [
+        logp[i, : lengths[i]]
+        .gather(-1, d.loss_fn_inputs["target_tokens"].to_torch().long()[:, None])
+        .squeeze(-1)
+        for i, d in enumerate(data)
+    ]
     return torch.cat(rows)
 
 
-def unembedding(name: str, model_dir: Path, prompt_len: int, completion_len: int,
-                n: int = 8, repeats: int = 3) -> None:
+def unembedding(
+    name: str, model_dir: Path, prompt_len: int, completion_len: int, n: int = 8, repeats: int = 3
+) -> None:
     """forward_backward time: completion-span unembedding vs the full-sequence baseline."""
     with tempfile.TemporaryDirectory() as tmp:
         backend = LocalBackend(model_dir, checkpoint_dir=Path(tmp), lora_rank=8, device="cpu")
@@ -144,10 +173,14 @@ def unembedding(name: str, model_dir: Path, prompt_len: int, completion_len: int
                 fn()
             times[label] = (time.perf_counter() - started) / repeats
         width = prompt_len + completion_len - 1
-        print(f"\n{name}: {n} datums, prompts {prompt_len - 16 * (n - 1)}–{prompt_len} + "
-              f"{completion_len} completion tokens, vocabulary {vocab}")
-        print(f"  logits under autograd: old {n * width * vocab / 1e6:.1f} M floats, "
-              f"new {n * completion_len * vocab / 1e6:.1f} M")
+        print(
+            f"\n{name}: {n} datums, prompts {prompt_len - 16 * (n - 1)}–{prompt_len} + "
+            f"{completion_len} completion tokens, vocabulary {vocab}"
+        )
+        print(
+            f"  logits under autograd: old {n * width * vocab / 1e6:.1f} M floats, "
+            f"new {n * completion_len * vocab / 1e6:.1f} M"
+        )
         for label, t in times.items():
             print(f"  forward_backward {label}: {t:.3f} s")
 
@@ -170,12 +203,17 @@ def main() -> None:
         if not args.quick:
             from metaclaw.models import resolve_model_dir
 
-            models.append(("SmolLM2-135M-Instruct", Path(resolve_model_dir(
-                "HuggingFaceTB/SmolLM2-135M-Instruct", Path(args.home)))))
+            models.append(
+                (
+                    "SmolLM2-135M-Instruct",
+                    Path(resolve_model_dir("HuggingFaceTB/SmolLM2-135M-Instruct", Path(args.home))),
+                )
+            )
         if args.skip != "unembedding":
             for name, path in models:
-                unembedding(name, path, 512 if path == tiny else 256, 32,
-                            n=8 if path == tiny else 4)
+                unembedding(
+                    name, path, 512 if path == tiny else 256, 32, n=8 if path == tiny else 4
+                )
         if args.skip != "kl":
             for name, path in models:
                 run(name, path, args.steps, args.max_tokens, args.turns)

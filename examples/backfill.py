@@ -30,5 +30,7 @@ if __name__ == "__main__":
     settings = MetaClawConfig()
     summary = backfill([Path(p) for p in sys.argv[1:]] or [Path(".")], settings)
     _, rows = query(settings.paths, "SELECT count(*) FROM turns WHERE source LIKE 'backfill:%'")
-    print(f"imported {summary.turns} turns from {summary.files} files "
-          f"({summary.resumed} already imported); backfilled turns in the ledger: {rows[0][0]}")
+    print(
+        f"imported {summary.turns} turns from {summary.files} files "
+        f"({summary.resumed} already imported); backfilled turns in the ledger: {rows[0][0]}"
+    )

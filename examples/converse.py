@@ -29,8 +29,11 @@ def converse(prompts: list[str], *, stream_last: bool = True) -> list[str]:
     replies = []
     for i, prompt in enumerate(prompts):
         messages.append({"role": "user", "content": prompt})
-        kwargs = {"model": target.model or "default", "messages": messages,
-                  "extra_body": {"prompt_cache_key": f"{session}:0"}}
+        kwargs = {
+            "model": target.model or "default",
+            "messages": messages,
+            "extra_body": {"prompt_cache_key": f"{session}:0"},
+        }
         if stream_last and i == len(prompts) - 1:  # agents stream; the proxy passes it through
             chunks = client.chat.completions.create(stream=True, **kwargs)
             reply = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

@@ -53,8 +53,12 @@ def _cell(text: str) -> str:
 
 
 def _markdown(outcome: GateOutcome) -> str:
-    lines = ["## Deploy", "", f"- candidate: **{outcome.checkpoint_id}** → "
-             f"**{outcome.status}**", f"- why: {outcome.reason}"]
+    lines = [
+        "## Deploy",
+        "",
+        f"- candidate: **{outcome.checkpoint_id}** → **{outcome.status}**",
+        f"- why: {outcome.reason}",
+    ]
     if outcome.superseded:
         lines.append(f"- older candidates rejected unevaluated: {', '.join(outcome.superseded)}")
     ev = outcome.evaluation
@@ -74,27 +78,41 @@ def _markdown(outcome: GateOutcome) -> str:
             f"- judge `{ev.judge_model}`: {ev.judge_calls} calls, {ev.invalid_verdicts} "
             "unreadable verdicts",
             "- time: " + ", ".join(f"{k} {v:.1f} s" for k, v in ev.seconds.items()),
-            "", "| guard | tripped | value | limit | detail |", "|---|---|---|---|---|",
+            "",
+            "| guard | tripped | value | limit | detail |",
+            "|---|---|---|---|---|",
         ]
         for g in ev.guards:
             value = "" if g.value is None else f"{g.value:.4g}"
             limit = "" if g.limit is None else f"{g.limit:g}"
-            lines.append(f"| {g.name} | {'**yes**' if g.tripped else 'no'} | {value} | "
-                         f"{limit} | {g.detail} |")
+            lines.append(
+                f"| {g.name} | {'**yes**' if g.tripped else 'no'} | {value} | "
+                f"{limit} | {g.detail} |"
+            )
         for note in ev.notes:
             lines.append(f"\n> {note}")
     if outcome.change is not None and outcome.change.notice is not None:
-        lines.append(f"\n- policy server: **{outcome.change.notice.status}** — "
-                     f"{outcome.change.notice.detail}")
+        lines.append(
+            f"\n- policy server: **{outcome.change.notice.status}** — "
+            f"{outcome.change.notice.detail}"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _table(outcome: GateOutcome) -> list[dict[str, Any]]:
     assert outcome.evaluation is not None
-    return [{"prompt": _cell(p.preview), "candidate": _cell(p.candidate.text),
-             "current": _cell(p.current.text), "candidate as A": p.first or "-",
-             "candidate as B": p.second or "-", "identical": p.identical, "score": p.score}
-            for p in outcome.evaluation.pairs]
+    return [
+        {
+            "prompt": _cell(p.preview),
+            "candidate": _cell(p.candidate.text),
+            "current": _cell(p.current.text),
+            "candidate as A": p.first or "-",
+            "candidate as B": p.second or "-",
+            "identical": p.identical,
+            "score": p.score,
+        }
+        for p in outcome.evaluation.pairs
+    ]
 
 
 def _report_reconciliation(found: Reconciliation) -> None:
@@ -107,8 +125,9 @@ def _report_reconciliation(found: Reconciliation) -> None:
         f"## Policy server reconciliation\n\n- status: **{found.status}**\n"
         f"- ledger (promoted): `{found.expected or 'base'}`\n"
         f"- server (before): `{found.served or 'base'}`\n- {found.detail}\n",
-        key="policy-server-reconcile", description="the policy server served other weights "
-        "than the ledger's promoted checkpoint")
+        key="policy-server-reconcile",
+        description="the policy server served other weights than the ledger's promoted checkpoint",
+    )
 
 
 def _actor() -> str:
@@ -128,16 +147,26 @@ def deploy_flow(checkpoint_id: str | None = None) -> dict[str, Any]:
     reconciled = {"status": found.status, "detail": found.detail}
     prepared = select_candidate(settings, checkpoint_id, actor)
     if prepared.candidate is None:
-        return {"status": "idle", "checkpoint_id": checkpoint_id,
-                "reason": "; ".join(prepared.notes), "superseded": [],
-                "reconciliation": reconciled}
+        return {
+            "status": "idle",
+            "checkpoint_id": checkpoint_id,
+            "reason": "; ".join(prepared.notes),
+            "superseded": [],
+            "reconciliation": reconciled,
+        }
     assessment = evaluate_candidate(settings, prepared)
     outcome = record_decision(settings, prepared, assessment, actor)
-    create_markdown_artifact(_markdown(outcome), key="deploy-report",
-                             description=f"deploy verdict for {outcome.checkpoint_id}")
+    create_markdown_artifact(
+        _markdown(outcome),
+        key="deploy-report",
+        description=f"deploy verdict for {outcome.checkpoint_id}",
+    )
     if outcome.evaluation is not None and outcome.evaluation.pairs:
-        create_table_artifact(_table(outcome), key="deploy-comparison",
-                              description="candidate vs current policy, pair by pair")
+        create_table_artifact(
+            _table(outcome),
+            key="deploy-comparison",
+            description="candidate vs current policy, pair by pair",
+        )
     return {**outcome.summary(), "reconciliation": reconciled}
 
 

@@ -36,24 +36,42 @@ class Spec:
 
 
 SPECS: dict[str, Spec] = {
-    "ingest": Spec("ledger", "WAL segments → Parquet, compaction.",
-                   lambda f: f.ingest_interval_s),
-    "score": Spec("scoring", "Judge + implicit signals → rewards (explicit feedback read live).",
-                  lambda f: f.score_interval_s, (TURNS_LANDED, "metaclaw.ledger.turns")),
-    "backfill": Spec("backfill",
-                     "Historical logs → ledger → score, diagnose, evolve (train). On demand."),
-    "train": Spec("training", "Rewarded turns → LoRA micro-batch → candidate checkpoint.",
-                  lambda f: f.train_interval_s, (REWARDS_LANDED, "metaclaw.ledger.rewards")),
-    "diagnose": Spec("skills",
-                     "Failed turns → whole trajectory → root cause (critic LLM) → diagnoses.",
-                     lambda f: f.diagnose_interval_s),
-    "evolve": Spec("skills", "Efficacy + retirement; diagnoses → new / revised / merged skills.",
-                   lambda f: f.evolve_interval_s),
-    "deploy": Spec("deploy",
-                   "Candidate vs current on held-out prompts → promote or reject; hot-swap.",
-                   lambda f: f.deploy_interval_s),
-    "pipeline": Spec("pipeline", "The whole loop once: ingest → score → diagnose → evolve → "
-                     "train → deploy. On demand.", concurrency_limit=None),
+    "ingest": Spec("ledger", "WAL segments → Parquet, compaction.", lambda f: f.ingest_interval_s),
+    "score": Spec(
+        "scoring",
+        "Judge + implicit signals → rewards (explicit feedback read live).",
+        lambda f: f.score_interval_s,
+        (TURNS_LANDED, "metaclaw.ledger.turns"),
+    ),
+    "backfill": Spec(
+        "backfill", "Historical logs → ledger → score, diagnose, evolve (train). On demand."
+    ),
+    "train": Spec(
+        "training",
+        "Rewarded turns → LoRA micro-batch → candidate checkpoint.",
+        lambda f: f.train_interval_s,
+        (REWARDS_LANDED, "metaclaw.ledger.rewards"),
+    ),
+    "diagnose": Spec(
+        "skills",
+        "Failed turns → whole trajectory → root cause (critic LLM) → diagnoses.",
+        lambda f: f.diagnose_interval_s,
+    ),
+    "evolve": Spec(
+        "skills",
+        "Efficacy + retirement; diagnoses → new / revised / merged skills.",
+        lambda f: f.evolve_interval_s,
+    ),
+    "deploy": Spec(
+        "deploy",
+        "Candidate vs current on held-out prompts → promote or reject; hot-swap.",
+        lambda f: f.deploy_interval_s,
+    ),
+    "pipeline": Spec(
+        "pipeline",
+        "The whole loop once: ingest → score → diagnose → evolve → train → deploy. On demand.",
+        concurrency_limit=None,
+    ),
 }
 
 
@@ -69,9 +87,12 @@ def build_deployments(settings: Settings) -> list[RunnerDeployment]:
             # MetaClawConfig(enable_skill_evolution=False) pauses evolution's schedule
             paused=name == "evolve" and not flows.evolve_enabled,
             triggers=[
-                DeploymentEventTrigger(expect={spec.trigger[0]},
-                                       match={"prefect.resource.id": spec.trigger[1]})
-            ] if spec.trigger else None,
+                DeploymentEventTrigger(
+                    expect={spec.trigger[0]}, match={"prefect.resource.id": spec.trigger[1]}
+                )
+            ]
+            if spec.trigger
+            else None,
         )
         for name, spec in SPECS.items()
     ]

@@ -35,8 +35,11 @@ def diagnose_flow(limit: int = 1000) -> dict[str, Any]:
     settings = Settings()
     endpoint = critic_endpoint(settings)
     if endpoint is None:
-        create_markdown_artifact(f"## Diagnose\n\nSkipped: {NOT_CONFIGURED}.\n",
-                                 key="diagnose-report", description="skipped: no critic")
+        create_markdown_artifact(
+            f"## Diagnose\n\nSkipped: {NOT_CONFIGURED}.\n",
+            key="diagnose-report",
+            description="skipped: no critic",
+        )
         return {"skipped": NOT_CONFIGURED, "diagnoses": 0}
     groups = find_failures(settings, endpoint.model, limit)
     report = diagnose_groups(settings, groups) if groups else None
@@ -45,7 +48,8 @@ def diagnose_flow(limit: int = 1000) -> dict[str, Any]:
     categories = Counter(r["root_cause_category"] for r in rows)
     errors = report.errors if report else []
     lines = [
-        "## Diagnose", "",
+        "## Diagnose",
+        "",
         f"- critic: `{endpoint.model}`; failure threshold: reward < "
         f"{settings.skills.failure_threshold}",
         f"- failure groups (sessions): **{len(groups)}**, failed turns: "
@@ -57,16 +61,31 @@ def diagnose_flow(limit: int = 1000) -> dict[str, Any]:
     ]
     if errors:
         lines += ["", "### Rejected critic answers", ""] + [f"- {e[:300]}" for e in errors[:10]]
-    create_markdown_artifact("\n".join(lines) + "\n", key="diagnose-report",
-                             description="Failed turns → root causes")
+    create_markdown_artifact(
+        "\n".join(lines) + "\n", key="diagnose-report", description="Failed turns → root causes"
+    )
     if rows:
         create_table_artifact(
-            [{"diagnosis_id": r["diagnosis_id"][:12], "session": r["session_id"],
-              "turns": len(r["turn_ids"]), "category": r["root_cause_category"],
-              "explanation": r["explanation"][:200]} for r in rows],
-            key="diagnose-diagnoses", description="Diagnoses written this run")
-    return {"groups": len(groups), "diagnoses": written, "errors": errors,
-            "categories": dict(categories), "critic_calls": report.calls if report else 0}
+            [
+                {
+                    "diagnosis_id": r["diagnosis_id"][:12],
+                    "session": r["session_id"],
+                    "turns": len(r["turn_ids"]),
+                    "category": r["root_cause_category"],
+                    "explanation": r["explanation"][:200],
+                }
+                for r in rows
+            ],
+            key="diagnose-diagnoses",
+            description="Diagnoses written this run",
+        )
+    return {
+        "groups": len(groups),
+        "diagnoses": written,
+        "errors": errors,
+        "categories": dict(categories),
+        "critic_calls": report.calls if report else 0,
+    }
 
 
 if __name__ == "__main__":

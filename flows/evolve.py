@@ -45,9 +45,17 @@ def _efficacy_table(stats: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def fmt(v: float | None) -> str:
         return "" if v is None else f"{v:+.3f}"
 
-    return [{"ref": s["ref"], "uses": s["uses"], "mean_with": fmt(s["mean_with"]),
-             "mean_without": fmt(s["mean_without"]), "n_without": s["n_without"],
-             "effect": fmt(s["effect"])} for s in stats]
+    return [
+        {
+            "ref": s["ref"],
+            "uses": s["uses"],
+            "mean_with": fmt(s["mean_with"]),
+            "mean_without": fmt(s["mean_without"]),
+            "n_without": s["n_without"],
+            "effect": fmt(s["effect"]),
+        }
+        for s in stats
+    ]
 
 
 @flow(name="evolve")
@@ -57,15 +65,26 @@ def evolve_flow() -> dict[str, Any]:
     ensure_skills_writer_limit()
     with concurrency(SKILLS_WRITER_LIMIT, occupy=1, strict=True, lease_duration=WRITER_LEASE_S):
         efficacy = refresh_efficacy(settings)
-    summary: dict[str, Any] = {"retired": efficacy["retired"], "turns": efficacy["turns"],
-                               "created": [], "updated": [], "merged": [], "rejected": [],
-                               "skipped": []}
-    lines = ["## Evolve", "",
-             f"- efficacy: {len(efficacy['stats'])} skill versions over {efficacy['turns']} "
-             f"rewarded turns; auto-retired: **{len(efficacy['retired'])}**"]
+    summary: dict[str, Any] = {
+        "retired": efficacy["retired"],
+        "turns": efficacy["turns"],
+        "created": [],
+        "updated": [],
+        "merged": [],
+        "rejected": [],
+        "skipped": [],
+    }
+    lines = [
+        "## Evolve",
+        "",
+        f"- efficacy: {len(efficacy['stats'])} skill versions over {efficacy['turns']} "
+        f"rewarded turns; auto-retired: **{len(efficacy['retired'])}**",
+    ]
     lines += [f"  - {r['skill']} (`{r['ref']}`): {r['reason']}" for r in efficacy["retired"]]
-    lines += [f"- proposal {v['skill']} (`{v['ref']}`) {v['event']}: {v['reason']}"
-              for v in efficacy["verdicts"]]
+    lines += [
+        f"- proposal {v['skill']} (`{v['ref']}`) {v['event']}: {v['reason']}"
+        for v in efficacy["verdicts"]
+    ]
     summary["verdicts"] = efficacy["verdicts"]
     endpoint = critic_endpoint(settings)
     if endpoint is None:
@@ -74,8 +93,7 @@ def evolve_flow() -> dict[str, Any]:
     else:
         clusters = pending_clusters(settings, endpoint.model)
         proposals, calls = propose_changes(settings, clusters) if clusters else ([], 0)
-        with concurrency(SKILLS_WRITER_LIMIT, occupy=1, strict=True,
-                         lease_duration=WRITER_LEASE_S):
+        with concurrency(SKILLS_WRITER_LIMIT, occupy=1, strict=True, lease_duration=WRITER_LEASE_S):
             outcome, result = commit_skills(settings, proposals, endpoint.model)
         record_events(settings, result)
         for ch in outcome.changes:
@@ -97,11 +115,17 @@ def evolve_flow() -> dict[str, Any]:
             lines += [f"- {why[:300]}" for _, why in outcome.rejected]
         if outcome.diffs:
             lines += ["", "### Skill diffs", "", *outcome.diffs]
-    create_markdown_artifact("\n".join(lines) + "\n", key="evolve-report",
-                             description="Efficacy, retirements and skill diffs")
+    create_markdown_artifact(
+        "\n".join(lines) + "\n",
+        key="evolve-report",
+        description="Efficacy, retirements and skill diffs",
+    )
     if efficacy["stats"]:
-        create_table_artifact(_efficacy_table(efficacy["stats"]), key="skill-efficacy",
-                              description="Per skill version: reward with vs without")
+        create_table_artifact(
+            _efficacy_table(efficacy["stats"]),
+            key="skill-efficacy",
+            description="Per skill version: reward with vs without",
+        )
     return summary
 
 

@@ -25,8 +25,7 @@ def _report_markdown(report: dict[str, Any]) -> str:
         f"(still being written: {report['active_segments']})\n"
         f"- rows landed: **{report['total_rows']}**, duplicates dropped: {report['duplicates']}\n"
         f"- files compacted: {report['compacted_files']}, files deleted: "
-        f"{report['deleted_files']}\n\n"
-        + ("| table | rows |\n|---|---|\n" + rows if rows else "")
+        f"{report['deleted_files']}\n\n" + ("| table | rows |\n|---|---|\n" + rows if rows else "")
     )
 
 

@@ -39,6 +39,9 @@ def pipeline_flow(train: bool = True, deploy: bool = True) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, step in STEP_FLOWS.items():  # in dependency order
         results[name] = "skipped" if name in skip else step()
-    create_markdown_artifact(summary_markdown(results), key="pipeline-summary",
-                             description="What each step of the loop did")
+    create_markdown_artifact(
+        summary_markdown(results),
+        key="pipeline-summary",
+        description="What each step of the loop did",
+    )
     return results

@@ -87,12 +87,14 @@ class ConfiguredTaskRunner(TaskRunner[PrefectFuture[Any]]):
             self._inner = None
             super().__exit__(*exc)
 
-    def submit(self, task: Any, parameters: dict[str, Any], wait_for: Any = None,
-               dependencies: Any = None) -> PrefectFuture[Any]:
+    def submit(
+        self, task: Any, parameters: dict[str, Any], wait_for: Any = None, dependencies: Any = None
+    ) -> PrefectFuture[Any]:
         return self.inner.submit(task, parameters, wait_for, dependencies)
 
-    def map(self, task: Any, parameters: dict[str, Any], wait_for: Any = None
-            ) -> PrefectFutureList[Any]:
+    def map(
+        self, task: Any, parameters: dict[str, Any], wait_for: Any = None
+    ) -> PrefectFutureList[Any]:
         return self.inner.map(task, parameters, wait_for)
 
     def cancel_all(self) -> None:

@@ -33,8 +33,11 @@ from tasks.scoring import plan_scoring, score_session_batch, summarise_rewards
 def _report_markdown(report: ScoreReport) -> str:
     t = report.totals
     judged = t.judged
-    inter = f"{t.agreement_sum / judged:.0%} mean, {t.unanimous}/{judged} unanimous, " \
-            f"{t.ties} ties" if judged else "-"
+    inter = (
+        f"{t.agreement_sum / judged:.0%} mean, {t.unanimous}/{judged} unanimous, {t.ties} ties"
+        if judged
+        else "-"
+    )
     human = report.agreement.describe() if report.agreement else "-"
     values = ", ".join(f"{k}: {v}" for k, v in sorted(t.judge_values.items())) or "-"
     kinds = ", ".join(f"{k}: {v}" for k, v in sorted(t.implicit_kinds.items())) or "-"
@@ -71,19 +74,32 @@ def score_flow(rescore: bool = False, max_calls: int | None = None) -> dict[str,
     budget = settings.judge.max_calls_per_run if max_calls is None else max_calls
     totals = BatchReport()
     # Batches fan out on the configured task runner (flows/runners.py), the budget split evenly.
-    futures = [score_session_batch.submit(settings, plan, index, share)
-               for index, share in enumerate(budget_shares(budget, len(plan.batches)))
-               if plan.worth_loading(index, share, settings.judge.votes)]
+    futures = [
+        score_session_batch.submit(settings, plan, index, share)
+        for index, share in enumerate(budget_shares(budget, len(plan.batches)))
+        if plan.worth_loading(index, share, settings.judge.votes)
+    ]
     for future in futures:
         totals.merge(future.result())
     agreement, by_source = summarise_rewards(settings)
-    report = ScoreReport(plan.judge_version, plan.implicit_version, plan.sessions, totals, budget,
-                         agreement, by_source)
-    create_markdown_artifact(_report_markdown(report), key="score-report",
-                             description="Rewards written, judge agreement and cost")
+    report = ScoreReport(
+        plan.judge_version,
+        plan.implicit_version,
+        plan.sessions,
+        totals,
+        budget,
+        agreement,
+        by_source,
+    )
+    create_markdown_artifact(
+        _report_markdown(report),
+        key="score-report",
+        description="Rewards written, judge agreement and cost",
+    )
     if by_source:
-        create_table_artifact(by_source, key="score-rewards",
-                              description="turn_rewards by source (whole ledger)")
+        create_table_artifact(
+            by_source, key="score-rewards", description="turn_rewards by source (whole ledger)"
+        )
     if totals.rewards_written:  # the train deployment is triggered by this event
         emit_event(
             event=REWARDS_LANDED,

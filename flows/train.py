@@ -34,25 +34,45 @@ def train_flow(max_steps: int | None = None) -> dict[str, Any]:
     """Train on new rewarded turns (up to `max_steps`, default training.max_steps_per_run)."""
     settings = Settings()
     ensure_training_limit()
-    with concurrency(TRAINING_LIMIT, occupy=1, strict=True,
-                     lease_duration=settings.training.concurrency_lease_s):
+    with concurrency(
+        TRAINING_LIMIT, occupy=1, strict=True, lease_duration=settings.training.concurrency_lease_s
+    ):
         outcomes = train_steps(settings, max_steps)
     history = train_history(settings)
     if any(o["status"] != "idle" for o in outcomes):
-        create_markdown_artifact(run_markdown(outcomes, history), key="train-report",
-                                 description="LoRA steps and the reward/loss curve")
+        create_markdown_artifact(
+            run_markdown(outcomes, history),
+            key="train-report",
+            description="LoRA steps and the reward/loss curve",
+        )
         create_table_artifact(
-            [{k: h[k] for k in ("step", "status", "loss", "reward_mean", "kl", "tokens")}
-             for h in history],
-            key="train-curve", description="reward and loss per training step",
+            [
+                {k: h[k] for k in ("step", "status", "loss", "reward_mean", "kl", "tokens")}
+                for h in history
+            ],
+            key="train-curve",
+            description="reward and loss per training step",
         )
     return {
         "steps": [o["step"] for o in outcomes if o["status"] == "trained"],
         "failed": [o["step"] for o in outcomes if o["status"] == "failed"],
         "stalled": [o["reason"] for o in outcomes if o["status"] == "stalled"],
         "checkpoints": [o["checkpoint_id"] for o in outcomes if o["checkpoint_id"]],
-        "outcomes": [{k: o[k] for k in ("status", "reason", "step", "checkpoint_id", "path",
-                                        "skipped", "candidates")} for o in outcomes],
+        "outcomes": [
+            {
+                k: o[k]
+                for k in (
+                    "status",
+                    "reason",
+                    "step",
+                    "checkpoint_id",
+                    "path",
+                    "skipped",
+                    "candidates",
+                )
+            }
+            for o in outcomes
+        ],
     }
 
 

@@ -20,8 +20,11 @@ from rich.table import Table
 
 from metaclaw.cli_support import console, err_console, load_settings
 
-app = typer.Typer(help="MetaClaw: agents that improve themselves from their own conversations.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="MetaClaw: agents that improve themselves from their own conversations.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 DEFAULT_PREFECT_PORT = 4200
 
@@ -69,8 +72,10 @@ def proxy(
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     bind = f"{host or settings.proxy.host}:{port or settings.proxy.port}"
-    err_console.print(f"MetaClaw proxy on http://{bind}/v1 → "
-                      f"{settings.upstream.base_url or '(no upstream configured)'}")
+    err_console.print(
+        f"MetaClaw proxy on http://{bind}/v1 → "
+        f"{settings.upstream.base_url or '(no upstream configured)'}"
+    )
     server.run()
 
 
@@ -152,8 +157,9 @@ def status() -> None:
     console.print(status_line(settings))
     from metaclaw.training.report import status_line as training_status
 
-    _, latest = run_query(settings.paths, "SELECT metrics FROM train_steps ORDER BY ts DESC "
-                          "LIMIT 1")
+    _, latest = run_query(
+        settings.paths, "SELECT metrics FROM train_steps ORDER BY ts DESC LIMIT 1"
+    )
     console.print(training_status(json.loads(latest[0][0]) if latest else None))
     url = f"http://{settings.proxy.host}:{settings.proxy.port}/healthz"
     try:
@@ -173,7 +179,8 @@ def _dead_letters_status(settings: Any) -> None:
         return
     console.print(
         f"[yellow]dead letters: {dead.rows} row(s) ingest could not store[/yellow], in "
-        f"{dead.files} file(s) under {dead.directory}", highlight=False,
+        f"{dead.files} file(s) under {dead.directory}",
+        highlight=False,
     )
     for reason in dead.reasons:
         console.print(f"  {reason}", markup=False, highlight=False)
@@ -254,8 +261,12 @@ def replay(
     for error in found.errors:
         err_console.print(f"[red]not a log:[/red] {error}", highlight=False)
     progress = Progress(
-        TextColumn("importing"), BarColumn(), DownloadColumn(),
-        TextColumn("{task.fields[turns]} turns"), TimeElapsedColumn(), console=err_console,
+        TextColumn("importing"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[turns]} turns"),
+        TimeElapsedColumn(),
+        console=err_console,
     )
     with progress:
         task = progress.add_task("import", total=sum(s.size for s in found.sources), turns=0)
@@ -300,8 +311,10 @@ def policy_server(
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     bind = f"{host or settings.policy.host}:{port or settings.policy.port}"
-    err_console.print(f"MetaClaw policy server on http://{bind}/v1 — {engine.name} "
-                      f"(checkpoint: {engine.policy.checkpoint_id or 'base model'})")
+    err_console.print(
+        f"MetaClaw policy server on http://{bind}/v1 — {engine.name} "
+        f"(checkpoint: {engine.policy.checkpoint_id or 'base model'})"
+    )
     build_server(settings, engine, host, port).run()
 
 
@@ -328,9 +341,12 @@ def demo(
     questions: Annotated[int, typer.Option(help="Questions the scripted user asks.")] = 6,
     max_tokens: Annotated[int, typer.Option(help="Reply length cap (CPU time).")] = 48,
     proxy_port: Annotated[int | None, typer.Option(help="Proxy port.")] = None,
-    preference: Annotated[str, typer.Option(
-        help="What the scripted user wants: brevity, one_sentence, sign_off or french.",
-    )] = "sign_off",
+    preference: Annotated[
+        str,
+        typer.Option(
+            help="What the scripted user wants: brevity, one_sentence, sign_off or french.",
+        ),
+    ] = "sign_off",
 ) -> None:
     """A scripted user with a preference, the whole loop once, behaviour before and after."""
     import os
@@ -362,26 +378,33 @@ def demo(
     try:
         if needs_policy_server(settings):
             with console.status("starting the local policy server …"):
-                children.append(start_policy_server(paths, settings.policy.port,
-                                                    host=settings.policy.host))
+                children.append(
+                    start_policy_server(paths, settings.policy.port, host=settings.policy.host)
+                )
         with console.status("starting the proxy …"):
             children.append(start_proxy(paths, port))
-        user = script.ScriptedUser(f"http://{settings.proxy.host}:{port}", max_tokens,
-                                   settings.training.temperature, pref)
+        user = script.ScriptedUser(
+            f"http://{settings.proxy.host}:{port}", max_tokens, settings.training.temperature, pref
+        )
         asked = script.QUESTIONS[:questions]
         with console.status("the scripted user asks, corrects and rates …"):
             before = user.ask("before", asked, teach=True)
         for question, reply, ok in zip(asked, before.replies, before.complied, strict=True):
-            console.print(f"[bold]{question}[/bold] → {reply.strip()[:90]!r} "
-                          f"{'[green]✓[/green]' if ok else '[red]✗[/red]'}")
-        with console.status("running the pipeline: ingest → score → diagnose → evolve → "
-                            "train → deploy …"):
+            console.print(
+                f"[bold]{question}[/bold] → {reply.strip()[:90]!r} "
+                f"{'[green]✓[/green]' if ok else '[red]✗[/red]'}"
+            )
+        with console.status(
+            "running the pipeline: ingest → score → diagnose → evolve → train → deploy …"
+        ):
             results = importlib.import_module("flows.pipeline").pipeline_flow()
         with console.status("asking again …"):
             after = user.ask("after", asked, teach=False)
         for question, reply, ok in zip(asked, after.replies, after.complied, strict=True):
-            console.print(f"[bold]{question}[/bold] → {reply.strip()[:90]!r} "
-                          f"{'[green]✓[/green]' if ok else '[red]✗[/red]'}")
+            console.print(
+                f"[bold]{question}[/bold] → {reply.strip()[:90]!r} "
+                f"{'[green]✓[/green]' if ok else '[red]✗[/red]'}"
+            )
         for line in script.outcome_lines(paths, before, after):
             console.print(line)
         console.print(script.deploy_line(results.get("deploy")))

@@ -17,8 +17,9 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        err_console.print(f"[red]invalid configuration[/red] (file {config_file_path()}, "
-                          "environment METACLAW_*):")
+        err_console.print(
+            f"[red]invalid configuration[/red] (file {config_file_path()}, environment METACLAW_*):"
+        )
         for error in exc.errors():
             key = ".".join(str(p) for p in error["loc"])
             err_console.print(f"  {key}: {error['msg']}", markup=False, highlight=False)

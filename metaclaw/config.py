@@ -87,7 +87,9 @@ class ProxySettings(_Section):
         description="Requests for these model names are served by our policy server (routing).",
     )
     policy_share: float = Field(
-        default=0.0, ge=0, le=1,
+        default=0.0,
+        ge=0,
+        le=1,
         description="Share of sessions (stable per session) served by our policy server, for "
         "A/B against the upstream. With no upstream configured, the policy serves everything.",
     )
@@ -97,7 +99,8 @@ class ProxySettings(_Section):
         "proxy by; other Host headers get 403 (DNS-rebinding protection).",
     )
     workers: int = Field(
-        default=1, ge=1,
+        default=1,
+        ge=1,
         description="Proxy processes serving one port (sessions and the ledger are shared "
         "through METACLAW_HOME).",
     )
@@ -215,8 +218,11 @@ class TrainingSettings(_Section):
     lora_alpha: int = Field(default=32, ge=1, description="LoRA scaling is alpha / rank.")
     batch_size: int = Field(default=8, ge=1, description="Sequences per micro-batch (step).")
     loss_fn: Literal["cross_entropy", "importance_sampling", "ppo", "cispo", "distillation"] = (
-        Field(default="ppo", description="Clipped by default: served turns are up to "
-              "max_staleness steps behind the learner, so the ratio must be bounded.")
+        Field(
+            default="ppo",
+            description="Clipped by default: served turns are up to "
+            "max_staleness steps behind the learner, so the ratio must be bounded.",
+        )
     )
     learning_rate: float = Field(default=1e-4, gt=0, description="AdamW LR, sent every step.")
     adam_beta1: float = 0.9
@@ -252,25 +258,31 @@ class TrainingSettings(_Section):
         "only turns served at T = 1 and top_p = 1 are importance-weighted.",
     )
     max_staleness: int = Field(
-        default=4, ge=0,
+        default=4,
+        ge=0,
         description="K: a policy turn is importance-weighted only when the checkpoint that "
         "served it is on the learner's lineage at most K steps behind it; else off-policy.",
     )
     max_unpromoted_steps: int = Field(
-        default=4, ge=1,
+        default=4,
+        ge=1,
         description="N: the learner accumulates at most N steps on top of the promoted "
         "checkpoint without a promotion, then resets to it (bounds drift).",
     )
     stall_after_failures: int = Field(
-        default=3, ge=1,
+        default=3,
+        ge=1,
         description="Consecutive failed steps from one state (same config) that stall training.",
     )
     stall_after_rejections: int = Field(
-        default=12, ge=1,
+        default=12,
+        ge=1,
         description="Candidates rejected since the last promotion that stall training.",
     )
     baseline_decay: float = Field(
-        default=0.8, ge=0, lt=1,
+        default=0.8,
+        ge=0,
+        lt=1,
         description="Reward baseline: EMA of each step's mean RL reward (bias-corrected).",
     )
 
@@ -278,9 +290,11 @@ class TrainingSettings(_Section):
     @classmethod
     def _learner_temperature(cls, value: float) -> float:
         if value != 1.0:
-            raise ValueError("training.temperature must be 1: the learner scores the untempered "
-                             "softmax (as Tinker does); turns served at another temperature are "
-                             "routed off-policy, not importance-weighted")
+            raise ValueError(
+                "training.temperature must be 1: the learner scores the untempered "
+                "softmax (as Tinker does); turns served at another temperature are "
+                "routed off-policy, not importance-weighted"
+            )
         return value
 
     @model_validator(mode="after")
@@ -290,13 +304,16 @@ class TrainingSettings(_Section):
                 f"training.max_staleness ({self.max_staleness}) must be at least "
                 f"training.max_unpromoted_steps - 1 ({self.max_unpromoted_steps - 1}): the "
                 "learner may be that many steps ahead of the served (promoted) policy, whose "
-                "turns must stay importance-weighted")
+                "turns must stay importance-weighted"
+            )
         return self
+
     min_reward_for_sft: float = Field(
         default=0.5, description="Off-policy turns train (cross-entropy) only at this reward."
     )
     max_seq_len: int = Field(
-        default=4096, ge=2,
+        default=4096,
+        ge=2,
         description="Longest training sequence; at least policy.max_context_tokens (every served "
         "turn fits). Longer rendered turns keep the system head + the most recent messages.",
     )
@@ -402,8 +419,9 @@ class PolicySettings(_Section):
     request_timeout_s: float = Field(default=600.0, gt=0, description="Queue wait + generation.")
     torch_threads: int = Field(default=0, ge=0, description="0: torch's default.")
     api_key: SecretStr | None = Field(default=None, description="Bearer key, when set.")
-    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024,
-                                description="Largest request body; bigger ones get 413.")
+    max_body_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024, description="Largest request body; bigger ones get 413."
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Host names (besides IP addresses and localhost) clients may use; others "
@@ -476,7 +494,9 @@ class SkillsSettings(_Section):
         default=1.0, ge=0, description="Promote when (with − without) − z·se > 0."
     )
     trial_share: float = Field(
-        default=0.0, ge=0, le=1,
+        default=0.0,
+        ge=0,
+        le=1,
         description="Share of other sessions (by hash) that also get a proposed skill (A/B); 0: "
         "only the sessions whose failures produced it.",
     )
@@ -515,20 +535,28 @@ class DeploySettings(_Section):
     sign test significant at the α this decision may spend, and no guard trips."""
 
     min_win_rate: float = Field(
-        default=0.5, ge=0, lt=1,
+        default=0.5,
+        ge=0,
+        lt=1,
         description="Null hypothesis of the sign test: P(candidate wins a decided prompt) <= this.",
     )
     alpha: float = Field(
-        default=0.05, gt=0, lt=0.5,
+        default=0.05,
+        gt=0,
+        lt=0.5,
         description="Chance of any false promotion against one current policy, over all its "
         "decisions: the k-th decision against it is tested at alpha·6/(π²k²).",
     )
     confidence: float = Field(
-        default=0.95, gt=0.5, lt=1,
+        default=0.95,
+        gt=0.5,
+        lt=1,
         description="Two-sided confidence of the Wilson interval reported with the win rate.",
     )
     eval_fraction: float = Field(
-        default=0.1, ge=0, le=0.5,
+        default=0.1,
+        ge=0,
+        le=0.5,
         description="Share of sessions held out from training for evaluation (a hash of "
         "session_id decides, and their prompts are kept out of training in every session; see "
         "metaclaw.deploy.split). 0: evaluate on prompts_file only.",
@@ -550,12 +578,15 @@ class DeploySettings(_Section):
     samples_per_prompt: int = Field(default=1, ge=1, le=16, description="Pairs per prompt.")
     max_new_tokens: int = Field(default=256, ge=1, description="Cap per sampled reply.")
     max_prompt_tokens: int = Field(
-        default=3840, ge=16,
+        default=3840,
+        ge=16,
         description="Longer prompts are skipped; with max_new_tokens at most "
         "policy.max_context_tokens (validated), so every served prompt length can be evaluated.",
     )
     temperature: float = Field(
-        default=1.0, ge=0, le=2,
+        default=1.0,
+        ge=0,
+        le=2,
         description="Sampling temperature of both policies (1 = as served by default, and the "
         "KL estimate is exact only at 1).",
     )
@@ -573,16 +604,20 @@ class DeploySettings(_Section):
     )
     judge_api_key: SecretStr | None = None
     max_kl: float = Field(
-        default=1.0, gt=0,
+        default=1.0,
+        gt=0,
         description="Guard: mean per-token KL(candidate ‖ base) in nats on the candidate's "
         "samples.",
     )
     max_length_ratio: float = Field(
-        default=3.0, gt=1,
+        default=3.0,
+        gt=1,
         description="Guard: candidate mean reply length / the current policy's.",
     )
     max_degenerate_fraction: float = Field(
-        default=0.25, ge=0, le=1,
+        default=0.25,
+        ge=0,
+        le=1,
         description="Guard: share of empty or degenerate (looping) candidate replies allowed "
         "when it is also worse than the current policy's share.",
     )
@@ -786,12 +821,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"training.max_seq_len ({self.training.max_seq_len}) must be at least "
                 f"policy.max_context_tokens ({context}): every turn the policy serves must fit "
-                "a training sequence")
+                "a training sequence"
+            )
         if self.deploy.max_prompt_tokens + self.deploy.max_new_tokens > context:
             raise ValueError(
                 f"deploy.max_prompt_tokens ({self.deploy.max_prompt_tokens}) + "
                 f"deploy.max_new_tokens ({self.deploy.max_new_tokens}) must be at most "
-                f"policy.max_context_tokens ({context}): the gate samples through the policy")
+                f"policy.max_context_tokens ({context}): the gate samples through the policy"
+            )
         return self
 
     @cached_property
@@ -805,9 +842,7 @@ MetaClawConfig = Settings  # the public name (`from metaclaw import MetaClawConf
 class LedgerPaths:
     """Where each part of the data directory lives (one place, so nothing hard-codes a path)."""
 
-    def __init__(
-        self, home: Path, root: str | None = None, skills_root: str | None = None
-    ) -> None:
+    def __init__(self, home: Path, root: str | None = None, skills_root: str | None = None) -> None:
         self.home = Path(home)
         self.wal = self.home / "wal"
         # `root`: the ledger's Parquet + manifest, a path or a URL (metaclaw/ledger/storage.py).
@@ -829,4 +864,3 @@ class LedgerPaths:
 def config_file_path() -> Path:
     """The TOML file in force: `$METACLAW_CONFIG`, else `./metaclaw.toml` (may not exist)."""
     return Path(os.environ.get(CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE))
-

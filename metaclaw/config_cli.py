@@ -18,8 +18,11 @@ from metaclaw.cli_support import console, err_console, load_settings
 from metaclaw.config import config_file_path
 from metaclaw.config_tools import ConfigKeyError, describe, mask_url, set_in_file
 
-app = typer.Typer(help="Show or edit the configuration (metaclaw.toml, METACLAW_* variables).",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Show or edit the configuration (metaclaw.toml, METACLAW_* variables).",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 @app.command()
@@ -43,7 +46,7 @@ def show(
 @app.command("set")
 def set_(
     key: Annotated[str, typer.Argument(help="Dotted key, e.g. training.lora_rank.")],
-    value: Annotated[str, typer.Argument(help="A TOML literal (8, true, [\"a\"]) or text.")],
+    value: Annotated[str, typer.Argument(help='A TOML literal (8, true, ["a"]) or text.')],
 ) -> None:
     """Set KEY to VALUE in the TOML file (validated first; comments are kept)."""
     path = config_file_path()

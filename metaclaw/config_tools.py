@@ -72,7 +72,9 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 _URL = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<userinfo>[^@/?#\s]*@)?", re.I)
 _SECRET_PARAM = re.compile(
     r"(?P<name>[?&;][^=&#\s]*(?:key|token|secret|passw(?:or)?d|pwd|sig|signature|auth|"
-    r"credential|code)[^=&#\s]*=)(?P<value>[^&#\s]*)", re.I)
+    r"credential|code)[^=&#\s]*=)(?P<value>[^&#\s]*)",
+    re.I,
+)
 
 
 def mask_url(text: str) -> str:
@@ -222,7 +224,18 @@ def set_in_file(path: Path, key: str, raw: str) -> str:
 
 
 __all__ = [
-    "ConfigKeyError", "ConfigRow", "canonical_key", "closest_key", "config_snapshot",
-    "describe", "effective", "flatten", "mask", "mask_url", "provenance", "set_in_file",
-    "set_in_toml", "source_layers",
+    "ConfigKeyError",
+    "ConfigRow",
+    "canonical_key",
+    "closest_key",
+    "config_snapshot",
+    "describe",
+    "effective",
+    "flatten",
+    "mask",
+    "mask_url",
+    "provenance",
+    "set_in_file",
+    "set_in_toml",
+    "source_layers",
 ]

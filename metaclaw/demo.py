@@ -50,8 +50,16 @@ class ScriptedUser:
     policy server batches concurrent requests); each question is its own session either way.
     """
 
-    def __init__(self, proxy_url: str, max_tokens: int, temperature: float,
-                 preference: Preference, *, restate: bool = True, parallel: int = 1) -> None:
+    def __init__(
+        self,
+        proxy_url: str,
+        max_tokens: int,
+        temperature: float,
+        preference: Preference,
+        *,
+        restate: bool = True,
+        parallel: int = 1,
+    ) -> None:
         """`temperature`: the training temperature, so the policy's replies are on-policy data
         (turns sampled at another temperature cannot feed an importance-sampling loss)."""
         self.client = httpx.Client(base_url=proxy_url, timeout=600)
@@ -65,12 +73,17 @@ class ScriptedUser:
         resp = self.client.post(
             "/v1/chat/completions",
             headers={"x-session-id": session},
-            json={"model": "metaclaw", "messages": messages, "max_tokens": self.max_tokens,
-                  "temperature": self.temperature},
+            json={
+                "model": "metaclaw",
+                "messages": messages,
+                "max_tokens": self.max_tokens,
+                "temperature": self.temperature,
+            },
         )
         resp.raise_for_status()
         return resp.json()["choices"][0]["message"]["content"] or "", resp.headers[
-            "x-metaclaw-turn-id"]
+            "x-metaclaw-turn-id"
+        ]
 
     def _converse(self, session: str, question: str, teach: bool) -> tuple[str, bool]:
         opening = self.preference.ask(question) if self.restate else question
@@ -78,12 +91,19 @@ class ScriptedUser:
         reply, turn_id = self._chat(session, history)
         ok = self.preference.complies(reply)
         if teach:
-            self.client.post("/v1/feedback", json={
-                "turn_id": turn_id, "value": 1.0 if ok else -1.0,
-                "comment": "followed my preference" if ok else self.preference.correction})
+            self.client.post(
+                "/v1/feedback",
+                json={
+                    "turn_id": turn_id,
+                    "value": 1.0 if ok else -1.0,
+                    "comment": "followed my preference" if ok else self.preference.correction,
+                },
+            )
             if not ok:  # the correction is part of the conversation, as a person would write it
-                history += [{"role": "assistant", "content": reply},
-                            {"role": "user", "content": self.preference.correction}]
+                history += [
+                    {"role": "assistant", "content": reply},
+                    {"role": "user", "content": self.preference.correction},
+                ]
                 self._chat(session, history)
         return reply, ok
 
@@ -92,9 +112,12 @@ class ScriptedUser:
 
         stamp = int(time.time())
         with ThreadPoolExecutor(self.parallel) as pool:
-            done = list(pool.map(lambda iq: self._converse(f"demo-{label}-{iq[0]}-{stamp}",
-                                                          iq[1], teach),
-                                 enumerate(questions)))
+            done = list(
+                pool.map(
+                    lambda iq: self._converse(f"demo-{label}-{iq[0]}-{stamp}", iq[1], teach),
+                    enumerate(questions),
+                )
+            )
         result = Round(label)
         for reply, ok in done:
             result.replies.append(reply)
@@ -125,8 +148,9 @@ def preference(kind: str) -> Preference:
     try:
         return PREFERENCES[kind]
     except KeyError:
-        raise ValueError(f"unknown preference {kind!r}; choose one of "
-                         f"{', '.join(PREFERENCES)}") from None
+        raise ValueError(
+            f"unknown preference {kind!r}; choose one of {', '.join(PREFERENCES)}"
+        ) from None
 
 
 def eval_prompts_jsonl(pref: Preference) -> str:
@@ -143,11 +167,15 @@ def deploy_line(result: Any) -> str:
     """The deploy step's verdict as the pipeline returned it (win rate with its interval)."""
     if not isinstance(result, dict):
         return f"deploy: {result}"
-    line = f"deploy: {result.get('status')} {result.get('checkpoint_id') or ''} — " \
-           f"{result.get('reason')}"
+    line = (
+        f"deploy: {result.get('status')} {result.get('checkpoint_id') or ''} — "
+        f"{result.get('reason')}"
+    )
     if result.get("win_rate") is not None:
-        line += (f" (win rate {result['win_rate']:.2f}, interval [{result['low']:.2f}, "
-                 f"{result['high']:.2f}] over {result['pairs']} pairs)")
+        line += (
+            f" (win rate {result['win_rate']:.2f}, interval [{result['low']:.2f}, "
+            f"{result['high']:.2f}] over {result['pairs']} pairs)"
+        )
     return line
 
 
@@ -155,12 +183,17 @@ def outcome_lines(paths: Any, before: Round, after: Round) -> list[str]:
     """What the run measured, read back from the ledger."""
     from metaclaw.ledger import query
 
-    counts = ", ".join(f"(SELECT count(*) FROM {t})" for t in (
-        "turns", "rewards", "feedback", "diagnoses", "skill_events", "train_steps"))
+    counts = ", ".join(
+        f"(SELECT count(*) FROM {t})"
+        for t in ("turns", "rewards", "feedback", "diagnoses", "skill_events", "train_steps")
+    )
     _, rows = query(paths, f"SELECT {counts}")
     turns, rewards, feedback, diagnoses, skill_events, steps = rows[0]
-    _, latest = query(paths, "SELECT checkpoint_id, status, reason, eval_metrics FROM checkpoints "
-                             "ORDER BY ts DESC LIMIT 1")
+    _, latest = query(
+        paths,
+        "SELECT checkpoint_id, status, reason, eval_metrics FROM checkpoints "
+        "ORDER BY ts DESC LIMIT 1",
+    )
     lines = [
         f"compliance with the preference: before {before.rate:.0%} "
         f"({sum(before.complied)}/{len(before.complied)}), after {after.rate:.0%} "

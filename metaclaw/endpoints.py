@@ -36,9 +36,13 @@ def policy_base_url(settings: Settings) -> str:
 
 def local_policy_endpoint(settings: Settings, role: str = "policy") -> Endpoint:
     """The local policy server as an endpoint for `role` (upstream, judge or critic)."""
-    return Endpoint(role=role, base_url=policy_base_url(settings),
-                    model=settings.policy.model or settings.training.base_model,
-                    api_key=settings.policy.api_key, local_default=True)
+    return Endpoint(
+        role=role,
+        base_url=policy_base_url(settings),
+        model=settings.policy.model or settings.training.base_model,
+        api_key=settings.policy.api_key,
+        local_default=True,
+    )
 
 
 def upstream_endpoint(settings: Settings) -> Endpoint:

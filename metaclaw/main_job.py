@@ -35,8 +35,10 @@ def status_line(settings: Settings) -> str:
         "(SELECT arg_max(checkpoint_id, ts) FILTER (WHERE status = 'promoted') FROM checkpoints)",
     )
     turns, rewards, skills, steps, promoted = rows[0]
-    return (f"turns {turns} · rewards {rewards} · skills {skills} · train steps {steps} · "
-            f"promoted {promoted or 'base model'}")
+    return (
+        f"turns {turns} · rewards {rewards} · skills {skills} · train steps {steps} · "
+        f"promoted {promoted or 'base model'}"
+    )
 
 
 class StatusTicker:
@@ -75,10 +77,13 @@ def run_main_job(settings: Settings, proxy_port: int, prefect_port: int, console
         with console.status(f"starting the Prefect server (SQLite under {paths.prefect}) …"):
             children.append(start_prefect_server(paths, prefect_port))
         if needs_policy_server(settings):
-            with console.status("starting the local policy server (the first start converts "
-                                "the packaged model; about a minute) …"):
-                children.append(start_policy_server(paths, settings.policy.port,
-                                                    host=settings.policy.host))
+            with console.status(
+                "starting the local policy server (the first start converts "
+                "the packaged model; about a minute) …"
+            ):
+                children.append(
+                    start_policy_server(paths, settings.policy.port, host=settings.policy.host)
+                )
         with console.status("starting the proxy …"):
             children.append(start_proxy(paths, proxy_port))
         console.print(f"[bold]proxy[/bold]      http://{settings.proxy.host}:{proxy_port}/v1")

@@ -94,8 +94,12 @@ def _client_kwargs(endpoint: EndpointLike, timeout: float, max_retries: int) -> 
     common: dict[str, Any] = {"api_key": key, "timeout": timeout, "max_retries": max_retries}
     if version is None:
         return {"base_url": endpoint.base_url, **common}
-    return {"azure_endpoint": endpoint.base_url, "azure_deployment": endpoint.model,
-            "api_version": version, **common}
+    return {
+        "azure_endpoint": endpoint.base_url,
+        "azure_deployment": endpoint.model,
+        "api_version": version,
+        **common,
+    }
 
 
 def openai_client(endpoint: EndpointLike, *, timeout: float = 60.0, max_retries: int = 0) -> Any:
@@ -124,8 +128,10 @@ def azure_chat_request(
     """(url, headers) of Azure's chat route, for the proxy's raw httpx upstream call:
     `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=…` with the key
     in an `api-key` header (Azure ignores `Authorization: Bearer` for key auth)."""
-    url = (f"{endpoint.rstrip('/')}/openai/deployments/{quote(deployment, safe='')}"
-           f"/chat/completions?{urlencode({'api-version': api_version})}")
+    url = (
+        f"{endpoint.rstrip('/')}/openai/deployments/{quote(deployment, safe='')}"
+        f"/chat/completions?{urlencode({'api-version': api_version})}"
+    )
     return url, {"api-key": api_key, "content-type": "application/json"}
 
 
@@ -165,7 +171,8 @@ def choose_tinker_base_model(
         return ModelChoice(preferred, False, f"Tinker offers {preferred}")
     if fallback in offered:
         return ModelChoice(
-            fallback, True,
+            fallback,
+            True,
             f"Tinker does not offer {preferred} for training; falling back to {fallback}",
         )
     shown = ", ".join(sorted(offered)[:20]) or "none"

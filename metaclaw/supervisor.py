@@ -115,8 +115,9 @@ def start_prefect_server(paths: LedgerPaths, port: int, timeout: float = 90.0) -
     ]
     env = {**prefect_env(paths.prefect), **prefect_server_guard_env(port)}
     child = Child("prefect server", argv, env, paths.logs / "prefect.log")
-    wait_healthy(f"http://127.0.0.1:{port}/api/health", child, timeout,
-                 lambda r: r.status_code == 200)
+    wait_healthy(
+        f"http://127.0.0.1:{port}/api/health", child, timeout, lambda r: r.status_code == 200
+    )
     return child
 
 

@@ -14,8 +14,7 @@ from metaclaw.deploy.deployer import Assessment, GateOutcome, Prepared, assess, 
 from metaclaw.deploy.reconcile import Reconciliation, reconcile
 
 
-@task(name="reconcile-policy-server", retries=1, retry_delay_seconds=[5],
-      cache_policy=NO_CACHE)
+@task(name="reconcile-policy-server", retries=1, retry_delay_seconds=[5], cache_policy=NO_CACHE)
 def reconcile_policy_server(settings: Settings) -> Reconciliation:
     """Re-send the swap when the running policy server does not serve the promoted checkpoint
     (a refused or lost hot-swap); reports what it found."""
@@ -36,7 +35,8 @@ def evaluate_candidate(settings: Settings, prepared: Prepared) -> Assessment:
 
 
 @task(name="record-decision", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def record_decision(settings: Settings, prepared: Prepared, assessment: Assessment,
-                    actor: str) -> GateOutcome:
+def record_decision(
+    settings: Settings, prepared: Prepared, assessment: Assessment, actor: str
+) -> GateOutcome:
     """Promote (and hot-swap the policy server) or reject; nothing if the world moved on."""
     return record(settings, prepared, assessment, actor=actor)

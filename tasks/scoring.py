@@ -23,8 +23,13 @@ def plan_scoring(settings: Settings, rescore: bool) -> ScorePlan:
     return plan(settings, rescore=rescore)
 
 
-@task(name="score-batch", retries=1, retry_delay_seconds=[5], cache_policy=NO_CACHE,
-      task_run_name="score-batch-{index}")
+@task(
+    name="score-batch",
+    retries=1,
+    retry_delay_seconds=[5],
+    cache_policy=NO_CACHE,
+    task_run_name="score-batch-{index}",
+)
 def score_session_batch(
     settings: Settings, the_plan: ScorePlan, index: int, budget_left: int
 ) -> BatchReport:

@@ -39,7 +39,8 @@ def ensure_skills_writer_limit() -> bool:
             pass
         try:
             client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(name=SKILLS_WRITER_LIMIT, limit=1))
+                GlobalConcurrencyLimitCreate(name=SKILLS_WRITER_LIMIT, limit=1)
+            )
         except ObjectAlreadyExists:
             return False
     return True
@@ -48,9 +49,13 @@ def ensure_skills_writer_limit() -> bool:
 @task(name="find-failures", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
 def find_failures(settings: Settings, critic_model: str, limit: int) -> list[dx.FailureGroup]:
     """Failed turns not yet diagnosed by this critic, grouped per session with trajectories."""
-    return dx.find_failures(settings.paths, threshold=settings.skills.failure_threshold,
-                            critic_model=critic_model,
-                            max_turns=settings.skills.max_turns_per_diagnosis, limit=limit)
+    return dx.find_failures(
+        settings.paths,
+        threshold=settings.skills.failure_threshold,
+        critic_model=critic_model,
+        max_turns=settings.skills.max_turns_per_diagnosis,
+        limit=limit,
+    )
 
 
 @task(name="diagnose-groups", retries=1, retry_delay_seconds=[5], cache_policy=NO_CACHE)
@@ -76,36 +81,43 @@ def refresh_efficacy(settings: Settings) -> dict[str, Any]:
     return {
         "turns": report.turns,
         "stats": [e.row() for e in report.stats],
-        "retired": [{"skill": r.skill.name, "ref": r.skill.ref, "reason": r.reason}
-                    for r in report.retire],
-        "verdicts": [{"skill": v.skill.name, "ref": v.skill.ref, "event": v.event,
-                      "reason": v.reason} for v in report.verdicts],
+        "retired": [
+            {"skill": r.skill.name, "ref": r.skill.ref, "reason": r.reason} for r in report.retire
+        ],
+        "verdicts": [
+            {"skill": v.skill.name, "ref": v.skill.ref, "event": v.event, "reason": v.reason}
+            for v in report.verdicts
+        ],
         "skill_set_version": store.skill_set_version,
     }
 
 
 @task(name="pending-diagnoses", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def pending_clusters(settings: Settings, critic_model: str
-                     ) -> list[list[evolution.PendingDiagnosis]]:
+def pending_clusters(
+    settings: Settings, critic_model: str
+) -> list[list[evolution.PendingDiagnosis]]:
     """Diagnoses this critic has not considered yet, clustered by cause."""
     return ops.pending_clusters(settings, SkillStore.open(settings), critic_model)
 
 
 @task(name="propose-changes", retries=0, cache_policy=NO_CACHE)
-def propose_changes(settings: Settings, clusters: list[list[evolution.PendingDiagnosis]]
-                    ) -> tuple[list[evolution.Proposal], int]:
+def propose_changes(
+    settings: Settings, clusters: list[list[evolution.PendingDiagnosis]]
+) -> tuple[list[evolution.Proposal], int]:
     """The critic's create / revise / merge / none per cluster (and the calls it took)."""
     critic = Critic.from_settings(settings)
     return ops.propose(SkillStore.open(settings), critic, clusters), critic.calls
 
 
 @task(name="commit-skills", retries=0, cache_policy=NO_CACHE)
-def commit_skills(settings: Settings, proposals: list[evolution.Proposal], critic_model: str
-                  ) -> tuple[evolution.Outcome, CommitResult]:
+def commit_skills(
+    settings: Settings, proposals: list[evolution.Proposal], critic_model: str
+) -> tuple[evolution.Outcome, CommitResult]:
     """Validate, deduplicate, intent-scan and commit the proposals as one skill-set version."""
     store = SkillStore.open(settings)
-    outcome, result = ops.apply_proposals(settings, store, proposals, critic_model,
-                                          Critic.from_settings(settings))
+    outcome, result = ops.apply_proposals(
+        settings, store, proposals, critic_model, Critic.from_settings(settings)
+    )
     store.optimize()
     return outcome, result
 

@@ -54,11 +54,14 @@ def train_steps(settings: Settings, max_steps: int | None = None) -> list[dict[s
 @task(name="train-history")
 def train_history(settings: Settings) -> list[dict[str, Any]]:
     """Every step so far (for the reward/loss curve artifact)."""
-    columns, rows = query(settings.paths, """
+    columns, rows = query(
+        settings.paths,
+        """
         SELECT step, metrics->>'status' AS status, CAST(metrics->>'loss' AS DOUBLE) AS loss,
                CAST(metrics->>'reward_mean' AS DOUBLE) AS reward_mean,
                CAST(metrics->>'kl' AS DOUBLE) AS kl, CAST(metrics->>'tokens' AS BIGINT) AS tokens,
                CAST(metrics->>'n_samples' AS BIGINT) AS n_samples,
                metrics->>'checkpoint_id' AS checkpoint_id, ts
-        FROM train_steps ORDER BY step""")
+        FROM train_steps ORDER BY step""",
+    )
     return [dict(zip(columns, row, strict=True)) for row in rows]

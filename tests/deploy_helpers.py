@@ -18,19 +18,31 @@ from metaclaw.ledger import append_rows
 from metaclaw.ledger.records import now_micros
 
 TRAIN_PROMPTS = [f"Question {i}: tell me something." for i in range(8)] + [
-    "The grass is green.", "def add(a, b): return a + b", "Hello! Thanks, that is wrong."]
+    "The grass is green.",
+    "def add(a, b): return a + b",
+    "Hello! Thanks, that is wrong.",
+]
 SYSTEMS = ["Be brief.", "You are a helpful assistant.", "Answer the question."]
-EVAL_QUESTIONS = ["What is the capital of France?", "Say hello.", "What colour is the sky?",
-                  "Name a city.", "How can I help you today?", "Answer in one word, please.",
-                  "What is two plus two?", "Thanks, that works.", "Try again, please.",
-                  "Where is the grass green?"]
+EVAL_QUESTIONS = [
+    "What is the capital of France?",
+    "Say hello.",
+    "What colour is the sky?",
+    "Name a city.",
+    "How can I help you today?",
+    "Answer in one word, please.",
+    "What is two plus two?",
+    "Thanks, that works.",
+    "Try again, please.",
+    "Where is the grass green?",
+]
 LORA_RANK = 4
 # more distinct held-out prompts, for gate runs that need more than a handful of decided prompts
 MANY_QUESTIONS = [f"{q} (case {i})" for i, q in enumerate(EVAL_QUESTIONS * 3)]
 
 
-def train_toward(model_dir: Path, out_dir: Path, name: str, word: str, steps: int = 80,
-                 rank: int = LORA_RANK) -> Path:
+def train_toward(
+    model_dir: Path, out_dir: Path, name: str, word: str, steps: int = 80, rank: int = LORA_RANK
+) -> Path:
     """A LocalBackend checkpoint (state + sampler dir) that answers `word` to anything."""
     from metaclaw.serving.chat import render_prompt
     from metaclaw.training.datums import sft_datum
@@ -63,8 +75,10 @@ def poison_checkpoint(src: Path, dst: Path) -> Path:
 
     copy_checkpoint(src, dst)
     weights = load_file(dst / "adapter_model.safetensors")
-    save_file({k: torch.full_like(v, float("nan")) for k, v in weights.items()},
-              str(dst / "adapter_model.safetensors"))
+    save_file(
+        {k: torch.full_like(v, float("nan")) for k, v in weights.items()},
+        str(dst / "adapter_model.safetensors"),
+    )
     return dst
 
 
@@ -75,19 +89,36 @@ def perturb_checkpoint(src: Path, dst: Path, sigma: float, seed: int) -> Path:
     copy_checkpoint(src, dst)
     weights = load_file(dst / "adapter_model.safetensors")
     gen = torch.Generator().manual_seed(seed)
-    save_file({k: v + sigma * torch.randn(v.shape, generator=gen, dtype=v.dtype)
-               for k, v in weights.items()}, str(dst / "adapter_model.safetensors"))
+    save_file(
+        {
+            k: v + sigma * torch.randn(v.shape, generator=gen, dtype=v.dtype)
+            for k, v in weights.items()
+        },
+        str(dst / "adapter_model.safetensors"),
+    )
     return dst
 
 
-def candidate_row(checkpoint_id: str, path: Path | str, step: int,
-                  metrics: dict[str, Any] | None = None, ts: int | None = None
-                  ) -> dict[str, Any]:
+def candidate_row(
+    checkpoint_id: str,
+    path: Path | str,
+    step: int,
+    metrics: dict[str, Any] | None = None,
+    ts: int | None = None,
+) -> dict[str, Any]:
     """The row the trainer writes for a new candidate (same shape as Trainer._append_candidate)."""
     summary = {"loss": 0.5, "kl": 0.001, "reward_mean": 0.5, **(metrics or {})}
-    return {"event_id": f"cand-{checkpoint_id}", "checkpoint_id": checkpoint_id, "step": step,
-            "backend": "local", "path": str(path), "status": "candidate", "eval_metrics": None,
-            "reason": f"trained: {json.dumps(summary)}", "ts": ts or now_micros()}
+    return {
+        "event_id": f"cand-{checkpoint_id}",
+        "checkpoint_id": checkpoint_id,
+        "step": step,
+        "backend": "local",
+        "path": str(path),
+        "status": "candidate",
+        "eval_metrics": None,
+        "reason": f"trained: {json.dumps(summary)}",
+        "ts": ts or now_micros(),
+    }
 
 
 def add_candidates(paths: LedgerPaths, *rows: dict[str, Any]) -> None:
@@ -109,9 +140,15 @@ def eval_turn_ids(settings: Settings, n: int, *, held_out: bool = True) -> list[
     return out
 
 
-def seed_turns(paths: LedgerPaths, turn_ids: list[str], questions: list[str] | None = None,
-               reward: float | None = 1.0, start: int | None = None,
-               session: str | None = None, injected_text: str | None = None) -> None:
+def seed_turns(
+    paths: LedgerPaths,
+    turn_ids: list[str],
+    questions: list[str] | None = None,
+    reward: float | None = 1.0,
+    start: int | None = None,
+    session: str | None = None,
+    injected_text: str | None = None,
+) -> None:
     """Completed user turns (one question each) with explicit feedback as their reward, each in
     its own session (`session_of`) unless `session` is given."""
     questions = questions or EVAL_QUESTIONS
@@ -119,31 +156,62 @@ def seed_turns(paths: LedgerPaths, turn_ids: list[str], questions: list[str] | N
     turns, feedback = [], []
     for i, tid in enumerate(turn_ids):
         q = questions[i % len(questions)]
-        request = {"model": "m", "messages": [{"role": "system", "content": "Be brief."},
-                                              {"role": "user", "content": q}]}
-        turns.append({"turn_id": tid, "session_id": session or session_of(tid), "turn_index": i,
-                      "ts_start": ts + i, "ts_end": ts + i + 5, "client": "openai",
-                      "endpoint": "/v1/chat/completions", "request": json.dumps(request),
-                      "served_by": "upstream", "completion_text": "ok", "status": "ok",
-                      "http_status": 200, "source": "live", "injected_text": injected_text})
+        request = {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": q},
+            ],
+        }
+        turns.append(
+            {
+                "turn_id": tid,
+                "session_id": session or session_of(tid),
+                "turn_index": i,
+                "ts_start": ts + i,
+                "ts_end": ts + i + 5,
+                "client": "openai",
+                "endpoint": "/v1/chat/completions",
+                "request": json.dumps(request),
+                "served_by": "upstream",
+                "completion_text": "ok",
+                "status": "ok",
+                "http_status": 200,
+                "source": "live",
+                "injected_text": injected_text,
+            }
+        )
         if reward is not None:
-            feedback.append({"feedback_id": uuid.uuid4().hex, "turn_id": tid, "value": reward,
-                             "ts": ts + i + 10})
+            feedback.append(
+                {
+                    "feedback_id": uuid.uuid4().hex,
+                    "turn_id": tid,
+                    "value": reward,
+                    "ts": ts + i + 10,
+                }
+            )
     append_rows(paths.wal, "turns", turns)
     if feedback:
         append_rows(paths.wal, "feedback", feedback)
 
 
-def deploy_settings(home: Path, model_dir: Path, judge_url: str | None, policy_port: int,
-                    **deploy: Any) -> Settings:
+def deploy_settings(
+    home: Path, model_dir: Path, judge_url: str | None, policy_port: int, **deploy: Any
+) -> Settings:
     judge = {"base_url": judge_url, "model": "stub-pairwise"} if judge_url else {}
     return Settings(
         home=home,
         training={"base_model": str(model_dir), "lora_rank": LORA_RANK, "device": "cpu"},
         judge={**judge, "timeout_s": 30, "retries": 0},
         policy={"port": policy_port, "model": str(model_dir)},
-        deploy={"max_new_tokens": 12, "min_eval_prompts": 6, "eval_size": 10,
-                "eval_fraction": 0.5, "max_kl": 1000.0, **deploy},
+        deploy={
+            "max_new_tokens": 12,
+            "min_eval_prompts": 6,
+            "eval_size": 10,
+            "eval_fraction": 0.5,
+            "max_kl": 1000.0,
+            **deploy,
+        },
     )
 
 
@@ -153,9 +221,14 @@ def statuses(paths: LedgerPaths) -> dict[str, str]:
     return {cid: c.status for cid, c in read_book(paths).checkpoints.items()}
 
 
-def aa_sequence(settings: Settings, promoted: Path, root: Path, n: int,
-                sigmas: tuple[float, ...] = (0.0, 0.003, 0.01, 0.03),
-                first_step: int = 100) -> list[Any]:
+def aa_sequence(
+    settings: Settings,
+    promoted: Path,
+    root: Path,
+    n: int,
+    sigmas: tuple[float, ...] = (0.0, 0.003, 0.01, 0.03),
+    first_step: int = 100,
+) -> list[Any]:
     """A/A through the real gate: `n` candidates that are the promoted weights plus a no-op
     (σ = 0) or noise-level update (N(0, σ²) on every adapter weight, σ cycling through `sigmas`),
     each registered as the trainer would and judged by `deployer.run_gate`. Returns the

@@ -58,8 +58,9 @@ class Reference:
         self.model = model
 
     @torch.inference_mode()
-    def logprobs(self, prompt: list[int], completion: list[int], temperature: float = 1.0
-                 ) -> list[float]:
+    def logprobs(
+        self, prompt: list[int], completion: list[int], temperature: float = 1.0
+    ) -> list[float]:
         ids = torch.tensor([prompt + completion])
         logits = self.model(input_ids=ids).logits[0].float()
         scale = temperature if temperature > 0 else 1.0
@@ -74,8 +75,9 @@ class Reference:
         return [float(logp[i - 1, t]) for i, t in enumerate(prompt) if i > 0]
 
 
-async def generate(engine: PolicyEngine, prompt: list[int], timeout_s: float = 60,
-                   **params: Any) -> Result:
+async def generate(
+    engine: PolicyEngine, prompt: list[int], timeout_s: float = 60, **params: Any
+) -> Result:
     req = engine.submit(prompt, SamplingParams(**params), stream=False, timeout_s=timeout_s)
     return await collect(req)
 

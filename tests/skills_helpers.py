@@ -56,15 +56,23 @@ SKILLS: dict[str, tuple[str, str, str]] = {
 
 def skills_settings(home: Path, **overrides: Any) -> Settings:
     """Settings for a temp home with the shared embedding cache (no env, no TOML file)."""
-    skills = {"embeddings_dir": EMBEDDINGS, "refresh_interval_s": 0.0,
-              **overrides.pop("skills", {})}
+    skills = {
+        "embeddings_dir": EMBEDDINGS,
+        "refresh_interval_s": 0.0,
+        **overrides.pop("skills", {}),
+    }
     return Settings(home=home, skills=skills, _env_file=None, **overrides)
 
 
 def make_skill(name: str, **changes: Any) -> Skill:
     description, when, instructions = SKILLS[name]
-    fields = {"name": name, "description": description, "when_to_use": when,
-              "instructions": instructions, **changes}
+    fields = {
+        "name": name,
+        "description": description,
+        "when_to_use": when,
+        "instructions": instructions,
+        **changes,
+    }
     return validate(Skill(**fields))
 
 
@@ -72,31 +80,69 @@ def turn_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-def seed_turn(paths: Any, *, session: str, index: int, user: str, reply: str,
-              history: list[dict[str, Any]] | None = None, injected: list[str] | None = None,
-              tool_calls: list[dict[str, Any]] | None = None, ts: int | None = None,
-              skill_set_version: int | None = None) -> tuple[str, list[dict[str, Any]]]:
+def seed_turn(
+    paths: Any,
+    *,
+    session: str,
+    index: int,
+    user: str,
+    reply: str,
+    history: list[dict[str, Any]] | None = None,
+    injected: list[str] | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
+    ts: int | None = None,
+    skill_set_version: int | None = None,
+) -> tuple[str, list[dict[str, Any]]]:
     """One OpenAI-style turn in the ledger; returns its id and the conversation after it."""
     messages = [*(history or []), {"role": "user", "content": user}]
     tid = turn_id(f"{session}/{index}/{user}")
-    append_rows(paths.wal, "turns", [{
-        "turn_id": tid, "session_id": session, "turn_index": index,
-        "ts_start": ts or now_micros(), "ts_end": ts or now_micros(), "client": "openai",
-        "endpoint": "/v1/chat/completions",
-        "request": {"model": "m", "messages": messages},
-        "injected_skills": injected or [], "skill_set_version": skill_set_version,
-        "served_by": "upstream", "model": "m", "completion_text": reply,
-        "tool_calls": tool_calls, "finish_reason": "tool_calls" if tool_calls else "stop",
-        "status": "ok", "source": "live",
-    }])
-    after = [*messages, {"role": "assistant", "content": reply,
-                         **({"tool_calls": tool_calls} if tool_calls else {})}]
+    append_rows(
+        paths.wal,
+        "turns",
+        [
+            {
+                "turn_id": tid,
+                "session_id": session,
+                "turn_index": index,
+                "ts_start": ts or now_micros(),
+                "ts_end": ts or now_micros(),
+                "client": "openai",
+                "endpoint": "/v1/chat/completions",
+                "request": {"model": "m", "messages": messages},
+                "injected_skills": injected or [],
+                "skill_set_version": skill_set_version,
+                "served_by": "upstream",
+                "model": "m",
+                "completion_text": reply,
+                "tool_calls": tool_calls,
+                "finish_reason": "tool_calls" if tool_calls else "stop",
+                "status": "ok",
+                "source": "live",
+            }
+        ],
+    )
+    after = [
+        *messages,
+        {
+            "role": "assistant",
+            "content": reply,
+            **({"tool_calls": tool_calls} if tool_calls else {}),
+        },
+    ]
     return tid, after
 
 
 def seed_feedback(paths: Any, turn: str, value: float) -> None:
     """Explicit feedback on a turn: `turn_rewards.reward` = value (explicit ranks first)."""
-    append_rows(paths.wal, "feedback", [{
-        "feedback_id": turn_id(f"fb/{turn}/{value}"), "turn_id": turn, "value": value,
-        "ts": now_micros(),
-    }])
+    append_rows(
+        paths.wal,
+        "feedback",
+        [
+            {
+                "feedback_id": turn_id(f"fb/{turn}/{value}"),
+                "turn_id": turn,
+                "value": value,
+                "ts": now_micros(),
+            }
+        ],
+    )

@@ -26,15 +26,23 @@ _JUDGED = [
     ("What is 12*12?", "12*12 = 124.", "wrong, it's 144"),
 ]
 _DIAGNOSED = [
-    ("Answer in metric units: how tall is Everest?", "Everest is 29,032 feet tall.",
-     "no, I said metric units"),
+    (
+        "Answer in metric units: how tall is Everest?",
+        "Everest is 29,032 feet tall.",
+        "no, I said metric units",
+    ),
     ("Always end with 'Cheers'. What is 2+2?", "2+2 is 4.", "you forgot the sign-off"),
-    ("Summarise this in one sentence: the meeting moved to Friday because the room was booked.",
-     "The meeting, which was originally planned, has been moved to a different day of the "
-     "week, namely Friday, for the reason that the room had already been booked by others.",
-     "too long"),
-    ("Read config.yaml and tell me the port.", "The port is 8080.",
-     "that's wrong, you never opened the file"),
+    (
+        "Summarise this in one sentence: the meeting moved to Friday because the room was booked.",
+        "The meeting, which was originally planned, has been moved to a different day of the "
+        "week, namely Friday, for the reason that the room had already been booked by others.",
+        "too long",
+    ),
+    (
+        "Read config.yaml and tell me the port.",
+        "The port is 8080.",
+        "that's wrong, you never opened the file",
+    ),
 ]
 
 
@@ -50,12 +58,19 @@ class StructuredPrompt:
 def judge_prompts() -> list[StructuredPrompt]:
     out = []
     for question, reply, after in _JUDGED:
-        user = (f"## Conversation so far\n[user] {question}\n\n## Assistant turn under review\n"
-                f"[assistant] {reply}\n\n## What happened next\n[user] {after}\n\nWas the "
-                "assistant turn under review correct and helpful? End with the two lines "
-                "'Score: …' and 'Reason: …'.")
-        out.append(StructuredPrompt("judge", [{"role": "system", "content": RUBRIC},
-                                              {"role": "user", "content": user}], None))
+        user = (
+            f"## Conversation so far\n[user] {question}\n\n## Assistant turn under review\n"
+            f"[assistant] {reply}\n\n## What happened next\n[user] {after}\n\nWas the "
+            "assistant turn under review correct and helpful? End with the two lines "
+            "'Score: …' and 'Reason: …'."
+        )
+        out.append(
+            StructuredPrompt(
+                "judge",
+                [{"role": "system", "content": RUBRIC}, {"role": "user", "content": user}],
+                None,
+            )
+        )
     return out
 
 
@@ -63,32 +78,60 @@ def diagnose_prompts() -> list[StructuredPrompt]:
     out = []
     for i, (question, reply, after) in enumerate(_DIAGNOSED):
         turn = f"t{i}"
-        trajectory = (f"--- turn 1 (turn_id {turn}) — FAILED (reward -1.00) ---\n[user] "
-                      f"{question}\n[assistant] {reply}\n\n--- what happened next ---\n"
-                      f"[user] {after}")
-        group = diagnosis.FailureGroup(session_id=f"s{i}", turn_ids=(turn,),
-                                       rewards={turn: -1.0}, trajectory=trajectory,
-                                       queries=(question,))
-        out.append(StructuredPrompt("diagnose", _chat(diagnosis.SYSTEM_PROMPT,
-                                                      diagnosis.user_prompt(group)),
-                                    diagnosis.DiagnosisAnswer))
+        trajectory = (
+            f"--- turn 1 (turn_id {turn}) — FAILED (reward -1.00) ---\n[user] "
+            f"{question}\n[assistant] {reply}\n\n--- what happened next ---\n"
+            f"[user] {after}"
+        )
+        group = diagnosis.FailureGroup(
+            session_id=f"s{i}",
+            turn_ids=(turn,),
+            rewards={turn: -1.0},
+            trajectory=trajectory,
+            queries=(question,),
+        )
+        out.append(
+            StructuredPrompt(
+                "diagnose",
+                _chat(diagnosis.SYSTEM_PROMPT, diagnosis.user_prompt(group)),
+                diagnosis.DiagnosisAnswer,
+            )
+        )
     return out
 
 
 def evolve_prompts() -> list[StructuredPrompt]:
     pending = [
-        evolution.PendingDiagnosis("d0", "format_error", "The user asked for metric units and "
-                                   "the assistant answered in feet.", "Everest is 29,032 feet",
-                                   ("t0",)),
-        evolution.PendingDiagnosis("d1", "ignored_instruction", "The user asked every answer to "
-                                   "end with 'Cheers' and the reply did not.", "2+2 is 4.",
-                                   ("t1",)),
-        evolution.PendingDiagnosis("d2", "format_error", "The user asked for one short sentence "
-                                   "and the reply was long and wordy.", "too long", ("t2",)),
+        evolution.PendingDiagnosis(
+            "d0",
+            "format_error",
+            "The user asked for metric units and the assistant answered in feet.",
+            "Everest is 29,032 feet",
+            ("t0",),
+        ),
+        evolution.PendingDiagnosis(
+            "d1",
+            "ignored_instruction",
+            "The user asked every answer to end with 'Cheers' and the reply did not.",
+            "2+2 is 4.",
+            ("t1",),
+        ),
+        evolution.PendingDiagnosis(
+            "d2",
+            "format_error",
+            "The user asked for one short sentence and the reply was long and wordy.",
+            "too long",
+            ("t2",),
+        ),
     ]
-    return [StructuredPrompt("evolve", _chat(evolution.SYSTEM_PROMPT,
-                                             evolution.user_prompt([d], [])),
-                             evolution.EvolveAnswer) for d in pending]
+    return [
+        StructuredPrompt(
+            "evolve",
+            _chat(evolution.SYSTEM_PROMPT, evolution.user_prompt([d], [])),
+            evolution.EvolveAnswer,
+        )
+        for d in pending
+    ]
 
 
 def all_prompts() -> list[StructuredPrompt]:
@@ -125,13 +168,16 @@ def request_kwargs(prompt: StructuredPrompt, constrained: bool) -> dict[str, Any
 
     settings = Settings()
     if prompt.schema is None:
-        kw: dict[str, Any] = {"temperature": settings.judge.temperature,
-                              "max_tokens": settings.judge.max_tokens}
+        kw: dict[str, Any] = {
+            "temperature": settings.judge.temperature,
+            "max_tokens": settings.judge.max_tokens,
+        }
         if constrained:
             kw["response_format"] = VOTE_FORMAT
         return kw
     kw = {"temperature": settings.critic.temperature, "max_tokens": settings.critic.max_tokens}
     if constrained:
-        kw["response_format"] = response_format(prompt.schema.model_json_schema(),
-                                                prompt.schema.__name__, kw["max_tokens"])
+        kw["response_format"] = response_format(
+            prompt.schema.model_json_schema(), prompt.schema.__name__, kw["max_tokens"]
+        )
     return kw

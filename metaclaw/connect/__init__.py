@@ -11,6 +11,12 @@ from metaclaw.connect.openclaw import (
 from metaclaw.connect.targets import ProxyTarget, proxy_target
 
 __all__ = [
-    "ConnectResult", "OpenClawConfigError", "ProxyTarget", "connect_openclaw",
-    "openclaw_config_path", "plan_openclaw", "proxy_target", "undo_openclaw",
+    "ConnectResult",
+    "OpenClawConfigError",
+    "ProxyTarget",
+    "connect_openclaw",
+    "openclaw_config_path",
+    "plan_openclaw",
+    "proxy_target",
+    "undo_openclaw",
 ]

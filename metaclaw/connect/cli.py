@@ -21,8 +21,9 @@ from metaclaw.connect.targets import proxy_target
 
 MASK = "**********"
 
-app = typer.Typer(help="Point an agent at the MetaClaw proxy.", add_completion=False,
-                  invoke_without_command=True)
+app = typer.Typer(
+    help="Point an agent at the MetaClaw proxy.", add_completion=False, invoke_without_command=True
+)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -61,8 +62,10 @@ def generic(
     console.print(f"  export ANTHROPIC_BASE_URL={target.anthropic_base_url}", highlight=False)
     console.print(f"  export ANTHROPIC_API_KEY={key}", highlight=False, markup=False)
     if target.model:
-        console.print(f"model: any name works; the proxy sends upstream.model={target.model!r}",
-                      highlight=False)
+        console.print(
+            f"model: any name works; the proxy sends upstream.model={target.model!r}",
+            highlight=False,
+        )
     console.print("OpenClaw: `metaclaw connect openclaw` writes its config for you.")
 
 
@@ -70,12 +73,17 @@ def generic(
 def openclaw(
     config: Annotated[
         Path | None,
-        typer.Option(help="OpenClaw config file (default: $OPENCLAW_CONFIG_PATH, "
-                     "$OPENCLAW_STATE_DIR/openclaw.json, ~/.openclaw/openclaw.json)."),
+        typer.Option(
+            help="OpenClaw config file (default: $OPENCLAW_CONFIG_PATH, "
+            "$OPENCLAW_STATE_DIR/openclaw.json, ~/.openclaw/openclaw.json)."
+        ),
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Model id OpenClaw sends (default: upstream.model, else "
-                                 "the agent's current model).")
+        str | None,
+        typer.Option(
+            help="Model id OpenClaw sends (default: upstream.model, else "
+            "the agent's current model)."
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the change only.")] = False,
     undo: Annotated[bool, typer.Option("--undo", help="Restore the original file.")] = False,
@@ -88,19 +96,29 @@ def openclaw(
             return
         settings = _settings()
         target = proxy_target(settings)
-        result = connect_openclaw(path, base_url=target.base_url, api_key=target.api_key,
-                                  upstream_model=target.model, model=model, dry_run=dry_run)
+        result = connect_openclaw(
+            path,
+            base_url=target.base_url,
+            api_key=target.api_key,
+            upstream_model=target.model,
+            model=model,
+            dry_run=dry_run,
+        )
     except OpenClawConfigError as exc:
         err_console.print(str(exc), style="red", markup=False, highlight=False)
         raise typer.Exit(2) from None
     if not result.changed:
-        console.print(f"{path} already points at the proxy ({target.base_url}); nothing to do",
-                      highlight=False)
+        console.print(
+            f"{path} already points at the proxy ({target.base_url}); nothing to do",
+            highlight=False,
+        )
         return
     console.print(result.diff, markup=False, highlight=False, end="")
     if dry_run:
         console.print("dry run: nothing written", highlight=False)
         return
-    console.print(f"OpenClaw now uses metaclaw/{result.model} via {target.base_url} "
-                  f"(original kept as {result.backup}; undo: metaclaw connect openclaw --undo)",
-                  highlight=False)
+    console.print(
+        f"OpenClaw now uses metaclaw/{result.model} via {target.base_url} "
+        f"(original kept as {result.backup}; undo: metaclaw connect openclaw --undo)",
+        highlight=False,
+    )

@@ -68,7 +68,7 @@ def _model_entry(config: Mapping[str, Any], ref: str | None) -> Mapping[str, Any
     if not ref or "/" not in ref:
         return {}
     provider, _, model_id = ref.partition("/")
-    entries = (((config.get("models") or {}).get("providers") or {}).get(provider) or {})
+    entries = ((config.get("models") or {}).get("providers") or {}).get(provider) or {}
     for entry in entries.get("models") or []:
         if isinstance(entry, Mapping) and entry.get("id") == model_id:
             return entry
@@ -106,8 +106,12 @@ def plan_openclaw(
     if not isinstance(models, dict):
         raise OpenClawConfigError("openclaw.json: `models` is not an object; fix it first")
     providers = models.setdefault("providers", {})
-    providers[PROVIDER] = {"api": "openai-completions", "baseUrl": base_url, "apiKey": api_key,
-                           "models": [entry]}
+    providers[PROVIDER] = {
+        "api": "openai-completions",
+        "baseUrl": base_url,
+        "apiKey": api_key,
+        "models": [entry],
+    }
     defaults = new.setdefault("agents", {}).setdefault("defaults", {})
     current = defaults.get("model")
     model_cfg = dict(current) if isinstance(current, Mapping) else {}
@@ -159,8 +163,7 @@ def _atomic_write(path: Path, data: bytes, mode_from: Path | None = None) -> Non
     target.parent.mkdir(parents=True, exist_ok=True)
     source = mode_from if mode_from is not None and mode_from.exists() else target
     mode = source.stat().st_mode & 0o7777 if source.exists() else 0o600
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".metaclaw-tmp",
-                               dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".metaclaw-tmp", dir=target.parent)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
@@ -174,18 +177,26 @@ def _atomic_write(path: Path, data: bytes, mode_from: Path | None = None) -> Non
 
 
 def connect_openclaw(
-    path: Path, *, base_url: str, api_key: str, upstream_model: str | None = None,
-    model: str | None = None, dry_run: bool = False,
+    path: Path,
+    *,
+    base_url: str,
+    api_key: str,
+    upstream_model: str | None = None,
+    model: str | None = None,
+    dry_run: bool = False,
 ) -> ConnectResult:
     """Write the provider entry (idempotent); keep the original for `undo_openclaw`."""
     raw, config = _read(path)
     chosen = model or default_model(config, upstream_model)
     new = plan_openclaw(config, base_url=base_url, api_key=api_key, model=chosen)
-    diff = "".join(difflib.unified_diff(
-        _render(_masked(config)).splitlines(keepends=True) if raw is not None else [],
-        _render(_masked(new)).splitlines(keepends=True),
-        fromfile=f"{path} (now)", tofile=f"{path} (connected)",
-    ))
+    diff = "".join(
+        difflib.unified_diff(
+            _render(_masked(config)).splitlines(keepends=True) if raw is not None else [],
+            _render(_masked(new)).splitlines(keepends=True),
+            fromfile=f"{path} (now)",
+            tofile=f"{path} (connected)",
+        )
+    )
     if new == config:
         return ConnectResult(path, False, "", None, chosen)
     if dry_run:

@@ -33,5 +33,6 @@ def proxy_target(settings: Settings) -> ProxyTarget:
         host = f"[{host}]"
     keys = settings.proxy.api_keys
     key = keys[0].get_secret_value() if keys else NO_AUTH_KEY
-    return ProxyTarget(f"http://{host}:{settings.proxy.port}/v1", key, bool(keys),
-                       settings.upstream.model)
+    return ProxyTarget(
+        f"http://{host}:{settings.proxy.port}/v1", key, bool(keys), settings.upstream.model
+    )

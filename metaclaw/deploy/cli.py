@@ -20,8 +20,11 @@ from rich.table import Table
 
 from metaclaw.config import Settings
 
-app = typer.Typer(help="Checkpoints: list, promote, roll back, evaluate.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(
+    help="Checkpoints: list, promote, roll back, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -52,10 +55,12 @@ def _notice(change: Any) -> None:
     notice = change.notice
     if notice is None:
         return
-    color = {"swapped": "green", "skipped": "cyan", "unreachable": "yellow"}.get(notice.status,
-                                                                               "red")
-    console.print(f"policy server: [{color}]{notice.status}[/{color}] — {notice.detail}",
-                  highlight=False)
+    color = {"swapped": "green", "skipped": "cyan", "unreachable": "yellow"}.get(
+        notice.status, "red"
+    )
+    console.print(
+        f"policy server: [{color}]{notice.status}[/{color}] — {notice.detail}", highlight=False
+    )
 
 
 def _errors() -> tuple[type[Exception], ...]:
@@ -74,30 +79,60 @@ def list_(
     from metaclaw.deploy.store import read_book
 
     book = read_book(_settings().paths)
-    ckpts = sorted(book.checkpoints.values(), key=lambda c: (c.step or 0, c.created.ts),
-                   reverse=True)[:limit]
-    records = [{"checkpoint_id": c.checkpoint_id, "step": c.step, "backend": c.backend,
-                "status": c.status, "path": c.path, "win": _win(c.evaluation),
-                "reason": c.latest.reason, "actor": c.latest.actor,
-                "updated": _when(c.latest.ts)} for c in ckpts]
+    ckpts = sorted(
+        book.checkpoints.values(), key=lambda c: (c.step or 0, c.created.ts), reverse=True
+    )[:limit]
+    records = [
+        {
+            "checkpoint_id": c.checkpoint_id,
+            "step": c.step,
+            "backend": c.backend,
+            "status": c.status,
+            "path": c.path,
+            "win": _win(c.evaluation),
+            "reason": c.latest.reason,
+            "actor": c.latest.actor,
+            "updated": _when(c.latest.ts),
+        }
+        for c in ckpts
+    ]
     if as_json:
         sys.stdout.write(json.dumps(records) + "\n")
         return
     if not records:
         console.print("no checkpoints yet (the train flow writes candidates)")
         return
-    table = Table("checkpoint", "step", "status", "win rate [CI]", "by", "updated", "reason",
-                  title=f"checkpoints ({len(book.checkpoints)})")
-    styles = {"promoted": "bold green", "rejected": "red", "rolled_back": "yellow",
-              "candidate": "cyan"}
+    table = Table(
+        "checkpoint",
+        "step",
+        "status",
+        "win rate [CI]",
+        "by",
+        "updated",
+        "reason",
+        title=f"checkpoints ({len(book.checkpoints)})",
+    )
+    styles = {
+        "promoted": "bold green",
+        "rejected": "red",
+        "rolled_back": "yellow",
+        "candidate": "cyan",
+    }
     for r in records:
-        table.add_row(r["checkpoint_id"], str(r["step"] or ""),
-                      f"[{styles.get(r['status'], '')}]{r['status']}[/]", r["win"],
-                      r["actor"] or "", r["updated"], (r["reason"] or "")[:60])
+        table.add_row(
+            r["checkpoint_id"],
+            str(r["step"] or ""),
+            f"[{styles.get(r['status'], '')}]{r['status']}[/]",
+            r["win"],
+            r["actor"] or "",
+            r["updated"],
+            (r["reason"] or "")[:60],
+        )
     console.print(table)
     promoted = book.promoted
-    console.print(f"serving: [bold]{promoted.checkpoint_id if promoted else 'the base model'}"
-                  "[/bold]")
+    console.print(
+        f"serving: [bold]{promoted.checkpoint_id if promoted else 'the base model'}[/bold]"
+    )
 
 
 @app.command()
@@ -112,27 +147,51 @@ def show(
         ckpt = read_book(_settings().paths).get(checkpoint_id)
     except _errors() as exc:
         raise _fail(str(exc)) from None
-    history = [{"status": e.status, "when": _when(e.ts), "actor": e.actor, "reason": e.reason,
-                "previous": e.previous_checkpoint_id} for e in ckpt.events]
+    history = [
+        {
+            "status": e.status,
+            "when": _when(e.ts),
+            "actor": e.actor,
+            "reason": e.reason,
+            "previous": e.previous_checkpoint_id,
+        }
+        for e in ckpt.events
+    ]
     if as_json:
-        sys.stdout.write(json.dumps({"checkpoint_id": ckpt.checkpoint_id, "path": ckpt.path,
-                                     "history": history, "evaluation": ckpt.evaluation}) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "checkpoint_id": ckpt.checkpoint_id,
+                    "path": ckpt.path,
+                    "history": history,
+                    "evaluation": ckpt.evaluation,
+                }
+            )
+            + "\n"
+        )
         return
-    console.print(f"[bold]{ckpt.checkpoint_id}[/bold] step {ckpt.step} ({ckpt.backend}) "
-                  f"{ckpt.path}", highlight=False)
+    console.print(
+        f"[bold]{ckpt.checkpoint_id}[/bold] step {ckpt.step} ({ckpt.backend}) {ckpt.path}",
+        highlight=False,
+    )
     table = Table("when", "status", "by", "reason")
     for h in history:
         table.add_row(h["when"], h["status"], h["actor"] or "", h["reason"] or "")
     console.print(table)
     evaluation = ckpt.evaluation
     if isinstance(evaluation, dict) and evaluation.get("win"):
-        console.print(f"last evaluation vs {evaluation.get('baseline')}: "
-                      f"{_win(evaluation)} → {evaluation.get('decision')}")
+        console.print(
+            f"last evaluation vs {evaluation.get('baseline')}: "
+            f"{_win(evaluation)} → {evaluation.get('decision')}"
+        )
         test = evaluation.get("test")
         if isinstance(test, dict):
-            console.print(f"  sign test: {test['wins']} prompts won, {test['losses']} lost, "
-                          f"{test['ties']} tied; p={test['p_value']:.3g} vs "
-                          f"α_{test['k']}={test['alpha_k']:.3g}", highlight=False)
+            console.print(
+                f"  sign test: {test['wins']} prompts won, {test['losses']} lost, "
+                f"{test['ties']} tied; p={test['p_value']:.3g} vs "
+                f"α_{test['k']}={test['alpha_k']:.3g}",
+                highlight=False,
+            )
         for g in evaluation.get("guards") or []:
             mark = "[red]tripped[/red]" if g.get("tripped") else "ok"
             console.print(f"  guard {g['name']}: {mark} — {g.get('detail')}", highlight=False)
@@ -150,8 +209,7 @@ def promote(
 
     settings = _settings()
     try:
-        change = do_promote(settings, checkpoint_id, actor=cli_actor(), reason=reason,
-                            force=force)
+        change = do_promote(settings, checkpoint_id, actor=cli_actor(), reason=reason, force=force)
     except _errors() as exc:
         raise _fail(str(exc)) from None
     console.print(change.message, highlight=False)
@@ -176,8 +234,9 @@ def rollback(
 
 @app.command()
 def evaluate(
-    checkpoint_id: Annotated[str | None, typer.Argument(help="Candidate (default: newest).")]
-    = None,
+    checkpoint_id: Annotated[
+        str | None, typer.Argument(help="Candidate (default: newest).")
+    ] = None,
 ) -> None:
     """Run the gate now: evaluate a candidate and promote or reject it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -185,8 +244,9 @@ def evaluate(
     from metaclaw.deploy.deployer import cli_actor, run_gate
 
     settings = _settings()
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        console=err)
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err
+    )
     tasks: dict[str, Any] = {}
 
     def advance(phase: str, done: int, total: int) -> None:
@@ -200,8 +260,10 @@ def evaluate(
     except _errors() as exc:
         raise _fail(str(exc)) from None
     color = {"promoted": "green", "rejected": "red"}.get(outcome.status, "yellow")
-    console.print(f"[{color}]{outcome.status}[/{color}] {outcome.checkpoint_id or ''}: "
-                  f"{outcome.reason}", highlight=False)
+    console.print(
+        f"[{color}]{outcome.status}[/{color}] {outcome.checkpoint_id or ''}: {outcome.reason}",
+        highlight=False,
+    )
     if outcome.superseded:
         console.print(f"older candidates rejected unevaluated: {', '.join(outcome.superseded)}")
     if outcome.change is not None:

@@ -36,11 +36,13 @@ def check_tinker_path(path: str) -> str:
         raise NotServableError(
             f"{path!r} is not a persistent Tinker checkpoint path (expected "
             "tinker://<run>/sampler_weights/<name>; ephemeral samplers have no path and are "
-            "never promoted)") from None
+            "never promoted)"
+        ) from None
     if parsed.checkpoint_type != "sampler":
         raise NotServableError(
             f"{path!r} is a Tinker {parsed.checkpoint_type} checkpoint; promote the sampler "
-            "weights (save_weights_for_sampler → tinker://…/sampler_weights/…)")
+            "weights (save_weights_for_sampler → tinker://…/sampler_weights/…)"
+        )
     return path
 
 
@@ -58,13 +60,20 @@ def check_local_adapter(path: str, home: Path) -> Path:
 
     directory = local_dir(path, home)
     if not (directory / ADAPTER_CONFIG).is_file() or not (directory / ADAPTER_WEIGHTS).is_file():
-        raise NotServableError(f"{directory} is not a LoRA checkpoint directory (needs "
-                               f"{ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}); was it deleted?")
-    bad = [name for name, tensor in load_file(directory / ADAPTER_WEIGHTS).items()
-           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        raise NotServableError(
+            f"{directory} is not a LoRA checkpoint directory (needs "
+            f"{ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}); was it deleted?"
+        )
+    bad = [
+        name
+        for name, tensor in load_file(directory / ADAPTER_WEIGHTS).items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
     if bad:
-        raise NotServableError(f"{directory} holds non-finite (NaN/inf) weights in "
-                               f"{len(bad)} tensors, e.g. {bad[0]}: a diverged update")
+        raise NotServableError(
+            f"{directory} holds non-finite (NaN/inf) weights in "
+            f"{len(bad)} tensors, e.g. {bad[0]}: a diverged update"
+        )
     return directory
 
 
@@ -81,5 +90,8 @@ def pin_tinker_checkpoint(path: str, rest_client: Any, timeout_s: float) -> None
     """Clear a Tinker checkpoint's TTL so it cannot expire during or after evaluation."""
     from metaclaw.training.tinker_backend import call_with_timeout
 
-    call_with_timeout(lambda: rest_client.set_checkpoint_ttl_from_tinker_path(path, None),
-                      timeout_s, "set_checkpoint_ttl_from_tinker_path")
+    call_with_timeout(
+        lambda: rest_client.set_checkpoint_ttl_from_tinker_path(path, None),
+        timeout_s,
+        "set_checkpoint_ttl_from_tinker_path",
+    )

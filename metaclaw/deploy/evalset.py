@@ -58,8 +58,10 @@ class EvalPrompt:
 
     @property
     def preview(self) -> str:
-        last = next((m for m in reversed(self.messages) if m.get("role") == "user"),
-                    self.messages[-1] if self.messages else {})
+        last = next(
+            (m for m in reversed(self.messages) if m.get("role") == "user"),
+            self.messages[-1] if self.messages else {},
+        )
         content = last.get("content")
         text = content if isinstance(content, str) else json.dumps(content)
         return " ".join((text or "").split())[:120]
@@ -118,10 +120,13 @@ def _ledger_rows(settings: Settings) -> list[tuple[Any, ...]]:
         columns = {row[0] for row in con.execute("DESCRIBE turns").fetchall()}
         # a ledger written before `injected_text` existed has no such column
         injected = "t.injected_text" if "injected_text" in columns else "NULL"
-        sql = LEDGER_SQL.format(split=eval_session_sql(settings, "t.session_id"),
-                                digest=prompt_digest_sql("t.request"),
-                                trained_digest=prompt_digest_sql("tt.request"),
-                                injected=injected, limit=cfg.eval_size * 3)
+        sql = LEDGER_SQL.format(
+            split=eval_session_sql(settings, "t.session_id"),
+            digest=prompt_digest_sql("t.request"),
+            trained_digest=prompt_digest_sql("tt.request"),
+            injected=injected,
+            limit=cfg.eval_size * 3,
+        )
         return con.execute(sql).fetchall()
     finally:
         con.close()
@@ -146,8 +151,9 @@ def ledger_prompts(settings: Settings, skipped: dict[str, int]) -> list[EvalProm
             continue
         try:
             request = json.loads(raw)
-            messages = chat_messages(served_request(request, injected,
-                                                    anthropic=client == "anthropic"))
+            messages = chat_messages(
+                served_request(request, injected, anthropic=client == "anthropic")
+            )
         except (ValueError, TypeError, AttributeError):
             skipped["unreadable_request"] = skipped.get("unreadable_request", 0) + 1
             continue
@@ -156,8 +162,9 @@ def ledger_prompts(settings: Settings, skipped: dict[str, int]) -> list[EvalProm
         if key in out:
             skipped["duplicate_prompt"] = skipped.get("duplicate_prompt", 0) + 1
             continue
-        out[key] = EvalPrompt(turn_id, "ledger", messages, tools,
-                              None if reward is None else float(reward))
+        out[key] = EvalPrompt(
+            turn_id, "ledger", messages, tools, None if reward is None else float(reward)
+        )
         if len(out) >= cfg.eval_size:
             break
     return list(out.values())

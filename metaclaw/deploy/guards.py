@@ -50,8 +50,9 @@ class KL:
     tokens: int
 
 
-def kl_estimate(candidate_logprobs: Iterable[Sequence[float]],
-                base_logprobs: Iterable[Sequence[float]]) -> KL:
+def kl_estimate(
+    candidate_logprobs: Iterable[Sequence[float]], base_logprobs: Iterable[Sequence[float]]
+) -> KL:
     """Per-token KL(candidate ‖ base) from logprobs of the candidate's samples under both."""
     k1 = k3 = 0.0
     n = 0
@@ -86,15 +87,19 @@ class PolicyStats:
         return self.degenerate / self.replies if self.replies else 0.0
 
 
-def policy_stats(texts: Sequence[str], tokens: Sequence[Sequence[int]],
-                 logprobs: Sequence[Sequence[float]] | None = None) -> PolicyStats:
+def policy_stats(
+    texts: Sequence[str],
+    tokens: Sequence[Sequence[int]],
+    logprobs: Sequence[Sequence[float]] | None = None,
+) -> PolicyStats:
     n = len(texts)
     bad = sum(1 for lps in logprobs or [] if not all(math.isfinite(v) for v in lps))
     return PolicyStats(
         replies=n,
         mean_tokens=sum(len(t) for t in tokens) / n if n else 0.0,
-        degenerate=sum(1 for text, toks in zip(texts, tokens, strict=True)
-                       if is_degenerate(text, toks)),
+        degenerate=sum(
+            1 for text, toks in zip(texts, tokens, strict=True) if is_degenerate(text, toks)
+        ),
         non_finite_logprobs=bad,
     )
 
@@ -108,13 +113,21 @@ class Guard:
     detail: str
 
 
-def check_guards(cfg: DeploySettings, candidate: PolicyStats, current: PolicyStats,
-                 kl: KL | None, train_metrics: Mapping[str, Any] | None = None) -> list[Guard]:
+def check_guards(
+    cfg: DeploySettings,
+    candidate: PolicyStats,
+    current: PolicyStats,
+    kl: KL | None,
+    train_metrics: Mapping[str, Any] | None = None,
+) -> list[Guard]:
     """Every guard, tripped or not (all are recorded, so a reader sees the margins)."""
     guards: list[Guard] = []
     bad_metrics = sorted(k for k, v in (train_metrics or {}).items() if not _finite(v))
-    non_finite = candidate.non_finite_logprobs > 0 or bad_metrics or (
-        kl is not None and not (math.isfinite(kl.k1) and math.isfinite(kl.k3)))
+    non_finite = (
+        candidate.non_finite_logprobs > 0
+        or bad_metrics
+        or (kl is not None and not (math.isfinite(kl.k1) and math.isfinite(kl.k3)))
+    )
     detail = []
     if candidate.non_finite_logprobs:
         detail.append(f"{candidate.non_finite_logprobs} replies with NaN/inf logprobs")
@@ -122,23 +135,41 @@ def check_guards(cfg: DeploySettings, candidate: PolicyStats, current: PolicySta
         detail.append(f"non-finite training metrics: {', '.join(bad_metrics)}")
     if kl is not None and not math.isfinite(kl.k3):
         detail.append("non-finite KL")
-    guards.append(Guard("non_finite", bool(non_finite), None, None,
-                        "; ".join(detail) or "all finite"))
+    guards.append(
+        Guard("non_finite", bool(non_finite), None, None, "; ".join(detail) or "all finite")
+    )
     if kl is not None:
-        guards.append(Guard("kl_from_base", math.isfinite(kl.k3) and kl.k3 > cfg.max_kl,
-                            kl.k3 if math.isfinite(kl.k3) else None, cfg.max_kl,
-                            f"KL(candidate‖base) {kl.k3:.4g} nats/token over {kl.tokens} tokens "
-                            f"(k1 {kl.k1:.4g})"))
+        guards.append(
+            Guard(
+                "kl_from_base",
+                math.isfinite(kl.k3) and kl.k3 > cfg.max_kl,
+                kl.k3 if math.isfinite(kl.k3) else None,
+                cfg.max_kl,
+                f"KL(candidate‖base) {kl.k3:.4g} nats/token over {kl.tokens} tokens "
+                f"(k1 {kl.k1:.4g})",
+            )
+        )
     share, cur_share = candidate.degenerate_share, current.degenerate_share
-    guards.append(Guard("degenerate", share > cfg.max_degenerate_fraction and share > cur_share,
-                        share, cfg.max_degenerate_fraction,
-                        f"{candidate.degenerate}/{candidate.replies} empty or looping replies "
-                        f"(current policy: {current.degenerate}/{current.replies})"))
+    guards.append(
+        Guard(
+            "degenerate",
+            share > cfg.max_degenerate_fraction and share > cur_share,
+            share,
+            cfg.max_degenerate_fraction,
+            f"{candidate.degenerate}/{candidate.replies} empty or looping replies "
+            f"(current policy: {current.degenerate}/{current.replies})",
+        )
+    )
     ratio = candidate.mean_tokens / max(current.mean_tokens, 1.0)
-    guards.append(Guard("length_blowup", ratio > cfg.max_length_ratio, ratio,
-                        cfg.max_length_ratio,
-                        f"mean reply {candidate.mean_tokens:.1f} tokens vs current "
-                        f"{current.mean_tokens:.1f}"))
+    guards.append(
+        Guard(
+            "length_blowup",
+            ratio > cfg.max_length_ratio,
+            ratio,
+            cfg.max_length_ratio,
+            f"mean reply {candidate.mean_tokens:.1f} tokens vs current {current.mean_tokens:.1f}",
+        )
+    )
     return guards
 
 
@@ -155,8 +186,13 @@ class Decision:
         return [g for g in self.guards if g.tripped]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"promote": self.promote, "reason": self.reason, "win": asdict(self.win),
-                "test": asdict(self.test), "guards": [asdict(g) for g in self.guards]}
+        return {
+            "promote": self.promote,
+            "reason": self.reason,
+            "win": asdict(self.win),
+            "test": asdict(self.test),
+            "guards": [asdict(g) for g in self.guards],
+        }
 
 
 def decide(win: WinRate, test: SignTest, guards: list[Guard]) -> Decision:
@@ -168,10 +204,12 @@ def decide(win: WinRate, test: SignTest, guards: list[Guard]) -> Decision:
         return Decision(False, f"guard tripped: {names}", win, test, guards)
     if win.n == 0:
         return Decision(False, "no pair got a valid verdict from the judge", win, test, guards)
-    summary = (f"{test.wins} prompts won, {test.losses} lost, {test.ties} tied; sign test "
-               f"p={test.p_value:.3g} vs α_{test.k}={test.alpha_k:.3g} (decision {test.k} "
-               f"against this policy, α={test.alpha:g}); win rate {win.win_rate:.3f} "
-               f"[{win.low:.3f}, {win.high:.3f}]")
+    summary = (
+        f"{test.wins} prompts won, {test.losses} lost, {test.ties} tied; sign test "
+        f"p={test.p_value:.3g} vs α_{test.k}={test.alpha_k:.3g} (decision {test.k} "
+        f"against this policy, α={test.alpha:g}); win rate {win.win_rate:.3f} "
+        f"[{win.low:.3f}, {win.high:.3f}]"
+    )
     if not test.significant:
         return Decision(False, f"{summary}: not significantly better", win, test, guards)
     return Decision(True, f"{summary}: significantly better", win, test, guards)

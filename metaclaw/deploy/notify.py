@@ -58,11 +58,16 @@ def served_adapter(settings: Settings) -> Served:
     """Ask the running policy server which adapter new requests get."""
     url = admin_url(settings)
     try:
-        resp = httpx.get(url, headers=admin_headers(settings),
-                         timeout=settings.deploy.notify_timeout_s, trust_env=False)
+        resp = httpx.get(
+            url,
+            headers=admin_headers(settings),
+            timeout=settings.deploy.notify_timeout_s,
+            trust_env=False,
+        )
     except httpx.HTTPError as exc:
-        return Served(error=f"policy server at {url} not reachable ({type(exc).__name__})",
-                      reachable=False)
+        return Served(
+            error=f"policy server at {url} not reachable ({type(exc).__name__})", reachable=False
+        )
     try:
         body = resp.json()
         if resp.status_code == 200:
@@ -73,23 +78,32 @@ def served_adapter(settings: Settings) -> Served:
     return Served(error=f"GET {url} answered {resp.status_code}: {message}")
 
 
-def notify_policy_server(settings: Settings, checkpoint_id: str | None,
-                         path: str | None) -> SwapNotice:
+def notify_policy_server(
+    settings: Settings, checkpoint_id: str | None, path: str | None
+) -> SwapNotice:
     """Ask the policy server to serve (checkpoint_id, path); (None, None) = the base model."""
     if is_tinker(path):
-        return SwapNotice("skipped", f"{checkpoint_id} lives on Tinker; the local policy server "
-                          "does not serve it")
+        return SwapNotice(
+            "skipped", f"{checkpoint_id} lives on Tinker; the local policy server does not serve it"
+        )
     url = admin_url(settings)
     started = time.monotonic()
     try:
-        resp = httpx.post(url, json={"checkpoint_id": checkpoint_id, "path": path},
-                          headers=admin_headers(settings),
-                          timeout=settings.deploy.notify_timeout_s,
-                          trust_env=False)
+        resp = httpx.post(
+            url,
+            json={"checkpoint_id": checkpoint_id, "path": path},
+            headers=admin_headers(settings),
+            timeout=settings.deploy.notify_timeout_s,
+            trust_env=False,
+        )
     except httpx.HTTPError as exc:
-        return SwapNotice("unreachable", f"policy server at {url} not reachable "
-                          f"({type(exc).__name__}); it loads the promoted checkpoint at its "
-                          "next start", time.monotonic() - started)
+        return SwapNotice(
+            "unreachable",
+            f"policy server at {url} not reachable "
+            f"({type(exc).__name__}); it loads the promoted checkpoint at its "
+            "next start",
+            time.monotonic() - started,
+        )
     elapsed = time.monotonic() - started
     if resp.status_code == 200:
         served = checkpoint_id or "the base model"
@@ -98,5 +112,6 @@ def notify_policy_server(settings: Settings, checkpoint_id: str | None,
         message = resp.json()["error"]["message"]
     except (ValueError, KeyError, TypeError):
         message = resp.text[:300]
-    return SwapNotice("refused", f"policy server refused the swap ({resp.status_code}): "
-                      f"{message}", elapsed)
+    return SwapNotice(
+        "refused", f"policy server refused the swap ({resp.status_code}): {message}", elapsed
+    )

@@ -84,10 +84,12 @@ def render_conversation(messages: Sequence[dict[str, Any]]) -> str:
 
 
 def build_messages(conversation: str, reply_a: str, reply_b: str) -> list[dict[str, str]]:
-    user = (f"## Conversation\n{conversation}\n\n"
-            f"## Candidate replies\n{A_BEGIN}\n{_defang(_cut(reply_a, MAX_REPLY_CHARS))}\n{A_END}\n"
-            f"\n{B_BEGIN}\n{_defang(_cut(reply_b, MAX_REPLY_CHARS))}\n{B_END}\n\n"
-            "Which reply is better? End with the Winner line.")
+    user = (
+        f"## Conversation\n{conversation}\n\n"
+        f"## Candidate replies\n{A_BEGIN}\n{_defang(_cut(reply_a, MAX_REPLY_CHARS))}\n{A_END}\n"
+        f"\n{B_BEGIN}\n{_defang(_cut(reply_b, MAX_REPLY_CHARS))}\n{B_END}\n\n"
+        "Which reply is better? End with the Winner line."
+    )
     return [{"role": "system", "content": RUBRIC}, {"role": "user", "content": user}]
 
 
@@ -124,15 +126,29 @@ class JudgeStats:
 class PairwiseJudge:
     """Asks an OpenAI-compatible judge for pairwise verdicts (bounded concurrency, SDK retries)."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None, *, temperature: float,
-                 max_tokens: int, concurrency: int, timeout_s: float, retries: int) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None,
+        *,
+        temperature: float,
+        max_tokens: int,
+        concurrency: int,
+        timeout_s: float,
+        retries: int,
+    ) -> None:
         self.model = model
         self.base_url = base_url
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.stats = JudgeStats()
-        self._client_kw = {"base_url": base_url, "api_key": api_key or PLACEHOLDER_KEY,
-                           "timeout": timeout_s, "max_retries": retries}
+        self._client_kw = {
+            "base_url": base_url,
+            "api_key": api_key or PLACEHOLDER_KEY,
+            "timeout": timeout_s,
+            "max_retries": retries,
+        }
         self._concurrency = concurrency
         # made inside the event loop that uses them (each evaluation runs its own loop)
         self._client: openai.AsyncOpenAI | None = None
@@ -147,19 +163,31 @@ class PairwiseJudge:
         judge, deploy = settings.judge, settings.deploy
         if deploy.judge_base_url:
             if not deploy.judge_model:
-                raise ValueError("deploy.judge_model is required when deploy.judge_base_url is "
-                                 "set (METACLAW_DEPLOY__JUDGE_MODEL)")
-            base_url, model, secret = (deploy.judge_base_url.rstrip("/"), deploy.judge_model,
-                                       deploy.judge_api_key)
+                raise ValueError(
+                    "deploy.judge_model is required when deploy.judge_base_url is "
+                    "set (METACLAW_DEPLOY__JUDGE_MODEL)"
+                )
+            base_url, model, secret = (
+                deploy.judge_base_url.rstrip("/"),
+                deploy.judge_model,
+                deploy.judge_api_key,
+            )
         else:
             endpoint = judge_endpoint(settings)
             if endpoint is None:
                 return None
             base_url, model, secret = endpoint.base_url, endpoint.model, endpoint.api_key
         key = secret.get_secret_value() if secret else None
-        return cls(base_url, model, key, temperature=deploy.judge_temperature,
-                   max_tokens=deploy.judge_max_tokens, concurrency=judge.concurrency,
-                   timeout_s=judge.timeout_s, retries=judge.retries)
+        return cls(
+            base_url,
+            model,
+            key,
+            temperature=deploy.judge_temperature,
+            max_tokens=deploy.judge_max_tokens,
+            concurrency=judge.concurrency,
+            timeout_s=judge.timeout_s,
+            retries=judge.retries,
+        )
 
     async def verdict(self, conversation: str, reply_a: str, reply_b: str) -> Verdict | None:
         messages = build_messages(conversation, reply_a, reply_b)
@@ -170,24 +198,31 @@ class PairwiseJudge:
             self.stats.calls += 1
             try:
                 resp = await self._client.chat.completions.create(
-                    model=self.model, messages=messages,  # type: ignore[arg-type]
-                    temperature=self.temperature, max_tokens=self.max_tokens)
+                    model=self.model,
+                    messages=messages,  # type: ignore[arg-type]
+                    temperature=self.temperature,
+                    max_tokens=self.max_tokens,
+                )
             except openai.APIError as exc:
                 self.stats.errors.append(f"{type(exc).__name__}: {exc}"[:300])
                 raise JudgeUnavailableError(
                     f"the judge at {self.base_url} (model {self.model}) failed: "
-                    f"{type(exc).__name__}: {str(exc)[:200]}") from None
+                    f"{type(exc).__name__}: {str(exc)[:200]}"
+                ) from None
         text = resp.choices[0].message.content if resp.choices else None
         verdict = parse_verdict(text)
         if verdict is None:
             self.stats.invalid += 1
         return verdict
 
-    async def both_orders(self, conversation: str, candidate: str, current: str
-                          ) -> tuple[Verdict | None, Verdict | None]:
+    async def both_orders(
+        self, conversation: str, candidate: str, current: str
+    ) -> tuple[Verdict | None, Verdict | None]:
         """(verdict with the candidate as A, verdict with the candidate as B)."""
-        first, second = await asyncio.gather(self.verdict(conversation, candidate, current),
-                                             self.verdict(conversation, current, candidate))
+        first, second = await asyncio.gather(
+            self.verdict(conversation, candidate, current),
+            self.verdict(conversation, current, candidate),
+        )
         return first, second
 
     async def close(self) -> None:

@@ -46,30 +46,54 @@ def reconcile(settings: Settings) -> Reconciliation:
     expected = promoted.checkpoint_id if promoted else None
     recorded = promoted.path if promoted else None
     if is_tinker(recorded):
-        return Reconciliation("skipped", expected, None, f"{expected} lives on Tinker; the "
-                              "local policy server does not serve it")
+        return Reconciliation(
+            "skipped",
+            expected,
+            None,
+            f"{expected} lives on Tinker; the local policy server does not serve it",
+        )
     served = served_adapter(settings)
     if not served.reachable:
-        return Reconciliation("unreachable", expected, None, f"{served.error}; it loads "
-                              f"{_label(expected)} at its next start")
+        return Reconciliation(
+            "unreachable",
+            expected,
+            None,
+            f"{served.error}; it loads {_label(expected)} at its next start",
+        )
     if served.error is not None:
-        return Reconciliation("mismatch", expected, None, f"cannot tell what the policy server "
-                              f"serves: {served.error}")
+        return Reconciliation(
+            "mismatch", expected, None, f"cannot tell what the policy server serves: {served.error}"
+        )
     if served.checkpoint_id == expected:
-        return Reconciliation("in_sync", expected, served.checkpoint_id,
-                              f"policy server serves {_label(expected)}, as the ledger says")
-    found = (f"the policy server served {_label(served.checkpoint_id)} while the ledger has "
-             f"{_label(expected)} promoted")
+        return Reconciliation(
+            "in_sync",
+            expected,
+            served.checkpoint_id,
+            f"policy server serves {_label(expected)}, as the ledger says",
+        )
+    found = (
+        f"the policy server served {_label(served.checkpoint_id)} while the ledger has "
+        f"{_label(expected)} promoted"
+    )
     path = None
     if promoted is not None:
         try:
             path = check_servable(recorded, settings.home, promoted.checkpoint_id)
         except NotServableError as exc:
-            return Reconciliation("mismatch", expected, served.checkpoint_id,
-                                  f"{found}; the swap cannot be re-sent: {exc}")
+            return Reconciliation(
+                "mismatch",
+                expected,
+                served.checkpoint_id,
+                f"{found}; the swap cannot be re-sent: {exc}",
+            )
     notice = notify_policy_server(settings, expected, path)
     if notice.status == "swapped":
-        return Reconciliation("resent", expected, served.checkpoint_id,
-                              f"{found}; swap re-sent: {notice.detail}")
-    return Reconciliation("mismatch", expected, served.checkpoint_id,
-                          f"{found}; re-sending the swap failed: {notice.detail}")
+        return Reconciliation(
+            "resent", expected, served.checkpoint_id, f"{found}; swap re-sent: {notice.detail}"
+        )
+    return Reconciliation(
+        "mismatch",
+        expected,
+        served.checkpoint_id,
+        f"{found}; re-sending the swap failed: {notice.detail}",
+    )

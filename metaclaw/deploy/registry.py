@@ -28,7 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CANDIDATE, PROMOTED, SUPERSEDED, REJECTED, ROLLED_BACK = (
-    "candidate", "promoted", "superseded", "rejected", "rolled_back")
+    "candidate",
+    "promoted",
+    "superseded",
+    "rejected",
+    "rolled_back",
+)
 STATUSES = (CANDIDATE, PROMOTED, SUPERSEDED, REJECTED, ROLLED_BACK)
 
 # (from, to) → the actions that may make that change. Anything else is refused.
@@ -58,14 +63,20 @@ def check_transition(checkpoint_id: str, current: str, target: str, action: str)
     if allowed is not None and action in allowed:
         return
     if allowed is not None:
-        hint = (" (re-run with --force to override the gate's verdict)"
-                if "override" in allowed else "")
-        raise TransitionError(f"checkpoint {checkpoint_id} is {current}: {action!r} cannot make "
-                              f"it {target}; only {sorted(allowed)} can{hint}")
-    options = sorted(f"{to} (by {', '.join(sorted(a))})" for (fr, to), a in TRANSITIONS.items()
-                     if fr == current)
-    raise TransitionError(f"checkpoint {checkpoint_id} is {current} and cannot become {target}; "
-                          f"from {current} it can become: {', '.join(options) or 'nothing'}")
+        hint = (
+            " (re-run with --force to override the gate's verdict)" if "override" in allowed else ""
+        )
+        raise TransitionError(
+            f"checkpoint {checkpoint_id} is {current}: {action!r} cannot make "
+            f"it {target}; only {sorted(allowed)} can{hint}"
+        )
+    options = sorted(
+        f"{to} (by {', '.join(sorted(a))})" for (fr, to), a in TRANSITIONS.items() if fr == current
+    )
+    raise TransitionError(
+        f"checkpoint {checkpoint_id} is {current} and cannot become {target}; "
+        f"from {current} it can become: {', '.join(options) or 'nothing'}"
+    )
 
 
 def event_id(checkpoint_id: str, status: str, seq: int) -> str:
@@ -109,19 +120,32 @@ class Event:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Event:
         return cls(
-            event_id=str(row["event_id"]), checkpoint_id=str(row["checkpoint_id"]),
-            status=str(row["status"]), ts=_micros(row.get("ts")), step=row.get("step"),
-            backend=row.get("backend"), path=row.get("path"),
-            eval_metrics=_json(row.get("eval_metrics")), reason=row.get("reason"),
-            actor=row.get("actor"), previous_checkpoint_id=row.get("previous_checkpoint_id"),
+            event_id=str(row["event_id"]),
+            checkpoint_id=str(row["checkpoint_id"]),
+            status=str(row["status"]),
+            ts=_micros(row.get("ts")),
+            step=row.get("step"),
+            backend=row.get("backend"),
+            path=row.get("path"),
+            eval_metrics=_json(row.get("eval_metrics")),
+            reason=row.get("reason"),
+            actor=row.get("actor"),
+            previous_checkpoint_id=row.get("previous_checkpoint_id"),
         )
 
     def row(self) -> dict[str, Any]:
         return {
-            "event_id": self.event_id, "checkpoint_id": self.checkpoint_id, "step": self.step,
-            "backend": self.backend, "path": self.path, "status": self.status,
-            "eval_metrics": self.eval_metrics, "reason": self.reason, "ts": self.ts,
-            "actor": self.actor, "previous_checkpoint_id": self.previous_checkpoint_id,
+            "event_id": self.event_id,
+            "checkpoint_id": self.checkpoint_id,
+            "step": self.step,
+            "backend": self.backend,
+            "path": self.path,
+            "status": self.status,
+            "eval_metrics": self.eval_metrics,
+            "reason": self.reason,
+            "ts": self.ts,
+            "actor": self.actor,
+            "previous_checkpoint_id": self.previous_checkpoint_id,
         }
 
 
@@ -162,7 +186,7 @@ class Checkpoint:
         for e in self.events:
             if e.status == CANDIDATE and e.reason and e.reason.startswith("trained: "):
                 try:  # json.loads reads NaN/Infinity, which a diverged step may have written
-                    value = json.loads(e.reason[len("trained: "):])
+                    value = json.loads(e.reason[len("trained: ") :])
                 except json.JSONDecodeError:
                     return {}
                 return value if isinstance(value, dict) else {}
@@ -181,8 +205,9 @@ class Book:
     """Every checkpoint's state, replayed from `checkpoints` rows (pure; no I/O)."""
 
     def __init__(self, rows: Iterable[Mapping[str, Any] | Event]) -> None:
-        events = sorted((r if isinstance(r, Event) else Event.from_row(r) for r in rows),
-                        key=_order)
+        events = sorted(
+            (r if isinstance(r, Event) else Event.from_row(r) for r in rows), key=_order
+        )
         seen: set[str] = set()
         self.checkpoints: dict[str, Checkpoint] = {}
         for e in events:
@@ -198,9 +223,11 @@ class Book:
             return self.checkpoints[checkpoint_id]
         except KeyError:
             known = ", ".join(sorted(self.checkpoints)[-5:]) or "none yet"
-            raise UnknownCheckpointError(f"no checkpoint {checkpoint_id!r} in the ledger "
-                                         f"(latest known: {known}; see `metaclaw checkpoints "
-                                         "list`)") from None
+            raise UnknownCheckpointError(
+                f"no checkpoint {checkpoint_id!r} in the ledger "
+                f"(latest known: {known}; see `metaclaw checkpoints "
+                "list`)"
+            ) from None
 
     def with_status(self, status: str) -> list[Checkpoint]:
         """Checkpoints in a state, most recent change first."""
@@ -227,8 +254,12 @@ class Book:
         for ckpt in self.checkpoints.values():
             for e in ckpt.events:
                 m = e.eval_metrics
-                if (e.status in (PROMOTED, REJECTED) and isinstance(m, dict)
-                        and isinstance(m.get("baseline"), str) and m.get("pairs") is not None):
+                if (
+                    e.status in (PROMOTED, REJECTED)
+                    and isinstance(m, dict)
+                    and isinstance(m.get("baseline"), str)
+                    and m.get("pairs") is not None
+                ):
                     counts[m["baseline"]] = counts.get(m["baseline"], 0) + 1
         return counts
 
@@ -256,17 +287,34 @@ class Planner:
     def status(self, checkpoint_id: str) -> str:
         return self._status.get(checkpoint_id) or self.book.get(checkpoint_id).status
 
-    def move(self, checkpoint_id: str, target: str, action: str, reason: str, *,
-             eval_metrics: Any = None, previous: str | None = None) -> None:
+    def move(
+        self,
+        checkpoint_id: str,
+        target: str,
+        action: str,
+        reason: str,
+        *,
+        eval_metrics: Any = None,
+        previous: str | None = None,
+    ) -> None:
         ckpt = self.book.get(checkpoint_id)
         check_transition(checkpoint_id, self.status(checkpoint_id), target, action)
         seq = len(ckpt.events) + self._pending.get(checkpoint_id, 0)
-        self.rows.append(Event(
-            event_id=event_id(checkpoint_id, target, seq), checkpoint_id=checkpoint_id,
-            status=target, ts=self._ts(), step=ckpt.step, backend=ckpt.backend, path=ckpt.path,
-            eval_metrics=eval_metrics, reason=reason, actor=self.actor,
-            previous_checkpoint_id=previous,
-        ).row())
+        self.rows.append(
+            Event(
+                event_id=event_id(checkpoint_id, target, seq),
+                checkpoint_id=checkpoint_id,
+                status=target,
+                ts=self._ts(),
+                step=ckpt.step,
+                backend=ckpt.backend,
+                path=ckpt.path,
+                eval_metrics=eval_metrics,
+                reason=reason,
+                actor=self.actor,
+                previous_checkpoint_id=previous,
+            ).row()
+        )
         self._pending[checkpoint_id] = self._pending.get(checkpoint_id, 0) + 1
         self._status[checkpoint_id] = target
 
@@ -277,8 +325,16 @@ class Planner:
         return sorted(k for k in ids if self.status(k) == PROMOTED)
 
 
-def plan_promote(book: Book, checkpoint_id: str, *, action: str, actor: str, reason: str,
-                 now: int, eval_metrics: Any = None) -> list[dict[str, Any]]:
+def plan_promote(
+    book: Book,
+    checkpoint_id: str,
+    *,
+    action: str,
+    actor: str,
+    reason: str,
+    now: int,
+    eval_metrics: Any = None,
+) -> list[dict[str, Any]]:
     """Rows promoting `checkpoint_id` and superseding whatever is promoted; [] if it already is."""
     planner = Planner(book, actor, now)
     if planner.status(checkpoint_id) == PROMOTED:
@@ -287,13 +343,27 @@ def plan_promote(book: Book, checkpoint_id: str, *, action: str, actor: str, rea
     current = book.promoted
     for other in planner.promoted_now():  # normally one; more only after a torn write
         planner.move(other, SUPERSEDED, "supersede", f"superseded by {checkpoint_id}")
-    planner.move(checkpoint_id, PROMOTED, action, reason, eval_metrics=eval_metrics,
-                 previous=current.checkpoint_id if current else None)
+    planner.move(
+        checkpoint_id,
+        PROMOTED,
+        action,
+        reason,
+        eval_metrics=eval_metrics,
+        previous=current.checkpoint_id if current else None,
+    )
     return planner.rows
 
 
-def plan_reject(book: Book, checkpoint_id: str, *, action: str, actor: str, reason: str,
-                now: int, eval_metrics: Any = None) -> list[dict[str, Any]]:
+def plan_reject(
+    book: Book,
+    checkpoint_id: str,
+    *,
+    action: str,
+    actor: str,
+    reason: str,
+    now: int,
+    eval_metrics: Any = None,
+) -> list[dict[str, Any]]:
     planner = Planner(book, actor, now)
     planner.move(checkpoint_id, REJECTED, action, reason, eval_metrics=eval_metrics)
     return planner.rows
@@ -310,15 +380,22 @@ def plan_rollback(book: Book, *, actor: str, reason: str, now: int) -> RollbackP
     """Roll the promoted checkpoint back and restore the previous promoted one."""
     current = book.promoted
     if current is None:
-        raise TransitionError("nothing is promoted, so there is nothing to roll back "
-                              "(`metaclaw checkpoints list` shows the history)")
+        raise TransitionError(
+            "nothing is promoted, so there is nothing to roll back "
+            "(`metaclaw checkpoints list` shows the history)"
+        )
     planner = Planner(book, actor, now)
     for other in planner.promoted_now():
         planner.move(other, ROLLED_BACK, "rollback", reason)
     previous = book.previous
     if previous is not None:
-        planner.move(previous.checkpoint_id, PROMOTED, "restore",
-                     f"restored by the rollback of {current.checkpoint_id}",
-                     previous=current.checkpoint_id)
-    return RollbackPlan(planner.rows, current.checkpoint_id,
-                        previous.checkpoint_id if previous else None)
+        planner.move(
+            previous.checkpoint_id,
+            PROMOTED,
+            "restore",
+            f"restored by the rollback of {current.checkpoint_id}",
+            previous=current.checkpoint_id,
+        )
+    return RollbackPlan(
+        planner.rows, current.checkpoint_id, previous.checkpoint_id if previous else None
+    )

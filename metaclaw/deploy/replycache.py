@@ -32,8 +32,7 @@ class ReplyCache:
 
     def __init__(self, root: Path, policy: PolicyRef, model: str) -> None:
         self.policy = policy
-        self.identity = {"checkpoint_id": policy.checkpoint_id, "path": policy.path,
-                         "model": model}
+        self.identity = {"checkpoint_id": policy.checkpoint_id, "path": policy.path, "model": model}
         self.file = Path(root) / f"{policy.label}-{_digest(self.identity)[:12]}.json"
         self._entries: dict[str, list[dict[str, Any]]] | None = None
         self._dirty = False
@@ -41,10 +40,18 @@ class ReplyCache:
 
     @staticmethod
     def key(prompt: list[int], n: int, params: types.SamplingParams) -> str:
-        return _digest({"prompt": _digest(prompt), "n": n, "seed": params.seed,
-                        "temperature": params.temperature, "top_p": params.top_p,
-                        "top_k": params.top_k, "max_tokens": params.max_tokens,
-                        "stop": params.stop})
+        return _digest(
+            {
+                "prompt": _digest(prompt),
+                "n": n,
+                "seed": params.seed,
+                "temperature": params.temperature,
+                "top_p": params.top_p,
+                "top_k": params.top_k,
+                "max_tokens": params.max_tokens,
+                "stop": params.stop,
+            }
+        )
 
     def _load(self) -> dict[str, list[dict[str, Any]]]:
         if self._entries is None:
@@ -65,8 +72,9 @@ class ReplyCache:
         return [Reply(list(r["tokens"]), r["text"], r["stop_reason"]) for r in found]
 
     def put(self, key: str, replies: list[Reply]) -> None:
-        self._load()[key] = [{"tokens": r.tokens, "text": r.text, "stop_reason": r.stop_reason}
-                             for r in replies]
+        self._load()[key] = [
+            {"tokens": r.tokens, "text": r.text, "stop_reason": r.stop_reason} for r in replies
+        ]
         self._dirty = True
 
     def save(self) -> None:

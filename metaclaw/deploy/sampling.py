@@ -60,15 +60,17 @@ def prompt_seed(base_seed: int, prompt_id: str) -> int:
 class Sampler(Protocol):
     def tokenizer(self) -> Any: ...
 
-    def sample(self, policy: PolicyRef, prompt: list[int], n: int,
-               params: types.SamplingParams) -> list[Reply]: ...
+    def sample(
+        self, policy: PolicyRef, prompt: list[int], n: int, params: types.SamplingParams
+    ) -> list[Reply]: ...
 
-    def sample_many(self, policy: PolicyRef,
-                    requests: Sequence[tuple[list[int], int, types.SamplingParams]]
-                    ) -> list[list[Reply]]: ...
+    def sample_many(
+        self, policy: PolicyRef, requests: Sequence[tuple[list[int], int, types.SamplingParams]]
+    ) -> list[list[Reply]]: ...
 
-    def logprobs(self, policy: PolicyRef,
-                 pairs: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]: ...
+    def logprobs(
+        self, policy: PolicyRef, pairs: Sequence[tuple[list[int], list[int]]]
+    ) -> list[list[float]]: ...
 
     def close(self) -> None: ...
 
@@ -110,23 +112,27 @@ class BackendSampler:
             self._tokenizer = backend.get_tokenizer()
         return self._tokenizer
 
-    def sample(self, policy: PolicyRef, prompt: list[int], n: int,
-               params: types.SamplingParams) -> list[Reply]:
+    def sample(
+        self, policy: PolicyRef, prompt: list[int], n: int, params: types.SamplingParams
+    ) -> list[Reply]:
         backend = self._use(policy)
         out = backend.sample(types.ModelInput.from_ints(prompt), n, params)
         tok = self.tokenizer()
-        return [Reply(list(s.tokens), _decode(tok, list(s.tokens)), s.stop_reason)
-                for s in out.sequences]
+        return [
+            Reply(list(s.tokens), _decode(tok, list(s.tokens)), s.stop_reason)
+            for s in out.sequences
+        ]
 
-    def sample_many(self, policy: PolicyRef,
-                    requests: Sequence[tuple[list[int], int, types.SamplingParams]]
-                    ) -> list[list[Reply]]:
+    def sample_many(
+        self, policy: PolicyRef, requests: Sequence[tuple[list[int], int, types.SamplingParams]]
+    ) -> list[list[Reply]]:
         """One prompt at a time: the backend decodes a prompt's n samples together, and each
         prompt keeps its own seeded generator (common random numbers need it)."""
         return [self.sample(policy, prompt, n, params) for prompt, n, params in requests]
 
-    def logprobs(self, policy: PolicyRef,
-                 pairs: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
+    def logprobs(
+        self, policy: PolicyRef, pairs: Sequence[tuple[list[int], list[int]]]
+    ) -> list[list[float]]:
         from metaclaw.training.backend import learner_logprobs
         from metaclaw.training.datums import completion_span, sft_datum
 
@@ -138,8 +144,7 @@ class BackendSampler:
             out = backend.forward([sft_datum(*pairs[i]) for i in chunk], "cross_entropy")
             for i, lps in zip(chunk, learner_logprobs(out), strict=True):
                 prompt, completion = pairs[i]
-                result[i] = [float(v) for v in lps[completion_span(len(prompt),
-                                                                   len(completion))]]
+                result[i] = [float(v) for v in lps[completion_span(len(prompt), len(completion))]]
         return result
 
     def close(self) -> None:
@@ -173,7 +178,8 @@ class TinkerSampler:
 
                 kw = {"model_path": check_tinker_path(policy.path or "")}
             self._clients[policy] = self._call(
-                lambda: self.service.create_sampling_client(**kw), "create_sampling_client")
+                lambda: self.service.create_sampling_client(**kw), "create_sampling_client"
+            )
         return self._clients[policy]
 
     def tokenizer(self) -> Any:
@@ -182,35 +188,52 @@ class TinkerSampler:
             self._tokenizer = self._call(client.get_tokenizer, "get_tokenizer")
         return self._tokenizer
 
-    def sample(self, policy: PolicyRef, prompt: list[int], n: int,
-               params: types.SamplingParams) -> list[Reply]:
+    def sample(
+        self, policy: PolicyRef, prompt: list[int], n: int, params: types.SamplingParams
+    ) -> list[Reply]:
         client = self._client(policy)
-        out = self._call(lambda: client.sample(prompt=types.ModelInput.from_ints(prompt),
-                                               num_samples=n, sampling_params=params), "sample")
+        out = self._call(
+            lambda: client.sample(
+                prompt=types.ModelInput.from_ints(prompt), num_samples=n, sampling_params=params
+            ),
+            "sample",
+        )
         tok = self.tokenizer()
-        return [Reply(list(s.tokens), _decode(tok, list(s.tokens)), s.stop_reason)
-                for s in out.sequences]
+        return [
+            Reply(list(s.tokens), _decode(tok, list(s.tokens)), s.stop_reason)
+            for s in out.sequences
+        ]
 
-    def sample_many(self, policy: PolicyRef,
-                    requests: Sequence[tuple[list[int], int, types.SamplingParams]]
-                    ) -> list[list[Reply]]:
+    def sample_many(
+        self, policy: PolicyRef, requests: Sequence[tuple[list[int], int, types.SamplingParams]]
+    ) -> list[list[Reply]]:
         """Every request submitted at once (the SDK returns futures), then collected: one
         round trip of latency for the whole eval set instead of one per prompt."""
         client = self._client(policy)
-        futures = self._call(lambda: [
-            client.sample(prompt=types.ModelInput.from_ints(prompt), num_samples=n,
-                          sampling_params=params) for prompt, n, params in requests],
-            "sample")
+        futures = self._call(
+            lambda: [
+                client.sample(
+                    prompt=types.ModelInput.from_ints(prompt), num_samples=n, sampling_params=params
+                )
+                for prompt, n, params in requests
+            ],
+            "sample",
+        )
         tok = self.tokenizer()
         out = []
         for future in futures:
             done = self._call(lambda f=future: f, "sample")  # waits for the future's result
-            out.append([Reply(list(s.tokens), _decode(tok, list(s.tokens)), s.stop_reason)
-                        for s in done.sequences])
+            out.append(
+                [
+                    Reply(list(s.tokens), _decode(tok, list(s.tokens)), s.stop_reason)
+                    for s in done.sequences
+                ]
+            )
         return out
 
-    def logprobs(self, policy: PolicyRef,
-                 pairs: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
+    def logprobs(
+        self, policy: PolicyRef, pairs: Sequence[tuple[list[int], list[int]]]
+    ) -> list[list[float]]:
         client = self._client(policy)
         result = []
         for prompt, completion in pairs:
@@ -219,8 +242,7 @@ class TinkerSampler:
                 continue
             full = types.ModelInput.from_ints([*prompt, *completion])
             lps = self._call(lambda full=full: client.compute_logprobs(full), "compute_logprobs")
-            result.append([float("nan") if v is None else float(v)
-                           for v in lps[len(prompt):]])
+            result.append([float("nan") if v is None else float(v) for v in lps[len(prompt) :]])
         return result
 
     def close(self) -> None:
@@ -237,8 +259,10 @@ def make_sampler(settings: Settings) -> Sampler:
 
         key = cfg.tinker_api_key.get_secret_value() if cfg.tinker_api_key else None
         if not (key or os.environ.get("TINKER_API_KEY")):
-            raise ValueError("training.backend=tinker needs TINKER_API_KEY to evaluate "
-                             "candidates (or METACLAW_TRAINING__TINKER_API_KEY)")
+            raise ValueError(
+                "training.backend=tinker needs TINKER_API_KEY to evaluate "
+                "candidates (or METACLAW_TRAINING__TINKER_API_KEY)"
+            )
         service = tinker.ServiceClient(base_url=cfg.tinker_base_url, api_key=key)
         return TinkerSampler(service, cfg.base_model, cfg.tinker_timeout_s)
     from metaclaw.training.factory import make_backend

@@ -61,8 +61,10 @@ def eval_session_sql(settings: Settings | DeploySettings, column: str = "session
     # fraction < f  ⇔  int32bits < f·2^32  ⇔  int32bits < ceil(f·2^32) for integers
     if threshold < cfg.eval_fraction * 2**HASH_BITS:
         threshold += 1
-    return (f"(CAST(('0x' || substr(sha256('{salt}:' || {column}), 1, {HASH_BITS // 4})) "
-            f"AS UBIGINT) < {threshold})")
+    return (
+        f"(CAST(('0x' || substr(sha256('{salt}:' || {column}), 1, {HASH_BITS // 4})) "
+        f"AS UBIGINT) < {threshold})"
+    )
 
 
 # ----- prompt digests ---------------------------------------------------------------------
@@ -72,8 +74,9 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p["text"] for p in content
-                       if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return "".join(
+            p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
     return ""
 
 
@@ -108,27 +111,38 @@ def prompt_digest(request: str | Mapping[str, Any] | None) -> str | None:
 
 
 def _text_sql(value: str) -> str:
-    return (f"(CASE json_type({value}) WHEN 'VARCHAR' THEN json_extract_string({value}, '$') "
-            f"WHEN 'ARRAY' THEN coalesce(array_to_string(list_transform("
-            f"TRY_CAST({value} AS JSON[]), lambda p: CASE WHEN json_type(p, '$.text') = 'VARCHAR'"
-            f" THEN json_extract_string(p, '$.text') ELSE '' END), ''), '') ELSE '' END)")
+    return (
+        f"(CASE json_type({value}) WHEN 'VARCHAR' THEN json_extract_string({value}, '$') "
+        f"WHEN 'ARRAY' THEN coalesce(array_to_string(list_transform("
+        f"TRY_CAST({value} AS JSON[]), lambda p: CASE WHEN json_type(p, '$.text') = 'VARCHAR'"
+        f" THEN json_extract_string(p, '$.text') ELSE '' END), ''), '') ELSE '' END)"
+    )
 
 
 def prompt_digest_sql(column: str) -> str:
     """`prompt_digest` as a DuckDB expression over a JSON text column (NULL without text)."""
     system = _text_sql(f"json_extract({column}, '$.system')")
-    role = ("(CASE WHEN json_type(m, '$.role') = 'VARCHAR' THEN json_extract_string(m, '$.role')"
-            " ELSE '' END)")
+    role = (
+        "(CASE WHEN json_type(m, '$.role') = 'VARCHAR' THEN json_extract_string(m, '$.role')"
+        " ELSE '' END)"
+    )
     content = _text_sql("json_extract(m, '$.content')")
-    messages = (f"coalesce(array_to_string(list_transform(TRY_CAST(json_extract({column}, "
-                f"'$.messages') AS JSON[]), lambda m: {role} || '|' || {content}), chr(10)), '')")
-    raw = (f"(CASE WHEN {system} = '' THEN '' ELSE 'system|' || {system} || chr(10) END) "
-           f"|| {messages}")
-    norm = (f"trim(regexp_replace(translate({raw}, '{_UPPER}', '{_LOWER}'), "
-            r"'[\t\n\f\r ]+', ' ', 'g'), ' ')")
+    messages = (
+        f"coalesce(array_to_string(list_transform(TRY_CAST(json_extract({column}, "
+        f"'$.messages') AS JSON[]), lambda m: {role} || '|' || {content}), chr(10)), '')"
+    )
+    raw = (
+        f"(CASE WHEN {system} = '' THEN '' ELSE 'system|' || {system} || chr(10) END) || {messages}"
+    )
+    norm = (
+        f"trim(regexp_replace(translate({raw}, '{_UPPER}', '{_LOWER}'), "
+        r"'[\t\n\f\r ]+', ' ', 'g'), ' ')"
+    )
     # the digest of empty text stands for "no prompt" (a 64-bit collision is not a concern)
-    return (f"(CASE WHEN json_valid({column}) THEN nullif(substr(sha256({norm}), 1, "
-            f"{DIGEST_CHARS}), '{_EMPTY}') END)")
+    return (
+        f"(CASE WHEN json_valid({column}) THEN nullif(substr(sha256({norm}), 1, "
+        f"{DIGEST_CHARS}), '{_EMPTY}') END)"
+    )
 
 
 # ----- the training predicate -------------------------------------------------------------
@@ -141,14 +155,19 @@ def held_out_sql(settings: Settings | DeploySettings, alias: str = "t") -> str:
     if cfg.eval_fraction <= 0:
         return "false"
     own = eval_session_sql(settings, f"{alias}.session_id")
-    others = (f"SELECT {prompt_digest_sql('h.request')} AS d FROM turns h "
-              f"WHERE {eval_session_sql(settings, 'h.session_id')}")
-    return (f"coalesce({own} OR {prompt_digest_sql(f'{alias}.request')} IN "
-            f"(SELECT d FROM ({others}) WHERE d IS NOT NULL), false)")
+    others = (
+        f"SELECT {prompt_digest_sql('h.request')} AS d FROM turns h "
+        f"WHERE {eval_session_sql(settings, 'h.session_id')}"
+    )
+    return (
+        f"coalesce({own} OR {prompt_digest_sql(f'{alias}.request')} IN "
+        f"(SELECT d FROM ({others}) WHERE d IS NOT NULL), false)"
+    )
 
 
-def held_out_turn_ids(turns: Iterable[Mapping[str, Any]],
-                      settings: Settings | DeploySettings) -> set[str]:
+def held_out_turn_ids(
+    turns: Iterable[Mapping[str, Any]], settings: Settings | DeploySettings
+) -> set[str]:
     """`held_out_sql` in Python over rows with turn_id, session_id and request. Pure."""
     rows = list(turns)
     held = {r["turn_id"] for r in rows if is_eval_session(r["session_id"], settings)}

@@ -96,9 +96,15 @@ def win_rate(scores: Iterable[float | None], confidence: float = 0.95) -> WinRat
     total = sum(valid)
     low, high = wilson_interval(total, n, confidence)
     return WinRate(
-        n=n, wins=sum(1 for s in valid if s == 1.0), losses=sum(1 for s in valid if s == 0.0),
-        ties=sum(1 for s in valid if s == 0.5), missing=len(values) - n,
-        win_rate=total / n if n else math.nan, low=low, high=high, confidence=confidence,
+        n=n,
+        wins=sum(1 for s in valid if s == 1.0),
+        losses=sum(1 for s in valid if s == 0.0),
+        ties=sum(1 for s in valid if s == 0.5),
+        missing=len(values) - n,
+        win_rate=total / n if n else math.nan,
+        low=low,
+        high=high,
+        confidence=confidence,
     )
 
 
@@ -127,8 +133,9 @@ def binomial_tail(successes: int, n: int, p0: float) -> float:
         raise ValueError(f"need 0 <= successes <= n, got {successes}, {n}")
     if successes == 0:
         return 1.0
-    return min(1.0, sum(math.comb(n, i) * p0**i * (1 - p0) ** (n - i)
-                        for i in range(successes, n + 1)))
+    return min(
+        1.0, sum(math.comb(n, i) * p0**i * (1 - p0) ** (n - i) for i in range(successes, n + 1))
+    )
 
 
 def prompt_outcome(scores: Iterable[float | None]) -> Outcome | None:
@@ -167,12 +174,18 @@ class SignTest:
         return self.decided > 0 and self.p_value <= self.alpha_k
 
 
-def sign_test(outcomes: Iterable[Outcome | None], *, p0: float, alpha: float,
-              k: int) -> SignTest:
+def sign_test(outcomes: Iterable[Outcome | None], *, p0: float, alpha: float, k: int) -> SignTest:
     """The k-th decision's test over per-prompt outcomes (None: no verdict, left out)."""
     values = [o for o in outcomes if o is not None]
     wins = sum(1 for o in values if o == "win")
     losses = sum(1 for o in values if o == "loss")
-    return SignTest(wins=wins, losses=losses, ties=len(values) - wins - losses, p0=p0,
-                    p_value=binomial_tail(wins, wins + losses, p0), alpha=alpha, k=k,
-                    alpha_k=spend_alpha(alpha, k))
+    return SignTest(
+        wins=wins,
+        losses=losses,
+        ties=len(values) - wins - losses,
+        p0=p0,
+        p_value=binomial_tail(wins, wins + losses, p0),
+        alpha=alpha,
+        k=k,
+        alpha_k=spend_alpha(alpha, k),
+    )

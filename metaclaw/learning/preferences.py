@@ -23,10 +23,14 @@ _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*|\d+(?:[.,]\d+)*", re.UNICODE
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
 _LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+", re.MULTILINE)
 # the most frequent short French function words; English replies contain almost none of them
-_FRENCH_WORDS = ("le la les un une des du de et est sont pas que qui dans pour sur avec au aux ce "
-                 "cette il elle nous vous ils elles je tu mais ou donc car très plus c'est n'est")
-_ENGLISH_WORDS = ("the a an and is are not that which in for on with to of it this they we you "
-                  "he she but or so very more")
+_FRENCH_WORDS = (
+    "le la les un une des du de et est sont pas que qui dans pour sur avec au aux ce "
+    "cette il elle nous vous ils elles je tu mais ou donc car très plus c'est n'est"
+)
+_ENGLISH_WORDS = (
+    "the a an and is are not that which in for on with to of it this they we you "
+    "he she but or so very more"
+)
 _FRENCH = frozenset(_FRENCH_WORDS.split())
 _ENGLISH = frozenset(_ENGLISH_WORDS.split())
 
@@ -53,7 +57,7 @@ def ends_with(sign_off: str) -> Callable[[str], bool]:
     target = [w.lower() for w in words(sign_off)]
 
     def check(reply: str) -> bool:
-        tail = [w.lower() for w in words(reply)][-len(target):]
+        tail = [w.lower() for w in words(reply)][-len(target) :]
         return bool(target) and tail == target and word_count(reply) > len(target)
 
     return check
@@ -92,39 +96,79 @@ class Preference:
 
 SIGN_OFF = "Cheers!"
 
-PREFERENCES: dict[str, Preference] = {p.kind: p for p in (
-    Preference("brevity", "Please keep every answer under 15 words. I read on my phone.",
-               "Too long. Keep it under 15 words, please.", at_most_words(15), True),
-    Preference("one_sentence", "Answer in one plain sentence, please: no lists, no line breaks.",
-               "Please answer in one sentence only, without a list.", one_sentence, True),
-    Preference("sign_off", f"Please always end every answer with the word '{SIGN_OFF}'. "
-               "It matters to me.", f"No, you forgot to end with '{SIGN_OFF}'. Please always "
-               "end with it.", ends_with(SIGN_OFF), False),
-    Preference("french", "Réponds toujours en français, s'il te plaît.",
-               "Please answer in French, not English.", in_french, False),
-)}
+PREFERENCES: dict[str, Preference] = {
+    p.kind: p
+    for p in (
+        Preference(
+            "brevity",
+            "Please keep every answer under 15 words. I read on my phone.",
+            "Too long. Keep it under 15 words, please.",
+            at_most_words(15),
+            True,
+        ),
+        Preference(
+            "one_sentence",
+            "Answer in one plain sentence, please: no lists, no line breaks.",
+            "Please answer in one sentence only, without a list.",
+            one_sentence,
+            True,
+        ),
+        Preference(
+            "sign_off",
+            f"Please always end every answer with the word '{SIGN_OFF}'. It matters to me.",
+            f"No, you forgot to end with '{SIGN_OFF}'. Please always end with it.",
+            ends_with(SIGN_OFF),
+            False,
+        ),
+        Preference(
+            "french",
+            "Réponds toujours en français, s'il te plaît.",
+            "Please answer in French, not English.",
+            in_french,
+            False,
+        ),
+    )
+}
 
 # Short general questions: the first part teaches, the held-out part (never asked while
 # teaching) measures; a question appears in one part only.
 TEACHING_QUESTIONS: tuple[str, ...] = (
-    "What is the capital of France?", "Name a primary colour.",
-    "How many legs does a spider have?", "What is 2 + 2?",
-    "What colour is the sky on a clear day?", "Name a fruit that is yellow.",
-    "What do cows drink?", "Which planet is closest to the sun?",
-    "What is the boiling point of water in Celsius?", "Name a musical instrument with strings.",
-    "What is the opposite of hot?", "How many hours are in a day?",
-    "What animal says meow?", "What is frozen water called?",
-    "Which season comes after winter?", "What do you use to write on paper?",
-    "How many wheels does a bicycle have?", "What is the largest planet?",
-    "Name a vegetable that is orange.", "What do plants need to grow?",
-    "What is the main language of Brazil?", "What gas do humans breathe in?",
-    "Which animal is known as the king of the jungle?", "What shape has three sides?",
+    "What is the capital of France?",
+    "Name a primary colour.",
+    "How many legs does a spider have?",
+    "What is 2 + 2?",
+    "What colour is the sky on a clear day?",
+    "Name a fruit that is yellow.",
+    "What do cows drink?",
+    "Which planet is closest to the sun?",
+    "What is the boiling point of water in Celsius?",
+    "Name a musical instrument with strings.",
+    "What is the opposite of hot?",
+    "How many hours are in a day?",
+    "What animal says meow?",
+    "What is frozen water called?",
+    "Which season comes after winter?",
+    "What do you use to write on paper?",
+    "How many wheels does a bicycle have?",
+    "What is the largest planet?",
+    "Name a vegetable that is orange.",
+    "What do plants need to grow?",
+    "What is the main language of Brazil?",
+    "What gas do humans breathe in?",
+    "Which animal is known as the king of the jungle?",
+    "What shape has three sides?",
 )
 HELD_OUT_QUESTIONS: tuple[str, ...] = (
-    "What is the largest ocean?", "Name a mammal that can fly.", "What do bees make?",
-    "How many days are in a week?", "What is the capital of Italy?",
-    "What colour are bananas when ripe?", "How many continents are there?",
-    "What is the freezing point of water in Celsius?", "Name a bird that cannot fly.",
-    "What do you call a baby dog?", "Which direction does the sun rise?",
+    "What is the largest ocean?",
+    "Name a mammal that can fly.",
+    "What do bees make?",
+    "How many days are in a week?",
+    "What is the capital of Italy?",
+    "What colour are bananas when ripe?",
+    "How many continents are there?",
+    "What is the freezing point of water in Celsius?",
+    "Name a bird that cannot fly.",
+    "What do you call a baby dog?",
+    "Which direction does the sun rise?",
     "What is 10 minus 3?",
 )

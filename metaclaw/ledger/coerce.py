@@ -52,8 +52,10 @@ def _text(value: Any) -> str:
     other structure is kept as its JSON text."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and value and all(
-        isinstance(p, dict) and isinstance(p.get("text"), str) for p in value
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in value)
     ):
         return "".join(p["text"] for p in value)
     return _dumps(value)

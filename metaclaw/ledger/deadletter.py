@@ -39,7 +39,7 @@ def write_dead_letters(directory: Path, segment: str, entries: list[dict[str, An
     try:
         view = memoryview(payload)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -108,13 +108,23 @@ def _decode(name: str, blob: bytes) -> _Decoded:
         if table_name in TABLES:
             by_table[table_name].append(row)
         else:
-            dead.append({"table": table_name, "reason": f"unknown table {table_name!r}",
-                         "row": row})
+            dead.append(
+                {"table": table_name, "reason": f"unknown table {table_name!r}", "row": row}
+            )
     for line in bad:
-        log.warning("WAL segment %s: corrupt line at byte %d (%s); skipped, kept as a dead "
-                    "letter", name, line.offset, line.reason)
-        dead.append({"offset": line.offset, "reason": f"corrupt WAL line: {line.reason}",
-                     "raw": line.raw.decode("utf-8", "backslashreplace")})
+        log.warning(
+            "WAL segment %s: corrupt line at byte %d (%s); skipped, kept as a dead letter",
+            name,
+            line.offset,
+            line.reason,
+        )
+        dead.append(
+            {
+                "offset": line.offset,
+                "reason": f"corrupt WAL line: {line.reason}",
+                "raw": line.raw.decode("utf-8", "backslashreplace"),
+            }
+        )
     rows: dict[str, list[Row]] = {}
     for table_name, table_rows in by_table.items():
         good, failed = coerce_rows(TABLES[table_name], table_rows)
@@ -158,8 +168,12 @@ def _ingest_segments(
             for name, segment in decoded.items():
                 if segment.dead and name not in done:
                     write_dead_letters(paths.dead_letters, name, segment.dead)
-                    log.error("ingest: %d row(s) of WAL segment %s could not be stored; kept "
-                              "in %s", len(segment.dead), name, paths.dead_letters)
+                    log.error(
+                        "ingest: %d row(s) of WAL segment %s could not be stored; kept in %s",
+                        len(segment.dead),
+                        name,
+                        paths.dead_letters,
+                    )
                     report.dead_letters += len(segment.dead)
             manifest = _publish(store, manifest, decoded, report, settings.compact_grace_s)
             for seg in batch:
@@ -177,7 +191,10 @@ def _ingest_segments(
 
 
 def _publish(
-    store: LedgerStorage, manifest: Manifest, decoded: dict[str, _Decoded], report: IngestReport,
+    store: LedgerStorage,
+    manifest: Manifest,
+    decoded: dict[str, _Decoded],
+    report: IngestReport,
     grace_s: float,
 ) -> Manifest:
     """Land one batch and publish it; on an object store, redo the step on top of any manifest
@@ -235,7 +252,10 @@ def _land(
 
 
 def _drop_known(
-    store: LedgerStorage, manifest: Manifest, spec: TableSpec, rows: list[Row],
+    store: LedgerStorage,
+    manifest: Manifest,
+    spec: TableSpec,
+    rows: list[Row],
     report: IngestReport,
 ) -> list[Row]:
     unique = unique_by_id(spec, rows)

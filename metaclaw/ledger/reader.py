@@ -100,9 +100,7 @@ def _dedupe(spec: TableSpec, rows: list[Row]) -> pa.Table:
     """The WAL rows that fit the schema, first of each id. A row that does not fit is left out
     (ingest quarantines it as a dead letter): one bad row never makes `connect` fail."""
     good, _ = coerce_rows(spec, rows)
-    return rows_to_table(
-        spec, unique_by_id(spec, good).values(), with_partition=True, coerced=True
-    )
+    return rows_to_table(spec, unique_by_id(spec, good).values(), with_partition=True, coerced=True)
 
 
 def query(paths: LedgerPaths, sql: str) -> tuple[list[str], list[tuple]]:

@@ -76,7 +76,7 @@ def is_url(root: str | Path) -> bool:
 
 def local_path(root: str | Path) -> Path:
     text = str(root)
-    return Path(text[len("file://"):] if text.startswith("file://") else text)
+    return Path(text[len("file://") :] if text.startswith("file://") else text)
 
 
 def s3_options() -> dict[str, Any]:
@@ -240,7 +240,8 @@ class FsspecStorage(LedgerStorage):
             log.warning(
                 "ledger root %s: %s:// has no atomic conditional put; run one ingest at a time "
                 "cluster-wide (the ingest deployment's concurrency_limit: 1 does)",
-                self.root, self.protocol,
+                self.root,
+                self.protocol,
             )
 
     def _path(self, rel: str) -> str:
@@ -270,7 +271,7 @@ class FsspecStorage(LedgerStorage):
             return []
         out = []
         for path, info in found.items():
-            rel = path[len(self._base) + 1:]
+            rel = path[len(self._base) + 1 :]
             if rel.endswith(".parquet") and rel.count("/") == 2:
                 out.append(FileInfo(rel, int(info.get("size") or 0), _mtime(info)))
         return out
@@ -334,8 +335,12 @@ class FsspecStorage(LedgerStorage):
 
 def manifest_to_bytes(manifest: Manifest) -> bytes:
     return orjson.dumps(
-        {"version": manifest.version, "files": manifest.files,
-         "segments": manifest.segments, "trash": manifest.trash},
+        {
+            "version": manifest.version,
+            "files": manifest.files,
+            "segments": manifest.segments,
+            "trash": manifest.trash,
+        },
         option=orjson.OPT_INDENT_2,
     )
 

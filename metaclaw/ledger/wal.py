@@ -167,8 +167,9 @@ class WalWriter:
             self._queue.put(None)
             self._thread.join(timeout)
             if self._thread.is_alive():
-                log.error("WAL writer still busy after %.0fs; closing without a final flush",
-                          timeout)
+                log.error(
+                    "WAL writer still busy after %.0fs; closing without a final flush", timeout
+                )
 
     def __enter__(self) -> WalWriter:
         return self.start()
@@ -206,13 +207,17 @@ class WalWriter:
             if self.stats.dropped == 1 or self.stats.dropped % 1000 == 0:
                 log.error(
                     "WAL queue full (%d rows, %d bytes queued): %d append(s) refused so far; "
-                    "the disk is slower than the appends", self._queued, self._queued_bytes,
+                    "the disk is slower than the appends",
+                    self._queued,
+                    self._queued_bytes,
                     self.stats.dropped,
                 )
-            fut.set_exception(WalFullError(
-                f"WAL queue is full ({self._queued} rows, {self._queued_bytes} bytes; limits "
-                f"{self.queue_max} rows, {self.queue_max_bytes} bytes): ingest or disk too slow"
-            ))
+            fut.set_exception(
+                WalFullError(
+                    f"WAL queue is full ({self._queued} rows, {self._queued_bytes} bytes; limits "
+                    f"{self.queue_max} rows, {self.queue_max_bytes} bytes): ingest or disk too slow"
+                )
+            )
             return fut
         self._queue.put((line, fut))
         return fut

@@ -84,4 +84,3 @@ def locate_gguf(model: PackagedModel) -> Path:
         f"package {model.distribution!r} {dist.version} is installed but holds no file matching "
         f"{pattern!r}; reinstall it with: {model.install_hint}"
     )
-

@@ -99,8 +99,12 @@ def _packaged_source(model: PackagedModel, gguf: Path) -> dict[str, Any]:
 
 def _gguf_source(gguf: Path, label: str) -> dict[str, Any]:
     stat = gguf.stat()
-    return {"name": label, "gguf_file": gguf.name, "gguf_bytes": stat.st_size,
-            "format": FORMAT_VERSION}
+    return {
+        "name": label,
+        "gguf_file": gguf.name,
+        "gguf_bytes": stat.st_size,
+        "format": FORMAT_VERSION,
+    }
 
 
 def cache_is_current(target: Path, source: dict[str, Any]) -> bool:
@@ -121,16 +125,21 @@ def _cached(gguf: Path, source: dict[str, Any], target: Path, notify: Notify | N
             return target
         _remove_stale(target)
         tmp = target.parent / f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        message = (f"converting {source['name']} ({gguf.name}) to a trainable checkpoint under "
-                   f"{target} (one time, ~30 s)")
+        message = (
+            f"converting {source['name']} ({gguf.name}) to a trainable checkpoint under "
+            f"{target} (one time, ~30 s)"
+        )
         log.info(message)
         if notify is not None:
             notify(message)
         started = time.monotonic()
         try:
             convert_gguf(gguf, tmp)
-            marker = {"source": source, "converted_s": round(time.monotonic() - started, 1),
-                      "transformers": dist_version("transformers")}
+            marker = {
+                "source": source,
+                "converted_s": round(time.monotonic() - started, 1),
+                "transformers": dist_version("transformers"),
+            }
             (tmp / MARKER).write_text(json.dumps(marker, indent=1))
             _fsync_tree(tmp)
             _swap_into_place(tmp, target)

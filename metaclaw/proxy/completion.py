@@ -53,8 +53,14 @@ class PolicyTrace:
         if not isinstance(logprobs, list) or len(logprobs) != len(completion):
             return None
         checkpoint = value.get("checkpoint")
-        return cls(ids, completion, logprobs, checkpoint if isinstance(checkpoint, str) else None,
-                   _number(value.get("temperature")), _number(value.get("top_p")))
+        return cls(
+            ids,
+            completion,
+            logprobs,
+            checkpoint if isinstance(checkpoint, str) else None,
+            _number(value.get("temperature")),
+            _number(value.get("top_p")),
+        )
 
 
 def _number(value: Any) -> float | None:
@@ -102,8 +108,11 @@ def normal_usage(raw: Any) -> dict[str, int] | None:
         return None
     if "input_tokens" in raw or "output_tokens" in raw:
         cached = _count(raw.get("cache_read_input_tokens"))
-        prompt = (_count(raw.get("input_tokens")) + cached
-                  + _count(raw.get("cache_creation_input_tokens")))
+        prompt = (
+            _count(raw.get("input_tokens"))
+            + cached
+            + _count(raw.get("cache_creation_input_tokens"))
+        )
         completion = _count(raw.get("output_tokens"))
     elif "prompt_tokens" in raw or "completion_tokens" in raw:
         prompt, completion = _count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens"))
@@ -111,8 +120,11 @@ def normal_usage(raw: Any) -> dict[str, int] | None:
         cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     else:
         return None
-    usage = {"prompt_tokens": prompt, "completion_tokens": completion,
-             "total_tokens": prompt + completion}
+    usage = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
     if cached:
         usage["cached_tokens"] = cached
     return usage

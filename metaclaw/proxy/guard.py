@@ -75,53 +75,72 @@ def host_allowed(authority: str, allowed_hosts: Iterable[str]) -> bool:
 
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/")
-                                           and media.endswith("+json"))
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
-def check_request(method: str, scheme: str, headers: dict[bytes, bytes],
-                  allowed_hosts: Iterable[str], allowed_origins: Iterable[str] = ()
-                  ) -> Refusal | None:
+def check_request(
+    method: str,
+    scheme: str,
+    headers: dict[bytes, bytes],
+    allowed_hosts: Iterable[str],
+    allowed_origins: Iterable[str] = (),
+) -> Refusal | None:
     """Why this request must be refused before it is read; None when it may proceed."""
     host = headers.get(b"host", b"").decode("latin-1")
     if host and not host_allowed(host, allowed_hosts):
-        return Refusal(403, f"Host {host!r} is not this server: use an IP address or localhost, "
-                       "or add the name to allowed_hosts (DNS-rebinding protection)",
-                       "host_not_allowed")
+        return Refusal(
+            403,
+            f"Host {host!r} is not this server: use an IP address or localhost, "
+            "or add the name to allowed_hosts (DNS-rebinding protection)",
+            "host_not_allowed",
+        )
     origin = headers.get(b"origin")
     if origin is not None:
         text = origin.decode("latin-1")
         parts = urlsplit(text)
         same = text != "null" and parts.scheme == scheme and parts.netloc.lower() == host.lower()
         if not same and text.rstrip("/") not in allowed_origins:
-            return Refusal(403, f"cross-origin request from {text!r} refused: browser pages "
-                           "may not call this server", "origin_not_allowed")
+            return Refusal(
+                403,
+                f"cross-origin request from {text!r} refused: browser pages "
+                "may not call this server",
+                "origin_not_allowed",
+            )
     if method in BODY_METHODS:
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         if not _is_json(content_type):
             got = repr(content_type) if content_type else "none"
-            return Refusal(415, f"send the body as JSON with 'Content-Type: application/json' "
-                           f"(got {got})", "unsupported_media_type")
+            return Refusal(
+                415,
+                f"send the body as JSON with 'Content-Type: application/json' (got {got})",
+                "unsupported_media_type",
+            )
     return None
 
 
-def check_bind(host: str, *, keyed: bool, allow_open: bool, section: str, key_setting: str
-               ) -> None:
+def check_bind(host: str, *, keyed: bool, allow_open: bool, section: str, key_setting: str) -> None:
     """Refuse a non-loopback bind with no keys unless `<section>.allow_open_bind` is set."""
     if keyed or allow_open or is_loopback(host):
         return
     raise OpenBindError(
         f"refusing to listen on {host} without {key_setting}: anyone who can reach the port "
         f"could use it. Set {key_setting}, bind 127.0.0.1, or set {section}.allow_open_bind = "
-        "true to accept that")
+        "true to accept that"
+    )
 
 
 class LocalGuard:
     """ASGI middleware applying `check_request` to every HTTP request."""
 
-    def __init__(self, app: ASGIApp, allowed_hosts: list[str],
-                 respond: Callable[[Scope, Refusal], Response],
-                 allowed_origins: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        allowed_hosts: list[str],
+        respond: Callable[[Scope, Refusal], Response],
+        allowed_origins: list[str] | None = None,
+    ) -> None:
         self.app = app
         self.allowed_hosts = frozenset(h.lower().rstrip(".") for h in allowed_hosts)
         self.allowed_origins = frozenset(o.rstrip("/") for o in allowed_origins or [])
@@ -129,9 +148,13 @@ class LocalGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            refusal = check_request(scope["method"], scope.get("scheme", "http"),
-                                    dict(scope["headers"]), self.allowed_hosts,
-                                    self.allowed_origins)
+            refusal = check_request(
+                scope["method"],
+                scope.get("scheme", "http"),
+                dict(scope["headers"]),
+                self.allowed_hosts,
+                self.allowed_origins,
+            )
             if refusal is not None:
                 await self.respond(scope, refusal)(scope, receive, send)
                 return

@@ -53,8 +53,9 @@ class ProxyState:
             policy_share=proxy.policy_share,
         )
 
-    async def select_skills(self, messages: list[dict[str, Any]],
-                            session_id: str | None = None) -> Injection:
+    async def select_skills(
+        self, messages: list[dict[str, Any]], session_id: str | None = None
+    ) -> Injection:
         """Skills for this request (never raises: retrieval failure injects nothing), chosen
         in a worker thread: cleaning and embedding a long message is CPU work that must not
         stall the event loop. `session_id` scopes proposed skills and pins the selection."""

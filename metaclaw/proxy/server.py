@@ -23,9 +23,13 @@ def build_server(
     """The proxy's server (`.run()` serves); raises `OpenBindError` for a non-loopback bind
     nobody allowed. Several workers bind the port here, at once."""
     bind = host or settings.proxy.host
-    check_bind(bind, keyed=bool(settings.proxy.api_keys),
-               allow_open=settings.proxy.allow_open_bind, section="proxy",
-               key_setting="proxy.api_keys")
+    check_bind(
+        bind,
+        keyed=bool(settings.proxy.api_keys),
+        allow_open=settings.proxy.allow_open_bind,
+        section="proxy",
+        key_setting="proxy.api_keys",
+    )
     options: dict = {
         "host": bind,
         "port": port or settings.proxy.port,

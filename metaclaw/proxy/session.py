@@ -139,14 +139,17 @@ class ChainStore:
         self.max_size = max_size
         self._writes = 0
         # a writer of another process holds the lock for microseconds; never wait long on it
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                   timeout=0.25)
+        self._db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=0.25
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         # no fsync on the event loop: a crash of the process loses nothing (the OS has the
         # pages); a power cut may lose the last links, which only splits a session
         self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute("CREATE TABLE IF NOT EXISTS chain (digest BLOB PRIMARY KEY, "
-                         "session TEXT NOT NULL, seen INTEGER NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS chain (digest BLOB PRIMARY KEY, "
+            "session TEXT NOT NULL, seen INTEGER NOT NULL)"
+        )
         self._db.execute("CREATE INDEX IF NOT EXISTS chain_seen ON chain (seen)")
 
     def find(self, digests: list[bytes]) -> dict[bytes, str]:
@@ -162,13 +165,17 @@ class ChainStore:
 
     def put(self, digest: bytes, session_id: str) -> None:
         try:
-            self._db.execute("INSERT OR REPLACE INTO chain VALUES (?, ?, ?)",
-                             (digest, session_id, time.time_ns()))
+            self._db.execute(
+                "INSERT OR REPLACE INTO chain VALUES (?, ?, ?)",
+                (digest, session_id, time.time_ns()),
+            )
             self._writes += 1
             if self._writes % _PRUNE_EVERY == 0:
                 self._db.execute(
                     "DELETE FROM chain WHERE seen < (SELECT seen FROM chain ORDER BY seen DESC "
-                    "LIMIT 1 OFFSET ?)", (self.max_size - 1,))
+                    "LIMIT 1 OFFSET ?)",
+                    (self.max_size - 1,),
+                )
         except sqlite3.Error as exc:
             log.warning("session chain write failed (%s); using memory only", exc)
 

@@ -61,7 +61,8 @@ def _decompress(blob: bytes, limit: int) -> bytes:
     data = b"".join(chunks)
     if got > limit:
         raise RecordTooLarge(
-            f"event inflates past replay.max_record_bytes ({limit} bytes); skipped")
+            f"event inflates past replay.max_record_bytes ({limit} bytes); skipped"
+        )
     return data
 
 

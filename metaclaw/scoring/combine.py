@@ -71,14 +71,18 @@ def turn_rewards_sql(
     bad = {k: w for k, w in implicit_weights.items() if not 0.0 <= float(w) <= 1.0}
     if bad:
         raise ValueError(f"implicit weights must be within [0, 1]: {bad}")
-    weights = ", ".join(
-        f"({_literal('implicit:' + kind)}, {float(w)!r})" for kind, w in implicit_weights.items()
-    ) or "(NULL, 0.0)"
+    weights = (
+        ", ".join(
+            f"({_literal('implicit:' + kind)}, {float(w)!r})"
+            for kind, w in implicit_weights.items()
+        )
+        or "(NULL, 0.0)"
+    )
     alias = {"explicit": "e", "judge": "j", "implicit": "i"}
     reward = "coalesce(" + ", ".join(f"{alias[s]}.value" for s in order) + ")"
-    source = "CASE " + " ".join(
-        f"WHEN {alias[s]}.value IS NOT NULL THEN '{s}'" for s in order
-    ) + " END"
+    source = (
+        "CASE " + " ".join(f"WHEN {alias[s]}.value IS NOT NULL THEN '{s}'" for s in order) + " END"
+    )
     return f"""
 WITH explicit AS (
     SELECT turn_id, arg_max(value, ts) AS value, count(*) AS n

@@ -66,24 +66,28 @@ def parse_feedback(body: dict[str, Any]) -> FeedbackRequest:
     turn_id = _check_id(body, "turn_id")
     session_id = _check_id(body, "session_id")
     if turn_id is None and session_id is None:
-        raise FeedbackError("send 'turn_id' or 'session_id' to say which turn the feedback is "
-                            "about", "turn_id")
+        raise FeedbackError(
+            "send 'turn_id' or 'session_id' to say which turn the feedback is about", "turn_id"
+        )
     if "value" not in body or body["value"] is None:
         raise FeedbackError("'value' is required: a number from -1 (bad) to 1 (good)", "value")
     value = body["value"]
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise FeedbackError(f"'value' must be a number from -1 to 1, got {type(value).__name__}",
-                            "value")
+        raise FeedbackError(
+            f"'value' must be a number from -1 to 1, got {type(value).__name__}", "value"
+        )
     if not math.isfinite(value) or not -1.0 <= value <= 1.0:
         raise FeedbackError(f"'value' must be between -1 and 1, got {value}", "value")
     comment = body.get("comment")
     if comment is not None:
         if not isinstance(comment, str):
-            raise FeedbackError(f"'comment' must be a string, got {type(comment).__name__}",
-                                "comment")
+            raise FeedbackError(
+                f"'comment' must be a string, got {type(comment).__name__}", "comment"
+            )
         if len(comment) > MAX_COMMENT_CHARS:
-            raise FeedbackError(f"'comment' is longer than {MAX_COMMENT_CHARS} characters",
-                                "comment")
+            raise FeedbackError(
+                f"'comment' is longer than {MAX_COMMENT_CHARS} characters", "comment"
+            )
     return FeedbackRequest(float(value), turn_id, session_id, comment)
 
 

@@ -30,12 +30,17 @@ def load_hints(con: duckdb.DuckDBPyConnection, turn_ids: Iterable[str]) -> dict[
         return {}
     con.register("_hint_turns", pa.table({"id": pa.array(sorted(wanted), pa.string())}))
     try:
-        sessions = [r[0] for r in con.execute(
-            "SELECT DISTINCT session_id FROM turns WHERE turn_id IN (SELECT id FROM _hint_turns)"
-        ).fetchall()]
+        sessions = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT session_id FROM turns "
+                "WHERE turn_id IN (SELECT id FROM _hint_turns)"
+            ).fetchall()
+        ]
         cur = con.execute(
             "SELECT feedback_id, turn_id, session_id, value, comment FROM turn_feedback "
-            "WHERE turn_id IN (SELECT id FROM _hint_turns) ORDER BY ts, feedback_id")
+            "WHERE turn_id IN (SELECT id FROM _hint_turns) ORDER BY ts, feedback_id"
+        )
         names = [d[0] for d in cur.description]
         feedback = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
     finally:

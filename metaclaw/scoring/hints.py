@@ -36,12 +36,16 @@ FEEDBACK = "feedback"
 MAX_HINT_CHARS = 500
 MIN_HINT_WORDS = 2  # "no" / "wrong" alone say something failed, not what to do
 
-_LANGUAGES = (r"english|french|german|spanish|italian|portuguese|dutch|chinese|japanese|korean|"
-              r"russian|arabic|hindi|polish|swedish")
-_STYLE = (rf"metric|imperial|celsius|fahrenheit|(si )?units?|bullet( points?)?|bullets|markdown|"
-          rf"json|yaml|a table|tables|plain text|a list|numbered lists?|code blocks?|"
-          rf"fewer words|simpler words|simple words|short sentences|one sentence|"
-          rf"{_LANGUAGES}|formal|informal|british spelling|american spelling|emojis?")
+_LANGUAGES = (
+    r"english|french|german|spanish|italian|portuguese|dutch|chinese|japanese|korean|"
+    r"russian|arabic|hindi|polish|swedish"
+)
+_STYLE = (
+    rf"metric|imperial|celsius|fahrenheit|(si )?units?|bullet( points?)?|bullets|markdown|"
+    rf"json|yaml|a table|tables|plain text|a list|numbered lists?|code blocks?|"
+    rf"fewer words|simpler words|simple words|short sentences|one sentence|"
+    rf"{_LANGUAGES}|formal|informal|british spelling|american spelling|emojis?"
+)
 _PREFERENCE = re.compile(
     r"\b("
     r"(too|way too|far too|a bit|bit) (long|short|verbose|wordy|brief|formal|informal|casual|"
@@ -139,8 +143,16 @@ def hints_from_session(session: Session) -> list[Hint]:
         if text is None:
             continue
         tid = ctx.turn.turn_id
-        out.append(Hint(hint_id(tid, CORRECTION, ctx.next_turn_id, text), tid,
-                        session.session_id, CORRECTION, text, ctx.next_turn_id))
+        out.append(
+            Hint(
+                hint_id(tid, CORRECTION, ctx.next_turn_id, text),
+                tid,
+                session.session_id,
+                CORRECTION,
+                text,
+                ctx.next_turn_id,
+            )
+        )
     return out
 
 
@@ -154,6 +166,7 @@ def hints_from_feedback(rows: Iterable[dict[str, Any]]) -> list[Hint]:
         if not tid or text is None:
             continue
         fid = row.get("feedback_id")
-        out.append(Hint(hint_id(tid, FEEDBACK, fid, text), tid, row.get("session_id"),
-                        FEEDBACK, text, fid))
+        out.append(
+            Hint(hint_id(tid, FEEDBACK, fid, text), tid, row.get("session_id"), FEEDBACK, text, fid)
+        )
     return out

@@ -48,24 +48,54 @@ class Detector:
 
 
 DETECTORS: tuple[Detector, ...] = (
-    Detector(CORRECTION, "−1", 1.0, "the user's next message corrects the reply (\"no, I "
-             "meant…\", \"that's wrong\", \"it still doesn't work\"); a bare \"no\" after a "
-             "reply that asked a question does not count"),
-    Detector(RE_ASK, "−1", 0.6, "the user repeats the request (word similarity ≥ 0.75 and ≥ 90 % "
-             "of its content words), or says \"try again\"; texts a session sends ≥ 3 times "
-             "(heartbeats) are ignored"),
-    Detector(CONTINUATION, "+1", 0.5, "the user builds on the reply (\"thanks\", \"great, "
-             "now…\", \"also,\") with no sign of trouble (\"but\", \"still\", \"not\", "
-             "\"error\"…)"),
-    Detector(TOOL_ERROR, "−1", 0.5, "a result of the tools the reply called is flagged "
-             "`is_error` or reads as a failure (`Error:`, traceback, `{\"error\": …}`, non-zero "
-             "exit); sometimes the tool's fault, hence the lower weight"),
+    Detector(
+        CORRECTION,
+        "−1",
+        1.0,
+        "the user's next message corrects the reply (\"no, I "
+        'meant…", "that\'s wrong", "it still doesn\'t work"); a bare "no" after a '
+        "reply that asked a question does not count",
+    ),
+    Detector(
+        RE_ASK,
+        "−1",
+        0.6,
+        "the user repeats the request (word similarity ≥ 0.75 and ≥ 90 % "
+        'of its content words), or says "try again"; texts a session sends ≥ 3 times '
+        "(heartbeats) are ignored",
+    ),
+    Detector(
+        CONTINUATION,
+        "+1",
+        0.5,
+        'the user builds on the reply ("thanks", "great, '
+        'now…", "also,") with no sign of trouble ("but", "still", "not", '
+        '"error"…)',
+    ),
+    Detector(
+        TOOL_ERROR,
+        "−1",
+        0.5,
+        "a result of the tools the reply called is flagged "
+        '`is_error` or reads as a failure (`Error:`, traceback, `{"error": …}`, non-zero '
+        "exit); sometimes the tool's fault, hence the lower weight",
+    ),
     Detector(UPSTREAM_ERROR, "−1", 1.0, "the LLM call itself failed (`status = upstream_error`)"),
-    Detector(ABANDONMENT, "−1", 0.5, "the session went idle right after a turn that left the user "
-             "without an answer: client hung up mid-reply, cut off at the token limit, or tool "
-             "calls whose results never came"),
-    Detector(SESSION_LENGTH, "0", 0.0, "on a session's last turn once idle; details: turns, user "
-             "messages, duration. It also marks the session as fully evaluated (diagnosis only)"),
+    Detector(
+        ABANDONMENT,
+        "−1",
+        0.5,
+        "the session went idle right after a turn that left the user "
+        "without an answer: client hung up mid-reply, cut off at the token limit, or tool "
+        "calls whose results never came",
+    ),
+    Detector(
+        SESSION_LENGTH,
+        "0",
+        0.0,
+        "on a session's last turn once idle; details: turns, user "
+        "messages, duration. It also marks the session as fully evaluated (diagnosis only)",
+    ),
 )
 KINDS = tuple(d.kind for d in DETECTORS)
 WEIGHTS: dict[str, float] = {d.kind: d.weight for d in DETECTORS}
@@ -73,22 +103,61 @@ WEIGHTS: dict[str, float] = {d.kind: d.weight for d in DETECTORS}
 
 def render_markdown() -> str:
     """The implicit rows of the signals table in docs/scoring.md (generated, test-checked)."""
-    lines = ["| signal | value | weight in reward | emitted when |", "|---|---|---|---|",
-             "| `judge` | −1/0/+1 (majority) | — | the turn has a next state, or its session is "
-             "idle |"]
-    lines += [f"| `implicit:{d.kind}` | {d.value} | {d.weight:g} | {d.fires_when} |"
-              for d in DETECTORS]
+    lines = [
+        "| signal | value | weight in reward | emitted when |",
+        "|---|---|---|---|",
+        "| `judge` | −1/0/+1 (majority) | — | the turn has a next state, or its session is idle |",
+    ]
+    lines += [
+        f"| `implicit:{d.kind}` | {d.value} | {d.weight:g} | {d.fires_when} |" for d in DETECTORS
+    ]
     return "\n".join(lines) + "\n"
+
 
 EVIDENCE_CHARS = 200
 RE_ASK_MIN_WORDS = 4  # "yes", "ok", "continue" repeated are not re-asks
 RE_ASK_SIMILARITY = 0.75  # word-sequence similarity of the two requests
 RE_ASK_COVERAGE = 0.9  # share of the first request's content words the repeat contains
-_STOPWORDS = frozenset((
-    "a", "an", "the", "and", "or", "of", "to", "in", "on", "at", "for", "with", "by", "from",
-    "is", "are", "be", "it", "this", "that", "i", "you", "me", "my", "your", "please", "can",
-    "could", "would", "will", "do", "does", "just", "now", "again", "so",
-))
+_STOPWORDS = frozenset(
+    (
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "with",
+        "by",
+        "from",
+        "is",
+        "are",
+        "be",
+        "it",
+        "this",
+        "that",
+        "i",
+        "you",
+        "me",
+        "my",
+        "your",
+        "please",
+        "can",
+        "could",
+        "would",
+        "will",
+        "do",
+        "does",
+        "just",
+        "now",
+        "again",
+        "so",
+    )
+)
 TEMPLATE_REPEATS = 3  # a text a session sends this often is a template (heartbeat), not a re-ask
 
 
@@ -101,8 +170,10 @@ class Signal:
 
     def __post_init__(self) -> None:
         if self.kind not in WEIGHTS:
-            raise ValueError(f"implicit kind {self.kind!r} is not in implicit.DETECTORS: register "
-                             "it there (weight and docs) before emitting it")
+            raise ValueError(
+                f"implicit kind {self.kind!r} is not in implicit.DETECTORS: register "
+                "it there (weight and docs) before emitting it"
+            )
 
     @property
     def signal(self) -> str:
@@ -151,8 +222,12 @@ def detect_correction(ctx: TurnContext) -> Signal | None:
         marker = _NO_START.match(clean)
     if marker is None:
         return None
-    return Signal(CORRECTION, -1.0, f"user corrected the reply: “{_quote(text)}”",
-                  {"marker": marker.group(0).strip()})
+    return Signal(
+        CORRECTION,
+        -1.0,
+        f"user corrected the reply: “{_quote(text)}”",
+        {"marker": marker.group(0).strip()},
+    )
 
 
 # -- re-ask ---------------------------------------------------------------------------------
@@ -186,8 +261,12 @@ def detect_re_ask(ctx: TurnContext, user_text_counts: Counter[str] | None = None
     coverage = len(content & set(b)) / len(content) if content else 0.0
     if ratio < RE_ASK_SIMILARITY or coverage < RE_ASK_COVERAGE:
         return None
-    return Signal(RE_ASK, -1.0, f"user repeated the request (similarity {ratio:.2f}): "
-                  f"“{_quote(nxt)}”", {"similarity": round(ratio, 3)})
+    return Signal(
+        RE_ASK,
+        -1.0,
+        f"user repeated the request (similarity {ratio:.2f}): “{_quote(nxt)}”",
+        {"similarity": round(ratio, 3)},
+    )
 
 
 # -- continuation ---------------------------------------------------------------------------
@@ -215,8 +294,12 @@ def detect_continuation(ctx: TurnContext) -> Signal | None:
     marker = _POSITIVE_START.match(clean)
     if marker is None or _NEGATIVE.search(clean):
         return None
-    return Signal(CONTINUATION, 1.0, f"user built on the reply: “{_quote(nxt)}”",
-                  {"marker": marker.group(0).strip()})
+    return Signal(
+        CONTINUATION,
+        1.0,
+        f"user built on the reply: “{_quote(nxt)}”",
+        {"marker": marker.group(0).strip()},
+    )
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -239,8 +322,12 @@ def detect_tool_error(ctx: TurnContext) -> Signal | None:
         text = result.text.strip()
         if result.is_error or _TOOL_FAILURE.search(text[:4000]):
             how = "flagged is_error" if result.is_error else "reported a failure"
-            return Signal(TOOL_ERROR, -1.0, f"tool result {how}: “{_quote(text)}”",
-                          {"tool_call_id": result.tool_call_id, "is_error": result.is_error})
+            return Signal(
+                TOOL_ERROR,
+                -1.0,
+                f"tool result {how}: “{_quote(text)}”",
+                {"tool_call_id": result.tool_call_id, "is_error": result.is_error},
+            )
     return None
 
 
@@ -249,8 +336,12 @@ def detect_upstream_error(ctx: TurnContext) -> Signal | None:
     t = ctx.turn
     if t.status != "upstream_error":
         return None
-    return Signal(UPSTREAM_ERROR, -1.0, f"upstream error HTTP {t.http_status}: "
-                  f"{_quote(t.error or '')}", {"http_status": t.http_status})
+    return Signal(
+        UPSTREAM_ERROR,
+        -1.0,
+        f"upstream error HTTP {t.http_status}: {_quote(t.error or '')}",
+        {"http_status": t.http_status},
+    )
 
 
 # -- end of session -------------------------------------------------------------------------
@@ -283,18 +374,26 @@ def session_length(session: Session) -> Signal:
     last = session.turns[-1]
     users = sum(1 for m in last.conversation if m.role == "user")
     first = min(c.turn.ts_start for c in session.turns)
-    details = {"turns": len(session.turns), "user_messages": users,
-               "duration_s": round(session.last_activity - first, 3)}
-    return Signal(SESSION_LENGTH, 0.0, f"session of {len(session.turns)} turns, {users} user "
-                  "messages", details)
+    details = {
+        "turns": len(session.turns),
+        "user_messages": users,
+        "duration_s": round(session.last_activity - first, 3),
+    }
+    return Signal(
+        SESSION_LENGTH,
+        0.0,
+        f"session of {len(session.turns)} turns, {users} user messages",
+        details,
+    )
 
 
 def detect(session: Session, *, idle: bool) -> dict[str, list[Signal]]:
     """Every signal whose evidence is final, by turn id."""
     counts: Counter[str] = Counter()
     if session.turns:
-        counts.update(" ".join(_words(m.text)) for m in session.turns[-1].conversation
-                      if m.role == "user")
+        counts.update(
+            " ".join(_words(m.text)) for m in session.turns[-1].conversation if m.role == "user"
+        )
     out: dict[str, list[Signal]] = {}
     for ctx in session.turns:
         found = [detect_upstream_error(ctx), detect_abandonment(ctx, idle)]

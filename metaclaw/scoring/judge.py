@@ -42,8 +42,10 @@ PLACEHOLDER_KEY = "metaclaw-no-key"  # local judges ignore the key, the client r
 # what makes even the embedded 135M model's votes readable.
 VOTE_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {"reason": {"type": "string", "maxLength": MAX_REASON_CHARS},
-                   "score": {"type": "integer", "enum": [1, 0, -1]}},
+    "properties": {
+        "reason": {"type": "string", "maxLength": MAX_REASON_CHARS},
+        "score": {"type": "integer", "enum": [1, 0, -1]},
+    },
     "required": ["reason", "score"],
     "additionalProperties": False,
 }
@@ -77,16 +79,20 @@ def judge_endpoint(settings: Settings) -> JudgeEndpoint | None:
     judge = settings.judge
     if judge.base_url:
         if not judge.model:
-            raise ValueError("judge.model is required when judge.base_url is set "
-                             "(METACLAW_JUDGE__MODEL)")
+            raise ValueError(
+                "judge.model is required when judge.base_url is set (METACLAW_JUDGE__MODEL)"
+            )
         return JudgeEndpoint(judge.base_url.rstrip("/"), judge.model, judge.api_key)
     if judge.model:
         upstream = settings.upstream
         if not upstream.base_url:
-            raise ValueError("judge.model is set without judge.base_url, and there is no "
-                             "upstream.base_url to reuse; set METACLAW_JUDGE__BASE_URL")
-        return JudgeEndpoint(upstream.base_url.rstrip("/"), judge.model,
-                             judge.api_key or upstream.api_key)
+            raise ValueError(
+                "judge.model is set without judge.base_url, and there is no "
+                "upstream.base_url to reuse; set METACLAW_JUDGE__BASE_URL"
+            )
+        return JudgeEndpoint(
+            upstream.base_url.rstrip("/"), judge.model, judge.api_key or upstream.api_key
+        )
     if judge.local_default:
         local = local_policy_endpoint(settings)
         return JudgeEndpoint(local.base_url, local.model, local.api_key)
@@ -155,8 +161,12 @@ class JudgeStats:
     seconds: float = 0.0
 
 
-_RETRYABLE = (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
-              openai.InternalServerError)
+_RETRYABLE = (
+    openai.APITimeoutError,
+    openai.APIConnectionError,
+    openai.RateLimitError,
+    openai.InternalServerError,
+)
 _FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
 
 
@@ -218,8 +228,12 @@ class Judge:
                 reason = f"judge refused the request: {type(exc).__name__}: {_short(exc)}"
                 if self.broken is None:
                     self.broken = reason
-                    log.error("judge at %s (model %s): %s; no more judge calls this run",
-                              self.endpoint.base_url, self.endpoint.model, reason)
+                    log.error(
+                        "judge at %s (model %s): %s; no more judge calls this run",
+                        self.endpoint.base_url,
+                        self.endpoint.model,
+                        reason,
+                    )
                 raise JudgeConfigError(reason) from None
             except (*_RETRYABLE, openai.APIStatusError) as exc:
                 self.stats.failed_calls += 1
@@ -250,8 +264,7 @@ class Judge:
         if self.broken is not None:
             return JudgeOutcome(case, error=self.broken, skipped=True)
         if not budget.reserve(m):
-            return JudgeOutcome(case, error="judge call budget for this run is spent",
-                                skipped=True)
+            return JudgeOutcome(case, error="judge call budget for this run is spent", skipped=True)
         tasks = [asyncio.create_task(self.vote(case, budget)) for _ in range(m)]
         results = await asyncio.gather(*tasks, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]

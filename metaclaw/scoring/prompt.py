@@ -92,8 +92,10 @@ def build_case(ctx: TurnContext) -> JudgeCase:
     else:
         after = "(nothing: the session ended after this turn)"
     sections.append("## What happened next\n" + after)
-    sections.append("Was the assistant turn under review correct and helpful? End with the "
-                    "two lines 'Score: …' and 'Reason: …'.")
+    sections.append(
+        "Was the assistant turn under review correct and helpful? End with the "
+        "two lines 'Score: …' and 'Reason: …'."
+    )
     messages = (
         {"role": "system", "content": RUBRIC},
         {"role": "user", "content": "\n\n".join(sections)},

@@ -124,8 +124,11 @@ class ScoreReport:
             "judge": self.judge,
             "implicit_version": self.implicit_version,
             "sessions_pending": self.sessions_pending,
-            **{f.name: getattr(t, f.name) for f in fields(t)
-               if not isinstance(getattr(t, f.name), Counter)},
+            **{
+                f.name: getattr(t, f.name)
+                for f in fields(t)
+                if not isinstance(getattr(t, f.name), Counter)
+            },
             "implicit_kinds": dict(t.implicit_kinds),
             "judge_values": dict(t.judge_values),
             "inter_vote_agreement": round(t.agreement_sum / t.judged, 4) if t.judged else None,
@@ -142,27 +145,46 @@ def current_judge(settings: Settings) -> tuple[JudgeEndpoint | None, str | None]
     return endpoint, scorer_version(endpoint, settings.judge) if endpoint else None
 
 
-def plan(settings: Settings, *, rescore: bool = False, now: float | None = None,
-         batch_sessions: int = BATCH_SESSIONS) -> ScorePlan:
+def plan(
+    settings: Settings,
+    *,
+    rescore: bool = False,
+    now: float | None = None,
+    batch_sessions: int = BATCH_SESSIONS,
+) -> ScorePlan:
     """Find the sessions with something left to score at the current scorer versions."""
     _, version = current_judge(settings)
     con = connect(settings.paths)
     try:
-        pending = pending_sessions(con, implicit_version=IMPLICIT_VERSION,
-                                   judge_version=version, rescore=rescore)
+        pending = pending_sessions(
+            con, implicit_version=IMPLICIT_VERSION, judge_version=version, rescore=rescore
+        )
     finally:
         con.close()
     ids = [sid for sid, _ in pending]
     batches = [ids[i : i + batch_sessions] for i in range(0, len(ids), batch_sessions)]
-    return ScorePlan(batches, version, IMPLICIT_VERSION, rescore,
-                     time.time() if now is None else now, {sid for sid, imp in pending if imp})
+    return ScorePlan(
+        batches,
+        version,
+        IMPLICIT_VERSION,
+        rescore,
+        time.time() if now is None else now,
+        {sid for sid, imp in pending if imp},
+    )
 
 
 # -- pure steps -----------------------------------------------------------------------------
 
 
-def _row(turn_id: str, signal: str, value: float, version: str, reason: str | None,
-         details: dict[str, Any] | None, ts: int) -> Row:
+def _row(
+    turn_id: str,
+    signal: str,
+    value: float,
+    version: str,
+    reason: str | None,
+    details: dict[str, Any] | None,
+    ts: int,
+) -> Row:
     return {
         "reward_id": reward_id(turn_id, signal, version),
         "turn_id": turn_id,
@@ -179,16 +201,22 @@ def implicit_rows(sessions: list[Session], now: float, idle_s: float, ts: int) -
     rows: list[Row] = []
     for session in sessions:
         for turn_id, signals in detect(session, idle=session.idle(now, idle_s)).items():
-            rows += [_row(turn_id, s.signal, s.value, IMPLICIT_VERSION, s.reason, s.details, ts)
-                     for s in signals]
+            rows += [
+                _row(turn_id, s.signal, s.value, IMPLICIT_VERSION, s.reason, s.details, ts)
+                for s in signals
+            ]
     return rows
 
 
-def judge_ready(sessions: list[Session], known: list[KnownReward], plan: ScorePlan,
-                idle_s: float) -> tuple[list[TurnContext], int]:
+def judge_ready(
+    sessions: list[Session], known: list[KnownReward], plan: ScorePlan, idle_s: float
+) -> tuple[list[TurnContext], int]:
     """Turns to judge now, oldest first; and how many must wait for their next state."""
-    done = {k.turn_id for k in known
-            if k.signal == "judge" and (not plan.rescore or k.scorer_version == plan.judge_version)}
+    done = {
+        k.turn_id
+        for k in known
+        if k.signal == "judge" and (not plan.rescore or k.scorer_version == plan.judge_version)
+    }
     ready: list[TurnContext] = []
     waiting = 0
     for session in sessions:
@@ -204,8 +232,9 @@ def judge_ready(sessions: list[Session], known: list[KnownReward], plan: ScorePl
     return ready, waiting
 
 
-def judge_rows(outcomes: list[JudgeOutcome], judge: Judge, ts: int,
-               report: BatchReport) -> list[Row]:
+def judge_rows(
+    outcomes: list[JudgeOutcome], judge: Judge, ts: int, report: BatchReport
+) -> list[Row]:
     rows: list[Row] = []
     for outcome in outcomes:
         verdict = outcome.verdict
@@ -222,18 +251,32 @@ def judge_rows(outcomes: list[JudgeOutcome], judge: Judge, ts: int,
         report.agreement_sum += verdict.agreement
         report.unanimous += verdict.agreement == 1.0 and verdict.valid == len(outcome.votes)
         report.ties += verdict.tie
-        rows.append(_row(outcome.case.turn_id, "judge", verdict.value, judge.version,
-                         majority_reason(outcome.votes, verdict), outcome_details(outcome, judge),
-                         ts))
+        rows.append(
+            _row(
+                outcome.case.turn_id,
+                "judge",
+                verdict.value,
+                judge.version,
+                majority_reason(outcome.votes, verdict),
+                outcome_details(outcome, judge),
+                ts,
+            )
+        )
     return rows
 
 
 # -- one batch ------------------------------------------------------------------------------
 
 
-async def _judge(endpoint: JudgeEndpoint, settings: Settings, contexts: list[TurnContext],
-                 budget: CallBudget, client: openai.AsyncOpenAI | None,
-                 ts: int, report: BatchReport) -> list[Row]:
+async def _judge(
+    endpoint: JudgeEndpoint,
+    settings: Settings,
+    contexts: list[TurnContext],
+    budget: CallBudget,
+    client: openai.AsyncOpenAI | None,
+    ts: int,
+    report: BatchReport,
+) -> list[Row]:
     async with Judge(endpoint, settings.judge, client) as judge:
         outcomes = await judge.judge_all([build_case(c) for c in contexts], budget)
         stats = judge.stats
@@ -247,8 +290,13 @@ async def _judge(endpoint: JudgeEndpoint, settings: Settings, contexts: list[Tur
         return judge_rows(outcomes, judge, ts, report)
 
 
-def score_batch(settings: Settings, plan: ScorePlan, session_ids: list[str], budget_left: int,
-                client: openai.AsyncOpenAI | None = None) -> BatchReport:
+def score_batch(
+    settings: Settings,
+    plan: ScorePlan,
+    session_ids: list[str],
+    budget_left: int,
+    client: openai.AsyncOpenAI | None = None,
+) -> BatchReport:
     """Score one batch of sessions and write its new reward rows (idempotent)."""
     report = BatchReport(sessions=len(session_ids))
     con = connect(settings.paths)
@@ -262,8 +310,9 @@ def score_batch(settings: Settings, plan: ScorePlan, session_ids: list[str], bud
     idle_s = settings.judge.session_idle_s
     ts = now_micros()
     known_ids = {k.reward_id for k in known}
-    rows = [r for r in implicit_rows(sessions, plan.now, idle_s, ts)
-            if r["reward_id"] not in known_ids]
+    rows = [
+        r for r in implicit_rows(sessions, plan.now, idle_s, ts) if r["reward_id"] not in known_ids
+    ]
     report.implicit_rows = len(rows)
     report.implicit_kinds.update(r["signal"].removeprefix("implicit:") for r in rows)
     endpoint, _ = current_judge(settings)
@@ -288,9 +337,15 @@ def score_summary(settings: Settings) -> tuple[Agreement, list[dict[str, Any]]]:
         con.close()
 
 
-def score(settings: Settings, *, rescore: bool = False, max_calls: int | None = None,
-          now: float | None = None, client: openai.AsyncOpenAI | None = None,
-          batch_sessions: int = BATCH_SESSIONS) -> ScoreReport:
+def score(
+    settings: Settings,
+    *,
+    rescore: bool = False,
+    max_calls: int | None = None,
+    now: float | None = None,
+    client: openai.AsyncOpenAI | None = None,
+    batch_sessions: int = BATCH_SESSIONS,
+) -> ScoreReport:
     """A whole scoring pass (what the `score` flow does, without Prefect)."""
     start = time.perf_counter()
     the_plan = plan(settings, rescore=rescore, now=now, batch_sessions=batch_sessions)
@@ -300,8 +355,16 @@ def score(settings: Settings, *, rescore: bool = False, max_calls: int | None = 
         if the_plan.worth_loading(index, budget - totals.calls, settings.judge.votes):
             totals.merge(score_batch(settings, the_plan, batch, budget - totals.calls, client))
     agreement, by_source = score_summary(settings)
-    return ScoreReport(the_plan.judge_version, the_plan.implicit_version, the_plan.sessions,
-                       totals, budget, agreement, by_source, time.perf_counter() - start)
+    return ScoreReport(
+        the_plan.judge_version,
+        the_plan.implicit_version,
+        the_plan.sessions,
+        totals,
+        budget,
+        agreement,
+        by_source,
+        time.perf_counter() - start,
+    )
 
 
 def status_line(settings: Settings) -> str:

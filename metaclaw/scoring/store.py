@@ -70,8 +70,12 @@ def pending_sessions(
 ) -> list[tuple[str, bool]]:
     """Sessions with something left to score, oldest first, each with whether it still needs
     implicit evaluation (False: it only waits for the judge)."""
-    params = {"iv": implicit_version, "judge": judge_version is not None,
-              "rescore": rescore, "jv": judge_version or ""}
+    params = {
+        "iv": implicit_version,
+        "judge": judge_version is not None,
+        "rescore": rescore,
+        "jv": judge_version or "",
+    }
     return [(r[0], bool(r[1])) for r in con.execute(_PENDING_SQL, params).fetchall()]
 
 
@@ -95,8 +99,20 @@ def load_sessions(
     _register_ids(con, session_ids)
     cur = con.execute(_TURNS_SQL)
     out: dict[str, list[TurnRecord]] = defaultdict(list)
-    for (turn_id, session_id, turn_index, ts_start, ts_end, request, text, calls, finish, status,
-         http_status, error) in cur.fetchall():
+    for (
+        turn_id,
+        session_id,
+        turn_index,
+        ts_start,
+        ts_end,
+        request,
+        text,
+        calls,
+        finish,
+        status,
+        http_status,
+        error,
+    ) in cur.fetchall():
         out[session_id].append(
             TurnRecord(
                 turn_id=turn_id,
@@ -158,8 +174,10 @@ class Agreement:
     def describe(self) -> str:
         if not self.turns:
             return "no turn has both a judge score and explicit feedback yet"
-        return (f"{self.rate:.0%} ({self.agree}/{self.turns} turns with explicit feedback agree "
-                "in sign with the judge)")
+        return (
+            f"{self.rate:.0%} ({self.agree}/{self.turns} turns with explicit feedback agree "
+            "in sign with the judge)"
+        )
 
 
 def judge_agreement(con: duckdb.DuckDBPyConnection) -> Agreement:

@@ -271,8 +271,9 @@ def assemble(session_id: str, turns: Iterable[TurnRecord]) -> Session:
     """
     ordered = sorted(turns, key=lambda t: (t.ts_start, t.turn_id))
     contexts = [
-        TurnContext(turn=t, messages=normalize_request(t.request), reply=reply_message(t),
-                    position=i)
+        TurnContext(
+            turn=t, messages=normalize_request(t.request), reply=reply_message(t), position=i
+        )
         for i, t in enumerate(ordered)
     ]
     if contexts:

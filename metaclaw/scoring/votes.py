@@ -30,8 +30,9 @@ _SCORE_LINE = re.compile(
     r"^[ \t>*_#-]*score[ \t*_]*[:=][ \t*_]*([+\-−]?[ \t]*[\d.]+)[ \t*_.]*$",
     re.IGNORECASE | re.MULTILINE,
 )
-_REASON_LINE = re.compile(r"^[ \t>*_#-]*reason[ \t*_]*:[ \t*_]*(.+?)[ \t*_]*$",
-                          re.IGNORECASE | re.MULTILINE)
+_REASON_LINE = re.compile(
+    r"^[ \t>*_#-]*reason[ \t*_]*:[ \t*_]*(.+?)[ \t*_]*$", re.IGNORECASE | re.MULTILINE
+)
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 
@@ -120,8 +121,9 @@ def majority(votes: list[Vote]) -> Verdict | None:
     top = counts[0][1]
     leaders = [value for value, n in counts if n == top]
     tie = len(leaders) > 1
-    return Verdict(value=0 if tie else leaders[0], agreement=top / len(valid), valid=len(valid),
-                   tie=tie)
+    return Verdict(
+        value=0 if tie else leaders[0], agreement=top / len(valid), valid=len(valid), tie=tie
+    )
 
 
 def majority_reason(votes: list[Vote], verdict: Verdict) -> str | None:

@@ -41,10 +41,10 @@ DISCONNECT_POLL_S = 1.0  # how often a waiting non-streamed request checks its c
 DEFAULT_MAX_BODY: int = PolicySettings.model_fields["max_body_bytes"].default
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
-                  ) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
-                    headers=headers)
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
 
 
 def error_response(err: EngineError) -> Response:
@@ -72,9 +72,12 @@ class KeyMiddleware:
         if auth[:7].lower() == b"bearer " and hmac.compare_digest(auth[7:].strip(), self.key):
             await self.app(scope, receive, send)
             return
-        err = EngineError(401, "missing or invalid API key: send policy.api_key as "
-                          "'Authorization: Bearer <key>'", "invalid_api_key",
-                          "authentication_error")
+        err = EngineError(
+            401,
+            "missing or invalid API key: send policy.api_key as 'Authorization: Bearer <key>'",
+            "invalid_api_key",
+            "authentication_error",
+        )
         await error_response(err)(scope, receive, send)
 
 
@@ -93,9 +96,13 @@ class AdminMiddleware:
         if presented and hmac.compare_digest(presented, self.token):
             await self.app(scope, receive, send)
             return
-        err = EngineError(401, f"admin endpoints need the '{ADMIN_HEADER}' header with the token "
-                          f"in METACLAW_HOME/{TOKEN_FILE}", "invalid_admin_token",
-                          "authentication_error")
+        err = EngineError(
+            401,
+            f"admin endpoints need the '{ADMIN_HEADER}' header with the token "
+            f"in METACLAW_HOME/{TOKEN_FILE}",
+            "invalid_admin_token",
+            "authentication_error",
+        )
         await error_response(err)(scope, receive, send)
 
 
@@ -104,8 +111,9 @@ def _refusal_response(scope: Scope, refusal: Refusal) -> Response:
 
 
 class ServerState:
-    def __init__(self, engine: PolicyEngine, home: Path, timeout_s: float,
-                 max_body_bytes: int) -> None:
+    def __init__(
+        self, engine: PolicyEngine, home: Path, timeout_s: float, max_body_bytes: int
+    ) -> None:
         self.engine = engine
         self.home = home
         self.timeout_s = timeout_s
@@ -113,10 +121,16 @@ class ServerState:
         self.started = time.time()
 
 
-def create_app(engine: PolicyEngine, *, home: Path, request_timeout_s: float,
-               api_key: str | None = None, own_engine: bool = True,
-               max_body_bytes: int = DEFAULT_MAX_BODY, allowed_hosts: list[str] | None = None
-               ) -> FastAPI:
+def create_app(
+    engine: PolicyEngine,
+    *,
+    home: Path,
+    request_timeout_s: float,
+    api_key: str | None = None,
+    own_engine: bool = True,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+    allowed_hosts: list[str] | None = None,
+) -> FastAPI:
     """The ASGI app. The engine is started with the app and closed with it when owned.
 
     The admin token is read (created on the first start) under `home`.
@@ -131,8 +145,7 @@ def create_app(engine: PolicyEngine, *, home: Path, request_timeout_s: float,
             if own_engine:
                 await asyncio.to_thread(engine.close)
 
-    app = FastAPI(title="MetaClaw policy server", lifespan=lifespan, docs_url=None,
-                  redoc_url=None)
+    app = FastAPI(title="MetaClaw policy server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.policy = ServerState(engine, Path(home), request_timeout_s, max_body_bytes)
     app.add_middleware(AdminMiddleware, token=ensure_admin_token(Path(home)).encode())
     app.add_middleware(KeyMiddleware, key=api_key.encode() if api_key else None)
@@ -151,17 +164,26 @@ def create_app(engine: PolicyEngine, *, home: Path, request_timeout_s: float,
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        message = {404: f"no route {request.method} {request.url.path}",
-                   405: f"method {request.method} not allowed on {request.url.path}"}
-        return error_response(EngineError(exc.status_code,
-                                          message.get(exc.status_code, str(exc.detail)),
-                                          "not_found" if exc.status_code == 404 else "http"))
+        message = {
+            404: f"no route {request.method} {request.url.path}",
+            405: f"method {request.method} not allowed on {request.url.path}",
+        }
+        return error_response(
+            EngineError(
+                exc.status_code,
+                message.get(exc.status_code, str(exc.detail)),
+                "not_found" if exc.status_code == 404 else "http",
+            )
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path)
-        return error_response(EngineError(500, f"internal error: {type(exc).__name__}",
-                                          "server_error", "server_error"))
+        return error_response(
+            EngineError(
+                500, f"internal error: {type(exc).__name__}", "server_error", "server_error"
+            )
+        )
 
     return app
 
@@ -174,8 +196,9 @@ async def _body(request: Request) -> Any:
     """The JSON body, refused with 413 as soon as it passes `policy.max_body_bytes`."""
     limit = _state(request).max_body_bytes
     declared = request.headers.get("content-length", "")
-    too_large = EngineError(413, f"request body exceeds policy.max_body_bytes ({limit} bytes)",
-                            "request_too_large")
+    too_large = EngineError(
+        413, f"request body exceeds policy.max_body_bytes ({limit} bytes)", "request_too_large"
+    )
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks: list[bytes] = []
@@ -210,8 +233,9 @@ async def _result(req: Any, deadline: float, request: Request) -> Result | None:
                 if await request.is_disconnected():
                     return None
                 if time.monotonic() > deadline:
-                    raise EngineError(504, "the policy engine stopped responding", "timeout",
-                                      "server_error") from None
+                    raise EngineError(
+                        504, "the policy engine stopped responding", "timeout", "server_error"
+                    ) from None
                 continue
             if isinstance(event, EngineError):
                 raise event
@@ -242,13 +266,21 @@ async def chat_completions(request: Request) -> Response:
         result = await _result(req, deadline, request)
         if result is None:
             return Response(status_code=CLIENT_GONE)
-        return json_response(shapes.chat_completion(
-            rid, engine.name, result, logprobs=chat.logprobs, top_p=params.top_p,
-            token_text=engine.token_text))
-    return StreamingResponse(_chat_stream(req, rid, engine, chat.logprobs, chat.include_usage,
-                                          params.top_p, deadline),
-                             media_type="text/event-stream",
-                             headers={"cache-control": "no-cache"})
+        return json_response(
+            shapes.chat_completion(
+                rid,
+                engine.name,
+                result,
+                logprobs=chat.logprobs,
+                top_p=params.top_p,
+                token_text=engine.token_text,
+            )
+        )
+    return StreamingResponse(
+        _chat_stream(req, rid, engine, chat.logprobs, chat.include_usage, params.top_p, deadline),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache"},
+    )
 
 
 def _chat_prompt_ids(engine: PolicyEngine, chat: Any) -> list[int]:
@@ -258,9 +290,15 @@ def _chat_prompt_ids(engine: PolicyEngine, chat: Any) -> list[int]:
     return engine.encode(text, add_special_tokens=False)
 
 
-async def _chat_stream(req: Any, rid: str, engine: PolicyEngine, logprobs: bool,
-                       include_usage: bool, top_p: float, deadline: float
-                       ) -> AsyncIterator[bytes]:
+async def _chat_stream(
+    req: Any,
+    rid: str,
+    engine: PolicyEngine,
+    logprobs: bool,
+    include_usage: bool,
+    top_p: float,
+    deadline: float,
+) -> AsyncIterator[bytes]:
     created = shapes.now()
     model = engine.name
     try:
@@ -274,24 +312,36 @@ async def _chat_stream(req: Any, rid: str, engine: PolicyEngine, logprobs: bool,
                 lp = None
                 if logprobs and event.token_id is not None:
                     assert event.logprob is not None
-                    lp = shapes.chat_logprob_content(engine.token_text, [event.token_id],
-                                                     [event.logprob], [event.top])
+                    lp = shapes.chat_logprob_content(
+                        engine.token_text, [event.token_id], [event.logprob], [event.top]
+                    )
                 if event.text or lp:
-                    yield _sse(shapes.chat_chunk(rid, model, created, {"content": event.text},
-                                                 logprobs=lp))
+                    yield _sse(
+                        shapes.chat_chunk(rid, model, created, {"content": event.text}, logprobs=lp)
+                    )
                 continue
             for i, call in enumerate(shapes.tool_calls_with_ids(event.tool_calls, rid)):
-                yield _sse(shapes.chat_chunk(rid, model, created,
-                                             {"tool_calls": [{"index": i, **call}]}))
-            final = shapes.chat_chunk(rid, model, created, {}, finish=event.finish_reason,
-                                      checkpoint=event.checkpoint)
+                yield _sse(
+                    shapes.chat_chunk(rid, model, created, {"tool_calls": [{"index": i, **call}]})
+                )
+            final = shapes.chat_chunk(
+                rid, model, created, {}, finish=event.finish_reason, checkpoint=event.checkpoint
+            )
             final["metaclaw"] = shapes.metaclaw_field(event, top_p)
             if include_usage:
                 final["usage"] = None
             yield _sse(final)
             if include_usage:
-                yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created,
-                            "model": model, "choices": [], "usage": shapes.usage(event)})
+                yield _sse(
+                    {
+                        "id": rid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": shapes.usage(event),
+                    }
+                )
             yield b"data: [DONE]\n\n"
             return
     finally:
@@ -321,8 +371,9 @@ async def completions(request: Request) -> Response:
         prompt_text = await asyncio.to_thread(engine.decode_all, prompt_ids)
     max_tokens = engine.check_prompt(prompt_ids, comp.params.max_tokens)
     if comp.params.max_tokens > 0 and max_tokens == 0:
-        raise EngineError(400, "no room left in the context for a completion",
-                          "context_length_exceeded")
+        raise EngineError(
+            400, "no room left in the context for a completion", "context_length_exceeded"
+        )
     params = _with_max(comp.params, max_tokens)
     req = engine.submit(prompt_ids, params, stream=comp.stream, timeout_s=state.timeout_s)
     deadline = time.monotonic() + state.timeout_s + STALL_GRACE_S
@@ -331,18 +382,34 @@ async def completions(request: Request) -> Response:
         result = await _result(req, deadline, request)
         if result is None:
             return Response(status_code=CLIENT_GONE)
-        return json_response(shapes.text_completion(
-            rid, engine.name, result, prompt_text=prompt_text, echo=comp.echo,
-            logprobs=comp.logprobs, top_p=params.top_p, token_text=engine.token_text))
-    return StreamingResponse(_completion_stream(req, rid, engine, comp, prompt_text,
-                                                params.top_p, deadline),
-                             media_type="text/event-stream",
-                             headers={"cache-control": "no-cache"})
+        return json_response(
+            shapes.text_completion(
+                rid,
+                engine.name,
+                result,
+                prompt_text=prompt_text,
+                echo=comp.echo,
+                logprobs=comp.logprobs,
+                top_p=params.top_p,
+                token_text=engine.token_text,
+            )
+        )
+    return StreamingResponse(
+        _completion_stream(req, rid, engine, comp, prompt_text, params.top_p, deadline),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache"},
+    )
 
 
-async def _completion_stream(req: Any, rid: str, engine: PolicyEngine, comp: Any,
-                             prompt_text: str, top_p: float, deadline: float
-                             ) -> AsyncIterator[bytes]:
+async def _completion_stream(
+    req: Any,
+    rid: str,
+    engine: PolicyEngine,
+    comp: Any,
+    prompt_text: str,
+    top_p: float,
+    deadline: float,
+) -> AsyncIterator[bytes]:
     created = shapes.now()
     model = engine.name
     offset = len(prompt_text)
@@ -357,20 +424,34 @@ async def _completion_stream(req: Any, rid: str, engine: PolicyEngine, comp: Any
             if isinstance(event, Delta):
                 lp = None
                 if comp.logprobs is not None and event.token_id is not None:
-                    lp = shapes.completion_logprobs(engine.token_text, [event.token_id],
-                                                    [event.logprob], [event.top], offset,
-                                                    comp.logprobs > 0)
+                    lp = shapes.completion_logprobs(
+                        engine.token_text,
+                        [event.token_id],
+                        [event.logprob],
+                        [event.top],
+                        offset,
+                        comp.logprobs > 0,
+                    )
                 if event.text or lp:
-                    yield _sse(shapes.completion_chunk(rid, model, created, event.text,
-                                                       logprobs=lp))
+                    yield _sse(
+                        shapes.completion_chunk(rid, model, created, event.text, logprobs=lp)
+                    )
                 offset += len(event.text)
                 continue
             final = shapes.completion_chunk(rid, model, created, "", finish=event.finish_reason)
             final["metaclaw"] = shapes.metaclaw_field(event, top_p)
             yield _sse(final)
             if comp.include_usage:
-                yield _sse({"id": rid, "object": "text_completion", "created": created,
-                            "model": model, "choices": [], "usage": shapes.usage(event)})
+                yield _sse(
+                    {
+                        "id": rid,
+                        "object": "text_completion",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": shapes.usage(event),
+                    }
+                )
             yield b"data: [DONE]\n\n"
             return
     finally:
@@ -384,11 +465,23 @@ async def _completion_stream(req: Any, rid: str, engine: PolicyEngine, comp: Any
 async def models(request: Request) -> Response:
     state = _state(request)
     engine = state.engine
-    return json_response({"object": "list", "data": [{
-        "id": engine.name, "object": "model", "created": int(state.started),
-        "owned_by": "metaclaw", "metaclaw": {"checkpoint": engine.policy.checkpoint_id,
-                                              "max_context_tokens": engine.max_context_tokens},
-    }]})
+    return json_response(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "id": engine.name,
+                    "object": "model",
+                    "created": int(state.started),
+                    "owned_by": "metaclaw",
+                    "metaclaw": {
+                        "checkpoint": engine.policy.checkpoint_id,
+                        "max_context_tokens": engine.max_context_tokens,
+                    },
+                }
+            ],
+        }
+    )
 
 
 async def healthz(request: Request) -> Response:
@@ -424,13 +517,15 @@ async def set_adapter(request: Request) -> Response:
     state = _state(request)
     body = await _body(request)
     if not isinstance(body, dict):
-        raise EngineError(400, "body must be {\"checkpoint_id\": str|null, \"path\": str|null}",
-                          "invalid_json")
+        raise EngineError(
+            400, 'body must be {"checkpoint_id": str|null, "path": str|null}', "invalid_json"
+        )
     checkpoint_id, path = body.get("checkpoint_id"), body.get("path")
     for key, value in (("checkpoint_id", checkpoint_id), ("path", path)):
         if value is not None and (not isinstance(value, str) or not value):
-            raise EngineError(400, f"'{key}' must be a non-empty string or null", "invalid_value",
-                              param=key)
+            raise EngineError(
+                400, f"'{key}' must be a non-empty string or null", "invalid_value", param=key
+            )
     target: Path | None = None
     try:
         if path is not None:
@@ -439,8 +534,7 @@ async def set_adapter(request: Request) -> Response:
         elif checkpoint_id is not None:
             from metaclaw.config import LedgerPaths
 
-            recorded = await asyncio.to_thread(ledger_path, LedgerPaths(state.home),
-                                               checkpoint_id)
+            recorded = await asyncio.to_thread(ledger_path, LedgerPaths(state.home), checkpoint_id)
             target = adapter_dir(state.home, checkpoint_id, recorded)
     except CheckpointError as exc:
         raise EngineError(400, str(exc), "invalid_checkpoint") from None
@@ -452,7 +546,7 @@ async def set_adapter(request: Request) -> Response:
         raise
     except Exception as exc:  # peft refused it after validation: report, keep serving
         log.exception("adapter load failed")
-        raise EngineError(422, f"could not load the adapter at {target}: {exc}",
-                          "invalid_adapter") from None
+        raise EngineError(
+            422, f"could not load the adapter at {target}: {exc}", "invalid_adapter"
+        ) from None
     return json_response({"checkpoint_id": policy.checkpoint_id, "path": policy.path})
-

@@ -55,8 +55,9 @@ def template_supports_tool_calls(template: str | None) -> bool:
     return bool(template) and "tool_calls" in template  # type: ignore[operator]
 
 
-def normalise_messages(messages: Any, template: str | None, tools: list[Any] | None
-                       ) -> list[dict[str, Any]]:
+def normalise_messages(
+    messages: Any, template: str | None, tools: list[Any] | None
+) -> list[dict[str, Any]]:
     """Messages the template can render: string contents, tool calls written as text when
     the template cannot render them, and the tool description when it cannot render `tools`."""
     if not isinstance(messages, list) or not messages:
@@ -67,14 +68,15 @@ def normalise_messages(messages: Any, template: str | None, tools: list[Any] | N
         if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
             raise ChatFormatError(f"messages[{i}] must be an object with a string 'role'")
         role = "system" if msg["role"] == "developer" else msg["role"]
-        item: dict[str, Any] = {"role": role,
-                                "content": content_text(msg.get("content"), f"messages[{i}]")}
+        item: dict[str, Any] = {
+            "role": role,
+            "content": content_text(msg.get("content"), f"messages[{i}]"),
+        }
         calls = msg.get("tool_calls") or []
         if calls and native_calls:
             item["tool_calls"] = calls
         elif calls:
-            item["content"] = "\n".join([item["content"], *(_call_text(c) for c in calls)]
-                                        ).strip()
+            item["content"] = "\n".join([item["content"], *(_call_text(c) for c in calls)]).strip()
         for key in ("name", "tool_call_id"):
             if isinstance(msg.get(key), str):
                 item[key] = msg[key]
@@ -103,8 +105,9 @@ def render_prompt(tokenizer: Any, messages: Any, tools: list[Any] | None) -> str
     """The prompt text (generation prompt included) for a chat request."""
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     if template is None:
-        raise ChatFormatError("the policy model's tokenizer has no chat template; use "
-                              "/v1/completions or a chat model")
+        raise ChatFormatError(
+            "the policy model's tokenizer has no chat template; use /v1/completions or a chat model"
+        )
     normal = normalise_messages(messages, template, tools)
     kwargs: dict[str, Any] = {"tools": tools} if tools and template_supports_tools(template) else {}
     try:

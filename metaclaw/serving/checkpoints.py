@@ -31,8 +31,11 @@ def checkpoints_dir(home: Path) -> Path:
 
 def promoted_checkpoint(paths: LedgerPaths) -> tuple[str, str | None] | None:
     """(checkpoint_id, path) of the promoted checkpoint, or None when there is none."""
-    _, rows = query(paths, f"SELECT checkpoint_id, path FROM ({LATEST}) WHERE status = "
-                           "'promoted' ORDER BY ts DESC LIMIT 1")
+    _, rows = query(
+        paths,
+        f"SELECT checkpoint_id, path FROM ({LATEST}) WHERE status = "
+        "'promoted' ORDER BY ts DESC LIMIT 1",
+    )
     if not rows:
         return None
     checkpoint_id, path = rows[0]
@@ -52,7 +55,8 @@ def adapter_dir(home: Path, checkpoint_id: str | None, recorded: str | None) -> 
         if recorded.startswith("tinker://"):
             raise CheckpointError(
                 f"checkpoint {checkpoint_id!r} lives on Tinker ({recorded}); the local policy "
-                "server serves local LoRA directories only")
+                "server serves local LoRA directories only"
+            )
         path = Path(recorded).expanduser()
         if not path.is_absolute() and not path.exists():
             path = Path(home) / path

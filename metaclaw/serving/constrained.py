@@ -38,8 +38,11 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: callers that only
     import torch  # response_format (the judge, the critic) stay light
 
 # Compact JSON with the separators models saw most in training: no runaway whitespace.
-JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ",
-                                "key_separator": ": "}
+JSON_OPTIONS: dict[str, Any] = {
+    "whitespace_flexible": False,
+    "item_separator": ", ",
+    "key_separator": ": ",
+}
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 # Budgeting documents in characters: English text, repetitive text included, tokenises at 3-5
 # characters a token in the BPE vocabularies we serve; 2 leaves a margin for digits and symbols.
@@ -68,8 +71,7 @@ def json_constraint(schema: dict[str, Any] | None, name: str | None = None) -> C
     from llguidance import LLMatcher
 
     try:
-        grammar = LLMatcher.grammar_from_json_schema(schema or ANY_OBJECT,
-                                                     overrides=JSON_OPTIONS)  # type: ignore[arg-type]
+        grammar = LLMatcher.grammar_from_json_schema(schema or ANY_OBJECT, overrides=JSON_OPTIONS)  # type: ignore[arg-type]
     except (ValueError, TypeError) as exc:
         raise ConstraintError(f"the JSON schema cannot be used: {exc}") from None
     problem = LLMatcher.validate_grammar(grammar)
@@ -87,32 +89,35 @@ def parse_response_format(value: Any) -> Constraint | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise ConstraintError("'response_format' must be an object such as "
-                              '{"type": "json_object"}')
+        raise ConstraintError(
+            '\'response_format\' must be an object such as {"type": "json_object"}'
+        )
     kind = value.get("type")
     if kind == "text":
         return None
     if kind == "json_object":
         return json_constraint(None)
     if kind != "json_schema":
-        raise ConstraintError(f"'response_format.type' must be 'text', 'json_object' or "
-                              f"'json_schema', got {kind!r}")
+        raise ConstraintError(
+            f"'response_format.type' must be 'text', 'json_object' or 'json_schema', got {kind!r}"
+        )
     spec = value.get("json_schema")
     if not isinstance(spec, dict):
-        raise ConstraintError("'response_format.json_schema' must be an object with 'name' "
-                              "and 'schema'")
+        raise ConstraintError(
+            "'response_format.json_schema' must be an object with 'name' and 'schema'"
+        )
     name = spec.get("name")
     if name is not None and not isinstance(name, str):
         raise ConstraintError("'response_format.json_schema.name' must be a string")
     schema = spec.get("schema", ANY_OBJECT)
     if not isinstance(schema, dict):
-        raise ConstraintError("'response_format.json_schema.schema' must be a JSON schema "
-                              "object")
+        raise ConstraintError("'response_format.json_schema.schema' must be a JSON schema object")
     return json_constraint(schema, name)
 
 
-def response_format(schema: dict[str, Any], name: str, max_tokens: int | None = None
-                    ) -> dict[str, Any]:
+def response_format(
+    schema: dict[str, Any], name: str, max_tokens: int | None = None
+) -> dict[str, Any]:
     """The `response_format` body that asks an OpenAI-compatible server for `schema`.
 
     Objects that do not say otherwise get `additionalProperties: false`: an open object lets a
@@ -201,8 +206,9 @@ def _longest(node: Any, root: dict[str, Any], depth: int) -> int:
         extra = node.get("additionalProperties", True)
         if extra is not False:
             return _UNBOUNDED
-        return 2 + sum(len(json.dumps(k)) + 4 + _longest(v, root, depth + 1)
-                       for k, v in props.items())
+        return 2 + sum(
+            len(json.dumps(k)) + 4 + _longest(v, root, depth + 1) for k, v in props.items()
+        )
     return _UNBOUNDED
 
 
@@ -220,8 +226,13 @@ def _closed(node: Any) -> Any:
 class Guides:
     """Starts guides for one engine's tokenizer; the llguidance tokenizer is built once."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: Iterable[int],
-                 tokenizer_lock: threading.Lock | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        vocab_size: int,
+        eos_ids: Iterable[int],
+        tokenizer_lock: threading.Lock | None = None,
+    ) -> None:
         self._hf = tokenizer
         self.vocab_size = vocab_size
         self.eos_ids = sorted(eos_ids)
@@ -233,8 +244,9 @@ class Guides:
             import llguidance.hf
 
             with self._tok_lock:  # the HF tokenizer is shared with the event loop's encode
-                self._ll = llguidance.hf.from_tokenizer(self._hf, n_vocab=self.vocab_size,
-                                                        eos_token=self.eos_ids or None)
+                self._ll = llguidance.hf.from_tokenizer(
+                    self._hf, n_vocab=self.vocab_size, eos_token=self.eos_ids or None
+                )
         return self._ll
 
     def start(self, constraint: Constraint | None) -> Guide | None:
@@ -262,8 +274,10 @@ class Guide:
         words = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
         bits = np.unpackbits(words, bitorder="little")[: self.vocab_size]
         if self.matcher.is_error() or not bits.any():
-            raise ConstraintError("constrained decoding reached a dead end: "
-                                  f"{self.matcher.get_error() or 'no token is allowed'}")
+            raise ConstraintError(
+                "constrained decoding reached a dead end: "
+                f"{self.matcher.get_error() or 'no token is allowed'}"
+            )
         return torch.from_numpy(bits.astype(np.bool_))
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
@@ -275,5 +289,6 @@ class Guide:
 
     def advance(self, token: int) -> None:
         if not self.matcher.consume_token(token):
-            raise ConstraintError(f"token {token} does not fit the response format: "
-                                  f"{self.matcher.get_error()}")
+            raise ConstraintError(
+                f"token {token} does not fit the response format: {self.matcher.get_error()}"
+            )

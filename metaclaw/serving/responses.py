@@ -42,8 +42,11 @@ def metaclaw_field(result: Result, top_p: float) -> dict[str, Any]:
 
 def usage(result: Result) -> dict[str, int]:
     prompt, completion = len(result.prompt_ids), len(result.completion_ids)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _entry(token_text: TokenText, token: int, logprob: float) -> dict[str, Any]:
@@ -51,11 +54,17 @@ def _entry(token_text: TokenText, token: int, logprob: float) -> dict[str, Any]:
     return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
 
-def chat_logprob_content(token_text: TokenText, tokens: list[int], logprobs: list[float],
-                         tops: list[list[tuple[int, float]]]) -> list[dict[str, Any]]:
+def chat_logprob_content(
+    token_text: TokenText,
+    tokens: list[int],
+    logprobs: list[float],
+    tops: list[list[tuple[int, float]]],
+) -> list[dict[str, Any]]:
     return [
-        {**_entry(token_text, t, lp),
-         "top_logprobs": [_entry(token_text, alt, alt_lp) for alt, alt_lp in top]}
+        {
+            **_entry(token_text, t, lp),
+            "top_logprobs": [_entry(token_text, alt, alt_lp) for alt, alt_lp in top],
+        }
         for t, lp, top in zip(tokens, logprobs, tops, strict=True)
     ]
 
@@ -64,22 +73,31 @@ def tool_calls_with_ids(calls: list[dict[str, Any]], rid: str) -> list[dict[str,
     return [{"id": f"call_{rid[-12:]}_{i}", **call} for i, call in enumerate(calls)]
 
 
-def chat_completion(rid: str, model: str, result: Result, *, logprobs: bool, top_p: float,
-                    token_text: TokenText) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant",
-                               "content": result.text if result.text or not result.tool_calls
-                               else None}
+def chat_completion(
+    rid: str, model: str, result: Result, *, logprobs: bool, top_p: float, token_text: TokenText
+) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": result.text if result.text or not result.tool_calls else None,
+    }
     if result.tool_calls:
         message["tool_calls"] = tool_calls_with_ids(result.tool_calls, rid)
     lp = None
     if logprobs:
-        lp = {"content": chat_logprob_content(token_text, result.completion_ids,
-                                              result.completion_logprobs,
-                                              result.completion_top), "refusal": None}
+        lp = {
+            "content": chat_logprob_content(
+                token_text, result.completion_ids, result.completion_logprobs, result.completion_top
+            ),
+            "refusal": None,
+        }
     return {
-        "id": rid, "object": "chat.completion", "created": now(), "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": lp,
-                     "finish_reason": result.finish_reason}],
+        "id": rid,
+        "object": "chat.completion",
+        "created": now(),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": message, "logprobs": lp, "finish_reason": result.finish_reason}
+        ],
         "usage": usage(result),
         "system_fingerprint": fingerprint(result.checkpoint),
         "metaclaw": metaclaw_field(result, top_p),
@@ -91,22 +109,41 @@ def fingerprint(checkpoint: str | None) -> str:
     return f"metaclaw-{checkpoint or 'base'}"
 
 
-def chat_chunk(rid: str, model: str, created: int, delta: dict[str, Any], *,
-               finish: str | None = None, logprobs: list[dict[str, Any]] | None = None,
-               checkpoint: str | None = None) -> dict[str, Any]:
+def chat_chunk(
+    rid: str,
+    model: str,
+    created: int,
+    delta: dict[str, Any],
+    *,
+    finish: str | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
+    checkpoint: str | None = None,
+) -> dict[str, Any]:
     return {
-        "id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
         "system_fingerprint": fingerprint(checkpoint) if finish else "metaclaw",
-        "choices": [{"index": 0, "delta": delta,
-                     "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
-                     "finish_reason": finish}],
+        "choices": [
+            {
+                "index": 0,
+                "delta": delta,
+                "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
+                "finish_reason": finish,
+            }
+        ],
     }
 
 
-def completion_logprobs(token_text: TokenText, tokens: list[int],
-                        logprobs: list[float | None],
-                        tops: list[list[tuple[int, float]]] | None, offset: int,
-                        with_top: bool) -> dict[str, Any]:
+def completion_logprobs(
+    token_text: TokenText,
+    tokens: list[int],
+    logprobs: list[float | None],
+    tops: list[list[tuple[int, float]]] | None,
+    offset: int,
+    with_top: bool,
+) -> dict[str, Any]:
     texts = [token_text(t) for t in tokens]
     offsets, at = [], offset
     for text in texts:
@@ -114,15 +151,29 @@ def completion_logprobs(token_text: TokenText, tokens: list[int],
         at += len(text)
     top = None
     if with_top:
-        top = [({token_text(a): lp for a, lp in alts} if alts else None)
-               for alts in (tops or [[] for _ in tokens])]
-    return {"tokens": texts, "token_logprobs": logprobs, "top_logprobs": top,
-            "text_offset": offsets}
+        top = [
+            ({token_text(a): lp for a, lp in alts} if alts else None)
+            for alts in (tops or [[] for _ in tokens])
+        ]
+    return {
+        "tokens": texts,
+        "token_logprobs": logprobs,
+        "top_logprobs": top,
+        "text_offset": offsets,
+    }
 
 
-def text_completion(rid: str, model: str, result: Result, *, prompt_text: str, echo: bool,
-                    logprobs: int | None, top_p: float, token_text: TokenText
-                    ) -> dict[str, Any]:
+def text_completion(
+    rid: str,
+    model: str,
+    result: Result,
+    *,
+    prompt_text: str,
+    echo: bool,
+    logprobs: int | None,
+    top_p: float,
+    token_text: TokenText,
+) -> dict[str, Any]:
     text = (prompt_text if echo else "") + result.text
     lp = None
     if logprobs is not None:
@@ -133,21 +184,36 @@ def text_completion(rid: str, model: str, result: Result, *, prompt_text: str, e
             tokens = result.prompt_ids + tokens
             values = list(result.prompt_logprobs or [None] * len(result.prompt_ids)) + values
             tops = list(result.prompt_top or [[] for _ in result.prompt_ids]) + tops
-        lp = completion_logprobs(token_text, tokens, values, tops,
-                                 0 if echo else len(prompt_text), logprobs > 0)
+        lp = completion_logprobs(
+            token_text, tokens, values, tops, 0 if echo else len(prompt_text), logprobs > 0
+        )
     return {
-        "id": rid, "object": "text_completion", "created": now(), "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": lp,
-                     "finish_reason": result.finish_reason}],
+        "id": rid,
+        "object": "text_completion",
+        "created": now(),
+        "model": model,
+        "choices": [
+            {"index": 0, "text": text, "logprobs": lp, "finish_reason": result.finish_reason}
+        ],
         "usage": usage(result),
         "system_fingerprint": fingerprint(result.checkpoint),
         "metaclaw": metaclaw_field(result, top_p),
     }
 
 
-def completion_chunk(rid: str, model: str, created: int, text: str, *,
-                     finish: str | None = None, logprobs: dict[str, Any] | None = None
-                     ) -> dict[str, Any]:
-    return {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": logprobs,
-                         "finish_reason": finish}]}
+def completion_chunk(
+    rid: str,
+    model: str,
+    created: int,
+    text: str,
+    *,
+    finish: str | None = None,
+    logprobs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
+    }

@@ -44,7 +44,9 @@ class SamplingParams:
 
 
 def choose(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None,
     guide: Guide | None = None,
 ) -> tuple[int, float, list[tuple[int, float]]]:
     """Pick the next token from one row of logits [V].
@@ -124,8 +126,9 @@ class TextTracker:
         safe = min(safe, len(self.text) - _held_tail(self.text[:safe], self.stop))
         if self.detect_tools:
             at = self.text.find(TOOL_OPEN)
-            safe = min(safe, at if at != -1 else len(self.text) - _held_tail(self.text,
-                                                                            (TOOL_OPEN,)))
+            safe = min(
+                safe, at if at != -1 else len(self.text) - _held_tail(self.text, (TOOL_OPEN,))
+            )
         return self._release(safe)
 
     def flush(self) -> str:
@@ -140,7 +143,7 @@ class TextTracker:
     def _release(self, upto: int) -> str:
         if upto <= self.released:
             return ""
-        out = self.text[self.released:upto]
+        out = self.text[self.released : upto]
         self.released = upto
         return out
 
@@ -171,8 +174,9 @@ def parse_tool_calls(text: str) -> list[dict[str, Any]]:
             continue
         args = obj.get("arguments", obj.get("parameters", {}))
         arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
-        calls.append({"type": "function", "function": {"name": obj["name"],
-                                                       "arguments": arguments}})
+        calls.append(
+            {"type": "function", "function": {"name": obj["name"], "arguments": arguments}}
+        )
     return calls
 
 

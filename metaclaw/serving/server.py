@@ -27,8 +27,9 @@ def policy_model_name(settings: Settings) -> str:
     return settings.policy.model or settings.training.base_model
 
 
-def build_engine(settings: Settings, *, notify: Notify | None = None,
-                 load_promoted: bool = True) -> PolicyEngine:
+def build_engine(
+    settings: Settings, *, notify: Notify | None = None, load_promoted: bool = True
+) -> PolicyEngine:
     """A ready (not yet started) engine on the configured model, with the ledger's promoted
     checkpoint loaded when there is one that can be served locally."""
     import torch
@@ -39,17 +40,23 @@ def build_engine(settings: Settings, *, notify: Notify | None = None,
     name = policy_model_name(settings)
     model_dir = resolve_model_dir(name, settings.home, notify=notify)
     engine = PolicyEngine(
-        model_dir, name=name, device=policy.device, dtype=policy.dtype,
-        max_batch=policy.max_batch, max_queue=policy.max_queue,
-        max_new_tokens=policy.max_new_tokens, max_context_tokens=policy.max_context_tokens,
+        model_dir,
+        name=name,
+        device=policy.device,
+        dtype=policy.dtype,
+        max_batch=policy.max_batch,
+        max_queue=policy.max_queue,
+        max_new_tokens=policy.max_new_tokens,
+        max_context_tokens=policy.max_context_tokens,
     )
     if load_promoted:
         load_promoted_checkpoint(engine, settings, notify)
     return engine
 
 
-def load_promoted_checkpoint(engine: PolicyEngine, settings: Settings,
-                             notify: Notify | None = None) -> str | None:
+def load_promoted_checkpoint(
+    engine: PolicyEngine, settings: Settings, notify: Notify | None = None
+) -> str | None:
     """Serve the ledger's promoted checkpoint; a broken one is reported and the base served."""
     found = promoted_checkpoint(settings.paths)
     if found is None:
@@ -70,25 +77,47 @@ def load_promoted_checkpoint(engine: PolicyEngine, settings: Settings,
 def check_policy_bind(settings: Settings, host: str | None = None) -> None:
     """Raise `OpenBindError` for a non-loopback bind without `policy.api_key`, unless allowed."""
     policy = settings.policy
-    check_bind(host or policy.host, keyed=policy.api_key is not None,
-               allow_open=policy.allow_open_bind, section="policy", key_setting="policy.api_key")
+    check_bind(
+        host or policy.host,
+        keyed=policy.api_key is not None,
+        allow_open=policy.allow_open_bind,
+        section="policy",
+        key_setting="policy.api_key",
+    )
 
 
-def build_server(settings: Settings, engine: PolicyEngine, host: str | None = None,
-                 port: int | None = None) -> uvicorn.Server:
+def build_server(
+    settings: Settings, engine: PolicyEngine, host: str | None = None, port: int | None = None
+) -> uvicorn.Server:
     policy = settings.policy
     check_policy_bind(settings, host)
-    app = create_app(engine, home=Path(settings.home), request_timeout_s=policy.request_timeout_s,
-                     api_key=policy.api_key.get_secret_value() if policy.api_key else None,
-                     max_body_bytes=policy.max_body_bytes, allowed_hosts=policy.allowed_hosts)
-    config = uvicorn.Config(app, host=host or policy.host, port=port or policy.port,
-                            loop="uvloop", http="httptools", log_level="warning",
-                            access_log=False, timeout_graceful_shutdown=30)
+    app = create_app(
+        engine,
+        home=Path(settings.home),
+        request_timeout_s=policy.request_timeout_s,
+        api_key=policy.api_key.get_secret_value() if policy.api_key else None,
+        max_body_bytes=policy.max_body_bytes,
+        allowed_hosts=policy.allowed_hosts,
+    )
+    config = uvicorn.Config(
+        app,
+        host=host or policy.host,
+        port=port or policy.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
     return uvicorn.Server(config)
 
 
-def serve(settings: Settings, host: str | None = None, port: int | None = None,
-          notify: Notify | None = None) -> None:
+def serve(
+    settings: Settings,
+    host: str | None = None,
+    port: int | None = None,
+    notify: Notify | None = None,
+) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests finish on shutdown's grace period."""
     engine = build_engine(settings, notify=notify)
     build_server(settings, engine, host, port).run()

@@ -17,8 +17,10 @@ from rich.markdown import Markdown
 from rich.progress import Progress
 from rich.table import Table
 
-app = typer.Typer(help="The skill library: list, show, search, import/export SKILL.md folders.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="The skill library: list, show, search, import/export SKILL.md folders.",
+    no_args_is_help=True,
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -47,13 +49,23 @@ def _stats(store: Any) -> dict[str, dict[str, Any]]:
 
 def _skill_dict(skill: Any, stats: dict[str, Any] | None = None) -> dict[str, Any]:
     out = {
-        "skill_id": skill.skill_id, "ref": skill.ref, "name": skill.name,
-        "version": skill.version, "status": skill.status, "category": skill.category,
-        "description": skill.description, "when_to_use": skill.when_to_use,
-        "composes": list(skill.composes), "pinned": skill.pinned, "author": skill.author,
-        "diagnosis_ids": list(skill.diagnosis_ids), "parent_version": skill.parent_version,
-        "merged_from": list(skill.merged_from), "set_version": skill.set_version,
-        "created_at": skill.created_at.isoformat(), "updated_at": skill.updated_at.isoformat(),
+        "skill_id": skill.skill_id,
+        "ref": skill.ref,
+        "name": skill.name,
+        "version": skill.version,
+        "status": skill.status,
+        "category": skill.category,
+        "description": skill.description,
+        "when_to_use": skill.when_to_use,
+        "composes": list(skill.composes),
+        "pinned": skill.pinned,
+        "author": skill.author,
+        "diagnosis_ids": list(skill.diagnosis_ids),
+        "parent_version": skill.parent_version,
+        "merged_from": list(skill.merged_from),
+        "set_version": skill.set_version,
+        "created_at": skill.created_at.isoformat(),
+        "updated_at": skill.updated_at.isoformat(),
     }
     if stats is not None:
         out["uses"] = stats.get("uses", 0)
@@ -79,14 +91,28 @@ def list_skills(
     if as_json:
         _print_json([_skill_dict(s, stats.get(s.ref, {})) for s in skills])
         return
-    table = Table("name", "version", "status", "category", "uses", "effect", "description",
-                  title=f"skills (skill set v{store.skill_set_version})")
+    table = Table(
+        "name",
+        "version",
+        "status",
+        "category",
+        "uses",
+        "effect",
+        "description",
+        title=f"skills (skill set v{store.skill_set_version})",
+    )
     for s in skills:
         st = stats.get(s.ref, {})
         effect = st.get("effect")
-        table.add_row(s.name, str(s.version), s.status + (" (pinned)" if s.pinned else ""),
-                      s.category, str(st.get("uses", 0)),
-                      "" if effect is None else f"{effect:+.2f}", s.description[:80])
+        table.add_row(
+            s.name,
+            str(s.version),
+            s.status + (" (pinned)" if s.pinned else ""),
+            s.category,
+            str(st.get("uses", 0)),
+            "" if effect is None else f"{effect:+.2f}",
+            s.description[:80],
+        )
     console.print(table)
 
 
@@ -107,24 +133,46 @@ def show(
     history = store.history(found.skill_id)
     stats = _stats(store)
     if as_json:
-        _print_json({**_skill_dict(found, stats.get(found.ref, {})),
-                     "instructions": found.instructions,
-                     "versions": [_skill_dict(v, stats.get(v.ref, {})) for v in history]})
+        _print_json(
+            {
+                **_skill_dict(found, stats.get(found.ref, {})),
+                "instructions": found.instructions,
+                "versions": [_skill_dict(v, stats.get(v.ref, {})) for v in history],
+            }
+        )
         return
-    console.print(f"[bold]{found.name}[/bold] v{found.version} ({found.status}) "
-                  f"`{found.ref}` · {found.category}")
+    console.print(
+        f"[bold]{found.name}[/bold] v{found.version} ({found.status}) "
+        f"`{found.ref}` · {found.category}"
+    )
     console.print(f"[italic]{found.description}[/italic]")
     if found.when_to_use:
         console.print(f"When to use: {found.when_to_use}")
     console.print(Markdown(found.instructions))
-    table = Table("version", "status", "author", "parent", "diagnoses", "merged from", "uses",
-                  "effect", title="versions")
+    table = Table(
+        "version",
+        "status",
+        "author",
+        "parent",
+        "diagnoses",
+        "merged from",
+        "uses",
+        "effect",
+        title="versions",
+    )
     for v in history:
         st = stats.get(v.ref, {})
         effect = st.get("effect")
-        table.add_row(str(v.version), v.status, v.author, str(v.parent_version or ""),
-                      ", ".join(d[:8] for d in v.diagnosis_ids), ", ".join(v.merged_from),
-                      str(st.get("uses", 0)), "" if effect is None else f"{effect:+.2f}")
+        table.add_row(
+            str(v.version),
+            v.status,
+            v.author,
+            str(v.parent_version or ""),
+            ", ".join(d[:8] for d in v.diagnosis_ids),
+            ", ".join(v.merged_from),
+            str(st.get("uses", 0)),
+            "" if effect is None else f"{effect:+.2f}",
+        )
     console.print(table)
 
 
@@ -149,11 +197,24 @@ def search(
     if as_json:
         _print_json(ranked)
         return
-    table = Table("name", "ref", "similarity", "rate", "score", "injected",
-                  title=f"top {limit} for {query[:60]!r}")
+    table = Table(
+        "name",
+        "ref",
+        "similarity",
+        "rate",
+        "score",
+        "injected",
+        title=f"top {limit} for {query[:60]!r}",
+    )
     for row in ranked:
-        table.add_row(row["name"], row["ref"], f"{row['similarity']:.3f}", f"{row['rate']:.3f}",
-                      f"{row['score']:.3f}", "yes" if row["injected"] else "")
+        table.add_row(
+            row["name"],
+            row["ref"],
+            f"{row['similarity']:.3f}",
+            f"{row['rate']:.3f}",
+            f"{row['score']:.3f}",
+            "yes" if row["injected"] else "",
+        )
     console.print(table)
 
 
@@ -170,8 +231,11 @@ def import_skills(
         with Progress(console=err, transient=True) as progress:
             task = progress.add_task("reading SKILL.md files", total=None)
             report, result = ops.import_dir(
-                store, directory, max_instruction_chars=settings.skills.max_instruction_chars,
-                progress=lambda done, total: progress.update(task, completed=done, total=total))
+                store,
+                directory,
+                max_instruction_chars=settings.skills.max_instruction_chars,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
     except FileNotFoundError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -179,9 +243,11 @@ def import_skills(
     store.optimize()
     for problem in report.errors:
         err.print(f"[yellow]skipped:[/yellow] {problem}")
-    console.print(f"imported from {directory}: {len(report.created)} created, "
-                  f"{len(report.updated)} updated, {len(report.unchanged)} unchanged, "
-                  f"{len(report.errors)} rejected (skill set v{store.skill_set_version})")
+    console.print(
+        f"imported from {directory}: {len(report.created)} created, "
+        f"{len(report.updated)} updated, {len(report.unchanged)} unchanged, "
+        f"{len(report.errors)} rejected (skill set v{store.skill_set_version})"
+    )
     if report.errors and not (report.created or report.updated or report.unchanged):
         raise typer.Exit(1)
 
@@ -220,20 +286,25 @@ def _lifecycle(skill: str, event: str, reason: str) -> None:
         if "@" in skill:
             proposals = [s for s in proposals if s.ref == found.ref]
         if not proposals:
-            err.print(f"[red]{found.name} has no proposed version to "
-                      f"{'approve' if event == 'promoted' else 'reject'} (see `metaclaw skills "
-                      "show`); use retire/restore for active skills[/red]")
+            err.print(
+                f"[red]{found.name} has no proposed version to "
+                f"{'approve' if event == 'promoted' else 'reject'} (see `metaclaw skills "
+                "show`); use retire/restore for active skills[/red]"
+            )
             raise typer.Exit(1)
         found = proposals[-1]
     else:
         wanted = "retired" if event == "retired" else "active"
         if found.status == wanted and (event == "retired" or found.pinned):
-            console.print(f"{found.name} is already {wanted}"
-                          + (" and pinned" if found.pinned else ""))
+            console.print(
+                f"{found.name} is already {wanted}" + (" and pinned" if found.pinned else "")
+            )
             return
         if event == "restored" and found.status == "superseded":
-            err.print(f"[red]{found.name} v{found.version} was merged into another skill; "
-                      "restore that one instead[/red]")
+            err.print(
+                f"[red]{found.name} v{found.version} was merged into another skill; "
+                "restore that one instead[/red]"
+            )
             raise typer.Exit(1)
     result = store.commit([Change(event, found, reason=reason)])
     ops.record_events(settings.paths, result)

@@ -79,8 +79,9 @@ def critic_endpoint(settings: Any) -> CriticEndpoint | None:
     if not base_url:
         return None
     key = critic.api_key if critic.base_url else (critic.api_key or settings.upstream.api_key)
-    return CriticEndpoint(base_url.rstrip("/"), critic.model,
-                          key.get_secret_value() if key else "not-needed")
+    return CriticEndpoint(
+        base_url.rstrip("/"), critic.model, key.get_secret_value() if key else "not-needed"
+    )
 
 
 NOT_CONFIGURED = (
@@ -100,7 +101,7 @@ def extract_json(text: str) -> Any:
         candidates.append(fenced.group(1))
     start, end = text.find("{"), text.rfind("}")
     if 0 <= start < end:
-        candidates.append(text[start:end + 1])
+        candidates.append(text[start : end + 1])
     for candidate in candidates:
         try:
             return json.loads(candidate)
@@ -112,9 +113,18 @@ def extract_json(text: str) -> Any:
 class Critic:
     """Calls the critic with a system + user prompt and validates the JSON into a model."""
 
-    def __init__(self, endpoint: CriticEndpoint, *, timeout_s: float = 120.0, retries: int = 2,
-                 max_calls: int = 50, temperature: float = 0.2, max_tokens: int = 1500,
-                 backoff_s: float = 0.5, json_schema: bool = True) -> None:
+    def __init__(
+        self,
+        endpoint: CriticEndpoint,
+        *,
+        timeout_s: float = 120.0,
+        retries: int = 2,
+        max_calls: int = 50,
+        temperature: float = 0.2,
+        max_tokens: int = 1500,
+        backoff_s: float = 0.5,
+        json_schema: bool = True,
+    ) -> None:
         from metaclaw.providers import openai_client
 
         self.endpoint = endpoint
@@ -135,9 +145,15 @@ class Critic:
         if endpoint is None:
             raise CriticNotConfigured(NOT_CONFIGURED)
         c = settings.critic
-        return cls(endpoint, timeout_s=c.timeout_s, retries=c.retries,
-                   max_calls=c.max_calls_per_run, temperature=c.temperature,
-                   max_tokens=c.max_tokens, json_schema=c.json_schema)
+        return cls(
+            endpoint,
+            timeout_s=c.timeout_s,
+            retries=c.retries,
+            max_calls=c.max_calls_per_run,
+            temperature=c.temperature,
+            max_tokens=c.max_tokens,
+            json_schema=c.json_schema,
+        )
 
     @property
     def budget_left(self) -> int:
@@ -151,7 +167,8 @@ class Critic:
             if self.calls >= self.max_calls:
                 raise CriticBudgetExceeded(
                     f"critic call budget of {self.max_calls} per run used up "
-                    "(critic.max_calls_per_run)")
+                    "(critic.max_calls_per_run)"
+                )
             self.calls += 1
             try:
                 text = self._complete(system, user, schema)
@@ -166,8 +183,9 @@ class Critic:
                 log.warning("critic call failed (attempt %d): %s", attempt + 1, problems[-1])
                 time.sleep(self.backoff_s * (2**attempt))
         if unreachable == self.retries + 1:
-            raise CriticUnavailable(f"the critic at {self.endpoint.base_url} is unreachable: "
-                                    + problems[-1])
+            raise CriticUnavailable(
+                f"the critic at {self.endpoint.base_url} is unreachable: " + problems[-1]
+            )
         raise CriticError("the critic gave no valid answer: " + " | ".join(problems))
 
     def _complete(self, system: str, user: str, schema: type[BaseModel]) -> str:
@@ -178,7 +196,9 @@ class Critic:
             max_tokens=self.max_tokens,
             response_format=(  # type: ignore[arg-type]
                 response_format(schema.model_json_schema(), schema.__name__, self.max_tokens)
-                if self.json_schema else {"type": "json_object"}),
+                if self.json_schema
+                else {"type": "json_object"}
+            ),
         )
         return resp.choices[0].message.content or ""
 

@@ -85,8 +85,9 @@ class FailureGroup:
     queries: tuple[str, ...]  # the cleaned user requests of the failed turns
 
 
-def diagnosis_id(turn_ids: Iterable[str], critic_model: str,
-                 prompt_version: str = PROMPT_VERSION) -> str:
+def diagnosis_id(
+    turn_ids: Iterable[str], critic_model: str, prompt_version: str = PROMPT_VERSION
+) -> str:
     key = "\x1f".join([*sorted(turn_ids), critic_model, prompt_version])
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
@@ -117,8 +118,9 @@ def _render_msg(msg: Any) -> str:
     return "\n".join(lines)
 
 
-def render_trajectory(session: Any, failed: dict[str, float], *,
-                      max_chars: int = MAX_TRAJECTORY_CHARS) -> str:
+def render_trajectory(
+    session: Any, failed: dict[str, float], *, max_chars: int = MAX_TRAJECTORY_CHARS
+) -> str:
     """The conversation up to and including the last failed turn, then its next state.
 
     `session` is a `metaclaw.scoring.transcript.Session`. Each turn shows only the messages new
@@ -151,9 +153,12 @@ def render_trajectory(session: Any, failed: dict[str, float], *,
         lines.append(reply or "[assistant] (empty reply)")
         blocks.append("\n".join(lines))
     after = contexts[-1].next_state
-    tail = ("--- what happened next ---\n"
-            + "\n".join(r for r in (_render_msg(m) for m in after or []) if r)
-            if after else "--- what happened next: nothing (the conversation ended here) ---")
+    tail = (
+        "--- what happened next ---\n"
+        + "\n".join(r for r in (_render_msg(m) for m in after or []) if r)
+        if after
+        else "--- what happened next: nothing (the conversation ended here) ---"
+    )
     body = blocks
     dropped = 0
     while len(header) + sum(len(b) for b in body) + len(tail) > max_chars and len(body) > 1:
@@ -168,15 +173,21 @@ def render_trajectory(session: Any, failed: dict[str, float], *,
 def user_prompt(group: FailureGroup) -> str:
     """The critic's input. The conversation is attacker-reachable text, so it travels as a JSON
     string with `<`/`>` escaped: a `</trajectory>` a user typed cannot end the data early."""
-    data = {"failed_turns": [{"turn_id": t, "reward": round(group.rewards[t], 2)}
-                             for t in group.turn_ids],
-            "trajectory": group.trajectory}
-    return (f"<trajectory>\n{data_json(data)}\n</trajectory>\n\n"
-            "Diagnose the root cause. Answer with the JSON object only.")
+    data = {
+        "failed_turns": [
+            {"turn_id": t, "reward": round(group.rewards[t], 2)} for t in group.turn_ids
+        ],
+        "trajectory": group.trajectory,
+    }
+    return (
+        f"<trajectory>\n{data_json(data)}\n</trajectory>\n\n"
+        "Diagnose the root cause. Answer with the JSON object only."
+    )
 
 
-def group_failures(failed: Sequence[tuple[str, str, float]], max_turns: int
-                   ) -> list[tuple[str, list[tuple[str, float]]]]:
+def group_failures(
+    failed: Sequence[tuple[str, str, float]], max_turns: int
+) -> list[tuple[str, list[tuple[str, float]]]]:
     """(turn_id, session_id, reward) rows in time order → per-session chunks of ≤ max_turns."""
     by_session: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for turn_id, session_id, reward in failed:
@@ -184,7 +195,7 @@ def group_failures(failed: Sequence[tuple[str, str, float]], max_turns: int
     out = []
     for session_id, turns in by_session.items():
         for i in range(0, len(turns), max_turns):
-            out.append((session_id, turns[i:i + max_turns]))
+            out.append((session_id, turns[i : i + max_turns]))
     return out
 
 
@@ -216,8 +227,9 @@ LIMIT $limit
 """
 
 
-def find_failures(paths: Any, *, threshold: float, critic_model: str, max_turns: int,
-                  limit: int = 1000) -> list[FailureGroup]:
+def find_failures(
+    paths: Any, *, threshold: float, critic_model: str, max_turns: int, limit: int = 1000
+) -> list[FailureGroup]:
     """Failure groups with their trajectories, for turns not yet diagnosed by this critic."""
     from metaclaw.ledger import connect
     from metaclaw.scoring.store import load_sessions
@@ -225,8 +237,15 @@ def find_failures(paths: Any, *, threshold: float, critic_model: str, max_turns:
 
     con = connect(paths)
     try:
-        rows = con.execute(FAILED_SQL, {"threshold": threshold, "critic": critic_model,
-                                        "prompt": PROMPT_VERSION, "limit": limit}).fetchall()
+        rows = con.execute(
+            FAILED_SQL,
+            {
+                "threshold": threshold,
+                "critic": critic_model,
+                "prompt": PROMPT_VERSION,
+                "limit": limit,
+            },
+        ).fetchall()
         if not rows:
             return []
         grouped = group_failures([(r[0], r[1], float(r[2])) for r in rows], max_turns)
@@ -238,8 +257,18 @@ def find_failures(paths: Any, *, threshold: float, critic_model: str, max_turns:
         session = assemble(session_id, sessions.get(session_id, []))
         failed = dict(turns)
         by_id = {c.turn.turn_id: c for c in session.turns}
-        queries = tuple(extract_query((by_id[t].turn.request or {}).get("messages"))
-                        for t, _ in turns if t in by_id)
-        out.append(FailureGroup(session_id, tuple(t for t, _ in turns), failed,
-                                render_trajectory(session, failed), queries))
+        queries = tuple(
+            extract_query((by_id[t].turn.request or {}).get("messages"))
+            for t, _ in turns
+            if t in by_id
+        )
+        out.append(
+            FailureGroup(
+                session_id,
+                tuple(t for t, _ in turns),
+                failed,
+                render_trajectory(session, failed),
+                queries,
+            )
+        )
     return out

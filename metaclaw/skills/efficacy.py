@@ -55,11 +55,18 @@ class Efficacy:
 
     def row(self) -> dict[str, Any]:
         return {
-            "ref": self.ref, "skill_id": self.skill_id, "version": self.version,
-            "uses": self.uses, "successes": self.successes, "failures": self.failures,
-            "mean_with": self.mean_with, "n_without": self.n_without,
-            "mean_without": self.mean_without, "effect": self.effect,
-            "effect_se": self.effect_se, "updated_at": datetime.now(UTC),
+            "ref": self.ref,
+            "skill_id": self.skill_id,
+            "version": self.version,
+            "uses": self.uses,
+            "successes": self.successes,
+            "failures": self.failures,
+            "mean_with": self.mean_with,
+            "n_without": self.n_without,
+            "mean_without": self.mean_without,
+            "effect": self.effect,
+            "effect_se": self.effect_se,
+            "updated_at": datetime.now(UTC),
         }
 
 
@@ -94,8 +101,9 @@ def to_rewarded(rows: Sequence[tuple[Any, ...]]) -> list[RewardedTurn]:
     for turn_id, request, injected, reward in rows:
         body = orjson.loads(request) if isinstance(request, str | bytes) else request
         messages = body.get("messages") if isinstance(body, dict) else None
-        out.append(RewardedTurn(turn_id, extract_query(messages), tuple(injected or ()),
-                                float(reward)))
+        out.append(
+            RewardedTurn(turn_id, extract_query(messages), tuple(injected or ()), float(reward))
+        )
     return out
 
 
@@ -151,24 +159,37 @@ def compute(
     return out
 
 
-def retirements(skills: Sequence[Skill], stats: Sequence[Efficacy], *, min_uses: int,
-                z: float) -> list[Retirement]:
+def retirements(
+    skills: Sequence[Skill], stats: Sequence[Efficacy], *, min_uses: int, z: float
+) -> list[Retirement]:
     """Active, unpinned skills whose effect is confidently negative."""
     by_ref = {e.ref: e for e in stats}
     out = []
     for skill in skills:
         eff = by_ref.get(skill.ref)
-        if (skill.status != "active" or skill.pinned or eff is None or eff.effect is None
-                or eff.effect_se is None or eff.uses < min_uses):
+        if (
+            skill.status != "active"
+            or skill.pinned
+            or eff is None
+            or eff.effect is None
+            or eff.effect_se is None
+            or eff.uses < min_uses
+        ):
             continue
         upper = eff.effect + z * eff.effect_se
         if upper < 0:
-            out.append(Retirement(skill, eff, (
-                f"auto-retired: mean reward {eff.mean_with:+.3f} with vs "
-                f"{(eff.mean_without or 0.0):+.3f} without ({eff.baseline} turns, "
-                f"n={eff.uses}/{eff.n_without}); effect {eff.effect:+.3f}, upper bound "
-                f"{upper:+.3f} < 0 at z={z}"
-            )))
+            out.append(
+                Retirement(
+                    skill,
+                    eff,
+                    (
+                        f"auto-retired: mean reward {eff.mean_with:+.3f} with vs "
+                        f"{(eff.mean_without or 0.0):+.3f} without ({eff.baseline} turns, "
+                        f"n={eff.uses}/{eff.n_without}); effect {eff.effect:+.3f}, upper bound "
+                        f"{upper:+.3f} < 0 at z={z}"
+                    ),
+                )
+            )
     return out
 
 
@@ -182,8 +203,9 @@ class Verdict:
     reason: str
 
 
-def verdicts(skills: Sequence[Skill], stats: Sequence[Efficacy], *, min_uses: int, z: float,
-             auto: bool) -> list[Verdict]:
+def verdicts(
+    skills: Sequence[Skill], stats: Sequence[Efficacy], *, min_uses: int, z: float, auto: bool
+) -> list[Verdict]:
     """Proposed versions whose measured effect (with − without, in the sessions they reached)
     clears the bar — promoted when `auto` and the intent scan passed — or is confidently
     negative (rejected, whatever the mode: a quarantined skill that hurts never ships)."""
@@ -191,17 +213,36 @@ def verdicts(skills: Sequence[Skill], stats: Sequence[Efficacy], *, min_uses: in
     out = []
     for skill in skills:
         eff = by_ref.get(skill.ref)
-        if (skill.status != "proposed" or eff is None or eff.effect is None
-                or eff.effect_se is None or eff.uses < min_uses):
+        if (
+            skill.status != "proposed"
+            or eff is None
+            or eff.effect is None
+            or eff.effect_se is None
+            or eff.uses < min_uses
+        ):
             continue
         lower, upper = eff.effect - z * eff.effect_se, eff.effect + z * eff.effect_se
-        measured = (f"mean reward {eff.mean_with:+.3f} with vs {(eff.mean_without or 0.0):+.3f} "
-                    f"without (n={eff.uses}/{eff.n_without}); effect {eff.effect:+.3f}")
+        measured = (
+            f"mean reward {eff.mean_with:+.3f} with vs {(eff.mean_without or 0.0):+.3f} "
+            f"without (n={eff.uses}/{eff.n_without}); effect {eff.effect:+.3f}"
+        )
         if upper < 0:
-            out.append(Verdict(skill, eff, "rejected",
-                               f"auto-rejected: {measured}, upper bound {upper:+.3f} < 0"))
+            out.append(
+                Verdict(
+                    skill,
+                    eff,
+                    "rejected",
+                    f"auto-rejected: {measured}, upper bound {upper:+.3f} < 0",
+                )
+            )
         elif lower > 0 and auto and skill.scan.startswith("safe:"):
-            out.append(Verdict(skill, eff, "promoted",
-                               f"auto-promoted: {measured}, lower bound {lower:+.3f} > 0 at "
-                               f"z={z}; intent scan {skill.scan}"))
+            out.append(
+                Verdict(
+                    skill,
+                    eff,
+                    "promoted",
+                    f"auto-promoted: {measured}, lower bound {lower:+.3f} > 0 at "
+                    f"z={z}; intent scan {skill.scan}",
+                )
+            )
     return out

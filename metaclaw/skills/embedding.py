@@ -100,8 +100,11 @@ def build_static_table(source: Path) -> np.ndarray:
     tokenizer.no_truncation()
     readme = (source / "README.md").read_text(encoding="utf-8", errors="replace")
     sentences = [t for t in re.split(r"(?<=[.!?])\s+|\n+", readme) if len(t.split()) >= 4]
-    pooled = [table[ids].mean(axis=0) for ids in
-              (e.ids for e in tokenizer.encode_batch(sentences, add_special_tokens=False)) if ids]
+    pooled = [
+        table[ids].mean(axis=0)
+        for ids in (e.ids for e in tokenizer.encode_batch(sentences, add_special_tokens=False))
+        if ids
+    ]
     if pooled:
         table -= np.mean(pooled, axis=0)
     return np.ascontiguousarray(table, dtype=np.float32)

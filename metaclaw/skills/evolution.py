@@ -133,9 +133,14 @@ class Outcome:
 
 # -- 1. clustering ------------------------------------------------------------------------------
 
-def cluster(diagnoses: Sequence[PendingDiagnosis], embed: Callable[[list[str]], np.ndarray], *,
-            threshold: float = CLUSTER_SIMILARITY, max_size: int = MAX_CLUSTER
-            ) -> list[list[PendingDiagnosis]]:
+
+def cluster(
+    diagnoses: Sequence[PendingDiagnosis],
+    embed: Callable[[list[str]], np.ndarray],
+    *,
+    threshold: float = CLUSTER_SIMILARITY,
+    max_size: int = MAX_CLUSTER,
+) -> list[list[PendingDiagnosis]]:
     """Greedy clusters: same category, explanation cosine ≥ threshold to the cluster's first."""
     if not diagnoses:
         return []
@@ -144,8 +149,11 @@ def cluster(diagnoses: Sequence[PendingDiagnosis], embed: Callable[[list[str]], 
     for i, d in enumerate(diagnoses):
         for members in clusters:
             head = members[0]
-            if (len(members) < max_size and diagnoses[head].category == d.category
-                    and float(vecs[head] @ vecs[i]) >= threshold):
+            if (
+                len(members) < max_size
+                and diagnoses[head].category == d.category
+                and float(vecs[head] @ vecs[i]) >= threshold
+            ):
                 members.append(i)
                 break
         else:
@@ -155,9 +163,14 @@ def cluster(diagnoses: Sequence[PendingDiagnosis], embed: Callable[[list[str]], 
 
 # -- 2. the critic's prompt ---------------------------------------------------------------------
 
-def nearest_skills(group: Sequence[PendingDiagnosis], active: Sequence[Skill],
-                   vectors: dict[str, np.ndarray], embed: Callable[[list[str]], np.ndarray],
-                   k: int = NEAREST) -> list[Skill]:
+
+def nearest_skills(
+    group: Sequence[PendingDiagnosis],
+    active: Sequence[Skill],
+    vectors: dict[str, np.ndarray],
+    embed: Callable[[list[str]], np.ndarray],
+    k: int = NEAREST,
+) -> list[Skill]:
     """The k active skills closest to the cluster, plus any injected into its failed turns."""
     if not active:
         return []
@@ -170,27 +183,49 @@ def nearest_skills(group: Sequence[PendingDiagnosis], active: Sequence[Skill],
 
 
 def user_prompt(group: Sequence[PendingDiagnosis], shown: Sequence[Skill]) -> str:
-    diagnoses = [{"category": d.category, "explanation": d.explanation,
-                  "evidence": d.evidence[:600]} for d in group]
-    skills = [{"skill_id": s.skill_id, "name": s.name, "version": s.version,
-               "category": s.category, "description": s.description,
-               "when_to_use": s.when_to_use,
-               "instructions": s.instructions[:SHOWN_INSTRUCTION_CHARS]} for s in shown]
-    return (f"<diagnoses>\n{data_json(diagnoses)}\n</diagnoses>\n\n<existing_skills>\n"
-            f"{data_json(skills)}\n</existing_skills>\n\n"
-            "Decide the change. Answer with the JSON object only.")
+    diagnoses = [
+        {"category": d.category, "explanation": d.explanation, "evidence": d.evidence[:600]}
+        for d in group
+    ]
+    skills = [
+        {
+            "skill_id": s.skill_id,
+            "name": s.name,
+            "version": s.version,
+            "category": s.category,
+            "description": s.description,
+            "when_to_use": s.when_to_use,
+            "instructions": s.instructions[:SHOWN_INSTRUCTION_CHARS],
+        }
+        for s in shown
+    ]
+    return (
+        f"<diagnoses>\n{data_json(diagnoses)}\n</diagnoses>\n\n<existing_skills>\n"
+        f"{data_json(skills)}\n</existing_skills>\n\n"
+        "Decide the change. Answer with the JSON object only."
+    )
 
 
 # -- 3. checking an answer ----------------------------------------------------------------------
 
+
 class Planner:
     """Turns proposals into validated changes against the library's current state."""
 
-    def __init__(self, active: Sequence[Skill], vectors: dict[str, np.ndarray],
-                 embed: Callable[[list[str]], np.ndarray], *, author: str,
-                 dedup_similarity: float, max_instruction_chars: int, max_new: int,
-                 inactive: Sequence[Skill] = (), latest: Sequence[Skill] = (),
-                 rejected: Sequence[Skill] = ()) -> None:
+    def __init__(
+        self,
+        active: Sequence[Skill],
+        vectors: dict[str, np.ndarray],
+        embed: Callable[[list[str]], np.ndarray],
+        *,
+        author: str,
+        dedup_similarity: float,
+        max_instruction_chars: int,
+        max_new: int,
+        inactive: Sequence[Skill] = (),
+        latest: Sequence[Skill] = (),
+        rejected: Sequence[Skill] = (),
+    ) -> None:
         self.current = {s.skill_id: s for s in active}
         self.inactive = {s.skill_id: s for s in inactive if s.skill_id not in self.current}
         self.latest = {s.skill_id: s for s in latest}  # highest version (maybe a proposal)
@@ -247,13 +282,21 @@ class Planner:
         for d in ids:
             self.outcome.considered[d] = what
 
-    def _new_text(self, proposed: ProposedSkill, base: Skill | None, ids: list[str],
-                  sessions: list[str]) -> Skill:
+    def _new_text(
+        self, proposed: ProposedSkill, base: Skill | None, ids: list[str], sessions: list[str]
+    ) -> Skill:
         composes = tuple(c for c in proposed.composes if c in self.current)
-        fields = {"description": proposed.description, "when_to_use": proposed.when_to_use,
-                  "instructions": proposed.instructions, "category": proposed.category,
-                  "composes": composes, "diagnosis_ids": tuple(ids), "author": self.author,
-                  "status": "proposed", "origin_sessions": tuple(dict.fromkeys(sessions))}
+        fields = {
+            "description": proposed.description,
+            "when_to_use": proposed.when_to_use,
+            "instructions": proposed.instructions,
+            "category": proposed.category,
+            "composes": composes,
+            "diagnosis_ids": tuple(ids),
+            "author": self.author,
+            "status": "proposed",
+            "origin_sessions": tuple(dict.fromkeys(sessions)),
+        }
         if base is None:
             skill = Skill(name=proposed.name, **fields)
         else:
@@ -261,26 +304,34 @@ class Planner:
             skill = replace(base.next_version(**fields, merged_from=()), version=top.version + 1)
         return validate(skill, max_instruction_chars=self.max_chars)
 
-    def _plan(self, answer: EvolveAnswer, shown: set[str], ids: list[str],
-              sessions: list[str]) -> list[Change]:
+    def _plan(
+        self, answer: EvolveAnswer, shown: set[str], ids: list[str], sessions: list[str]
+    ) -> list[Change]:
         assert answer.skill is not None
         reason = answer.rationale[:500]
         if answer.action == "create":
-            draft = validate(Skill(name=answer.skill.name, description=answer.skill.description,
-                                   when_to_use=answer.skill.when_to_use,
-                                   instructions=answer.skill.instructions),
-                             max_instruction_chars=self.max_chars)
+            draft = validate(
+                Skill(
+                    name=answer.skill.name,
+                    description=answer.skill.description,
+                    when_to_use=answer.skill.when_to_use,
+                    instructions=answer.skill.instructions,
+                ),
+                max_instruction_chars=self.max_chars,
+            )
             ended = self.inactive.get(draft.skill_id)
             if ended is not None:
                 raise SkillValidationError(
                     f"{ended.name} is {ended.status}; evolution never brings it back "
-                    "(`metaclaw skills restore` can)")
+                    "(`metaclaw skills restore` can)"
+                )
             target = self.current.get(draft.skill_id) or self._duplicate_of(draft)
             if target is None:
                 skill = self._new_text(answer.skill, None, ids, sessions)
                 return [Change("created", skill, reason=reason, diagnosis_id=ids[0])]
-            return self._revision(target, answer.skill, ids, sessions,
-                                  f"dedup: close to {target.name}; {reason}")
+            return self._revision(
+                target, answer.skill, ids, sessions, f"dedup: close to {target.name}; {reason}"
+            )
         if answer.action == "revise":
             target = self._shown(answer.target_skill_id or "", shown)
             return self._revision(target, answer.skill, ids, sessions, reason)
@@ -290,14 +341,22 @@ class Planner:
         for skill in (target, *victims):
             self._not_curated(skill)
         merged = self._new_text(answer.skill, target, ids, sessions)
-        merged = replace(merged, merged_from=tuple(v.skill_id for v in victims),
-                         composes=tuple(c for c in merged.composes
-                                        if c not in {v.skill_id for v in victims}))
+        merged = replace(
+            merged,
+            merged_from=tuple(v.skill_id for v in victims),
+            composes=tuple(c for c in merged.composes if c not in {v.skill_id for v in victims}),
+        )
         # the merged-away skills keep serving until the merged proposal is promoted
         return [Change("merged", merged, reason=reason, diagnosis_id=ids[0])]
 
-    def _revision(self, target: Skill, proposed: ProposedSkill, ids: list[str],
-                  sessions: list[str], reason: str) -> list[Change]:
+    def _revision(
+        self,
+        target: Skill,
+        proposed: ProposedSkill,
+        ids: list[str],
+        sessions: list[str],
+        reason: str,
+    ) -> list[Change]:
         if target.skill_id in self._touched:
             raise SkillValidationError(f"{target.name} was already changed in this run")
         self._not_curated(target)
@@ -307,7 +366,8 @@ class Planner:
         if (skill.skill_id, skill.content_hash) in self.rejected:
             raise SkillValidationError(
                 f"{target.name}: the same text as its rejected v"
-                f"{self.rejected[skill.skill_id, skill.content_hash]}; rejection is sticky")
+                f"{self.rejected[skill.skill_id, skill.content_hash]}; rejection is sticky"
+            )
         return [Change("updated", skill, reason=reason, diagnosis_id=ids[0])]
 
     @staticmethod
@@ -315,20 +375,23 @@ class Planner:
         if skill.curated:
             why = "pinned" if skill.pinned else f"curated ({skill.author})"
             raise SkillValidationError(
-                f"{skill.name} is {why}: evolution may not rewrite it; edit it by hand")
+                f"{skill.name} is {why}: evolution may not rewrite it; edit it by hand"
+            )
 
     def _shown(self, skill_id: str, shown: set[str]) -> Skill:
         if skill_id not in shown or skill_id not in self.current:
             raise SkillValidationError(
-                f"the critic named skill {skill_id!r}, which it was not shown or is not active")
+                f"the critic named skill {skill_id!r}, which it was not shown or is not active"
+            )
         return self.current[skill_id]
 
     def _duplicate_of(self, draft: Skill) -> Skill | None:
         if not self.vectors:
             return None
         vec = self.embed([draft.search_text])[0]
-        best_id, best = max(((sid, float(v @ vec)) for sid, v in self.vectors.items()),
-                            key=lambda x: x[1])
+        best_id, best = max(
+            ((sid, float(v @ vec)) for sid, v in self.vectors.items()), key=lambda x: x[1]
+        )
         return self.current[best_id] if best >= self.dedup else None
 
 
@@ -371,7 +434,15 @@ def to_pending(rows: Sequence[tuple[Any, ...]], done: set[str]) -> list[PendingD
             quotes = " | ".join(str(e.get("quote") or "") for e in items if isinstance(e, dict))
         except orjson.JSONDecodeError:
             pass
-        out.append(PendingDiagnosis(did, category or "other", explanation or "", quotes,
-                                    tuple(turn_ids or ()), tuple(injected or ()),
-                                    session_id or ""))
+        out.append(
+            PendingDiagnosis(
+                did,
+                category or "other",
+                explanation or "",
+                quotes,
+                tuple(turn_ids or ()),
+                tuple(injected or ()),
+                session_id or "",
+            )
+        )
     return out

@@ -114,26 +114,41 @@ class SkillLibrary:
             if pinned is not None:
                 refs, block, tokens = pinned
                 self.health.injections += 1
-                return Injection(skills=list(refs), block=block, skill_set_version=version,
-                                 tokens=tokens, latency_ms=(time.perf_counter() - start) * 1000)
+                return Injection(
+                    skills=list(refs),
+                    block=block,
+                    skill_set_version=version,
+                    tokens=tokens,
+                    latency_ms=(time.perf_counter() - start) * 1000,
+                )
             query = extract_query(messages)
             if not query or len(index) == 0:
                 return Injection(skill_set_version=version, query=query)
             qvec = self._embedder.embed_one(query)
             candidates = index.candidates(
-                qvec, terms(query), text_weight=cfg.text_weight,
+                qvec,
+                terms(query),
+                text_weight=cfg.text_weight,
                 prior=(cfg.prior_alpha, cfg.prior_beta),
             )
-            chosen = index.select(candidates, top_k=cfg.top_k, min_similarity=cfg.min_similarity,
-                                  token_budget=cfg.token_budget, session_id=session_id,
-                                  trial_share=cfg.trial_share)
+            chosen = index.select(
+                candidates,
+                top_k=cfg.top_k,
+                min_similarity=cfg.min_similarity,
+                token_budget=cfg.token_budget,
+                session_id=session_id,
+                trial_share=cfg.trial_share,
+            )
             if chosen.refs:
                 self.health.injections += 1
                 if session_id:
                     self._pin(session_id, (chosen.refs, chosen.block, chosen.tokens))
             return Injection(
-                skills=chosen.refs, block=chosen.block, skill_set_version=version,
-                tokens=chosen.tokens, query=query,
+                skills=chosen.refs,
+                block=chosen.block,
+                skill_set_version=version,
+                tokens=chosen.tokens,
+                query=query,
                 latency_ms=(time.perf_counter() - start) * 1000,
             )
         except Exception as exc:  # retrieval must never fail a chat request
@@ -171,14 +186,23 @@ class SkillLibrary:
         qvec = self._embedder.embed_one(query)
         cfg = self.config
         out = []
-        ranked = index.candidates(qvec, terms(query), text_weight=cfg.text_weight,
-                                  prior=(cfg.prior_alpha, cfg.prior_beta))
+        ranked = index.candidates(
+            qvec, terms(query), text_weight=cfg.text_weight, prior=(cfg.prior_alpha, cfg.prior_beta)
+        )
         for c in itertools.islice(ranked, limit):
             e = index.entries[c.position]
-            out.append({"ref": e.ref, "name": e.name, "similarity": round(c.similarity, 4),
-                        "cosine": round(c.cosine, 4), "lexical": round(c.lexical, 4),
-                        "rate": round(c.rate, 4), "score": round(c.score, 4),
-                        "eligible": c.similarity >= cfg.min_similarity})
+            out.append(
+                {
+                    "ref": e.ref,
+                    "name": e.name,
+                    "similarity": round(c.similarity, 4),
+                    "cosine": round(c.cosine, 4),
+                    "lexical": round(c.lexical, 4),
+                    "rate": round(c.rate, 4),
+                    "score": round(c.score, 4),
+                    "eligible": c.similarity >= cfg.min_similarity,
+                }
+            )
         return out
 
     # -- snapshot management -----------------------------------------------------------------
@@ -193,8 +217,9 @@ class SkillLibrary:
     def _refresh_async(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
-        self._thread = threading.Thread(target=self._refresh, name="metaclaw-skills-refresh",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._refresh, name="metaclaw-skills-refresh", daemon=True
+        )
         self._thread.start()
 
     def wait_refreshed(self, timeout: float = 60.0) -> None:
@@ -236,13 +261,16 @@ class SkillLibrary:
         state = store.read_state()
         table = store.active_arrow()
         vectors = (
-            np.asarray(table.column("vector").combine_chunks().flatten(), dtype=np.float32)
-            .reshape(table.num_rows, -1)
-            if table.num_rows else np.zeros((0, 384), np.float32)
+            np.asarray(table.column("vector").combine_chunks().flatten(), dtype=np.float32).reshape(
+                table.num_rows, -1
+            )
+            if table.num_rows
+            else np.zeros((0, 384), np.float32)
         )
         rows = table.drop_columns(["vector"]).to_pylist()
-        stats = {r["ref"]: (float(r["successes"]), float(r["failures"]))
-                 for r in store.stats_rows()}
+        stats = {
+            r["ref"]: (float(r["successes"]), float(r["failures"])) for r in store.stats_rows()
+        }
         cache = self._token_counts  # versions are immutable: count each one once
 
         def count(sections: list[str]) -> list[int]:
@@ -254,17 +282,31 @@ class SkillLibrary:
 
         entries = build_entries(rows, stats, count)
         header = self._embedder.count_tokens([BLOCK_HEADER + "\n\n\n\n" + BLOCK_FOOTER])[0]
-        texts = [f"{r['name'].replace('_', ' ').replace('-', ' ')}. {r['description']} "
-                 f"{r['when_to_use']} {r['category']}" for r in rows]
-        return SkillIndex(entries, vectors, texts, skill_set_version=state["skill_set_version"],
-                          header_tokens=header, ivf_min=self.config.ivf_min_skills)
+        texts = [
+            f"{r['name'].replace('_', ' ').replace('-', ' ')}. {r['description']} "
+            f"{r['when_to_use']} {r['category']}"
+            for r in rows
+        ]
+        return SkillIndex(
+            entries,
+            vectors,
+            texts,
+            skill_set_version=state["skill_set_version"],
+            header_tokens=header,
+            ivf_min=self.config.ivf_min_skills,
+        )
 
     def _fail(self, where: str, exc: BaseException) -> None:
         self.health.failures += 1
         self.health.last_error = f"{where}: {type(exc).__name__}: {exc}"
         if self.health.failures <= 5 or self.health.failures % 1000 == 0:
-            log.error("skill retrieval %s failed (%d failures so far): %s", where,
-                      self.health.failures, exc, exc_info=self.health.failures <= 1)
+            log.error(
+                "skill retrieval %s failed (%d failures so far): %s",
+                where,
+                self.health.failures,
+                exc,
+                exc_info=self.health.failures <= 1,
+            )
 
     def close(self) -> None:
         self.wait_refreshed(5.0)

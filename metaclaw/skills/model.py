@@ -140,6 +140,7 @@ class Skill:
 
 # -- validation -------------------------------------------------------------------------------
 
+
 def safety_problems(text: str) -> list[str]:
     """Why `text` must not become a skill by the hard rules (empty when it may); see
     `metaclaw.skills.safety` for the normalisation and the intent scan that follows."""

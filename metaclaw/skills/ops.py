@@ -31,6 +31,7 @@ def record_events(paths: Any, result: CommitResult) -> int:
 
 # -- SKILL.md ------------------------------------------------------------------------------------
 
+
 @dataclass
 class ImportReport:
     created: list[str] = field(default_factory=list)
@@ -40,9 +41,13 @@ class ImportReport:
     set_version: int = 0
 
 
-def import_dir(store: SkillStore, directory: Path, *, max_instruction_chars: int = 4000,
-               progress: Callable[[int, int], None] | None = None) -> tuple[ImportReport,
-                                                                             CommitResult]:
+def import_dir(
+    store: SkillStore,
+    directory: Path,
+    *,
+    max_instruction_chars: int = 4000,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[ImportReport, CommitResult]:
     """Import `<dir>/<name>/SKILL.md` folders: new names are created, changed ones get a new
     version, identical ones are left alone (so importing twice writes nothing)."""
     files = skillmd.find_skill_files(directory)
@@ -50,18 +55,24 @@ def import_dir(store: SkillStore, directory: Path, *, max_instruction_chars: int
     parsed: list[skillmd.ParsedSkill] = []
     for i, path in enumerate(files):
         try:
-            item = skillmd.parse(skillmd.read_file(path), fallback_name=path.parent.name,
-                                 source=str(path))
-            parsed.append(skillmd.ParsedSkill(
-                validate(item.skill, max_instruction_chars=max_instruction_chars),
-                item.declared_id, item.composes_names))
+            item = skillmd.parse(
+                skillmd.read_file(path), fallback_name=path.parent.name, source=str(path)
+            )
+            parsed.append(
+                skillmd.ParsedSkill(
+                    validate(item.skill, max_instruction_chars=max_instruction_chars),
+                    item.declared_id,
+                    item.composes_names,
+                )
+            )
         except SkillValidationError as exc:
             report.errors.append(str(exc))
         if progress:
             progress(i + 1, len(files))
     current = {s.skill_id: s for s in store.current()}
     by_name = {p.skill.name: p.skill.skill_id for p in parsed} | {
-        s.name: s.skill_id for s in current.values()}
+        s.name: s.skill_id for s in current.values()
+    }
     changes: list[Change] = []
     author = f"import:{Path(directory).name}"
     for item in parsed:
@@ -74,8 +85,11 @@ def import_dir(store: SkillStore, directory: Path, *, max_instruction_chars: int
         elif old.content_hash == draft.content_hash:
             report.unchanged.append(draft.name)
         else:
-            new = old.next_version(**{k: v for k, v in _fields(draft).items() if k != "name"},
-                                   author=author, diagnosis_ids=())
+            new = old.next_version(
+                **{k: v for k, v in _fields(draft).items() if k != "name"},
+                author=author,
+                diagnosis_ids=(),
+            )
             changes.append(Change("updated", new, reason=f"imported from {directory}"))
             report.updated.append(draft.name)
     result = store.commit(changes)
@@ -84,9 +98,14 @@ def import_dir(store: SkillStore, directory: Path, *, max_instruction_chars: int
 
 
 def _fields(skill: Skill) -> dict[str, Any]:
-    return {"name": skill.name, "description": skill.description,
-            "instructions": skill.instructions, "when_to_use": skill.when_to_use,
-            "category": skill.category, "composes": skill.composes}
+    return {
+        "name": skill.name,
+        "description": skill.description,
+        "instructions": skill.instructions,
+        "when_to_use": skill.when_to_use,
+        "category": skill.category,
+        "composes": skill.composes,
+    }
 
 
 def export_dir(store: SkillStore, directory: Path, *, include_inactive: bool = False) -> int:
@@ -103,33 +122,41 @@ def export_dir(store: SkillStore, directory: Path, *, include_inactive: bool = F
 
 # -- efficacy ------------------------------------------------------------------------------------
 
-def refresh_efficacy(settings: Any, store: SkillStore, *, max_turns: int = 50_000
-                     ) -> tuple[efficacy.EfficacyReport, CommitResult]:
+
+def refresh_efficacy(
+    settings: Any, store: SkillStore, *, max_turns: int = 50_000
+) -> tuple[efficacy.EfficacyReport, CommitResult]:
     """Recompute every live skill version's statistics, store them (the proxy reloads), retire
     the confidently harmful active ones, and decide the proposals that cleared (or failed) the
     efficacy bar (`skills.promotion`: auto promotes, manual leaves it to a person)."""
     cfg = settings.skills
     con = connect(settings.paths)
     try:
-        rows = con.execute(efficacy.rewarded_turns_sql(cfg.efficacy_window_days,
-                                                       max_turns)).fetchall()
+        rows = con.execute(
+            efficacy.rewarded_turns_sql(cfg.efficacy_window_days, max_turns)
+        ).fetchall()
     finally:
         con.close()
     turns = efficacy.to_rewarded(rows)
     skills = store.live()
     vectors = store.vectors([s.ref for s in skills])
-    stats = efficacy.compute(skills, vectors, turns, store.embedder.embed,
-                             min_similarity=cfg.min_similarity)
+    stats = efficacy.compute(
+        skills, vectors, turns, store.embedder.embed, min_similarity=cfg.min_similarity
+    )
     store.write_stats([e.row() for e in stats])
     retire = efficacy.retirements(skills, stats, min_uses=cfg.retire_min_uses, z=cfg.retire_z)
-    verdicts = efficacy.verdicts(skills, stats, min_uses=cfg.promote_min_uses, z=cfg.promote_z,
-                                 auto=cfg.promotion == "auto")
-    result = store.commit([Change("retired", r.skill, reason=r.reason) for r in retire]
-                          + [Change(v.event, v.skill, reason=v.reason) for v in verdicts])
+    verdicts = efficacy.verdicts(
+        skills, stats, min_uses=cfg.promote_min_uses, z=cfg.promote_z, auto=cfg.promotion == "auto"
+    )
+    result = store.commit(
+        [Change("retired", r.skill, reason=r.reason) for r in retire]
+        + [Change(v.event, v.skill, reason=v.reason) for v in verdicts]
+    )
     return efficacy.EfficacyReport(stats, retire, len(turns), verdicts), result
 
 
 # -- diagnosis -----------------------------------------------------------------------------------
+
 
 @dataclass
 class DiagnoseReport:
@@ -163,8 +190,10 @@ def diagnose_groups(critic: Critic, groups: list[dx.FailureGroup]) -> DiagnoseRe
 
 # -- evolution -----------------------------------------------------------------------------------
 
-def pending_clusters(settings: Any, store: SkillStore, critic_model: str
-                     ) -> list[list[evolution.PendingDiagnosis]]:
+
+def pending_clusters(
+    settings: Any, store: SkillStore, critic_model: str
+) -> list[list[evolution.PendingDiagnosis]]:
     con = connect(settings.paths)
     try:
         rows = con.execute(evolution.pending_sql()).fetchall()
@@ -175,21 +204,24 @@ def pending_clusters(settings: Any, store: SkillStore, critic_model: str
     return evolution.cluster(pending, store.embedder.embed)
 
 
-def propose(store: SkillStore, critic: Critic,
-            clusters: list[list[evolution.PendingDiagnosis]]) -> list[evolution.Proposal]:
+def propose(
+    store: SkillStore, critic: Critic, clusters: list[list[evolution.PendingDiagnosis]]
+) -> list[evolution.Proposal]:
     """One critic call per cluster; stops when the call budget is spent."""
     active = store.current("active")
     vectors = store.vectors([s.ref for s in active])
     out = []
     for group in clusters:
         shown = evolution.nearest_skills(group, active, vectors, store.embedder.embed)
-        proposal = evolution.Proposal([d.diagnosis_id for d in group],
-                                      [s.skill_id for s in shown],
-                                      sessions=[d.session_id for d in group if d.session_id])
+        proposal = evolution.Proposal(
+            [d.diagnosis_id for d in group],
+            [s.skill_id for s in shown],
+            sessions=[d.session_id for d in group if d.session_id],
+        )
         try:
-            proposal.answer = critic.ask(evolution.SYSTEM_PROMPT,
-                                         evolution.user_prompt(group, shown),
-                                         evolution.EvolveAnswer)
+            proposal.answer = critic.ask(
+                evolution.SYSTEM_PROMPT, evolution.user_prompt(group, shown), evolution.EvolveAnswer
+            )
         except (CriticBudgetExceeded, CriticUnavailable):
             break  # the diagnoses not asked about stay pending for the next run
         except CriticError as exc:
@@ -198,9 +230,13 @@ def propose(store: SkillStore, critic: Critic,
     return out
 
 
-def apply_proposals(settings: Any, store: SkillStore, proposals: list[evolution.Proposal],
-                    critic_model: str, critic: Critic | None = None
-                    ) -> tuple[evolution.Outcome, CommitResult]:
+def apply_proposals(
+    settings: Any,
+    store: SkillStore,
+    proposals: list[evolution.Proposal],
+    critic_model: str,
+    critic: Critic | None = None,
+) -> tuple[evolution.Outcome, CommitResult]:
     """Check proposals against the library, have the critic scan each new text's intent,
     commit the accepted changes (all `proposed`) as one skill-set version, and log every
     considered diagnosis."""
@@ -210,32 +246,41 @@ def apply_proposals(settings: Any, store: SkillStore, proposals: list[evolution.
     active = [s for s in live if s.status == "active"]
     live_ids = {s.skill_id for s in live}
     planner = evolution.Planner(
-        active, store.vectors([s.ref for s in active]), store.embedder.embed,
-        author=critic_model, dedup_similarity=cfg.dedup_similarity,
-        max_instruction_chars=cfg.max_instruction_chars, max_new=cfg.max_new_skills_per_run,
-        inactive=[s for s in latest if s.skill_id not in live_ids], latest=latest,
+        active,
+        store.vectors([s.ref for s in active]),
+        store.embedder.embed,
+        author=critic_model,
+        dedup_similarity=cfg.dedup_similarity,
+        max_instruction_chars=cfg.max_instruction_chars,
+        max_new=cfg.max_new_skills_per_run,
+        inactive=[s for s in latest if s.skill_id not in live_ids],
+        latest=latest,
         rejected=store.all_versions("status = 'rejected'"),
     )
     for proposal in proposals:
         planner.add(proposal)
     outcome = planner.outcome
-    outcome.changes = [ch for ch in (scan_change(critic, ch, outcome) for ch in outcome.changes)
-                       if ch is not None]
+    outcome.changes = [
+        ch for ch in (scan_change(critic, ch, outcome) for ch in outcome.changes) if ch is not None
+    ]
     result = store.commit(outcome.changes)
     store.log_considered(outcome.considered, critic_model, evolution.PROMPT_VERSION)
     return outcome, result
 
 
-def scan_change(critic: Critic | None, change: Change, outcome: evolution.Outcome
-                ) -> Change | None:
+def scan_change(critic: Critic | None, change: Change, outcome: evolution.Outcome) -> Change | None:
     """The change with its intent-scan verdict recorded, or None when the critic judged it
     unsafe (then it is rejected like a validation failure and never stored). An unreachable
     critic leaves the text unscanned: it stays proposed until a person approves it."""
     if critic is None or change.event not in ("created", "updated", "merged"):
         return change
     skill = change.skill
-    fields = {"name": skill.name, "description": skill.description,
-              "when_to_use": skill.when_to_use, "instructions": skill.instructions}
+    fields = {
+        "name": skill.name,
+        "description": skill.description,
+        "when_to_use": skill.when_to_use,
+        "instructions": skill.instructions,
+    }
     try:
         verdict = safety.scan(critic, fields)
     except CriticError as exc:  # includes budget and unreachable: unscanned, not accepted

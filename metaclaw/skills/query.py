@@ -87,8 +87,11 @@ class _Finder:
         self.searched_from, self.found = -1, -1
 
     def find(self, start: int) -> int:
-        if self.searched_from >= 0 and start >= self.searched_from and (
-                self.found < 0 or self.found >= start):
+        if (
+            self.searched_from >= 0
+            and start >= self.searched_from
+            and (self.found < 0 or self.found >= start)
+        ):
             return self.found
         self.searched_from, self.found = start, self.text.find(self.needle, start)
         return self.found

@@ -29,17 +29,74 @@ INVISIBLE = re.compile(
     "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e"
     "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\U000e0000-\U000e007f]"
 )
-_CONFUSABLES = str.maketrans({
-    # Cyrillic
-    "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
-    "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ј": "j", "ԁ": "d", "ԛ": "q", "ԝ": "w",
-    "һ": "h", "ӏ": "l", "ɡ": "g", "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H",
-    "О": "O", "Р": "P", "С": "C", "Т": "T", "Х": "X", "Ѕ": "S", "І": "I", "Ј": "J", "У": "Y",
-    # Greek
-    "α": "a", "β": "b", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t",
-    "υ": "u", "χ": "x", "γ": "y", "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I",
-    "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
-})
+_CONFUSABLES = str.maketrans(
+    {
+        # Cyrillic
+        "а": "a",
+        "в": "b",
+        "е": "e",
+        "к": "k",
+        "м": "m",
+        "н": "h",
+        "о": "o",
+        "р": "p",
+        "с": "c",
+        "т": "t",
+        "у": "y",
+        "х": "x",
+        "ѕ": "s",
+        "і": "i",
+        "ј": "j",
+        "ԁ": "d",
+        "ԛ": "q",
+        "ԝ": "w",
+        "һ": "h",
+        "ӏ": "l",
+        "ɡ": "g",
+        "А": "A",
+        "В": "B",
+        "Е": "E",
+        "К": "K",
+        "М": "M",
+        "Н": "H",
+        "О": "O",
+        "Р": "P",
+        "С": "C",
+        "Т": "T",
+        "Х": "X",
+        "Ѕ": "S",
+        "І": "I",
+        "Ј": "J",
+        "У": "Y",
+        # Greek
+        "α": "a",
+        "β": "b",
+        "ε": "e",
+        "ι": "i",
+        "κ": "k",
+        "ν": "v",
+        "ο": "o",
+        "ρ": "p",
+        "τ": "t",
+        "υ": "u",
+        "χ": "x",
+        "γ": "y",
+        "Α": "A",
+        "Β": "B",
+        "Ε": "E",
+        "Ζ": "Z",
+        "Η": "H",
+        "Ι": "I",
+        "Κ": "K",
+        "Μ": "M",
+        "Ν": "N",
+        "Ο": "O",
+        "Ρ": "P",
+        "Τ": "T",
+        "Υ": "Y",
+        "Χ": "X",
+    }
+)
 
 
 def normalize(text: str) -> str:
@@ -63,32 +120,59 @@ _LEAK_VERB = (
 _GOVERNED = re.compile(r"\b(never|not|don'?t|mustn'?t|cannot|can'?t|avoid)\s+(ever\s+)?$")
 _LEAK = re.compile(rf"\b{_LEAK_VERB}\b[^.!?;\n]{{0,80}}\b{_SECRET}")
 _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("contains a URL or link (skills never point at hosts)", re.compile(
-        r"[a-z][a-z0-9+.-]*://|\bwww\.|!\[[^\]\n]*\]\(|\]\([^)\s]*[./:][^)\n]*\)|\bdata:[a-z]+/"
-        r"|\b(?:[a-z0-9-]+\.)+(?:com|net|org|io|ru|cn|xyz|top|info|biz|me|co|dev|app|site|"
-        r"example|tk|cc|sh|ly|gg|to|su|ws)\b")),
-    ("uses a network tool", re.compile(
-        r"\b(curl|wget|netcat|ncat|nc|telnet|scp|sftp|ftp|invoke-webrequest|iwr)\b")),
-    ("pipes into a shell or interpreter", re.compile(
-        r"\|\s*(sudo\s+)?((ba|z|da|k|c|tc|fi)?sh|python[0-9.]*|perl|ruby|node|iex|powershell|pwsh)"
-        r"\b|\bbase64\s+(-d|--decode)\b|\beval\s*[\"'`(]|\$\(")),
-    ("asks to reveal or send secrets", re.compile(
-        rf"{_SECRET}[^.!?;\n]{{0,40}}\bto\b[^.!?;\n]{{0,40}}\b(url|server|endpoint|email|"
-        r"webhook|address|channel|chat|host|log)\b")),
-    ("tells the model to ignore instructions or the user", re.compile(
-        r"\b(ignore|disregard|forget|override|bypass|supersede|skip)\b[^.!?;\n]{0,60}\b("
-        r"instructions?|messages?|requests?|prompts?|rules?|guidelines?|polic(y|ies)|wishes|"
-        r"the user|system|safety|guardrails?|restrictions?)\b")),
-    ("tells the model to deceive the user", re.compile(
-        r"\b(do not|don'?t|never)\s+(tell|inform|mention to|let)\s+the user\b|"
-        r"\bwithout (telling|informing|asking) the user\b|\b(lie|deceive|mislead)\b[^.\n]{0,20}"
-        r"\buser\b|\bsecretly\b|\bcovertly\b")),
-    ("claims authority, a new identity or a mode", re.compile(
-        r"\byou are now\b|\bnew (system )?instructions\b|\bjailbreak|\bdeveloper mode\b|"
-        r"<\|?(im_start|im_end|system|endoftext)\|?>|^\s*#{1,6}\s*(system|operator|admin\w*|"
-        r"developer|security|polic(y|ies)|instructions?|override)\b|\b(operator|system|admin\w*)"
-        r"\s+(policy|policies|instructions?|message|override|notice)\b|\(mandatory\)|"
-        r"\bhighest priority\b|\btakes? precedence over\b|\bsystem prompt\b", re.M)),
+    (
+        "contains a URL or link (skills never point at hosts)",
+        re.compile(
+            r"[a-z][a-z0-9+.-]*://|\bwww\.|!\[[^\]\n]*\]\(|\]\([^)\s]*[./:][^)\n]*\)|\bdata:[a-z]+/"
+            r"|\b(?:[a-z0-9-]+\.)+(?:com|net|org|io|ru|cn|xyz|top|info|biz|me|co|dev|app|site|"
+            r"example|tk|cc|sh|ly|gg|to|su|ws)\b"
+        ),
+    ),
+    (
+        "uses a network tool",
+        re.compile(r"\b(curl|wget|netcat|ncat|nc|telnet|scp|sftp|ftp|invoke-webrequest|iwr)\b"),
+    ),
+    (
+        "pipes into a shell or interpreter",
+        re.compile(
+            r"\|\s*(sudo\s+)?((ba|z|da|k|c|tc|fi)?sh|python[0-9.]*|perl|ruby|node|iex|powershell|pwsh)"
+            r"\b|\bbase64\s+(-d|--decode)\b|\beval\s*[\"'`(]|\$\("
+        ),
+    ),
+    (
+        "asks to reveal or send secrets",
+        re.compile(
+            rf"{_SECRET}[^.!?;\n]{{0,40}}\bto\b[^.!?;\n]{{0,40}}\b(url|server|endpoint|email|"
+            r"webhook|address|channel|chat|host|log)\b"
+        ),
+    ),
+    (
+        "tells the model to ignore instructions or the user",
+        re.compile(
+            r"\b(ignore|disregard|forget|override|bypass|supersede|skip)\b[^.!?;\n]{0,60}\b("
+            r"instructions?|messages?|requests?|prompts?|rules?|guidelines?|polic(y|ies)|wishes|"
+            r"the user|system|safety|guardrails?|restrictions?)\b"
+        ),
+    ),
+    (
+        "tells the model to deceive the user",
+        re.compile(
+            r"\b(do not|don'?t|never)\s+(tell|inform|mention to|let)\s+the user\b|"
+            r"\bwithout (telling|informing|asking) the user\b|\b(lie|deceive|mislead)\b[^.\n]{0,20}"
+            r"\buser\b|\bsecretly\b|\bcovertly\b"
+        ),
+    ),
+    (
+        "claims authority, a new identity or a mode",
+        re.compile(
+            r"\byou are now\b|\bnew (system )?instructions\b|\bjailbreak|\bdeveloper mode\b|"
+            r"<\|?(im_start|im_end|system|endoftext)\|?>|^\s*#{1,6}\s*(system|operator|admin\w*|"
+            r"developer|security|polic(y|ies)|instructions?|override)\b|\b(operator|system|admin\w*)"
+            r"\s+(policy|policies|instructions?|message|override|notice)\b|\(mandatory\)|"
+            r"\bhighest priority\b|\btakes? precedence over\b|\bsystem prompt\b",
+            re.M,
+        ),
+    ),
 )
 
 
@@ -103,14 +187,14 @@ def hard_problems(text: str) -> list[str]:
         if match:
             problems.append(f"{why}: {_context(folded, match)!r}")
     for match in _LEAK.finditer(folded):
-        if not _GOVERNED.search(folded[max(0, match.start() - 24):match.start()]):
+        if not _GOVERNED.search(folded[max(0, match.start() - 24) : match.start()]):
             problems.append(f"asks to reveal or send secrets: {_context(folded, match)!r}")
             break
     return problems
 
 
 def _context(text: str, match: re.Match[str]) -> str:
-    return text[max(0, match.start() - 30):match.end() + 30].strip()[:120]
+    return text[max(0, match.start() - 30) : match.end() + 30].strip()[:120]
 
 
 # -- the intent scan ------------------------------------------------------------------------------
@@ -142,8 +226,15 @@ class SafetyVerdict(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     safe: bool
-    category: Literal["none", "exfiltration", "outside_contact", "code_execution",
-                      "instruction_override", "deception", "other"] = "other"
+    category: Literal[
+        "none",
+        "exfiltration",
+        "outside_contact",
+        "code_execution",
+        "instruction_override",
+        "deception",
+        "other",
+    ] = "other"
     reason: str = Field(default="", max_length=1000)
 
 

@@ -43,8 +43,10 @@ def parse(text: str, *, fallback_name: str = "", source: str = "SKILL.md") -> Pa
     """A SKILL.md document → Skill (not yet validated); errors name the file and the field."""
     match = _FRONT.match(text.lstrip("\ufeff"))
     if not match:
-        raise SkillValidationError(f"{source}: no YAML front matter (a first line '---' and a "
-                                   "closing '---' around name/description)")
+        raise SkillValidationError(
+            f"{source}: no YAML front matter (a first line '---' and a "
+            "closing '---' around name/description)"
+        )
     meta = _front_matter(match.group(1), source)
     name = _text_field(meta, "name", source) or fallback_name.strip()
     if not name:
@@ -75,12 +77,14 @@ def _front_matter(text: str, source: str) -> dict[str, Any]:
     (the only way a few hundred bytes of YAML expand into gigabytes)."""
     if len(text) > MAX_FRONT_MATTER_CHARS:
         raise SkillValidationError(
-            f"{source}: front matter over {MAX_FRONT_MATTER_CHARS} characters")
+            f"{source}: front matter over {MAX_FRONT_MATTER_CHARS} characters"
+        )
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
                 raise SkillValidationError(
-                    f"{source}: front matter uses YAML anchors/aliases (&, *); write values out")
+                    f"{source}: front matter uses YAML anchors/aliases (&, *); write values out"
+                )
         meta = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise SkillValidationError(f"{source}: front matter is not valid YAML: {exc}") from None
@@ -95,7 +99,8 @@ def _text_field(meta: dict[str, Any], key: str, source: str) -> str:
         return ""
     if not isinstance(value, str):
         raise SkillValidationError(
-            f"{source}: front matter `{key}` must be text, not {type(value).__name__}")
+            f"{source}: front matter `{key}` must be text, not {type(value).__name__}"
+        )
     return value.strip()
 
 
@@ -105,8 +110,9 @@ def read_file(path: Path) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
         if Path(path).is_symlink():
-            raise SkillValidationError(f"{path}: a symlink; import reads regular files only"
-                                       ) from None
+            raise SkillValidationError(
+                f"{path}: a symlink; import reads regular files only"
+            ) from None
         raise SkillValidationError(f"{path}: cannot be read ({exc.strerror})") from None
     with os.fdopen(fd, "rb") as fh:
         data = fh.read(MAX_FILE_BYTES + 1)

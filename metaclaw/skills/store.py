@@ -44,9 +44,26 @@ STATE_FILE = "state.json"
 EVENTS = ("created", "updated", "retired", "restored", "merged", "promoted", "rejected")
 LIVE = ("active", "proposed")  # statuses the proxy may inject (a proposal only in its scope)
 _ROW_COLUMNS = (
-    "row_id", "skill_id", "name", "version", "description", "instructions", "when_to_use",
-    "category", "composes", "status", "pinned", "diagnosis_ids", "parent_version", "merged_from",
-    "author", "content_hash", "set_version", "created_at", "updated_at", "origin_sessions",
+    "row_id",
+    "skill_id",
+    "name",
+    "version",
+    "description",
+    "instructions",
+    "when_to_use",
+    "category",
+    "composes",
+    "status",
+    "pinned",
+    "diagnosis_ids",
+    "parent_version",
+    "merged_from",
+    "author",
+    "content_hash",
+    "set_version",
+    "created_at",
+    "updated_at",
+    "origin_sessions",
     "scan",
 )
 # columns added after the first release: (name, type) added all-null to an older library
@@ -88,21 +105,41 @@ def _skill_model(kind: str) -> type[LanceModel]:
     return SkillRow
 
 
-CHANGES_SCHEMA = pa.schema([
-    ("set_version", pa.int64()), ("ts", pa.timestamp("us", tz="UTC")), ("event", pa.string()),
-    ("skill_id", pa.string()), ("version", pa.int32()), ("reason", pa.string()),
-])
-STATS_SCHEMA = pa.schema([
-    ("ref", pa.string()), ("skill_id", pa.string()), ("version", pa.int32()),
-    ("uses", pa.int64()), ("successes", pa.float64()), ("failures", pa.float64()),
-    ("mean_with", pa.float64()), ("n_without", pa.int64()), ("mean_without", pa.float64()),
-    ("effect", pa.float64()), ("effect_se", pa.float64()),
-    ("updated_at", pa.timestamp("us", tz="UTC")),
-])
-EVOLVE_LOG_SCHEMA = pa.schema([
-    ("diagnosis_id", pa.string()), ("critic_model", pa.string()), ("prompt_version", pa.string()),
-    ("outcome", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),
-])
+CHANGES_SCHEMA = pa.schema(
+    [
+        ("set_version", pa.int64()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("event", pa.string()),
+        ("skill_id", pa.string()),
+        ("version", pa.int32()),
+        ("reason", pa.string()),
+    ]
+)
+STATS_SCHEMA = pa.schema(
+    [
+        ("ref", pa.string()),
+        ("skill_id", pa.string()),
+        ("version", pa.int32()),
+        ("uses", pa.int64()),
+        ("successes", pa.float64()),
+        ("failures", pa.float64()),
+        ("mean_with", pa.float64()),
+        ("n_without", pa.int64()),
+        ("mean_without", pa.float64()),
+        ("effect", pa.float64()),
+        ("effect_se", pa.float64()),
+        ("updated_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+EVOLVE_LOG_SCHEMA = pa.schema(
+    [
+        ("diagnosis_id", pa.string()),
+        ("critic_model", pa.string()),
+        ("prompt_version", pa.string()),
+        ("outcome", pa.string()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -127,19 +164,21 @@ class CommitResult:
         for ch in self.changes:
             s = ch.skill
             key = f"{s.skill_id}\x1f{s.version}\x1f{ch.event}\x1f{self.set_version}"
-            rows.append({
-                "event_id": hashlib.sha256(key.encode()).hexdigest()[:32],
-                "skill_id": s.skill_id,
-                "version": s.version,
-                "event": "updated" if ch.event == "restored" else ch.event,  # restore: by hand
-                "diagnosis_id": ch.diagnosis_id
-                or (s.diagnosis_ids[0] if s.diagnosis_ids else None),
-                "parent_version": s.parent_version,
-                "merged_from": list(s.merged_from) or None,
-                "skill_set_version": self.set_version,
-                "ts": datetime.now(UTC),
-                "reason": ch.reason or None,
-            })
+            rows.append(
+                {
+                    "event_id": hashlib.sha256(key.encode()).hexdigest()[:32],
+                    "skill_id": s.skill_id,
+                    "version": s.version,
+                    "event": "updated" if ch.event == "restored" else ch.event,  # restore: by hand
+                    "diagnosis_id": ch.diagnosis_id
+                    or (s.diagnosis_ids[0] if s.diagnosis_ids else None),
+                    "parent_version": s.parent_version,
+                    "merged_from": list(s.merged_from) or None,
+                    "skill_set_version": self.set_version,
+                    "ts": datetime.now(UTC),
+                    "reason": ch.reason or None,
+                }
+            )
         return rows
 
 
@@ -154,24 +193,40 @@ def row_to_skill(row: dict[str, Any]) -> Skill:
         return datetime.now(UTC)
 
     return Skill(
-        skill_id=row["skill_id"], name=row["name"], version=int(row["version"]),
-        description=row["description"], instructions=row["instructions"],
-        when_to_use=row["when_to_use"] or "", category=row["category"] or "general",
-        composes=tuple(row["composes"] or ()), status=row["status"], pinned=bool(row["pinned"]),
+        skill_id=row["skill_id"],
+        name=row["name"],
+        version=int(row["version"]),
+        description=row["description"],
+        instructions=row["instructions"],
+        when_to_use=row["when_to_use"] or "",
+        category=row["category"] or "general",
+        composes=tuple(row["composes"] or ()),
+        status=row["status"],
+        pinned=bool(row["pinned"]),
         diagnosis_ids=tuple(row["diagnosis_ids"] or ()),
-        parent_version=row["parent_version"], merged_from=tuple(row["merged_from"] or ()),
-        author=row["author"] or "", created_at=ts(row["created_at"]),
-        updated_at=ts(row["updated_at"]), set_version=int(row["set_version"] or 0),
-        origin_sessions=tuple(row.get("origin_sessions") or ()), scan=row.get("scan") or "",
+        parent_version=row["parent_version"],
+        merged_from=tuple(row["merged_from"] or ()),
+        author=row["author"] or "",
+        created_at=ts(row["created_at"]),
+        updated_at=ts(row["updated_at"]),
+        set_version=int(row["set_version"] or 0),
+        origin_sessions=tuple(row.get("origin_sessions") or ()),
+        scan=row.get("scan") or "",
     )
 
 
 class SkillStore:
     """Reads and serialized writes of the LanceDB skill library."""
 
-    def __init__(self, root: Path, *, embedding: str = "static-minilm",
-                 embeddings_dir: Path | None = None, uri: str | None = None,
-                 storage_options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        embedding: str = "static-minilm",
+        embeddings_dir: Path | None = None,
+        uri: str | None = None,
+        storage_options: dict[str, str] | None = None,
+    ) -> None:
         """`root`: a local directory for the writer lock and `state.json` (and the tables,
         unless `uri` puts them elsewhere, e.g. `s3://bucket/skills`)."""
         self.root = Path(root)
@@ -215,9 +270,13 @@ class SkillStore:
             from metaclaw.ledger.storage import lancedb_storage_options
 
             options = lancedb_storage_options(uri)
-        return cls(paths.skills, embedding=settings.skills.embedding,
-                   embeddings_dir=settings.skills.embeddings_dir or paths.embeddings,
-                   uri=uri, storage_options=options)
+        return cls(
+            paths.skills,
+            embedding=settings.skills.embedding,
+            embeddings_dir=settings.skills.embeddings_dir or paths.embeddings,
+            uri=uri,
+            storage_options=options,
+        )
 
     def _check_embedding(self) -> None:
         meta = (self.skills.schema.metadata or {}).get(b"embedding_functions", b"")
@@ -238,12 +297,16 @@ class SkillStore:
         """The counters. On an object store writers on other machines never touch this
         machine's `state.json`, so they are read from the tables themselves."""
         if self.remote:
-            return {"skill_set_version": self._max_set_version(),
-                    "stats_version": self._stats_table_version()}
+            return {
+                "skill_set_version": self._max_set_version(),
+                "stats_version": self._stats_table_version(),
+            }
         try:
             data = json.loads(self.state_path.read_text())
-            return {"skill_set_version": int(data["skill_set_version"]),
-                    "stats_version": int(data.get("stats_version", 0))}
+            return {
+                "skill_set_version": int(data["skill_set_version"]),
+                "stats_version": int(data.get("stats_version", 0)),
+            }
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return {"skill_set_version": self._max_set_version(), "stats_version": 0}
 
@@ -293,8 +356,9 @@ class SkillStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     # -- reads -------------------------------------------------------------------------------
-    def _rows(self, where: str | None = None, columns: Sequence[str] = _ROW_COLUMNS,
-              table: Any = None) -> list[dict[str, Any]]:
+    def _rows(
+        self, where: str | None = None, columns: Sequence[str] = _ROW_COLUMNS, table: Any = None
+    ) -> list[dict[str, Any]]:
         tbl = table if table is not None else self.skills
         tbl.checkout_latest()
         query = tbl.search().select(list(columns)).limit(None)
@@ -367,8 +431,9 @@ class SkillStore:
             return []
         return self._rows(columns=STATS_SCHEMA.names, table=self.db.open_table(STATS))
 
-    def search(self, text: str, limit: int = 10, *, include_inactive: bool = False
-               ) -> list[tuple[Skill, float]]:
+    def search(
+        self, text: str, limit: int = 10, *, include_inactive: bool = False
+    ) -> list[tuple[Skill, float]]:
         """LanceDB's own hybrid search (vector + BM25, RRF): for the CLI and the critic's
         "nearest skills". The proxy's hot path uses the in-memory index instead (bench)."""
         self.skills.checkout_latest()
@@ -385,8 +450,14 @@ class SkillStore:
         try:
             rows = query.select([*_ROW_COLUMNS]).limit(limit).to_arrow().to_pylist()
         except Exception:
-            rows = self.skills.search(vec).where(where or "true", prefilter=True).select(
-                [*_ROW_COLUMNS]).limit(limit).to_arrow().to_pylist()
+            rows = (
+                self.skills.search(vec)
+                .where(where or "true", prefilter=True)
+                .select([*_ROW_COLUMNS])
+                .limit(limit)
+                .to_arrow()
+                .to_pylist()
+            )
         out = []
         for row in rows:
             score = row.get("_relevance_score", None)
@@ -398,16 +469,28 @@ class SkillStore:
     # -- writes ------------------------------------------------------------------------------
     def _row(self, skill: Skill) -> dict[str, Any]:
         return {
-            "row_id": skill.ref, "skill_id": skill.skill_id, "name": skill.name,
-            "version": skill.version, "description": skill.description,
-            "instructions": skill.instructions, "when_to_use": skill.when_to_use,
-            "category": skill.category, "composes": list(skill.composes), "status": skill.status,
-            "pinned": skill.pinned, "diagnosis_ids": list(skill.diagnosis_ids),
-            "parent_version": skill.parent_version, "merged_from": list(skill.merged_from),
-            "author": skill.author, "content_hash": skill.content_hash,
-            "set_version": skill.set_version, "created_at": skill.created_at,
-            "updated_at": skill.updated_at, "origin_sessions": list(skill.origin_sessions),
-            "scan": skill.scan, "search_text": skill.search_text,
+            "row_id": skill.ref,
+            "skill_id": skill.skill_id,
+            "name": skill.name,
+            "version": skill.version,
+            "description": skill.description,
+            "instructions": skill.instructions,
+            "when_to_use": skill.when_to_use,
+            "category": skill.category,
+            "composes": list(skill.composes),
+            "status": skill.status,
+            "pinned": skill.pinned,
+            "diagnosis_ids": list(skill.diagnosis_ids),
+            "parent_version": skill.parent_version,
+            "merged_from": list(skill.merged_from),
+            "author": skill.author,
+            "content_hash": skill.content_hash,
+            "set_version": skill.set_version,
+            "created_at": skill.created_at,
+            "updated_at": skill.updated_at,
+            "origin_sessions": list(skill.origin_sessions),
+            "scan": skill.scan,
+            "search_text": skill.search_text,
         }
 
     def commit(self, changes: Sequence[Change]) -> CommitResult:
@@ -444,26 +527,35 @@ class SkillStore:
 
             for ch in changes:
                 skill = replace(ch.skill, set_version=set_version, updated_at=stamp)
-                held = max(rows_of.get(skill.skill_id, []), key=lambda r: r["version"],
-                           default=None)
+                held = max(
+                    rows_of.get(skill.skill_id, []), key=lambda r: r["version"], default=None
+                )
                 if ch.event in ("created", "updated", "merged"):
                     if held is not None and skill.version <= held["version"]:
                         raise SkillValidationError(
-                            f"{skill.ref} exists already: versions are immutable")
+                            f"{skill.ref} exists already: versions are immutable"
+                        )
                     expected = held["version"] + 1 if held else 1
                     if skill.version != expected:
                         raise SkillValidationError(
-                            f"{skill.name}: next version must be {expected}, got {skill.version}")
+                            f"{skill.name}: next version must be {expected}, got {skill.version}"
+                        )
                     end(skill.skill_id, LIVE if skill.status == "active" else ("proposed",))
                     new_rows.append(self._row(skill))
                     rows_of.setdefault(skill.skill_id, []).append(
-                        {"row_id": skill.ref, "skill_id": skill.skill_id,
-                         "version": skill.version, "status": skill.status})
+                        {
+                            "row_id": skill.ref,
+                            "skill_id": skill.skill_id,
+                            "version": skill.version,
+                            "status": skill.status,
+                        }
+                    )
                 elif ch.event in ("promoted", "rejected"):
                     current = self.get(skill.ref)
                     if current.status != "proposed":
                         raise SkillValidationError(
-                            f"{current.name} v{current.version} is {current.status}, not proposed")
+                            f"{current.name} v{current.version} is {current.status}, not proposed"
+                        )
                     status = "active" if ch.event == "promoted" else "rejected"
                     if ch.event == "promoted":
                         end(skill.skill_id, LIVE, keep=current.ref)
@@ -489,17 +581,27 @@ class SkillStore:
             self._set_statuses(status_of, stamp)
             if new_rows:
                 self.skills.add(new_rows)
-            self.changes.add(pa.Table.from_pylist([
-                {"set_version": set_version, "ts": stamp, "event": ch.event,
-                 "skill_id": ch.skill.skill_id, "version": ch.skill.version, "reason": ch.reason}
-                for ch in done
-            ], schema=CHANGES_SCHEMA))
+            self.changes.add(
+                pa.Table.from_pylist(
+                    [
+                        {
+                            "set_version": set_version,
+                            "ts": stamp,
+                            "event": ch.event,
+                            "skill_id": ch.skill.skill_id,
+                            "version": ch.skill.version,
+                            "reason": ch.reason,
+                        }
+                        for ch in done
+                    ],
+                    schema=CHANGES_SCHEMA,
+                )
+            )
             self._ensure_fts()
             self._write_state(skill_set_version=set_version)
         return CommitResult(set_version, done)
 
-    def _set_statuses(self, status_of: dict[str, tuple[str, bool | None]],
-                      stamp: datetime) -> None:
+    def _set_statuses(self, status_of: dict[str, tuple[str, bool | None]], stamp: datetime) -> None:
         """One `update` per distinct (status, pinned): few LanceDB versions per commit."""
         groups: dict[tuple[str, bool | None], list[str]] = {}
         for row_id, key in status_of.items():
@@ -527,20 +629,29 @@ class SkillStore:
         """Diagnoses the evolve flow has already put to this critic and prompt version."""
         if EVOLVE_LOG not in set(self.db.list_tables().tables):
             return set()
-        where = (f"critic_model = {_sql(critic_model)} AND "
-                 f"prompt_version = {_sql(prompt_version)}")
+        where = f"critic_model = {_sql(critic_model)} AND prompt_version = {_sql(prompt_version)}"
         rows = self._rows(where, columns=("diagnosis_id",), table=self.db.open_table(EVOLVE_LOG))
         return {r["diagnosis_id"] for r in rows}
 
-    def log_considered(self, outcomes: dict[str, str], critic_model: str,
-                       prompt_version: str) -> None:
+    def log_considered(
+        self, outcomes: dict[str, str], critic_model: str, prompt_version: str
+    ) -> None:
         if not outcomes:
             return
         stamp = datetime.now(UTC)
-        table = pa.Table.from_pylist([
-            {"diagnosis_id": d, "critic_model": critic_model, "prompt_version": prompt_version,
-             "outcome": o, "ts": stamp} for d, o in sorted(outcomes.items())
-        ], schema=EVOLVE_LOG_SCHEMA)
+        table = pa.Table.from_pylist(
+            [
+                {
+                    "diagnosis_id": d,
+                    "critic_model": critic_model,
+                    "prompt_version": prompt_version,
+                    "outcome": o,
+                    "ts": stamp,
+                }
+                for d, o in sorted(outcomes.items())
+            ],
+            schema=EVOLVE_LOG_SCHEMA,
+        )
         with self.writing():
             if EVOLVE_LOG in set(self.db.list_tables().tables):
                 self.db.open_table(EVOLVE_LOG).add(table)

@@ -55,9 +55,11 @@ def tinker_base_model(settings: Settings, api_key: str | None) -> str:
     from metaclaw.training.tinker_backend import call_with_timeout
 
     capabilities = call_with_timeout(
-        lambda: tinker.RestClient(base_url=cfg.tinker_base_url, api_key=api_key)
-        .get_server_capabilities(),
-        cfg.tinker_timeout_s, "get_server_capabilities",
+        lambda: tinker.RestClient(
+            base_url=cfg.tinker_base_url, api_key=api_key
+        ).get_server_capabilities(),
+        cfg.tinker_timeout_s,
+        "get_server_capabilities",
     )
     choice = choose_tinker_base_model(capabilities)
     (log.warning if choice.fell_back else log.info)("tinker base model: %s", choice.reason)
@@ -76,9 +78,13 @@ def make_backend(settings: Settings) -> TrainingBackend:
                 "(or METACLAW_TRAINING__TINKER_API_KEY)"
             )
         return TinkerBackend(
-            tinker_base_model(settings, key), lora_rank=cfg.lora_rank, seed=cfg.seed,
-            timeout_s=cfg.tinker_timeout_s, ttl_s=cfg.tinker_state_ttl_s,
-            base_url=cfg.tinker_base_url, api_key=key,
+            tinker_base_model(settings, key),
+            lora_rank=cfg.lora_rank,
+            seed=cfg.seed,
+            timeout_s=cfg.tinker_timeout_s,
+            ttl_s=cfg.tinker_state_ttl_s,
+            base_url=cfg.tinker_base_url,
+            api_key=key,
         )
     from metaclaw.training.local import LocalBackend
 
@@ -105,10 +111,16 @@ def make_teacher(settings: Settings, backend: TrainingBackend) -> Teacher:
         from metaclaw.training.tinker_backend import TinkerBackend, call_with_timeout
 
         assert isinstance(backend, TinkerBackend)
-        path_kw = ({"model_path": cfg.teacher_model} if cfg.teacher_model.startswith("tinker://")
-                   else {"base_model": cfg.teacher_model})
-        client = call_with_timeout(lambda: backend.service.create_sampling_client(**path_kw),
-                                   cfg.tinker_timeout_s, "create_sampling_client")
+        path_kw = (
+            {"model_path": cfg.teacher_model}
+            if cfg.teacher_model.startswith("tinker://")
+            else {"base_model": cfg.teacher_model}
+        )
+        client = call_with_timeout(
+            lambda: backend.service.create_sampling_client(**path_kw),
+            cfg.tinker_timeout_s,
+            "create_sampling_client",
+        )
         return SamplingClientTeacher(client, cfg.tinker_timeout_s)
     raise TrainingConfigError(
         "training.loss_fn=distillation needs a teacher: set training.teacher_base_url + "

@@ -41,8 +41,10 @@ class HintedTeacher:
         """`prompt` (ending with the assistant header) with the hint message before the header."""
         n = len(self._header)
         if n == 0 or list(prompt[-n:]) != self._header:
-            raise TeacherError("the prompt does not end with this chat template's assistant "
-                               "header; a hint can only be inserted before the reply")
+            raise TeacherError(
+                "the prompt does not end with this chat template's assistant "
+                "header; a hint can only be inserted before the reply"
+            )
         return [*prompt[:-n], *self._block, *self._header]
 
     def completion_logprobs(self, prompt: Sequence[int], completion: Sequence[int]) -> list[float]:
@@ -52,10 +54,12 @@ class HintedTeacher:
 class HintTeachers:
     """One hinted teacher per turn that has hints; the trainer asks per sample."""
 
-    def __init__(self, scorer: Teacher, tokenizer: Any, hints: Mapping[str, Sequence[str]]
-                 ) -> None:
-        self._teachers = {turn_id: HintedTeacher(scorer, tokenizer, join_hints(texts))
-                          for turn_id, texts in hints.items() if texts}
+    def __init__(self, scorer: Teacher, tokenizer: Any, hints: Mapping[str, Sequence[str]]) -> None:
+        self._teachers = {
+            turn_id: HintedTeacher(scorer, tokenizer, join_hints(texts))
+            for turn_id, texts in hints.items()
+            if texts
+        }
 
     def for_turn(self, turn_id: str) -> HintedTeacher | None:
         return self._teachers.get(turn_id)
@@ -81,9 +85,13 @@ def _template_pieces(tokenizer: Any, hint: str) -> tuple[list[int], list[int]]:
     except Exception as exc:  # templates raise their own errors (e.g. roles must alternate)
         raise TeacherError(f"the chat template cannot render a hint message: {exc}") from exc
     if not (with_header.startswith(plain) and with_hint.startswith(plain)):
-        raise TeacherError("the chat template renders earlier messages differently when a "
-                           "message is added; cannot insert a hint")
-    return _encode(tokenizer, with_header[len(plain):]), _encode(tokenizer, with_hint[len(plain):])
+        raise TeacherError(
+            "the chat template renders earlier messages differently when a "
+            "message is added; cannot insert a hint"
+        )
+    return _encode(tokenizer, with_header[len(plain) :]), _encode(
+        tokenizer, with_hint[len(plain) :]
+    )
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
@@ -91,5 +99,6 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], generation: bool) -> str:
-    return str(tokenizer.apply_chat_template(messages, tokenize=False,
-                                             add_generation_prompt=generation))
+    return str(
+        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+    )

@@ -84,8 +84,13 @@ class TrainHistory:
 
     def missing_candidates(self) -> list[StepRecord]:
         """Ok steps whose candidate row never landed (a crash between the two appends)."""
-        return [s for s in self.steps if s.ok and s.metrics.get("checkpoint_id")
-                and s.metrics["checkpoint_id"] not in self.checkpoint_ids]
+        return [
+            s
+            for s in self.steps
+            if s.ok
+            and s.metrics.get("checkpoint_id")
+            and s.metrics["checkpoint_id"] not in self.checkpoint_ids
+        ]
 
 
 def _json(value: Any) -> dict[str, Any]:
@@ -103,8 +108,9 @@ def read_history(con: duckdb.DuckDBPyConnection) -> TrainHistory:
     return TrainHistory(steps=steps, checkpoint_ids=ids)
 
 
-def read_candidates(con: duckdb.DuckDBPyConnection, *, distill: bool,
-                    held_out_sql: str = "false") -> list[dict[str, Any]]:
+def read_candidates(
+    con: duckdb.DuckDBPyConnection, *, distill: bool, held_out_sql: str = "false"
+) -> list[dict[str, Any]]:
     """Unconsumed ok turns with a reward (or policy turns, for distillation), oldest first;
     `held_out_sql` is a boolean SQL expression over `t.turn_id` marking evaluation turns."""
     sql = CANDIDATES_SQL.replace("$distill", "true" if distill else "false")

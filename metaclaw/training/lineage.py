@@ -90,9 +90,14 @@ class Resume:
         return self.state_path is None
 
     def summary(self) -> dict[str, Any]:
-        return {"rule": self.rule, "reason": self.reason, "state_path": self.state_path,
-                "checkpoint_id": self.checkpoint_id, "promoted": self.promoted,
-                "unpromoted": self.unpromoted}
+        return {
+            "rule": self.rule,
+            "reason": self.reason,
+            "state_path": self.state_path,
+            "checkpoint_id": self.checkpoint_id,
+            "promoted": self.promoted,
+            "unpromoted": self.unpromoted,
+        }
 
 
 def _guards(eval_metrics: Any) -> tuple[str, ...]:
@@ -138,8 +143,9 @@ def _chain(by_state: dict[str, StepRecord], state: str) -> list[StepRecord]:
     return out
 
 
-def _resume_at(rule: str, reason: str, state: str, by_state: dict[str, StepRecord],
-               promoted: str | None) -> Resume:
+def _resume_at(
+    rule: str, reason: str, state: str, by_state: dict[str, StepRecord], promoted: str | None
+) -> Resume:
     chain = _chain(by_state, state)
     ids = tuple(s.metrics.get("checkpoint_id") for s in chain)
     above = 0
@@ -147,13 +153,26 @@ def _resume_at(rule: str, reason: str, state: str, by_state: dict[str, StepRecor
         if cid == promoted:
             break
         above += 1
-    return Resume(rule, reason, state, ids[0] if ids else None, (*ids, None), promoted,
-                  above if promoted in (*ids, None) else len(ids))
+    return Resume(
+        rule,
+        reason,
+        state,
+        ids[0] if ids else None,
+        (*ids, None),
+        promoted,
+        above if promoted in (*ids, None) else len(ids),
+    )
 
 
-def resume_point(steps: Sequence[StepRecord], registry: Registry, *, max_unpromoted: int,
-                 stall_after_failures: int, stall_after_rejections: int,
-                 config_sha: str | None = None) -> Resume:
+def resume_point(
+    steps: Sequence[StepRecord],
+    registry: Registry,
+    *,
+    max_unpromoted: int,
+    stall_after_failures: int,
+    stall_after_rejections: int,
+    config_sha: str | None = None,
+) -> Resume:
     """The state table of the module docstring (pure)."""
     ok = [s for s in steps if s.ok and s.metrics.get("state_path")]
     by_state = {str(s.metrics["state_path"]): s for s in ok}
@@ -162,52 +181,94 @@ def resume_point(steps: Sequence[StepRecord], registry: Registry, *, max_unpromo
     anchor = BASE
     if promoted is not None:
         if promoted not in by_ckpt:
-            return Resume("stalled", f"the promoted checkpoint {promoted} has no training state "
-                          "of this learner (train_steps.metrics.state_path): nothing to train "
-                          "from", None, promoted=promoted)
+            return Resume(
+                "stalled",
+                f"the promoted checkpoint {promoted} has no training state "
+                "of this learner (train_steps.metrics.state_path): nothing to train "
+                "from",
+                None,
+                promoted=promoted,
+            )
         anchor = str(by_ckpt[promoted].metrics["state_path"])
     head = ok[-1] if ok else None
     if head is None:
-        choice = _resume_at("fresh", "no training step yet: the base model", BASE, by_state,
-                            promoted)
+        choice = _resume_at(
+            "fresh", "no training step yet: the base model", BASE, by_state, promoted
+        )
     else:
         choice = _decide(head, by_state, registry, anchor, promoted, max_unpromoted)
-    return _stall_check(choice, steps, registry, stall_after_failures, stall_after_rejections,
-                        config_sha)
+    return _stall_check(
+        choice, steps, registry, stall_after_failures, stall_after_rejections, config_sha
+    )
 
 
-def _decide(head: StepRecord, by_state: dict[str, StepRecord], registry: Registry, anchor: str,
-            promoted: str | None, max_unpromoted: int) -> Resume:
+def _decide(
+    head: StepRecord,
+    by_state: dict[str, StepRecord],
+    registry: Registry,
+    anchor: str,
+    promoted: str | None,
+    max_unpromoted: int,
+) -> Resume:
     head_state = str(head.metrics["state_path"])
     chain = _chain(by_state, head_state)
     states = [str(s.metrics["state_path"]) for s in chain]
     what = promoted or "the base model"
     if anchor and anchor not in states:
-        return _resume_at("follow_registry", f"the newest step is not descended from the "
-                          f"promoted checkpoint {what}: resume from it", anchor, by_state,
-                          promoted)
+        return _resume_at(
+            "follow_registry",
+            f"the newest step is not descended from the promoted checkpoint {what}: resume from it",
+            anchor,
+            by_state,
+            promoted,
+        )
     above = chain[: states.index(anchor)] if anchor else chain
-    rolled = [s.metrics.get("checkpoint_id") for s in above
-              if registry.status(s.metrics.get("checkpoint_id")) == ROLLED_BACK]
+    rolled = [
+        s.metrics.get("checkpoint_id")
+        for s in above
+        if registry.status(s.metrics.get("checkpoint_id")) == ROLLED_BACK
+    ]
     if rolled:
-        return _resume_at("reset_rollback", f"{rolled[0]} was rolled back: reset to {what}",
-                          anchor, by_state, promoted)
+        return _resume_at(
+            "reset_rollback",
+            f"{rolled[0]} was rolled back: reset to {what}",
+            anchor,
+            by_state,
+            promoted,
+        )
     head_ckpt = head.metrics.get("checkpoint_id")
     head_reg = registry.states.get(head_ckpt or "")
     if head_reg is not None and head_reg.status == REJECTED and head_reg.guards_tripped:
-        return _resume_at("reset_guard", f"{head_ckpt} was rejected by guard(s) "
-                          f"{', '.join(head_reg.guards_tripped)}: reset to {what}", anchor,
-                          by_state, promoted)
+        return _resume_at(
+            "reset_guard",
+            f"{head_ckpt} was rejected by guard(s) "
+            f"{', '.join(head_reg.guards_tripped)}: reset to {what}",
+            anchor,
+            by_state,
+            promoted,
+        )
     if len(above) >= max_unpromoted:
-        return _resume_at("reset_drift", f"{len(above)} unpromoted steps above {what} "
-                          f"(training.max_unpromoted_steps {max_unpromoted}): reset to it",
-                          anchor, by_state, promoted)
-    return _resume_at("continue", f"{len(above)} unpromoted step(s) above {what}", head_state,
-                      by_state, promoted)
+        return _resume_at(
+            "reset_drift",
+            f"{len(above)} unpromoted steps above {what} "
+            f"(training.max_unpromoted_steps {max_unpromoted}): reset to it",
+            anchor,
+            by_state,
+            promoted,
+        )
+    return _resume_at(
+        "continue", f"{len(above)} unpromoted step(s) above {what}", head_state, by_state, promoted
+    )
 
 
-def _stall_check(choice: Resume, steps: Sequence[StepRecord], registry: Registry,
-                 after_failures: int, after_rejections: int, config_sha: str | None) -> Resume:
+def _stall_check(
+    choice: Resume,
+    steps: Sequence[StepRecord],
+    registry: Registry,
+    after_failures: int,
+    after_rejections: int,
+    config_sha: str | None,
+) -> Resume:
     if choice.stalled:
         return choice
     failures = 0
@@ -215,20 +276,36 @@ def _stall_check(choice: Resume, steps: Sequence[StepRecord], registry: Registry
         status = s.metrics.get("status")
         if status == "stalled":
             continue
-        if status != "failed" or _parent(s) != choice.state_path or \
-                (s.metrics.get("metaclaw_config") or {}).get("sha256") != config_sha:
+        if (
+            status != "failed"
+            or _parent(s) != choice.state_path
+            or (s.metrics.get("metaclaw_config") or {}).get("sha256") != config_sha
+        ):
             break
         failures += 1
     if failures >= after_failures:
-        return Resume("stalled", f"{failures} consecutive steps from this state failed under this "
-                      "config (training.stall_after_failures): fix the cause (see their reasons) "
-                      "or change the config", None, promoted=choice.promoted)
+        return Resume(
+            "stalled",
+            f"{failures} consecutive steps from this state failed under this "
+            "config (training.stall_after_failures): fix the cause (see their reasons) "
+            "or change the config",
+            None,
+            promoted=choice.promoted,
+        )
     since = registry.states[choice.promoted].promoted_ts if choice.promoted else None
-    rejected = sum(1 for s in registry.states.values()
-                   if s.status == REJECTED and (since is None or s.ts > since))
+    rejected = sum(
+        1
+        for s in registry.states.values()
+        if s.status == REJECTED and (since is None or s.ts > since)
+    )
     if rejected >= after_rejections:
         what = choice.promoted or "the base model"
-        return Resume("stalled", f"{rejected} candidates rejected since {what} was promoted "
-                      "(training.stall_after_rejections): the gate accepts nothing this learner "
-                      "makes; review the gate's reports", None, promoted=choice.promoted)
+        return Resume(
+            "stalled",
+            f"{rejected} candidates rejected since {what} was promoted "
+            "(training.stall_after_rejections): the gate accepts nothing this learner "
+            "makes; review the gate's reports",
+            None,
+            promoted=choice.promoted,
+        )
     return choice

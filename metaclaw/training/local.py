@@ -62,8 +62,9 @@ def _first_loss_position(datum: types.Datum) -> int:
     """The first target position any loss input (weights, advantages, sampler logprobs) is
     non-zero at; every loss in metaclaw.training.losses is zero before it."""
     inputs = [v.to_torch() for k, v in datum.loss_fn_inputs.items() if k != "target_tokens"]
-    nonzero = [int(t.reshape(t.shape[0], -1).ne(0).any(-1).nonzero()[0]) for t in inputs
-               if t.ne(0).any()]
+    nonzero = [
+        int(t.reshape(t.shape[0], -1).ne(0).any(-1).nonzero()[0]) for t in inputs if t.ne(0).any()
+    ]
     return min(nonzero, default=datum.model_input.length)
 
 
@@ -133,8 +134,9 @@ class LocalBackend:
         self.model = get_peft_model(model, config).to(self.device)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12,
-                                           weight_decay=0.0, foreach=False)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0, foreach=False
+        )
         self.step = 0
         self._sample_counter = 0
 
@@ -200,15 +202,16 @@ class LocalBackend:
             chunk = data[start : start + self.forward_chunk]
             with torch.set_grad_enabled(backward):
                 lps = self._target_logprobs(chunk)
-                losses = [loss_sum(loss_fn, lp, self._inputs(d), config)
-                          for lp, d in zip(lps, chunk, strict=True)]
+                losses = [
+                    loss_sum(loss_fn, lp, self._inputs(d), config)
+                    for lp, d in zip(lps, chunk, strict=True)
+                ]
                 loss = torch.stack(losses).sum()
                 if backward and loss.requires_grad:  # no loss input anywhere: no gradient
                     loss.backward()  # .grad accumulates until optim_step, as on Tinker
             total += float(loss.detach())
             outputs.extend(
-                {"logprobs": types.TensorData.from_torch(lp.detach().float().cpu())}
-                for lp in lps
+                {"logprobs": types.TensorData.from_torch(lp.detach().float().cpu())} for lp in lps
             )
         return types.ForwardBackwardOutput(
             loss_fn_output_type="logprobs", loss_fn_outputs=outputs, metrics={"loss:sum": total}
@@ -238,8 +241,11 @@ class LocalBackend:
             group["eps"] = adam.eps
             group["weight_decay"] = adam.weight_decay
         grads = [p.grad for p in self.params if p.grad is not None]
-        norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) \
-            if grads else 0.0
+        norm = (
+            float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+            if grads
+            else 0.0
+        )
         if adam.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, adam.grad_clip_norm)
         self.optimizer.step()
@@ -351,14 +357,19 @@ class LocalBackend:
             self.model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
             if with_optimizer:
                 torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-            (tmp / STATE_FILE).write_text(json.dumps({
-                "format": 1,
-                "step": self.step,
-                "base_model": self.base_model,
-                "lora_rank": self.lora_rank,
-                "lora_alpha": self.lora_alpha,
-                "has_optimizer": with_optimizer,
-            }, indent=2))
+            (tmp / STATE_FILE).write_text(
+                json.dumps(
+                    {
+                        "format": 1,
+                        "step": self.step,
+                        "base_model": self.base_model,
+                        "lora_rank": self.lora_rank,
+                        "lora_alpha": self.lora_alpha,
+                        "has_optimizer": with_optimizer,
+                    },
+                    indent=2,
+                )
+            )
             _fsync_tree(tmp)
             trash = None
             if final.exists():
@@ -405,8 +416,9 @@ class LocalBackend:
         if unexpected:
             raise ValueError(f"checkpoint {directory} does not fit this model: {unexpected[:3]}")
         if (directory / OPTIMIZER_FILE).exists():
-            opt_state = torch.load(directory / OPTIMIZER_FILE, map_location=self.device,
-                                   weights_only=True)
+            opt_state = torch.load(
+                directory / OPTIMIZER_FILE, map_location=self.device, weights_only=True
+            )
             self.optimizer.load_state_dict(opt_state)
         else:
             log.warning("%s has no optimizer state; AdamW restarts from zero moments", directory)

@@ -42,8 +42,9 @@ TRUNCATION_MARK = "\n[… truncated to fit training.max_seq_len]"
 MIN_SYSTEM_TOKENS = 32
 
 
-def served_request(request: dict[str, Any], injected_text: str | None, *,
-                   anthropic: bool) -> dict[str, Any]:
+def served_request(
+    request: dict[str, Any], injected_text: str | None, *, anthropic: bool
+) -> dict[str, Any]:
     """The request as the model saw it: the recorded skills block put back where the proxy put
     it (the contract of `turns.injected_text`; `anthropic`: the client spoke /v1/messages)."""
     from metaclaw.skills.query import inject, inject_system
@@ -113,7 +114,7 @@ def render_turn(
     if max_len is None or len(prompt) + len(completion) <= max_len:
         return prompt, completion, 0
     head = [m for m in messages[:1] if m.get("role") in ("system", "developer")]
-    rest = messages[len(head):]
+    rest = messages[len(head) :]
     cut = 0
     while len(prompt) + len(completion) > max_len and len(rest) > 1:
         rest = rest[1:]
@@ -121,8 +122,9 @@ def render_turn(
         while len(rest) > 1 and rest[0].get("role") == "tool":  # its call is gone
             rest = rest[1:]
             cut += 1
-        prompt, completion = _render(tokenizer, request, [*head, *rest], completion_text,
-                                     tool_calls)
+        prompt, completion = _render(
+            tokenizer, request, [*head, *rest], completion_text, tool_calls
+        )
     overflow = len(prompt) + len(completion) - max_len
     if overflow > 0 and head and isinstance(head[0].get("content"), str):
         system = _encode(tokenizer, head[0]["content"])
@@ -131,17 +133,24 @@ def render_turn(
             text = tokenizer.decode(system[:keep]) + TRUNCATION_MARK
             head = [{**head[0], "content": text}]
             cut += 1
-            prompt, completion = _render(tokenizer, request, [*head, *rest], completion_text,
-                                         tool_calls)
+            prompt, completion = _render(
+                tokenizer, request, [*head, *rest], completion_text, tool_calls
+            )
     if len(prompt) + len(completion) > max_len:
-        raise TooLongError(f"{len(prompt) + len(completion)} tokens even with the system head "
-                           f"and the last message only (limit {max_len})")
+        raise TooLongError(
+            f"{len(prompt) + len(completion)} tokens even with the system head "
+            f"and the last message only (limit {max_len})"
+        )
     return prompt, completion, cut
 
 
-def _render(tokenizer: Any, request: dict[str, Any], messages: list[dict[str, Any]],
-            completion_text: str | None, tool_calls: list[dict[str, Any]] | None,
-            ) -> tuple[list[int], list[int]]:
+def _render(
+    tokenizer: Any,
+    request: dict[str, Any],
+    messages: list[dict[str, Any]],
+    completion_text: str | None,
+    tool_calls: list[dict[str, Any]] | None,
+) -> tuple[list[int], list[int]]:
     from metaclaw.serving.chat import normalise_messages, render_prompt, template_supports_tools
 
     tools = request.get("tools") or None
@@ -150,15 +159,16 @@ def _render(tokenizer: Any, request: dict[str, Any], messages: list[dict[str, An
     if tool_calls:
         assistant["tool_calls"] = tool_calls
     template = tokenizer.chat_template
-    kwargs: dict[str, Any] = {"tools": tools} if tools and template_supports_tools(template) \
-        else {}
+    kwargs: dict[str, Any] = {"tools": tools} if tools and template_supports_tools(template) else {}
     full_text = tokenizer.apply_chat_template(
-        normalise_messages([*messages, assistant], template, tools), tokenize=False,
-        add_generation_prompt=False, **kwargs,
+        normalise_messages([*messages, assistant], template, tools),
+        tokenize=False,
+        add_generation_prompt=False,
+        **kwargs,
     )
     eos = tokenizer.eos_token_id
     if full_text.startswith(prompt_text) and len(full_text) > len(prompt_text):
-        completion = _encode(tokenizer, full_text[len(prompt_text):])
+        completion = _encode(tokenizer, full_text[len(prompt_text) :])
         if eos is not None and eos in completion:
             completion = completion[: completion.index(eos) + 1]
     else:  # the template renders history differently from a generation prompt
@@ -169,6 +179,8 @@ def _render(tokenizer: Any, request: dict[str, Any], messages: list[dict[str, An
         decoded = tokenizer.decode(completion)
         names = [((c.get("function") or {}).get("name") or "") for c in tool_calls]
         if not all(name and name in decoded for name in names):
-            raise RenderError("the chat template does not render tool calls; an SFT target "
-                              "without them would teach the model to drop the call")
+            raise RenderError(
+                "the chat template does not render tool calls; an SFT target "
+                "without them would teach the model to drop the call"
+            )
     return _encode(tokenizer, prompt_text), completion

@@ -50,14 +50,18 @@ def run_markdown(outcomes: Sequence[dict[str, Any]], history: Sequence[dict[str,
         elif o["status"] == "stalled":
             lines.append(f"- **TRAINING STALLED**: {o['reason']} (no turn was consumed)")
         elif o["status"] == "failed":
-            lines.append(f"- step **{o['step']}** FAILED: {o['reason']} (nothing saved; its "
-                         f"{m.get('n_samples')} turns are quarantined)")
+            lines.append(
+                f"- step **{o['step']}** FAILED: {o['reason']} (nothing saved; its "
+                f"{m.get('n_samples')} turns are quarantined)"
+            )
         else:
             lines.append(f"- no step: {o['reason']}")
         lineage = m.get("lineage") or {}
         if o["status"] in ("trained", "failed") and lineage:
-            lines.append(f"  - resumed from `{lineage.get('checkpoint_id') or 'base model'}` "
-                         f"({lineage.get('rule')}: {lineage.get('reason')})")
+            lines.append(
+                f"  - resumed from `{lineage.get('checkpoint_id') or 'base model'}` "
+                f"({lineage.get('rule')}: {lineage.get('reason')})"
+            )
         if m.get("routed"):
             routed = ", ".join(f"{k} {v}" for k, v in sorted(m["routed"].items()))
             lines.append(f"  - policy turns routed off-policy / prompts cut: {routed}")

@@ -111,7 +111,8 @@ class Turn:
             tool_calls=_json(row.get("tool_calls")) or None,
             prompt_token_ids=list(row["prompt_token_ids"]) if row.get("prompt_token_ids") else None,
             completion_token_ids=list(row["completion_token_ids"])
-            if row.get("completion_token_ids") else None,
+            if row.get("completion_token_ids")
+            else None,
             completion_logprobs=_logprobs(row.get("completion_logprobs")),
             policy_checkpoint=row.get("policy_checkpoint"),
             skill_set_version=row.get("skill_set_version"),
@@ -147,8 +148,9 @@ class Turn:
     @property
     def sampled_as_learner_scores(self) -> bool:
         """T = 1, top_p = 1, no top_k: the sampler's logprobs are of the learner's softmax."""
-        return (abs(self.temperature - TEMPERATURE) < 1e-6 and self.top_p >= TOP_P
-                and self.top_k <= 0)
+        return (
+            abs(self.temperature - TEMPERATURE) < 1e-6 and self.top_p >= TOP_P and self.top_k <= 0
+        )
 
     @property
     def is_backfill(self) -> bool:
@@ -196,8 +198,7 @@ class Sample:
             return sft_datum(self.prompt, self.completion)
         if self.sampler_logprobs is None:
             raise ValueError(f"RL sample {self.turn_id} has no sampler logprobs")
-        advantages = self.token_advantages if self.token_advantages is not None \
-            else self.advantage
+        advantages = self.token_advantages if self.token_advantages is not None else self.advantage
         if advantages is None:
             raise ValueError(f"RL sample {self.turn_id} has no advantage yet")
         return rl_datum(self.prompt, self.completion, self.sampler_logprobs, advantages)
@@ -229,8 +230,9 @@ def _group_key(turn: Turn) -> str:
     return digest.hexdigest()[:16]
 
 
-def _sft(turn: Turn, policy: SelectionPolicy, render: Renderer | None,
-         selection: Selection) -> Sample | None:
+def _sft(
+    turn: Turn, policy: SelectionPolicy, render: Renderer | None, selection: Selection
+) -> Sample | None:
     if turn.reward is None:
         selection.skipped["no_reward"] += 1
         return None
@@ -254,8 +256,9 @@ def _sft(turn: Turn, policy: SelectionPolicy, render: Renderer | None,
             return None
     if truncated:
         selection.notes["truncated"] += 1
-    return Sample(turn.turn_id, "sft", prompt, completion, ts=turn.ts, reward=turn.reward,
-                  truncated=truncated)
+    return Sample(
+        turn.turn_id, "sft", prompt, completion, ts=turn.ts, reward=turn.reward, truncated=truncated
+    )
 
 
 def _importance_weighted(turn: Turn, policy: SelectionPolicy, selection: Selection) -> bool:
@@ -277,8 +280,9 @@ def _importance_weighted(turn: Turn, policy: SelectionPolicy, selection: Selecti
     return True
 
 
-def select_samples(turns: Iterable[Turn], policy: SelectionPolicy,
-                   render: Renderer | None = None) -> Selection:
+def select_samples(
+    turns: Iterable[Turn], policy: SelectionPolicy, render: Renderer | None = None
+) -> Selection:
     """Route each turn to an RL sample, an SFT sample, or a counted skip reason."""
     selection = Selection()
     rl_loss = policy.loss_fn in RL_LOSS_FNS or policy.loss_fn == "distillation"
@@ -286,8 +290,11 @@ def select_samples(turns: Iterable[Turn], policy: SelectionPolicy,
         sample: Sample | None
         if rl_loss and _importance_weighted(turn, policy, selection):
             current = policy.current_skill_set_version
-            if (current is not None and turn.skill_set_version is not None
-                    and turn.skill_set_version < current):
+            if (
+                current is not None
+                and turn.skill_set_version is not None
+                and turn.skill_set_version < current
+            ):
                 selection.skipped["stale_skill_set"] += 1
                 selection.stale_turn_ids.append(turn.turn_id)
                 continue
@@ -295,9 +302,14 @@ def select_samples(turns: Iterable[Turn], policy: SelectionPolicy,
                 selection.skipped["no_reward"] += 1
                 continue
             sample = Sample(
-                turn.turn_id, "rl", list(turn.prompt_token_ids or []),
-                list(turn.completion_token_ids or []), ts=turn.ts, reward=turn.reward,
-                sampler_logprobs=list(turn.completion_logprobs or []), group=_group_key(turn),
+                turn.turn_id,
+                "rl",
+                list(turn.prompt_token_ids or []),
+                list(turn.completion_token_ids or []),
+                ts=turn.ts,
+                reward=turn.reward,
+                sampler_logprobs=list(turn.completion_logprobs or []),
+                group=_group_key(turn),
                 staleness=policy.lineage.index(turn.policy_checkpoint or None),
             )
         else:

@@ -37,19 +37,25 @@ class Teacher(Protocol):
 class OpenAICompletionsTeacher:
     """Scores with an OpenAI-compatible completions endpoint (prompt logprobs via `echo`)."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None,
-                 timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 60.0
+    ) -> None:
         from openai import OpenAI
 
         self.model = model
-        self.client = OpenAI(base_url=base_url, api_key=api_key or "unused", timeout=timeout_s,
-                             max_retries=2)
+        self.client = OpenAI(
+            base_url=base_url, api_key=api_key or "unused", timeout=timeout_s, max_retries=2
+        )
 
     def completion_logprobs(self, prompt: Sequence[int], completion: Sequence[int]) -> list[float]:
         tokens = [*prompt, *completion]
         try:
             resp = self.client.completions.create(
-                model=self.model, prompt=tokens, max_tokens=1, echo=True, logprobs=0,
+                model=self.model,
+                prompt=tokens,
+                max_tokens=1,
+                echo=True,
+                logprobs=0,
                 temperature=1.0,
             )
         except Exception as exc:  # openai raises many kinds; the flow reports one

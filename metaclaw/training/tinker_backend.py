@@ -100,8 +100,12 @@ class TinkerBackend:
         if self._training is None:
             self._training = self._call(
                 lambda: self.service.create_lora_training_client(
-                    base_model=self.base_model, rank=self.lora_rank, seed=self.seed,
-                    train_mlp=True, train_attn=True, train_unembed=False,
+                    base_model=self.base_model,
+                    rank=self.lora_rank,
+                    seed=self.seed,
+                    train_mlp=True,
+                    train_attn=True,
+                    train_unembed=False,
                 ),
                 "create_lora_training_client",
             )
@@ -143,8 +147,7 @@ class TinkerBackend:
             )
         sampler = self._sampler
         return self._call(
-            lambda: sampler.sample(prompt=prompt, num_samples=num_samples,
-                                   sampling_params=params),
+            lambda: sampler.sample(prompt=prompt, num_samples=num_samples, sampling_params=params),
             "sample",
         )
 

@@ -146,26 +146,36 @@ class Trainer:
         con = connect(self.paths)
         try:
             history = read_history(con)
-            rows = read_candidates(con, distill=self.cfg.loss_fn == "distillation",
-                                   held_out_sql=held_out_sql(self.settings, "t"))
+            rows = read_candidates(
+                con,
+                distill=self.cfg.loss_fn == "distillation",
+                held_out_sql=held_out_sql(self.settings, "t"),
+            )
             current = current_skill_set_version(con)
             registry = read_registry(con)
         finally:
             con.close()
         self._repair(history)
         cfg = self.cfg
-        resume = resume_point(history.steps, registry, max_unpromoted=cfg.max_unpromoted_steps,
-                              stall_after_failures=cfg.stall_after_failures,
-                              stall_after_rejections=cfg.stall_after_rejections,
-                              config_sha=config_snapshot(self.settings)["sha256"])
+        resume = resume_point(
+            history.steps,
+            registry,
+            max_unpromoted=cfg.max_unpromoted_steps,
+            stall_after_failures=cfg.stall_after_failures,
+            stall_after_rejections=cfg.stall_after_rejections,
+            config_sha=config_snapshot(self.settings)["sha256"],
+        )
         if resume.stalled:
             return self._stall(history, resume, started)
         held_out = sum(1 for r in rows if r["held_out"])  # the deploy gate's evaluation turns
         turns = [Turn.from_row(r) for r in rows if not r["held_out"]]
         policy = SelectionPolicy(
-            loss_fn=self.cfg.loss_fn, min_reward_for_sft=self.cfg.min_reward_for_sft,
-            current_skill_set_version=current, baseline=history.baseline(cfg.baseline_decay),
-            max_seq_len=self.cfg.max_seq_len, lineage=resume.lineage,
+            loss_fn=self.cfg.loss_fn,
+            min_reward_for_sft=self.cfg.min_reward_for_sft,
+            current_skill_set_version=current,
+            baseline=history.baseline(cfg.baseline_decay),
+            max_seq_len=self.cfg.max_seq_len,
+            lineage=resume.lineage,
             max_staleness=cfg.max_staleness,
         )
         # Decide "not enough yet" before paying for a backend (a model load, a Tinker session):
@@ -174,51 +184,86 @@ class Trainer:
         if held_out:
             rough.skipped["held_out_for_eval"] = held_out
         if pack_batch(rough.samples, self.cfg.batch_size) is None:
-            return StepOutcome("idle", f"{len(rough.samples)} usable samples < batch_size "
-                               f"{self.cfg.batch_size}", skipped=dict(rough.skipped),
-                               candidates=len(turns))
+            return StepOutcome(
+                "idle",
+                f"{len(rough.samples)} usable samples < batch_size {self.cfg.batch_size}",
+                skipped=dict(rough.skipped),
+                candidates=len(turns),
+            )
         backend = self.backend(resume)
         tokenizer = backend.get_tokenizer()
 
         def render(turn: Turn) -> tuple[list[int], list[int], int]:
-            request = served_request(turn.request or {}, turn.injected_text,
-                                     anthropic=turn.client == "anthropic")
-            return render_turn(tokenizer, request, turn.completion_text, turn.tool_calls,
-                               self.cfg.max_seq_len)
+            request = served_request(
+                turn.request or {}, turn.injected_text, anthropic=turn.client == "anthropic"
+            )
+            return render_turn(
+                tokenizer, request, turn.completion_text, turn.tool_calls, self.cfg.max_seq_len
+            )
 
         selection = select_samples(turns, policy, render)
         if selection.stale_turn_ids:
-            log.info("excluded %d on-policy turns served under skill_set_version < %s from the "
-                     "on-policy update (support/query separation)",
-                     len(selection.stale_turn_ids), current)
+            log.info(
+                "excluded %d on-policy turns served under skill_set_version < %s from the "
+                "on-policy update (support/query separation)",
+                len(selection.stale_turn_ids),
+                current,
+            )
         if held_out:
             selection.skipped["held_out_for_eval"] = held_out
         skipped = dict(selection.skipped)
         self._routed = dict(selection.notes)
         batch = pack_batch(selection.samples, self.cfg.batch_size)
         if batch is None:
-            return StepOutcome("idle", f"{len(selection.samples)} usable samples < batch_size "
-                               f"{self.cfg.batch_size}", skipped=skipped, candidates=len(turns))
-        return self._train(backend, history, resume, batch, skipped, len(turns), current,
-                           started)
+            return StepOutcome(
+                "idle",
+                f"{len(selection.samples)} usable samples < batch_size {self.cfg.batch_size}",
+                skipped=skipped,
+                candidates=len(turns),
+            )
+        return self._train(backend, history, resume, batch, skipped, len(turns), current, started)
 
     def _stall(self, history: TrainHistory, resume: Resume, started: float) -> StepOutcome:
         """Record the stall once (a stable id per cause) and take no turns: never silent."""
         step_id = stable_id("stalled", resume.reason, resume.promoted)
-        metrics = {"status": "stalled", "reason": resume.reason, "lineage": resume.summary(),
-                   "metaclaw_config": config_snapshot(self.settings),
-                   "duration_s": time.monotonic() - started}
+        metrics = {
+            "status": "stalled",
+            "reason": resume.reason,
+            "lineage": resume.summary(),
+            "metaclaw_config": config_snapshot(self.settings),
+            "duration_s": time.monotonic() - started,
+        }
         if all(s.step_id != step_id for s in history.steps):
-            append_rows(self.paths.wal, "train_steps", [{
-                "step_id": step_id, "step": history.next_step, "backend": self.cfg.backend,
-                "base_model": self.cfg.base_model, "loss_fn": self.cfg.loss_fn, "turn_ids": [],
-                "metrics": metrics, "ts": now_micros()}])
+            append_rows(
+                self.paths.wal,
+                "train_steps",
+                [
+                    {
+                        "step_id": step_id,
+                        "step": history.next_step,
+                        "backend": self.cfg.backend,
+                        "base_model": self.cfg.base_model,
+                        "loss_fn": self.cfg.loss_fn,
+                        "turn_ids": [],
+                        "metrics": metrics,
+                        "ts": now_micros(),
+                    }
+                ],
+            )
         log.error("TRAINING STALLED: %s", resume.reason)
         return StepOutcome("stalled", resume.reason, metrics=metrics)
 
-    def _train(self, backend: TrainingBackend, history: TrainHistory, resume: Resume,
-               batch: list[Sample], skipped: dict[str, int], candidates: int,
-               skill_version: int | None, started: float) -> StepOutcome:
+    def _train(
+        self,
+        backend: TrainingBackend,
+        history: TrainHistory,
+        resume: Resume,
+        batch: list[Sample],
+        skipped: dict[str, int],
+        candidates: int,
+        skill_version: int | None,
+        started: float,
+    ) -> StepOutcome:
         cfg = self.cfg
         rl = [s for s in batch if s.kind == "rl"]
         sft = [s for s in batch if s.kind == "sft"]
@@ -226,8 +271,9 @@ class Trainer:
             teacher = self.teacher(backend)
             for s in rl:
                 t_lp = teacher.completion_logprobs(s.prompt, s.completion)
-                s.token_advantages = distillation_advantages(t_lp, s.sampler_logprobs or [],
-                                                             cfg.kl_coef)
+                s.token_advantages = distillation_advantages(
+                    t_lp, s.sampler_logprobs or [], cfg.kl_coef
+                )
                 s.advantage = sum(s.token_advantages) / len(s.token_advantages)
                 s.advantage_method = "distillation"
         parent = resume.state_path or f"base:{backend.base_model}"
@@ -237,7 +283,9 @@ class Trainer:
         checkpoint_id = f"ckpt-{step:06d}-{step_id[:10]}"
         rewards = [s.reward for s in batch if s.reward is not None]
         metrics: dict[str, Any] = {
-            "n_samples": len(batch), "n_rl": len(rl), "n_sft": len(sft),
+            "n_samples": len(batch),
+            "n_rl": len(rl),
+            "n_sft": len(sft),
             "tokens": sum(s.tokens for s in batch),
             "completion_tokens": sum(len(s.completion) for s in batch),
             "reward_mean": sum(rewards) / len(rewards) if rewards else None,
@@ -246,8 +294,11 @@ class Trainer:
             "baseline": history.baseline(cfg.baseline_decay),
             "advantage_mean": (sum(s.advantage or 0.0 for s in rl) / len(rl)) if rl else None,
             "advantage_methods": dict(Counter(s.advantage_method for s in rl)),
-            "skipped": skipped, "routed": self._routed, "skill_set_version": skill_version,
-            "parent_state_path": parent, "lineage": resume.summary(),
+            "skipped": skipped,
+            "routed": self._routed,
+            "skill_set_version": skill_version,
+            "parent_state_path": parent,
+            "lineage": resume.summary(),
             # per RL sample: steps between the checkpoint that served it and this learner
             "staleness": {s.turn_id: s.staleness for s in rl},
             "truncated": {s.turn_id: s.truncated for s in sft if s.truncated},
@@ -257,8 +308,12 @@ class Trainer:
         }
         fb_started = time.monotonic()
         loss, kl, kl_v2 = self._losses(backend, rl, sft, metrics, backward=True)
-        metrics.update(loss=loss, loss_per_token=loss / max(1, metrics["completion_tokens"]),
-                       kl=kl, kl_v2=kl_v2)
+        metrics.update(
+            loss=loss,
+            loss_per_token=loss / max(1, metrics["completion_tokens"]),
+            kl=kl,
+            kl_v2=kl_v2,
+        )
         failure = self._guard(loss, kl, kl_v2, "", "max_kl")
         if failure is None:
             opt = backend.optim_step(self._adam())
@@ -268,39 +323,62 @@ class Trainer:
             # saved (it would otherwise become the state every later step resumes from)
             after, kl_after, kl_v2_after = self._losses(backend, rl, sft, {}, backward=False)
             metrics.update(loss_after=after, kl_after=kl_after, kl_v2_after=kl_v2_after)
-            failure = self._guard(after, kl_after, kl_v2_after, "after the update: ",
-                                  "max_update_kl")
+            failure = self._guard(
+                after, kl_after, kl_v2_after, "after the update: ", "max_update_kl"
+            )
         if failure is not None:
             self._loaded = None  # pending gradients or a bad update: reload the last good state
-            metrics.update(status="failed", reason=failure,
-                           duration_s=time.monotonic() - started)
+            metrics.update(status="failed", reason=failure, duration_s=time.monotonic() - started)
             self._append_step(step_id, step, backend, turn_ids, metrics)
-            log.error("train step %d failed: %s (turns quarantined: %d)", step, failure,
-                      len(turn_ids))
-            return StepOutcome("failed", failure, step, step_id, None, None, metrics, skipped,
-                               candidates)
+            log.error(
+                "train step %d failed: %s (turns quarantined: %d)", step, failure, len(turn_ids)
+            )
+            return StepOutcome(
+                "failed", failure, step, step_id, None, None, metrics, skipped, candidates
+            )
         state_path = backend.save_state(checkpoint_id)
         sampler_path = backend.save_weights_for_sampler(checkpoint_id)
         self._loaded = state_path
-        metrics.update(status="ok", checkpoint_id=checkpoint_id, state_path=state_path,
-                       sampler_path=sampler_path, duration_s=time.monotonic() - started)
+        metrics.update(
+            status="ok",
+            checkpoint_id=checkpoint_id,
+            state_path=state_path,
+            sampler_path=sampler_path,
+            duration_s=time.monotonic() - started,
+        )
         self._append_step(step_id, step, backend, turn_ids, metrics)
         self._append_candidate(checkpoint_id, step, backend.name, sampler_path, metrics)
-        log.info("train step %d: loss %.4g kl %.3g reward %.3g on %d turns → %s", step, loss, kl,
-                 metrics["reward_mean"] or 0.0, len(batch), sampler_path)
-        return StepOutcome("trained", "", step, step_id, checkpoint_id, sampler_path, metrics,
-                           skipped, candidates)
+        log.info(
+            "train step %d: loss %.4g kl %.3g reward %.3g on %d turns → %s",
+            step,
+            loss,
+            kl,
+            metrics["reward_mean"] or 0.0,
+            len(batch),
+            sampler_path,
+        )
+        return StepOutcome(
+            "trained", "", step, step_id, checkpoint_id, sampler_path, metrics, skipped, candidates
+        )
 
-    def _losses(self, backend: TrainingBackend, rl: list[Sample], sft: list[Sample],
-                metrics: dict[str, Any], *, backward: bool) -> tuple[float, float, float]:
+    def _losses(
+        self,
+        backend: TrainingBackend,
+        rl: list[Sample],
+        sft: list[Sample],
+        metrics: dict[str, Any],
+        *,
+        backward: bool,
+    ) -> tuple[float, float, float]:
         """Summed loss and sampler→learner KL (v1, v2) over the RL tokens of the batch."""
         run = backend.forward_backward if backward else backend.forward
         loss = 0.0
         sampler: list[float] = []
         learner: list[float] = []
         if rl:
-            rl_loss = "importance_sampling" if self.cfg.loss_fn == "distillation" \
-                else self.cfg.loss_fn
+            rl_loss = (
+                "importance_sampling" if self.cfg.loss_fn == "distillation" else self.cfg.loss_fn
+            )
             out = run([s.datum() for s in rl], rl_loss, self._loss_config())
             metrics["loss_rl"] = loss_of(out)
             loss += loss_of(out)
@@ -314,8 +392,14 @@ class Trainer:
         kl, kl_v2 = sampler_learner_kl(sampler, learner)
         return loss, kl, kl_v2
 
-    def _guard(self, loss: float, kl: float, kl_v2: float, when: str,
-               limit: Literal["max_kl", "max_update_kl"]) -> str | None:
+    def _guard(
+        self,
+        loss: float,
+        kl: float,
+        kl_v2: float,
+        when: str,
+        limit: Literal["max_kl", "max_update_kl"],
+    ) -> str | None:
         """Before the update the KL says whether the turns came from this learner's recent
         lineage (healthy ≈ 0); after it, how far the step moved its own batch (healthy steps
         are 10–100× larger): two questions, two limits."""
@@ -325,8 +409,10 @@ class Trainer:
             return f"{when}non-finite sampler/learner KL"
         bound = getattr(self.cfg, limit)
         if max(abs(kl), kl_v2) > bound:
-            return (f"{when}sampler/learner KL {kl:.4g} (v2 {kl_v2:.4g}) exceeds "
-                    f"training.{limit} {bound}")
+            return (
+                f"{when}sampler/learner KL {kl:.4g} (v2 {kl_v2:.4g}) exceeds "
+                f"training.{limit} {bound}"
+            )
         return None
 
     def run(self, max_steps: int | None = None) -> list[StepOutcome]:
@@ -352,36 +438,76 @@ class Trainer:
 
     def _adam(self) -> types.AdamParams:
         c = self.cfg
-        return types.AdamParams(learning_rate=c.learning_rate, beta1=c.adam_beta1,
-                                beta2=c.adam_beta2, eps=c.adam_eps, weight_decay=c.weight_decay,
-                                grad_clip_norm=c.grad_clip_norm)
+        return types.AdamParams(
+            learning_rate=c.learning_rate,
+            beta1=c.adam_beta1,
+            beta2=c.adam_beta2,
+            eps=c.adam_eps,
+            weight_decay=c.weight_decay,
+            grad_clip_norm=c.grad_clip_norm,
+        )
 
-    def _append_step(self, step_id: str, step: int, backend: TrainingBackend,
-                     turn_ids: list[str], metrics: dict[str, Any]) -> None:
-        append_rows(self.paths.wal, "train_steps", [{
-            "step_id": step_id, "step": step, "backend": backend.name,
-            "base_model": backend.base_model,
-            "loss_fn": self.cfg.loss_fn, "turn_ids": turn_ids, "metrics": metrics,
-            "ts": now_micros(),
-        }])
+    def _append_step(
+        self,
+        step_id: str,
+        step: int,
+        backend: TrainingBackend,
+        turn_ids: list[str],
+        metrics: dict[str, Any],
+    ) -> None:
+        append_rows(
+            self.paths.wal,
+            "train_steps",
+            [
+                {
+                    "step_id": step_id,
+                    "step": step,
+                    "backend": backend.name,
+                    "base_model": backend.base_model,
+                    "loss_fn": self.cfg.loss_fn,
+                    "turn_ids": turn_ids,
+                    "metrics": metrics,
+                    "ts": now_micros(),
+                }
+            ],
+        )
 
-    def _append_candidate(self, checkpoint_id: str, step: int, backend: str, path: str,
-                          metrics: dict[str, Any]) -> None:
-        summary = {k: metrics.get(k) for k in ("loss", "kl", "reward_mean", "tokens",
-                                                "n_samples", "state_path")}
+    def _append_candidate(
+        self, checkpoint_id: str, step: int, backend: str, path: str, metrics: dict[str, Any]
+    ) -> None:
+        summary = {
+            k: metrics.get(k)
+            for k in ("loss", "kl", "reward_mean", "tokens", "n_samples", "state_path")
+        }
         summary["config_sha256"] = (metrics.get("metaclaw_config") or {}).get("sha256")
-        append_rows(self.paths.wal, "checkpoints", [{
-            "event_id": checkpoint_event_id(checkpoint_id, "candidate"),
-            "checkpoint_id": checkpoint_id, "step": step, "backend": backend, "path": path,
-            "status": "candidate", "eval_metrics": None,
-            "reason": f"trained: {json.dumps(summary, default=str)}", "ts": now_micros(),
-        }])
+        append_rows(
+            self.paths.wal,
+            "checkpoints",
+            [
+                {
+                    "event_id": checkpoint_event_id(checkpoint_id, "candidate"),
+                    "checkpoint_id": checkpoint_id,
+                    "step": step,
+                    "backend": backend,
+                    "path": path,
+                    "status": "candidate",
+                    "eval_metrics": None,
+                    "reason": f"trained: {json.dumps(summary, default=str)}",
+                    "ts": now_micros(),
+                }
+            ],
+        )
 
     def _repair(self, history: TrainHistory) -> None:
         for record in history.missing_candidates():
             m = record.metrics
-            log.warning("re-recording candidate %s (its row was lost in a crash)",
-                        m["checkpoint_id"])
-            self._append_candidate(m["checkpoint_id"], record.step,
-                                   (m.get("config") or {}).get("backend_impl", "local"),
-                                   m.get("sampler_path") or m.get("state_path"), m)
+            log.warning(
+                "re-recording candidate %s (its row was lost in a crash)", m["checkpoint_id"]
+            )
+            self._append_candidate(
+                m["checkpoint_id"],
+                record.step,
+                (m.get("config") or {}).get("backend_impl", "local"),
+                m.get("sampler_path") or m.get("state_path"),
+                m,
+            )

@@ -37,9 +37,13 @@ MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("constrained-home")
     port = free_port()
-    env = {"METACLAW_HOME": str(home), "METACLAW_CONFIG": str(home / "none.toml"),
-           "METACLAW_POLICY__TORCH_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "METACLAW_POLICY__REQUEST_TIMEOUT_S": "1200"}
+    env = {
+        "METACLAW_HOME": str(home),
+        "METACLAW_CONFIG": str(home / "none.toml"),
+        "METACLAW_POLICY__TORCH_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "METACLAW_POLICY__REQUEST_TIMEOUT_S": "1200",
+    }
     child = start_policy_server(LedgerPaths(home), port, env=env, timeout_s=900)
     try:
         yield f"http://127.0.0.1:{port}/v1"
@@ -49,8 +53,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_every_judge_vote_of_the_135m_model_is_valid(server: str) -> None:
     settings = JudgeSettings(votes=2, timeout_s=1200, retries=0, structured_output=True)
-    cases = [JudgeCase(f"t{i}", "s", tuple(p.messages), "user")
-             for i, p in enumerate(judge_prompts())]
+    cases = [
+        JudgeCase(f"t{i}", "s", tuple(p.messages), "user") for i, p in enumerate(judge_prompts())
+    ]
 
     async def run() -> list:
         async with Judge(JudgeEndpoint(server, MODEL), settings) as judge:
@@ -64,21 +69,26 @@ def test_every_judge_vote_of_the_135m_model_is_valid(server: str) -> None:
 
 
 def test_every_critic_answer_of_the_135m_model_passes_its_schema(server: str) -> None:
-    critic = Critic(CriticEndpoint(server, MODEL, "unused"), timeout_s=1200, retries=0,
-                    max_calls=20)
+    critic = Critic(
+        CriticEndpoint(server, MODEL, "unused"), timeout_s=1200, retries=0, max_calls=20
+    )
     diagnoses, proposals = diagnose_prompts(), evolve_prompts()
     with ThreadPoolExecutor(len(diagnoses) + len(proposals)) as pool:  # the server batches them
         answers = pool.map(
             lambda p: critic.ask(p.messages[0]["content"], p.messages[1]["content"], p.schema),
-            diagnoses)
+            diagnoses,
+        )
         texts = pool.map(
-            lambda p: critic._complete(p.messages[0]["content"], p.messages[1]["content"],
-                                       p.schema), proposals)
+            lambda p: critic._complete(
+                p.messages[0]["content"], p.messages[1]["content"], p.schema
+            ),
+            proposals,
+        )
         answers, texts = list(answers), list(texts)
     assert critic.invalid == 0
     assert all(isinstance(a, DiagnosisAnswer) for a in answers)
     for prompt, text in zip(proposals, texts, strict=True):
-        sent = response_format(prompt.schema.model_json_schema(), prompt.schema.__name__,
-                               critic.max_tokens)
+        sent = response_format(
+            prompt.schema.model_json_schema(), prompt.schema.__name__, critic.max_tokens
+        )
         jsonschema.validate(json.loads(text), sent["json_schema"]["schema"])
-

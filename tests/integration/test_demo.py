@@ -16,10 +16,19 @@ from tests.stubs.upstream_server import StubUpstream
 
 
 def test_an_unknown_preference_is_refused_with_the_choices(tmp_path: Path) -> None:
-    env = {**os.environ, "METACLAW_HOME": str(tmp_path / "home"),
-           "METACLAW_CONFIG": str(tmp_path / "x.toml")}
-    out = subprocess.run([sys.executable, "-m", "metaclaw", "demo", "--preference", "rhymes"],
-                         env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "METACLAW_HOME": str(tmp_path / "home"),
+        "METACLAW_CONFIG": str(tmp_path / "x.toml"),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "metaclaw", "demo", "--preference", "rhymes"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert "unknown preference 'rhymes'" in out.stderr and "brevity" in out.stderr
 
@@ -29,14 +38,32 @@ def test_demo_runs_the_loop_and_reports_what_it_measured(
     stub: StubUpstream, prefect_harness: str, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
-    env = {**os.environ, "METACLAW_HOME": str(home), "METACLAW_CONFIG": str(tmp_path / "x.toml"),
-           "METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
-           "METACLAW_JUDGE__BASE_URL": stub.base_url + "/v1", "METACLAW_JUDGE__MODEL": "judge",
-           "PREFECT_API_URL": prefect_harness}
+    env = {
+        **os.environ,
+        "METACLAW_HOME": str(home),
+        "METACLAW_CONFIG": str(tmp_path / "x.toml"),
+        "METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
+        "METACLAW_JUDGE__BASE_URL": stub.base_url + "/v1",
+        "METACLAW_JUDGE__MODEL": "judge",
+        "PREFECT_API_URL": prefect_harness,
+    }
     out = subprocess.run(
-        [sys.executable, "-m", "metaclaw", "demo", "--questions", "3",
-         "--proxy-port", str(free_port())],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "metaclaw",
+            "demo",
+            "--questions",
+            "3",
+            "--proxy-port",
+            str(free_port()),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "compliance with the preference: before 0% (0/3), after 0% (0/3)" in out.stdout
     paths = LedgerPaths(home)

@@ -35,19 +35,30 @@ def judge() -> Iterator[PairwiseJudgeStub]:
 
 @pytest.mark.slow
 def test_deploy_flow_promotes_publishes_and_is_idempotent(
-        prefect_harness: str, home: Path, tmp_path: Path, judge: PairwiseJudgeStub,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    prefect_harness: str,
+    home: Path,
+    tmp_path: Path,
+    judge: PairwiseJudgeStub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from flows.deploy import deploy_flow
 
     tiny = save_tiny_model(tmp_path / "model")
-    env = {"TRAINING__BASE_MODEL": str(tiny), "TRAINING__LORA_RANK": str(LORA_RANK),
-           "TRAINING__DEVICE": "cpu", "JUDGE__BASE_URL": judge.base_url,
-           "JUDGE__MODEL": "stub-pairwise", "POLICY__PORT": str(free_port()),
-           "DEPLOY__MAX_NEW_TOKENS": "12", "DEPLOY__MIN_EVAL_PROMPTS": "6",
-           "DEPLOY__EVAL_FRACTION": "0.5", "DEPLOY__MAX_KL": "1000"}
+    env = {
+        "TRAINING__BASE_MODEL": str(tiny),
+        "TRAINING__LORA_RANK": str(LORA_RANK),
+        "TRAINING__DEVICE": "cpu",
+        "JUDGE__BASE_URL": judge.base_url,
+        "JUDGE__MODEL": "stub-pairwise",
+        "POLICY__PORT": str(free_port()),
+        "DEPLOY__MAX_NEW_TOKENS": "12",
+        "DEPLOY__MIN_EVAL_PROMPTS": "6",
+        "DEPLOY__EVAL_FRACTION": "0.5",
+        "DEPLOY__MAX_KL": "1000",
+    }
     for key, value in env.items():
         monkeypatch.setenv(f"METACLAW_{key}", value)
     settings = Settings()
@@ -71,8 +82,11 @@ def test_deploy_flow_promotes_publishes_and_is_idempotent(
 
     async def artifacts() -> dict[str, Any]:
         async with get_client() as client:
-            found = await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["deploy-report", "deploy-comparison"])))
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["deploy-report", "deploy-comparison"])
+                )
+            )
         return {a.key: a for a in sorted(found, key=lambda a: a.created)}
 
     found = asyncio.run(artifacts())

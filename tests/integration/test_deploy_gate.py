@@ -55,10 +55,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ckpts(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ckpts")
     good = train_toward(tiny, root, "paris", "Paris")
-    return {"good": good, "blue": train_toward(tiny, root, "blue", "blue"),
-            "zero": train_toward(tiny, root, "zero", "-", steps=0),
-            "same": copy_checkpoint(good, root / "same"),
-            "nan": poison_checkpoint(good, root / "nan")}
+    return {
+        "good": good,
+        "blue": train_toward(tiny, root, "blue", "blue"),
+        "zero": train_toward(tiny, root, "zero", "-", steps=0),
+        "same": copy_checkpoint(good, root / "same"),
+        "nan": poison_checkpoint(good, root / "nan"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -74,16 +77,15 @@ def stub(judge: PairwiseJudgeStub) -> PairwiseJudgeStub:
     return judge
 
 
-def setup(home: Path, tiny: Path, judge: PairwiseJudgeStub | None, **deploy: object
-          ) -> Settings:
-    settings = deploy_settings(home, tiny, judge.base_url if judge else None, free_port(),
-                               **deploy)
+def setup(home: Path, tiny: Path, judge: PairwiseJudgeStub | None, **deploy: object) -> Settings:
+    settings = deploy_settings(home, tiny, judge.base_url if judge else None, free_port(), **deploy)
     seed_turns(settings.paths, eval_turn_ids(settings, 8))
     return settings
 
 
 def test_a_candidate_trained_toward_the_judge_is_promoted_with_the_full_record(
-        home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub) -> None:
+    home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub
+) -> None:
     settings = setup(home, tiny, stub)
     add_candidates(settings.paths, candidate_row("ckpt-good", ckpts["good"], 1))
 
@@ -116,8 +118,9 @@ def test_a_candidate_trained_toward_the_judge_is_promoted_with_the_full_record(
     assert {g["name"] for g in recorded["guards"]} >= {"kl_from_base", "non_finite"}
 
 
-def test_a_worse_or_equal_candidate_is_rejected(home: Path, tiny: Path, ckpts: dict[str, Path],
-                                                stub: PairwiseJudgeStub) -> None:
+def test_a_worse_or_equal_candidate_is_rejected(
+    home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub
+) -> None:
     settings = setup(home, tiny, stub)
     add_candidates(settings.paths, candidate_row("ckpt-good", ckpts["good"], 1))
     deployer.promote(settings, "ckpt-good", actor="test", reason="seed", notify=False)
@@ -138,12 +141,16 @@ def test_a_worse_or_equal_candidate_is_rejected(home: Path, tiny: Path, ckpts: d
     assert equal.evaluation.test.ties == 8 and equal.evaluation.test.decided == 0
     # the second decision against ckpt-good: its replies came from the cache, α_2 = α_1 / 4
     assert equal.evaluation.test.k == 2 and equal.evaluation.current_cached == 8
-    assert statuses(settings.paths) == {"ckpt-good": "promoted", "ckpt-blue": "rejected",
-                                        "ckpt-same": "rejected"}
+    assert statuses(settings.paths) == {
+        "ckpt-good": "promoted",
+        "ckpt-blue": "rejected",
+        "ckpt-same": "rejected",
+    }
 
 
 def test_a_position_biased_judge_cannot_promote_anything(
-        home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub) -> None:
+    home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub
+) -> None:
     stub.set_mode("always-a")
     settings = setup(home, tiny, stub)
     add_candidates(settings.paths, candidate_row("ckpt-good", ckpts["good"], 1))
@@ -153,19 +160,21 @@ def test_a_position_biased_judge_cannot_promote_anything(
 
 
 def test_repeated_aa_candidates_are_not_promoted_and_a_better_one_still_is(
-        home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub,
-        tmp_path: Path) -> None:
+    home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub, tmp_path: Path
+) -> None:
     """A/A: 8 candidates that are the promoted weights plus a no-op or noise-level update,
     against the same promoted policy, judged by a judge that flips a coin whenever the replies
     are equally good: none promoted (the bound: false promotion rate ≤ 5 %). A/B: a candidate
     trained toward the judge's taste is still promoted as the 9th decision, at α_9 ≈ 0.0004."""
     stub.set_mode("noisy:Paris:0")
-    settings = deploy_settings(home, tiny, stub.base_url, free_port(), eval_size=16,
-                               min_eval_prompts=16)
+    settings = deploy_settings(
+        home, tiny, stub.base_url, free_port(), eval_size=16, min_eval_prompts=16
+    )
     seed_turns(settings.paths, eval_turn_ids(settings, 16), MANY_QUESTIONS[:16])
     add_candidates(settings.paths, candidate_row("ckpt-zero", ckpts["zero"], 1))
-    deployer.promote(settings, "ckpt-zero", actor="test", reason="the base weights as a LoRA",
-                     notify=False)
+    deployer.promote(
+        settings, "ckpt-zero", actor="test", reason="the base weights as a LoRA", notify=False
+    )
 
     outcomes = aa_sequence(settings, ckpts["zero"], tmp_path, 8)
 
@@ -183,8 +192,9 @@ def test_repeated_aa_candidates_are_not_promoted_and_a_better_one_still_is(
     assert good.evaluation is not None and good.evaluation.test.k == 9
 
 
-def test_a_nan_candidate_is_never_promoted(home: Path, tiny: Path, ckpts: dict[str, Path],
-                                           stub: PairwiseJudgeStub) -> None:
+def test_a_nan_candidate_is_never_promoted(
+    home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub
+) -> None:
     settings = setup(home, tiny, stub)
     add_candidates(settings.paths, candidate_row("ckpt-nan", ckpts["nan"], 1))
     outcome = deployer.run_gate(settings)
@@ -193,15 +203,17 @@ def test_a_nan_candidate_is_never_promoted(home: Path, tiny: Path, ckpts: dict[s
     with pytest.raises(NotServableError, match="non-finite"):
         deployer.promote(settings, "ckpt-nan", actor="test", reason="yolo", force=True)
     # finite weights but a diverged training step recorded with the candidate: a guard trips
-    add_candidates(settings.paths, candidate_row("ckpt-nanloss", ckpts["good"], 2,
-                                                 {"loss": float("nan")}))
+    add_candidates(
+        settings.paths, candidate_row("ckpt-nanloss", ckpts["good"], 2, {"loss": float("nan")})
+    )
     diverged = deployer.run_gate(settings)
     assert diverged.status == "rejected" and "non_finite" in diverged.reason
     assert "promoted" not in statuses(settings.paths).values()
 
 
 def test_the_kl_guard_vetoes_a_winner_that_drifted_too_far(
-        home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub) -> None:
+    home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub
+) -> None:
     settings = setup(home, tiny, stub, max_kl=0.05)
     add_candidates(settings.paths, candidate_row("ckpt-good", ckpts["good"], 1))
     outcome = deployer.run_gate(settings)
@@ -210,24 +222,29 @@ def test_the_kl_guard_vetoes_a_winner_that_drifted_too_far(
 
 
 def test_without_a_judge_or_enough_prompts_the_candidate_waits(
-        home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub) -> None:
+    home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub
+) -> None:
     settings = setup(home, tiny, None)
     add_candidates(settings.paths, candidate_row("ckpt-good", ckpts["good"], 1))
     no_judge = deployer.run_gate(settings)
     assert no_judge.status == "waiting" and "METACLAW_JUDGE__BASE_URL" in no_judge.reason
-    few = deployer.run_gate(deploy_settings(home, tiny, stub.base_url, free_port(),
-                                            min_eval_prompts=20))
+    few = deployer.run_gate(
+        deploy_settings(home, tiny, stub.base_url, free_port(), min_eval_prompts=20)
+    )
     assert few.status == "waiting" and "only 8 eval prompts" in few.reason
     assert statuses(settings.paths) == {"ckpt-good": "candidate"}
 
 
 def test_an_unloadable_promoted_checkpoint_is_replaced_by_the_base_as_yardstick(
-        home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub,
-        tmp_path: Path) -> None:
+    home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub, tmp_path: Path
+) -> None:
     settings = setup(home, tiny, stub)
     other_rank = train_toward(tiny, tmp_path, "r8", "blue", steps=2, rank=8)
-    add_candidates(settings.paths, candidate_row("ckpt-r8", other_rank, 1),
-                   candidate_row("ckpt-good", ckpts["good"], 2))
+    add_candidates(
+        settings.paths,
+        candidate_row("ckpt-r8", other_rank, 1),
+        candidate_row("ckpt-good", ckpts["good"], 2),
+    )
     deployer.promote(settings, "ckpt-r8", actor="test", reason="older config", notify=False)
     outcome = deployer.run_gate(settings, "ckpt-good")
     assert outcome.status == "promoted", outcome.reason
@@ -237,7 +254,8 @@ def test_an_unloadable_promoted_checkpoint_is_replaced_by_the_base_as_yardstick(
 
 
 def test_a_failing_or_unreadable_judge_leaves_the_candidate_waiting(
-        home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub) -> None:
+    home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub
+) -> None:
     settings = setup(home, tiny, stub)
     add_candidates(settings.paths, candidate_row("ckpt-good", ckpts["good"], 1))
     stub.set_mode("e500")
@@ -250,10 +268,14 @@ def test_a_failing_or_unreadable_judge_leaves_the_candidate_waiting(
 
 
 def test_older_candidates_are_superseded_and_a_rerun_writes_nothing(
-        home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub) -> None:
+    home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub
+) -> None:
     settings = setup(home, tiny, stub)
-    add_candidates(settings.paths, candidate_row("ckpt-1", ckpts["blue"], 1),
-                   candidate_row("ckpt-2", ckpts["good"], 2))
+    add_candidates(
+        settings.paths,
+        candidate_row("ckpt-1", ckpts["blue"], 1),
+        candidate_row("ckpt-2", ckpts["good"], 2),
+    )
     outcome = deployer.run_gate(settings)
     assert outcome.status == "promoted" and outcome.checkpoint_id == "ckpt-2"
     assert outcome.superseded == ["ckpt-1"]
@@ -263,8 +285,7 @@ def test_older_candidates_are_superseded_and_a_rerun_writes_nothing(
     assert again.status == "idle" and len(read_book(settings.paths).get("ckpt-2").events) == rows
 
 
-def test_the_eval_set_is_held_out_scored_untrained_and_newest_first(home: Path, tiny: Path
-                                                                     ) -> None:
+def test_the_eval_set_is_held_out_scored_untrained_and_newest_first(home: Path, tiny: Path) -> None:
     settings = deploy_settings(home, tiny, None, free_port(), eval_size=4)
     paths = LedgerPaths(home)
     held = eval_turn_ids(settings, 6)
@@ -273,34 +294,60 @@ def test_the_eval_set_is_held_out_scored_untrained_and_newest_first(home: Path, 
     seed_turns(paths, eval_turn_ids(settings, 3), reward=None)  # held out but never scored
     from metaclaw.ledger import append_rows
 
-    append_rows(paths.wal, "train_steps", [{"step_id": "s1", "step": 1, "turn_ids": [held[-1]],
-                                            "metrics": json.dumps({"status": "ok"}),
-                                            "ts": 1}])
+    append_rows(
+        paths.wal,
+        "train_steps",
+        [
+            {
+                "step_id": "s1",
+                "step": 1,
+                "turn_ids": [held[-1]],
+                "metrics": json.dumps({"status": "ok"}),
+                "ts": 1,
+            }
+        ],
+    )
     chosen = build_eval_set(settings)
     assert chosen.turn_ids == list(reversed(held[1:5]))  # newest first, the trained one left out
     prompts = home / "prompts.jsonl"
     prompts.write_text('{"prompt": "Fixed question?"}\n')
-    with_file = build_eval_set(deploy_settings(home, tiny, None, free_port(), eval_size=4,
-                                               prompts_file=str(prompts)))
+    with_file = build_eval_set(
+        deploy_settings(home, tiny, None, free_port(), eval_size=4, prompts_file=str(prompts))
+    )
     assert [p.source for p in with_file.prompts] == ["ledger"] * 4 + ["file"]
 
 
 def test_the_cli_runs_the_gate_and_shows_the_verdict(
-        home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub) -> None:
+    home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub
+) -> None:
     settings = setup(home, tiny, stub)
     add_candidates(settings.paths, candidate_row("ckpt-good", ckpts["good"], 1))
-    env = {**os.environ, "METACLAW_HOME": str(home), "METACLAW_CONFIG": str(home / "none.toml"),
-           "METACLAW_TRAINING__BASE_MODEL": str(tiny), "METACLAW_TRAINING__LORA_RANK": "4",
-           "METACLAW_TRAINING__DEVICE": "cpu", "METACLAW_JUDGE__BASE_URL": stub.base_url,
-           "METACLAW_JUDGE__MODEL": "stub-pairwise",
-           "METACLAW_POLICY__PORT": str(settings.policy.port),
-           "METACLAW_DEPLOY__MAX_NEW_TOKENS": "12", "METACLAW_DEPLOY__MIN_EVAL_PROMPTS": "6",
-           "METACLAW_DEPLOY__EVAL_FRACTION": "0.5", "METACLAW_DEPLOY__MAX_KL": "1000",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "METACLAW_HOME": str(home),
+        "METACLAW_CONFIG": str(home / "none.toml"),
+        "METACLAW_TRAINING__BASE_MODEL": str(tiny),
+        "METACLAW_TRAINING__LORA_RANK": "4",
+        "METACLAW_TRAINING__DEVICE": "cpu",
+        "METACLAW_JUDGE__BASE_URL": stub.base_url,
+        "METACLAW_JUDGE__MODEL": "stub-pairwise",
+        "METACLAW_POLICY__PORT": str(settings.policy.port),
+        "METACLAW_DEPLOY__MAX_NEW_TOKENS": "12",
+        "METACLAW_DEPLOY__MIN_EVAL_PROMPTS": "6",
+        "METACLAW_DEPLOY__EVAL_FRACTION": "0.5",
+        "METACLAW_DEPLOY__MAX_KL": "1000",
+        "OMP_NUM_THREADS": "1",
+    }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "metaclaw", "checkpoints", *args], env=env,
-                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "metaclaw", "checkpoints", *args],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     done = cli("evaluate")
     assert done.returncode == 0, done.stderr

@@ -58,17 +58,27 @@ def trainer_view(settings: Settings) -> dict[str, bool]:
 def test_whole_sessions_and_their_prompts_are_held_out_of_training(home: Path) -> None:
     settings = settings_for(home)
     paths = settings.paths
-    held_session, train_session, other_session = (session(settings, True),
-                                                  session(settings, False),
-                                                  session(settings, False))
+    held_session, train_session, other_session = (
+        session(settings, True),
+        session(settings, False),
+        session(settings, False),
+    )
     # a held-out conversation whose later turns a per-turn hash would have trained on
     conversation = turn_ids(settings, 1, hashed_in=True) + turn_ids(settings, 2, hashed_in=False)
-    seed_turns(paths, conversation, ["Plan the trip.", "Now book it.", "Thanks, summarise."],
-               session=held_session)
+    seed_turns(
+        paths,
+        conversation,
+        ["Plan the trip.", "Now book it.", "Thanks, summarise."],
+        session=held_session,
+    )
     # a trainable session asking one of the held-out prompts again, and one fresh question
     again, fresh = turn_ids(settings, 2, hashed_in=False)
-    seed_turns(paths, [again, fresh], ["Now book it.", "A question nobody held out."],
-               session=train_session)
+    seed_turns(
+        paths,
+        [again, fresh],
+        ["Now book it.", "A question nobody held out."],
+        session=train_session,
+    )
     unique = turn_ids(settings, 3, hashed_in=True)
     seed_turns(paths, unique, ["One.", "Two.", "Three."], session=other_session)
 
@@ -76,8 +86,9 @@ def test_whole_sessions_and_their_prompts_are_held_out_of_training(home: Path) -
 
     assert {t for t, held in flags.items() if held} == {*conversation, again}
     assert {t for t, held in flags.items() if not held} == {fresh, *unique}
-    ledger_rows = rows(paths, "SELECT turn_id, session_id, CAST(request AS VARCHAR) AS request "
-                              "FROM turns")
+    ledger_rows = rows(
+        paths, "SELECT turn_id, session_id, CAST(request AS VARCHAR) AS request FROM turns"
+    )
     assert held_out_turn_ids(ledger_rows, settings) == {*conversation, again}  # Python = SQL
     # the gate evaluates exactly the held-out session's prompts
     eval_set = build_eval_set(settings)
@@ -89,8 +100,9 @@ def test_eval_prompts_are_what_the_policy_saw_and_never_a_trained_prompt(home: P
     paths = settings.paths
     block = "## Skills\n- Always answer with a city."
     served = turn_ids(settings, 1, hashed_in=True)
-    seed_turns(paths, served, ["Where should I go?"], session=session(settings, True),
-               injected_text=block)
+    seed_turns(
+        paths, served, ["Where should I go?"], session=session(settings, True), injected_text=block
+    )
     plain = turn_ids(settings, 1, hashed_in=True)
     seed_turns(paths, plain, ["Where else?"], session=session(settings, True))
     # trained earlier (e.g. under another split) with a prompt a held-out turn repeats
@@ -98,9 +110,22 @@ def test_eval_prompts_are_what_the_policy_saw_and_never_a_trained_prompt(home: P
     seed_turns(paths, trained, ["Is it far?"], session=session(settings, False))
     repeat = turn_ids(settings, 1, hashed_in=True)
     seed_turns(paths, repeat, ["Is it far?"], session=session(settings, True))
-    append_rows(paths.wal, "train_steps", [{
-        "step_id": "st-1", "step": 1, "backend": "local", "base_model": "m", "loss_fn": "ppo",
-        "turn_ids": trained, "ts": now_micros(), "metrics": json.dumps({"status": "ok"})}])
+    append_rows(
+        paths.wal,
+        "train_steps",
+        [
+            {
+                "step_id": "st-1",
+                "step": 1,
+                "backend": "local",
+                "base_model": "m",
+                "loss_fn": "ppo",
+                "turn_ids": trained,
+                "ts": now_micros(),
+                "metrics": json.dumps({"status": "ok"}),
+            }
+        ],
+    )
 
     eval_set = build_eval_set(settings)
 

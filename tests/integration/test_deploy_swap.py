@@ -32,8 +32,12 @@ from tests.tiny_model import save_tiny_model
 torch.set_num_threads(1)
 # trains LoRA checkpoints (and starts processes) once per module: ~15-25 s
 pytestmark = pytest.mark.slow
-BODY = {"model": "policy", "max_tokens": 6, "temperature": 0,
-        "messages": [{"role": "user", "content": "Question 1: tell me something."}]}
+BODY = {
+    "model": "policy",
+    "max_tokens": 6,
+    "temperature": 0,
+    "messages": [{"role": "user", "content": "Question 1: tell me something."}],
+}
 
 
 @dataclass
@@ -62,15 +66,21 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     home = root / "home"
     port = free_port()
     settings = deploy_settings(home, tiny, None, port)
-    add_candidates(settings.paths,
-                   candidate_row("ckpt-good", train_toward(tiny, root / "c", "good", "Paris"), 1),
-                   candidate_row("ckpt-blue", train_toward(tiny, root / "c", "blue", "blue"), 2))
+    add_candidates(
+        settings.paths,
+        candidate_row("ckpt-good", train_toward(tiny, root / "c", "good", "Paris"), 1),
+        candidate_row("ckpt-blue", train_toward(tiny, root / "c", "blue", "blue"), 2),
+    )
     # promoted while no server runs: recorded all the same, picked up at the server's start
     early = deployer.promote(settings, "ckpt-blue", actor="test", reason="before start")
     assert early.notice is not None and early.notice.status == "unreachable"
-    server_env = {"METACLAW_HOME": str(home), "METACLAW_CONFIG": str(root / "none.toml"),
-                  "METACLAW_POLICY__MODEL": str(tiny), "METACLAW_POLICY__TORCH_THREADS": "1",
-                  "OMP_NUM_THREADS": "1"}
+    server_env = {
+        "METACLAW_HOME": str(home),
+        "METACLAW_CONFIG": str(root / "none.toml"),
+        "METACLAW_POLICY__MODEL": str(tiny),
+        "METACLAW_POLICY__TORCH_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     child = start_policy_server(settings.paths, port, env=server_env, timeout_s=180)
     try:
         yield Env(settings, child, f"http://127.0.0.1:{port}")
@@ -118,8 +128,13 @@ def test_promote_and_rollback_swap_under_load_with_no_failed_request(env: Env) -
             asked = time.monotonic()
             change = await asyncio.to_thread(fn, env.settings, *args, **kw)
             assert change.notice is not None and change.notice.status == "swapped", change
-            swaps.append((change.checkpoint_id if change.action == "promoted"
-                          else change.restored, asked, time.monotonic()))
+            swaps.append(
+                (
+                    change.checkpoint_id if change.action == "promoted" else change.restored,
+                    asked,
+                    time.monotonic(),
+                )
+            )
 
         await act(deployer.promote, "ckpt-good", actor="test", reason="gate said so")
         await act(deployer.promote, "ckpt-blue", actor="test", reason="again", force=False)
@@ -142,16 +157,26 @@ def test_promote_and_rollback_swap_under_load_with_no_failed_request(env: Env) -
 
 
 def test_the_cli_lists_promotes_and_rolls_back_a_running_server(env: Env) -> None:
-    cli_env = {**os.environ, "METACLAW_HOME": str(env.settings.home),
-               "METACLAW_CONFIG": str(env.settings.home / "none.toml"),
-               "METACLAW_POLICY__PORT": str(env.settings.policy.port)}
+    cli_env = {
+        **os.environ,
+        "METACLAW_HOME": str(env.settings.home),
+        "METACLAW_CONFIG": str(env.settings.home / "none.toml"),
+        "METACLAW_POLICY__PORT": str(env.settings.policy.port),
+    }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "metaclaw", "checkpoints", *args],
-                              env=cli_env, cwd=REPO, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "metaclaw", "checkpoints", *args],
+            env=cli_env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
-    good = next(c for c in read_book(env.paths).checkpoints.values()
-                if c.checkpoint_id == "ckpt-good")
+    good = next(
+        c for c in read_book(env.paths).checkpoints.values() if c.checkpoint_id == "ckpt-good"
+    )
     add_candidates(env.paths, candidate_row("ckpt-cli", good.path or "", 3))
     before = serving(env)
     done = cli("promote", "ckpt-cli", "--reason", "ops decision")
@@ -160,8 +185,11 @@ def test_the_cli_lists_promotes_and_rolls_back_a_running_server(env: Env) -> Non
     assert serving(env) == "ckpt-cli"
     listed = json.loads(cli("list", "--json").stdout)
     by_id = {r["checkpoint_id"]: r for r in listed}
-    assert by_id["ckpt-cli"]["status"] == "promoted" and by_id["ckpt-cli"]["reason"] == \
-        "ops decision" and by_id["ckpt-cli"]["actor"].startswith("cli")
+    assert (
+        by_id["ckpt-cli"]["status"] == "promoted"
+        and by_id["ckpt-cli"]["reason"] == "ops decision"
+        and by_id["ckpt-cli"]["actor"].startswith("cli")
+    )
     back = cli("rollback")
     assert back.returncode == 0 and "now serving" in back.stdout, back.stderr
     assert serving(env) == before
@@ -174,7 +202,8 @@ def test_the_cli_lists_promotes_and_rolls_back_a_running_server(env: Env) -> Non
 
 
 def test_a_server_that_drifted_from_the_ledger_is_swapped_back_by_the_deploy_flow(
-        env: Env, prefect_harness: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    env: Env, prefect_harness: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -187,9 +216,11 @@ def test_a_server_that_drifted_from_the_ledger_is_swapped_back_by_the_deploy_flo
     other = book.get("ckpt-blue")
     assert notify_policy_server(env.settings, "ckpt-blue", other.path).status == "swapped"
     assert serving(env) == "ckpt-blue"
-    for key, value in {"HOME": str(env.settings.home),
-                       "CONFIG": str(env.settings.home / "none.toml"),
-                       "POLICY__PORT": str(env.settings.policy.port)}.items():
+    for key, value in {
+        "HOME": str(env.settings.home),
+        "CONFIG": str(env.settings.home / "none.toml"),
+        "POLICY__PORT": str(env.settings.policy.port),
+    }.items():
         monkeypatch.setenv(f"METACLAW_{key}", value)
 
     result = deploy_flow()
@@ -199,8 +230,11 @@ def test_a_server_that_drifted_from_the_ledger_is_swapped_back_by_the_deploy_flo
 
     async def artifact() -> str:
         async with get_client() as client:
-            found = await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["policy-server-reconcile"])))
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["policy-server-reconcile"])
+                )
+            )
         return str(sorted(found, key=lambda a: a.created)[-1].data)
 
     report = asyncio.run(artifact())
@@ -209,8 +243,9 @@ def test_a_server_that_drifted_from_the_ledger_is_swapped_back_by_the_deploy_flo
     assert reconcile(env.settings).status == "in_sync"
 
 
-def test_a_refused_swap_is_reported_until_the_ledger_and_server_agree(env: Env,
-                                                                        tmp_path: Path) -> None:
+def test_a_refused_swap_is_reported_until_the_ledger_and_server_agree(
+    env: Env, tmp_path: Path
+) -> None:
     from tests.tiny_model import build_tiny_model
 
     # finite LoRA weights, so the registry accepts it, but for a model of another width: the

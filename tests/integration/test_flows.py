@@ -56,10 +56,12 @@ def test_ingest_flow_is_idempotent(prefect_harness: str, home: Path) -> None:
                 ArtifactFilterKey,
             )
 
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["ingest-report"]),
-                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
-            ))
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["ingest-report"]),
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+                )
+            )
 
     found = asyncio.run(artifacts())  # the first run's report (the second has nothing to say)
     assert len(found) == 1 and "rows landed: **7**" in found[0].data
@@ -86,13 +88,17 @@ def test_prefect_yaml_matches_served_deployments() -> None:
             )
         assert spec.get("concurrency_limit") == deployment.concurrency_limit
         assert sorted(spec["tags"]) == sorted(deployment.tags)
+
         def ids(value: str | list[str]) -> list[str]:
             return [value] if isinstance(value, str) else list(value)
 
-        declared_triggers = [(set(t["expect"]), ids(t["match"]["prefect.resource.id"]))
-                             for t in spec.get("triggers", [])]
-        served_triggers = [(set(t.expect), ids(t.match["prefect.resource.id"]))
-                           for t in deployment.triggers]
+        declared_triggers = [
+            (set(t["expect"]), ids(t["match"]["prefect.resource.id"]))
+            for t in spec.get("triggers", [])
+        ]
+        served_triggers = [
+            (set(t.expect), ids(t.match["prefect.resource.id"])) for t in deployment.triggers
+        ]
         assert declared_triggers == served_triggers, f"{name}: triggers differ"
         assert spec["work_pool"]["name"] == "metaclaw"
 
@@ -107,13 +113,34 @@ def test_prefect_deploy_all_to_a_process_work_pool(prefect_harness: str, tmp_pat
 
     env = {**os.environ, "PREFECT_API_URL": prefect_harness, "PREFECT_HOME": str(tmp_path)}
     prefect = [sys.executable, "-m", "prefect"]
-    pool = subprocess.run([*prefect, "work-pool", "create", "metaclaw", "--type", "process"],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    pool = subprocess.run(
+        [*prefect, "work-pool", "create", "metaclaw", "--type", "process"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert pool.returncode == 0 or "already exists" in pool.stdout + pool.stderr, pool.stderr
-    out = subprocess.run([*prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        [*prefect, "--no-prompt", "deploy", "--all"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     deployed = httpx.post(f"{prefect_harness}/deployments/filter", json={}).json()
     names = {d["name"] for d in deployed if d.get("work_pool_name") == "metaclaw"}
-    assert {"ingest", "score", "diagnose", "evolve", "train", "deploy", "backfill",
-            "pipeline"} <= names
+    assert {
+        "ingest",
+        "score",
+        "diagnose",
+        "evolve",
+        "train",
+        "deploy",
+        "backfill",
+        "pipeline",
+    } <= names

@@ -21,10 +21,19 @@ def _session(sid: str, exchanges: list[tuple[str, str]], t0: int) -> list[dict[s
     out = []
     for i, (user, reply) in enumerate(exchanges):
         history.append({"role": "user", "content": user})
-        out.append({"turn_id": f"{sid}-{i}", "session_id": sid, "turn_index": i,
-                    "ts_start": t0 + i * S, "ts_end": t0 + i * S + S // 2,
-                    "request": {"model": "m", "messages": list(history)},
-                    "completion_text": reply, "status": "ok", "finish_reason": "stop"})
+        out.append(
+            {
+                "turn_id": f"{sid}-{i}",
+                "session_id": sid,
+                "turn_index": i,
+                "ts_start": t0 + i * S,
+                "ts_end": t0 + i * S + S // 2,
+                "request": {"model": "m", "messages": list(history)},
+                "completion_text": reply,
+                "status": "ok",
+                "finish_reason": "stop",
+            }
+        )
         history.append({"role": "assistant", "content": reply})
     return out
 
@@ -32,18 +41,48 @@ def _session(sid: str, exchanges: list[tuple[str, str]], t0: int) -> list[dict[s
 def test_hints_come_from_corrections_and_feedback_on_their_turns(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     t0 = now_micros() - 3600 * S
-    everest = _session("a", [("How tall is Everest?", "29,032 feet."),
-                             ("no, use metric units", "8,849 m."),
-                             ("thanks!", "You're welcome.")], t0)
-    other = _session("b", [("Summarise the memo.", "The memo, which was sent on Monday, ..."),
-                           ("What about the budget?", "It grew.")], t0)
+    everest = _session(
+        "a",
+        [
+            ("How tall is Everest?", "29,032 feet."),
+            ("no, use metric units", "8,849 m."),
+            ("thanks!", "You're welcome."),
+        ],
+        t0,
+    )
+    other = _session(
+        "b",
+        [
+            ("Summarise the memo.", "The memo, which was sent on Monday, ..."),
+            ("What about the budget?", "It grew."),
+        ],
+        t0,
+    )
     feedback = [
-        {"feedback_id": "f1", "turn_id": "b-0", "session_id": None, "value": -1.0,
-         "comment": "too long", "ts": t0 + 10 * S},
-        {"feedback_id": "f2", "turn_id": None, "session_id": "b", "value": -1.0,
-         "comment": "It should give the amount", "ts": t0 + 20 * S},  # → b-1, the latest turn
-        {"feedback_id": "f3", "turn_id": "a-2", "session_id": None, "value": 1.0,
-         "comment": "great", "ts": t0 + 30 * S},  # praise: no hint
+        {
+            "feedback_id": "f1",
+            "turn_id": "b-0",
+            "session_id": None,
+            "value": -1.0,
+            "comment": "too long",
+            "ts": t0 + 10 * S,
+        },
+        {
+            "feedback_id": "f2",
+            "turn_id": None,
+            "session_id": "b",
+            "value": -1.0,
+            "comment": "It should give the amount",
+            "ts": t0 + 20 * S,
+        },  # → b-1, the latest turn
+        {
+            "feedback_id": "f3",
+            "turn_id": "a-2",
+            "session_id": None,
+            "value": 1.0,
+            "comment": "great",
+            "ts": t0 + 30 * S,
+        },  # praise: no hint
     ]
     with WalWriter(settings.paths.wal) as wal:
         wal.append("turns", everest + other)

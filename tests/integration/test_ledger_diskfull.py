@@ -31,11 +31,14 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mnt.mkdir()
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a 2 MB tmpfs here (needs root/CAP_SYS_ADMIN): "
-                    f"{done.stderr.strip()}")
+        pytest.skip(
+            f"cannot mount a 2 MB tmpfs here (needs root/CAP_SYS_ADMIN): {done.stderr.strip()}"
+        )
     try:
         yield mnt
     finally:
@@ -43,8 +46,14 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def _turn(i: int) -> dict:
-    return {"turn_id": uuid.uuid4().hex, "session_id": "s", "turn_index": i,
-            "ts_start": now_micros(), "status": "ok", "completion_text": "x" * 900}
+    return {
+        "turn_id": uuid.uuid4().hex,
+        "session_id": "s",
+        "turn_index": i,
+        "ts_start": now_micros(),
+        "status": "ok",
+        "completion_text": "x" * 900,
+    }
 
 
 def _stored(paths: LedgerPaths) -> list[str]:
@@ -107,8 +116,10 @@ def test_proxy_keeps_answering_on_a_full_disk_and_resumes(
         while fh.write(b"\0" * 65536):
             pass
     os.truncate(filler, filler.stat().st_size - 16 * 1024)
-    env = {"METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
-           "METACLAW_PROXY__CAPTURE_TIMEOUT_S": "30"}
+    env = {
+        "METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
+        "METACLAW_PROXY__CAPTURE_TIMEOUT_S": "30",
+    }
     with ProxyProcess(home, env) as proxy:
         client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0)
 

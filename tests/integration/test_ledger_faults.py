@@ -138,9 +138,7 @@ def test_malformed_rows_never_stop_readers_or_ingest(paths: LedgerPaths) -> None
         + encode_line("feedback", {"feedback_id": "f-ok", "value": 1, "ts": now_micros()})
     )
     got = query(paths, "SELECT turn_id, completion_text, turn_index FROM turns")[1]
-    assert sorted(got) == sorted(
-        [(odd["turn_id"], "Hello, world", 3), (good["turn_id"], "a1", 1)]
-    )
+    assert sorted(got) == sorted([(odd["turn_id"], "Hello, world", 3), (good["turn_id"], "a1", 1)])
     assert _ids(paths, "feedback", "feedback_id") == ["f-ok"]
     report = ingest(paths, SETTINGS)
     assert report.rows == {"turns": 2, "feedback": 1} and report.dead_letters == 2
@@ -268,10 +266,16 @@ def test_status_reports_dead_letters(tmp_path: Path) -> None:
     assert ingest(paths, SETTINGS).dead_letters == 1
     out = subprocess.run(
         [sys.executable, "-m", "metaclaw", "status"],
-        env={**os.environ, "METACLAW_HOME": str(tmp_path),
-             "METACLAW_CONFIG": str(tmp_path / "none.toml"),
-             "METACLAW_PROXY__PORT": str(free_port())},
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={
+            **os.environ,
+            "METACLAW_HOME": str(tmp_path),
+            "METACLAW_CONFIG": str(tmp_path / "none.toml"),
+            "METACLAW_PROXY__PORT": str(free_port()),
+        },
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "dead letters: 1 row(s) ingest could not store" in out.stdout
@@ -286,9 +290,15 @@ def test_invalid_json_text_in_an_old_file_reads_as_null(paths: LedgerPaths) -> N
 
     from metaclaw.ledger.manifest import Manifest
 
-    bad = pa.table({"turn_id": ["t"], "session_id": ["s"],
-                    "ts_start": pa.array([now_micros()], pa.timestamp("us", tz="UTC")),
-                    "usage": ["prompt_tokens=3"], "request": ['{"messages": []}']})
+    bad = pa.table(
+        {
+            "turn_id": ["t"],
+            "session_id": ["s"],
+            "ts_start": pa.array([now_micros()], pa.timestamp("us", tz="UTC")),
+            "usage": ["prompt_tokens=3"],
+            "request": ['{"messages": []}'],
+        }
+    )
     rel = "turns/date=2026-01-01/part-bad.parquet"
     (paths.ledger / rel).parent.mkdir(parents=True)
     pq.write_table(bad, paths.ledger / rel)

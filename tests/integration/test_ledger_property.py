@@ -34,8 +34,13 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(n=st.integers(1, 4), reappend=st.booleans(), odd_type=st.booleans())
     def append(self, n: int, reappend: bool, odd_type: bool) -> None:
         rows = [
-            {"turn_id": uuid.uuid4().hex, "session_id": "s", "ts_start": now_micros(),
-             "status": "ok", "turn_index": "1" if odd_type else 1}
+            {
+                "turn_id": uuid.uuid4().hex,
+                "session_id": "s",
+                "ts_start": now_micros(),
+                "status": "ok",
+                "turn_index": "1" if odd_type else 1,
+            }
             for _ in range(n)
         ]
         if reappend and self.acked:  # a retried import: an acknowledged id once more

@@ -50,18 +50,39 @@ def _wait(url: str, deadline: float) -> None:
 def main_job(stub: StubUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MainJob]:
     home = tmp_path_factory.mktemp("up") / "home"
     proxy_port, prefect_port = free_port(), free_port()
-    env = {**os.environ, "METACLAW_HOME": str(home),
-           "METACLAW_CONFIG": str(home.parent / "none.toml"),
-           "METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
-           "METACLAW_FLOWS__INGEST_INTERVAL_S": "5", "METACLAW_LEDGER__WAL_ROTATE_S": "0.5"}
+    env = {
+        **os.environ,
+        "METACLAW_HOME": str(home),
+        "METACLAW_CONFIG": str(home.parent / "none.toml"),
+        "METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
+        "METACLAW_FLOWS__INGEST_INTERVAL_S": "5",
+        "METACLAW_LEDGER__WAL_ROTATE_S": "0.5",
+    }
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "metaclaw", "up", "--proxy-port", str(proxy_port),
-         "--prefect-port", str(prefect_port)],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
-    job = MainJob(proc, f"http://127.0.0.1:{proxy_port}", f"http://127.0.0.1:{prefect_port}",
-                  LedgerPaths(home))
+        [
+            sys.executable,
+            "-m",
+            "metaclaw",
+            "up",
+            "--proxy-port",
+            str(proxy_port),
+            "--prefect-port",
+            str(prefect_port),
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    job = MainJob(
+        proc,
+        f"http://127.0.0.1:{proxy_port}",
+        f"http://127.0.0.1:{prefect_port}",
+        LedgerPaths(home),
+    )
     try:
         _wait(job.proxy + "/healthz", time.monotonic() + 180)
         yield job
@@ -77,13 +98,18 @@ def main_job(stub: StubUpstream, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def _completed_ingest_run(job: MainJob, deadline: float) -> tuple[dict, dict]:
     """A completed ingest flow run and its artifact."""
-    body = {"flows": {"name": {"any_": ["ingest"]}},
-            "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}, "sort": "START_TIME_DESC"}
+    body = {
+        "flows": {"name": {"any_": ["ingest"]}},
+        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+        "sort": "START_TIME_DESC",
+    }
     while time.monotonic() < deadline:
         runs = httpx.post(job.prefect + "/api/flow_runs/filter", json=body).json()
         for run in runs:
-            arts = httpx.post(job.prefect + "/api/artifacts/filter", json={
-                "artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+            arts = httpx.post(
+                job.prefect + "/api/artifacts/filter",
+                json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}},
+            ).json()
             if arts:
                 return run, arts[0]
         time.sleep(2)
@@ -93,14 +119,17 @@ def _completed_ingest_run(job: MainJob, deadline: float) -> tuple[dict, dict]:
 def test_chat_lands_through_scheduled_ingest(main_job: MainJob) -> None:
     client = openai.OpenAI(base_url=main_job.proxy + "/v1", api_key="k", max_retries=0)
     reply = client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "hello up"}])
+        model="m", messages=[{"role": "user", "content": "hello up"}]
+    )
     assert reply.choices[0].message.content == "Echo: hello up"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and "turns" not in (
-            main_job.paths.manifest.read_text() if main_job.paths.manifest.exists() else ""):
+        main_job.paths.manifest.read_text() if main_job.paths.manifest.exists() else ""
+    ):
         time.sleep(1)  # the scheduled ingest run lands the turn as Parquet
     assert rows(main_job.paths, "SELECT completion_text FROM turns") == [
-        {"completion_text": "Echo: hello up"}]
+        {"completion_text": "Echo: hello up"}
+    ]
     flows = httpx.post(main_job.prefect + "/api/flows/filter", json={}).json()
     assert {"ingest", "score"} <= {f["name"] for f in flows}
     deployments = httpx.post(main_job.prefect + "/api/deployments/filter", json={}).json()
@@ -109,9 +138,11 @@ def test_chat_lands_through_scheduled_ingest(main_job: MainJob) -> None:
     assert {"metaclaw-training", "metaclaw-skills-writer"} <= {c["name"] for c in limits}
 
 
-@pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-                    reason="Debian's chromium and chromium-driver are not installed "
-                    "(scripts/setup.sh installs them)")
+@pytest.mark.skipif(
+    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+    reason="Debian's chromium and chromium-driver are not installed "
+    "(scripts/setup.sh installs them)",
+)
 def test_prefect_ui_shows_the_run_and_its_artifact(main_job: MainJob, tmp_path: Path) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -120,10 +151,19 @@ def test_prefect_ui_shows_the_run_and_its_artifact(main_job: MainJob, tmp_path: 
     run, artifact = _completed_ingest_run(main_job, time.monotonic() + 180)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
-                 f"--user-data-dir={tmp_path / 'chrome'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:

@@ -168,8 +168,11 @@ def test_policy_served_turn_records_tokens_and_hides_the_trace(
 ) -> None:
     """A reply from our policy server carries token ids + logprobs: an on-policy turn."""
     marker = uuid.uuid4().hex
-    body = {"model": "m", "stream": stream,
-            "messages": [{"role": "user", "content": f"{marker} [[policy:ckpt-7]] [[words:4]]"}]}
+    body = {
+        "model": "m",
+        "stream": stream,
+        "messages": [{"role": "user", "content": f"{marker} [[policy:ckpt-7]] [[words:4]]"}],
+    }
     resp = httpx.post(proxy.url + "/v1/chat/completions", json=body, timeout=10)
     assert resp.status_code == 200
     assert "metaclaw" not in resp.text, "clients never see the trace"
@@ -191,8 +194,12 @@ def test_upstream_turn_is_off_policy(proxy: ProxyProcess, client: openai.OpenAI)
 @pytest.mark.parametrize("stream", [False, True])
 def test_response_names_its_turn(proxy: ProxyProcess, stream: bool) -> None:
     marker = uuid.uuid4().hex
-    body = {"model": "m", "stream": stream, "messages": [{"role": "user", "content": marker}],
-            "user": f"u-{marker}"}
+    body = {
+        "model": "m",
+        "stream": stream,
+        "messages": [{"role": "user", "content": marker}],
+        "user": f"u-{marker}",
+    }
     resp = httpx.post(proxy.url + "/v1/chat/completions", json=body, timeout=10)
     turn = _turn(proxy, f"request::VARCHAR LIKE '%{marker}%'")
     assert resp.headers["x-metaclaw-turn-id"] == turn["turn_id"]

@@ -47,9 +47,7 @@ def _wait_ready(proxy: ProxyProcess) -> None:
     raise AssertionError(f"skill library never ready: {proxy.health()}")
 
 
-def test_relevant_skill_is_injected_and_recorded(
-    stub: StubUpstream, tmp_path: Path
-) -> None:
+def test_relevant_skill_is_injected_and_recorded(stub: StubUpstream, tmp_path: Path) -> None:
     home = tmp_path / "home"
     _import_skill(home, tmp_path)
     env = {"METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1"}
@@ -57,24 +55,33 @@ def test_relevant_skill_is_injected_and_recorded(
         _wait_ready(proxy)
         client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0)
         marker = uuid.uuid4().hex  # in `user`: a hex string in the text would blur the query
-        client.chat.completions.create(model="m", user=marker, messages=[
-            {"role": "user", "content": "list three colours as JSON please"}])
+        client.chat.completions.create(
+            model="m",
+            user=marker,
+            messages=[{"role": "user", "content": "list three colours as JSON please"}],
+        )
         sent = [r for r in stub.requests() if marker in json.dumps(r["body"])][-1]["body"]
         assert sent["messages"][0]["role"] == "system"
         assert "fenced ```json block" in sent["messages"][0]["content"]
         turn = proxy.turns(f"session_id = '{marker}'")[0]
         assert len(turn["injected_skills"]) == 1 and turn["injected_skills"][0].endswith("@1")
         assert turn["skill_set_version"] >= 1
-        assert json.loads(turn["request"])["messages"][0]["role"] == "user", \
+        assert json.loads(turn["request"])["messages"][0]["role"] == "user", (
             "the request is recorded as the client sent it"
+        )
         # what was served is recorded exactly: the request + injected_text rebuild it
         assert turn["injected_text"] and turn["injected_text"] in sent["messages"][0]["content"]
-        assert inject(json.loads(turn["request"])["messages"], turn["injected_text"]) == \
-            sent["messages"]
+        assert (
+            inject(json.loads(turn["request"])["messages"], turn["injected_text"])
+            == sent["messages"]
+        )
 
         other = uuid.uuid4().hex
-        client.chat.completions.create(model="m", user=other, messages=[
-            {"role": "user", "content": "what is the capital of France"}])
+        client.chat.completions.create(
+            model="m",
+            user=other,
+            messages=[{"role": "user", "content": "what is the capital of France"}],
+        )
         unrelated = [r for r in stub.requests() if other in json.dumps(r["body"])][-1]["body"]
         assert unrelated["messages"][0]["role"] == "user", "an irrelevant skill is not injected"
 
@@ -87,7 +94,8 @@ def test_broken_skill_library_never_breaks_chat(stub: StubUpstream, tmp_path: Pa
     with ProxyProcess(home, env) as proxy:
         client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0)
         reply = client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "answer as JSON"}])
+            model="m", messages=[{"role": "user", "content": "answer as JSON"}]
+        )
         assert reply.choices[0].message.content == "Echo: answer as JSON"
         assert proxy.turns()[0]["injected_skills"] == []
         assert proxy.turns()[0]["injected_text"] is None

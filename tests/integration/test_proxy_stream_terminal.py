@@ -53,8 +53,9 @@ def upstream() -> Iterator[RawUpstream]:
     server.close()
 
 
-async def _drive(settings: Settings, path: str, body: dict[str, Any], terminal: bytes
-                 ) -> tuple[list[dict[str, Any]] | None, bytes]:
+async def _drive(
+    settings: Settings, path: str, body: dict[str, Any], terminal: bytes
+) -> tuple[list[dict[str, Any]] | None, bytes]:
     """POST through the proxy app; return the turn rows seen when `terminal` was sent."""
     app = create_app(settings)
     seen: list[list[dict[str, Any]]] = []
@@ -75,15 +76,31 @@ async def _drive(settings: Settings, path: str, body: dict[str, Any], terminal: 
             chunk = message.get("body", b"")
             sent.append(chunk)
             if terminal in chunk and not seen:
-                seen.append(rows(settings.paths, f"SELECT status FROM turns WHERE "
-                                 f"request->>'$.metadata.marker' = '{body['metadata']['marker']}'"))
+                seen.append(
+                    rows(
+                        settings.paths,
+                        f"SELECT status FROM turns WHERE "
+                        f"request->>'$.metadata.marker' = '{body['metadata']['marker']}'",
+                    )
+                )
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "server": ("127.0.0.1", 30000), "client": ("127.0.0.1", 5555),
-        "headers": [(b"content-type", b"application/json"), (b"host", b"127.0.0.1:30000"),
-                    (b"content-length", str(len(payload)).encode())],
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "server": ("127.0.0.1", 30000),
+        "client": ("127.0.0.1", 5555),
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"host", b"127.0.0.1:30000"),
+            (b"content-length", str(len(payload)).encode()),
+        ],
     }
     async with app.router.lifespan_context(app):
         await app(scope, receive, send)
@@ -91,16 +108,21 @@ async def _drive(settings: Settings, path: str, body: dict[str, Any], terminal: 
 
 
 def _settings(home: Path, **upstream: str) -> Settings:
-    return Settings(home=home, upstream=UpstreamSettings(**upstream),
-                    skills=SkillsSettings(enabled=False))
+    return Settings(
+        home=home, upstream=UpstreamSettings(**upstream), skills=SkillsSettings(enabled=False)
+    )
 
 
 def test_openai_done_without_blank_line_is_held_until_durable(
     upstream: RawUpstream, tmp_path: Path
 ) -> None:
     marker = uuid.uuid4().hex
-    body = {"model": "m", "stream": True, "metadata": {"marker": marker},
-            "messages": [{"role": "user", "content": "hello"}]}
+    body = {
+        "model": "m",
+        "stream": True,
+        "metadata": {"marker": marker},
+        "messages": [{"role": "user", "content": "hello"}],
+    }
     settings = _settings(tmp_path / "home", base_url=upstream.url + "/v1")
     at_terminal, streamed = asyncio.run(_drive(settings, "/v1/chat/completions", body, b"[DONE]"))
     assert streamed.endswith(b"data: [DONE]"), streamed
@@ -111,10 +133,16 @@ def test_anthropic_message_stop_without_blank_line_is_held_until_durable(
     upstream: RawUpstream, tmp_path: Path
 ) -> None:
     marker = uuid.uuid4().hex
-    body = {"model": "m", "stream": True, "max_tokens": 16, "metadata": {"marker": marker},
-            "messages": [{"role": "user", "content": "hello"}]}
-    settings = _settings(tmp_path / "home", base_url=upstream.url + "/v1",
-                         anthropic_base_url=upstream.url)
+    body = {
+        "model": "m",
+        "stream": True,
+        "max_tokens": 16,
+        "metadata": {"marker": marker},
+        "messages": [{"role": "user", "content": "hello"}],
+    }
+    settings = _settings(
+        tmp_path / "home", base_url=upstream.url + "/v1", anthropic_base_url=upstream.url
+    )
     at_terminal, streamed = asyncio.run(_drive(settings, "/v1/messages", body, b"message_stop"))
     assert streamed.endswith(b'data: {"type":"message_stop"}'), streamed
     assert at_terminal == [{"status": "ok"}], "message_stop was sent before the turn was durable"

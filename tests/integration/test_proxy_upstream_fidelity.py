@@ -41,30 +41,39 @@ def limited() -> Iterator[RawUpstream]:
 
 @asynccontextmanager
 async def _proxy(home: Path, **upstream: str) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    settings = Settings(home=home, upstream=UpstreamSettings(**upstream),
-                        skills=SkillsSettings(enabled=False))
+    settings = Settings(
+        home=home, upstream=UpstreamSettings(**upstream), skills=SkillsSettings(enabled=False)
+    )
     app = create_app(settings)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", timeout=30
-    ) as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", timeout=30
+        ) as client,
+    ):
         yield client, settings
 
 
 def _turn(settings: Settings, marker: str) -> dict[str, Any]:
-    found = rows(settings.paths, "SELECT usage, request, status FROM turns WHERE "
-                 f"request::VARCHAR LIKE '%{marker}%'")
+    found = rows(
+        settings.paths,
+        f"SELECT usage, request, status FROM turns WHERE request::VARCHAR LIKE '%{marker}%'",
+    )
     assert len(found) == 1, found
     return found[0]
 
 
 def test_rate_limit_advice_reaches_the_client(limited: RawUpstream, tmp_path: Path) -> None:
     async def scenario() -> list[httpx.Response]:
-        async with _proxy(tmp_path / "home", base_url=limited.url + "/v1",
-                          anthropic_base_url=limited.url) as (client, _):
+        async with _proxy(
+            tmp_path / "home", base_url=limited.url + "/v1", anthropic_base_url=limited.url
+        ) as (client, _):
             chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
             claude = {**chat, "max_tokens": 5}
-            return [await client.post("/v1/chat/completions", json=chat),
-                    await client.post("/v1/messages", json=claude)]
+            return [
+                await client.post("/v1/chat/completions", json=chat),
+                await client.post("/v1/messages", json=claude),
+            ]
 
     for resp in asyncio.run(scenario()):
         assert resp.status_code == 429 and "slow down" in resp.text
@@ -81,11 +90,16 @@ def test_usage_is_recorded_in_one_shape_and_for_every_openai_stream(
     marker = uuid.uuid4().hex
 
     async def scenario() -> tuple[list[str], list[str], Settings]:
-        async with _proxy(tmp_path / "home", base_url=stub.base_url + "/v1",
-                          anthropic_base_url=stub.base_url) as (client, settings):
+        async with _proxy(
+            tmp_path / "home", base_url=stub.base_url + "/v1", anthropic_base_url=stub.base_url
+        ) as (client, settings):
+
             def chat(tag: str) -> dict[str, Any]:
-                return {"model": "m", "stream": True,
-                        "messages": [{"role": "user", "content": f"{marker} {tag} [[words:4]]"}]}
+                return {
+                    "model": "m",
+                    "stream": True,
+                    "messages": [{"role": "user", "content": f"{marker} {tag} [[words:4]]"}],
+                }
 
             async def lines(body: dict[str, Any]) -> list[str]:
                 async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
@@ -93,8 +107,11 @@ def test_usage_is_recorded_in_one_shape_and_for_every_openai_stream(
 
             plain = await lines(chat("plain"))
             asked = await lines({**chat("asked"), "stream_options": {"include_usage": True}})
-            claude = {"model": "claude-x", "max_tokens": 9,
-                      "messages": [{"role": "user", "content": f"{marker} claude [[words:3]]"}]}
+            claude = {
+                "model": "claude-x",
+                "max_tokens": 9,
+                "messages": [{"role": "user", "content": f"{marker} claude [[words:3]]"}],
+            }
             assert (await client.post("/v1/messages", json=claude)).status_code == 200
             return plain, asked, settings
 
@@ -114,10 +131,17 @@ def test_a_claude_clients_model_is_not_replaced(stub: StubUpstream, tmp_path: Pa
     marker = uuid.uuid4().hex
 
     async def scenario() -> int:
-        async with _proxy(tmp_path / "home", base_url=stub.base_url + "/v1",
-                          anthropic_base_url=stub.base_url, model="gpt-for-openai") as (client, _):
-            body = {"model": "claude-own", "max_tokens": 9,
-                    "messages": [{"role": "user", "content": marker}]}
+        async with _proxy(
+            tmp_path / "home",
+            base_url=stub.base_url + "/v1",
+            anthropic_base_url=stub.base_url,
+            model="gpt-for-openai",
+        ) as (client, _):
+            body = {
+                "model": "claude-own",
+                "max_tokens": 9,
+                "messages": [{"role": "user", "content": marker}],
+            }
             return (await client.post("/v1/messages", json=body)).status_code
 
     assert asyncio.run(scenario()) == 200
@@ -131,13 +155,16 @@ def test_a_translated_anthropic_stream_reports_real_input_tokens(
     """An OpenAI upstream streams usage last; the client's final message still has it."""
     import anthropic
 
-    settings = Settings(home=tmp_path / "home",
-                        upstream=UpstreamSettings(base_url=stub.base_url + "/v1"),
-                        skills=SkillsSettings(enabled=False))
+    settings = Settings(
+        home=tmp_path / "home",
+        upstream=UpstreamSettings(base_url=stub.base_url + "/v1"),
+        skills=SkillsSettings(enabled=False),
+    )
     with ServedApp(create_app(settings)) as proxy:
         client = anthropic.Anthropic(base_url=proxy.url, api_key="k", max_retries=0)
         with client.messages.stream(
-            model="claude-x", max_tokens=20,
+            model="claude-x",
+            max_tokens=20,
             messages=[{"role": "user", "content": "five words in the prompt [[words:3]]"}],
         ) as stream:
             message = stream.get_final_message()

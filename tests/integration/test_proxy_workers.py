@@ -23,12 +23,21 @@ from tests.stubs.upstream_server import StubUpstream
 @pytest.mark.slow
 def test_two_workers_share_the_port_and_the_sessions(stub: StubUpstream, tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "METACLAW_HOME": str(tmp_path / "home"),
-           "METACLAW_CONFIG": str(tmp_path / "none.toml"),
-           "METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1", "METACLAW_PROXY__WORKERS": "2"}
+    env = {
+        **os.environ,
+        "METACLAW_HOME": str(tmp_path / "home"),
+        "METACLAW_CONFIG": str(tmp_path / "none.toml"),
+        "METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
+        "METACLAW_PROXY__WORKERS": "2",
+    }
     log = open(tmp_path / "proxy.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "metaclaw", "proxy", "--port", str(port)],
-                            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metaclaw", "proxy", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         pids: set[int] = set()
@@ -45,11 +54,12 @@ def test_two_workers_share_the_port_and_the_sessions(stub: StubUpstream, tmp_pat
         sessions = set()
         for turn in range(6):
             with openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0) as client:
-                raw = client.chat.completions.with_raw_response.create(model="m",
-                                                                       messages=history)
+                raw = client.chat.completions.with_raw_response.create(model="m", messages=history)
                 sessions.add(raw.headers["x-metaclaw-session-id"])
-            history += [{"role": "assistant", "content": raw.parse().choices[0].message.content},
-                        {"role": "user", "content": f"turn {turn}"}]
+            history += [
+                {"role": "assistant", "content": raw.parse().choices[0].message.content},
+                {"role": "user", "content": f"turn {turn}"},
+            ]
         assert len(sessions) == 1, sessions
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -99,8 +99,9 @@ def test_backfill_flow_rejects_a_path_that_is_not_a_log(
     secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----")
     with pytest.raises(ValueError, match="outside the folders a backfill may read"):
         backfill_flow(str(secret))  # the flow parameter anyone with API access can set
-    monkeypatch.setenv("METACLAW_REPLAY__ALLOWED_ROOTS",
-                       json.dumps([str(tmp_path / "logs"), str(FIXTURES)]))
+    monkeypatch.setenv(
+        "METACLAW_REPLAY__ALLOWED_ROOTS", json.dumps([str(tmp_path / "logs"), str(FIXTURES)])
+    )
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "escape").symlink_to(secret.parent)
     with pytest.raises(ValueError, match="outside the folders"):

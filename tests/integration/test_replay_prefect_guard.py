@@ -24,6 +24,7 @@ def test_a_cross_origin_flow_run_creation_is_refused(tmp_path: Path) -> None:
     api = f"http://127.0.0.1:{port}/api"
     server = start_prefect_server(paths, port, timeout=300)  # a loaded CI box: ~100 s
     try:
+
         async def legit() -> str:
             async with PrefectClient(api) as client:  # fetches and sends a CSRF token
                 flow_id = await client.create_flow_from_name("guard-test")
@@ -34,9 +35,15 @@ def test_a_cross_origin_flow_run_creation_is_refused(tmp_path: Path) -> None:
         evil = {"Origin": "http://evil.example", "Content-Type": "text/plain"}
         forged = httpx.post(f"{api}/flow_runs/", content=body, headers=evil, timeout=30)
         assert forged.status_code == 403, forged.text
-        preflight = httpx.options(f"{api}/flow_runs/", timeout=30, headers={
-            "Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type"})
+        preflight = httpx.options(
+            f"{api}/flow_runs/",
+            timeout=30,
+            headers={
+                "Origin": "http://evil.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
         assert preflight.headers.get("access-control-allow-origin") != "http://evil.example"
         assert preflight.headers.get("access-control-allow-origin") != "*"
 

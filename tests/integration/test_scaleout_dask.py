@@ -23,8 +23,9 @@ VOTES = ("-1", "0", "+1")
 def cluster() -> Iterator[object]:
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                      dashboard_address=None) as local:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as local:
         yield local
 
 
@@ -32,15 +33,21 @@ def _seed(home: Path) -> None:
     turns = []
     for s in range(SESSIONS):
         vote = VOTES[s % 3]
-        turns += chat(f"d{s}", [(f"question {s}", f"answer {s} [[votes:{vote}]]"),
-                                (f"no, wrong {s}", f"better {s} [[votes:{VOTES[(s + 1) % 3]}]]")])
+        turns += chat(
+            f"d{s}",
+            [
+                (f"question {s}", f"answer {s} [[votes:{vote}]]"),
+                (f"no, wrong {s}", f"better {s} [[votes:{VOTES[(s + 1) % 3]}]]"),
+            ],
+        )
     with WalWriter(LedgerPaths(home).wal) as wal:
         wal.append("turns", turns)
 
 
 def _rewards(home: Path) -> set[tuple]:
-    found = rows(LedgerPaths(home), "SELECT reward_id, turn_id, signal, value, scorer_version "
-                                    "FROM rewards")
+    found = rows(
+        LedgerPaths(home), "SELECT reward_id, turn_id, signal, value, scorer_version FROM rewards"
+    )
     return {tuple(r.values()) for r in found}
 
 
@@ -78,8 +85,11 @@ def test_dask_runner_gives_the_thread_pool_rewards(
 def _dask_tasks(cluster: object) -> int:
     """score-batch tasks the cluster's workers have run (Dask keys carry the function's name)."""
     prefixes = cluster.scheduler.task_prefixes  # type: ignore[attr-defined]
-    return sum(p.state_counts["processing"] for name, p in prefixes.items()
-               if name.startswith("score_session_batch"))
+    return sum(
+        p.state_counts["processing"]
+        for name, p in prefixes.items()
+        if name.startswith("score_session_batch")
+    )
 
 
 def test_task_runner_follows_configuration(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,13 +36,17 @@ def s3_env(s3_server: StubS3, monkeypatch: pytest.MonkeyPatch) -> StubS3:
 
 
 def _fs(server: StubS3) -> s3fs.S3FileSystem:
-    return s3fs.S3FileSystem(endpoint_url=server.url, use_listings_cache=False,
-                             key=server.env["AWS_ACCESS_KEY_ID"],
-                             secret=server.env["AWS_SECRET_ACCESS_KEY"])
+    return s3fs.S3FileSystem(
+        endpoint_url=server.url,
+        use_listings_cache=False,
+        key=server.env["AWS_ACCESS_KEY_ID"],
+        secret=server.env["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
-def test_s3_ingest_score_evolve(prefect_harness: str, home: Path, s3_env: StubS3,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_ingest_score_evolve(
+    prefect_harness: str, home: Path, s3_env: StubS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flows.evolve import evolve_flow
     from flows.ingest import ingest_flow
     from flows.score import score_flow
@@ -52,8 +56,13 @@ def test_s3_ingest_score_evolve(prefect_harness: str, home: Path, s3_env: StubS3
     settings = Settings()
     paths = settings.paths
     assert paths.root == root and isinstance(open_storage(paths), FsspecStorage)
-    turns = chat("s3", [("What is the capital of Italy?", "Milan [[votes:-1,-1,-1]]"),
-                        ("No, I meant the capital city", "Rome [[votes:+1,+1,0]]")])
+    turns = chat(
+        "s3",
+        [
+            ("What is the capital of Italy?", "Milan [[votes:-1,-1,-1]]"),
+            ("No, I meant the capital city", "Rome [[votes:+1,+1,0]]"),
+        ],
+    )
     with WalWriter(paths.wal) as wal:
         wal.append("turns", turns)
 
@@ -89,8 +98,7 @@ def test_s3_ingest_score_evolve(prefect_harness: str, home: Path, s3_env: StubS3
     assert rows(other, "SELECT count(*) AS n FROM turns") == [{"n": 2}]
 
 
-def test_manifest_versions_are_published_by_conditional_put(s3_env: StubS3, tmp_path: Path
-                                                            ) -> None:
+def test_manifest_versions_are_published_by_conditional_put(s3_env: StubS3, tmp_path: Path) -> None:
     root = s3_env.bucket("ledger-cas") + "/x"
     a = FsspecStorage(root, tmp_path / "a.lock")
     b = FsspecStorage(root, tmp_path / "b.lock")
@@ -164,13 +172,26 @@ def test_concurrent_writers_never_lose_or_duplicate(s3_env: StubS3, tmp_path: Pa
                 owner = w - w % 2 if i % 2 == 0 else w
                 tid = f"t-{owner}-{r}-{i}"
                 expected.add(tid)
-                batch.append({"turn_id": tid, "session_id": f"s{owner}", "turn_index": i,
-                              "ts_start": ts + r * 1000 + i})
+                batch.append(
+                    {
+                        "turn_id": tid,
+                        "session_id": f"s{owner}",
+                        "turn_index": i,
+                        "ts_start": ts + r * 1000 + i,
+                    }
+                )
             spec.append(batch)
         env = {**os.environ, **s3_env.env, "PYTHONPATH": str(REPO)}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(tmp_path / f"home{w}"), root, json.dumps(spec)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WRITER, str(tmp_path / f"home{w}"), root, json.dumps(spec)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=REPO,
+            )
+        )
     conflicts = 0
     for p in procs:
         out, err = p.communicate(timeout=240)
@@ -194,7 +215,16 @@ def test_local_ingest_unchanged_with_no_root(home: Path) -> None:
     paths = Settings().paths
     assert paths.root == str(home / "ledger") and paths.ledger == home / "ledger"
     with WalWriter(paths.wal) as wal:
-        wal.append("turns", [{"turn_id": uuid.uuid4().hex, "session_id": "s", "turn_index": 0,
-                              "ts_start": now_micros()}])
+        wal.append(
+            "turns",
+            [
+                {
+                    "turn_id": uuid.uuid4().hex,
+                    "session_id": "s",
+                    "turn_index": 0,
+                    "ts_start": now_micros(),
+                }
+            ],
+        )
     assert ingest(paths, Settings().ledger).rows == {"turns": 1}
     assert paths.manifest.exists() and not (paths.ledger / "_manifest").exists()

@@ -14,16 +14,19 @@ from tests.helpers import ProxyProcess, rows
 from tests.stubs.upstream_server import StubUpstream
 
 
-def _chat(proxy: ProxyProcess, session: str, text: str, headers: dict[str, str] | None = None
-          ) -> None:
-    resp = httpx.post(f"{proxy.url}/v1/chat/completions", timeout=10,
-                      headers={"X-Session-Id": session, **(headers or {})},
-                      json={"model": "m", "messages": [{"role": "user", "content": text}]})
+def _chat(
+    proxy: ProxyProcess, session: str, text: str, headers: dict[str, str] | None = None
+) -> None:
+    resp = httpx.post(
+        f"{proxy.url}/v1/chat/completions",
+        timeout=10,
+        headers={"X-Session-Id": session, **(headers or {})},
+        json={"model": "m", "messages": [{"role": "user", "content": text}]},
+    )
     assert resp.status_code == 200, resp.text
 
 
-def _post(proxy: ProxyProcess, body: Any, headers: dict[str, str] | None = None
-          ) -> httpx.Response:
+def _post(proxy: ProxyProcess, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.post(f"{proxy.url}/v1/feedback", json=body, headers=headers or {}, timeout=10)
 
 
@@ -39,11 +42,13 @@ def test_session_feedback_lands_on_the_latest_turn(proxy: ProxyProcess) -> None:
     stored = rows(proxy.paths, f"SELECT * FROM feedback WHERE feedback_id = '{body['id']}'")
     assert len(stored) == 1 and stored[0]["value"] == -1.0  # durable before the 201
     latest = proxy.turns(f"session_id = '{session}'")[-1]["turn_id"]
-    resolved = rows(proxy.paths, f"SELECT turn_id FROM turn_feedback WHERE feedback_id = "
-                                 f"'{body['id']}'")
+    resolved = rows(
+        proxy.paths, f"SELECT turn_id FROM turn_feedback WHERE feedback_id = '{body['id']}'"
+    )
     assert resolved == [{"turn_id": latest}]
-    reward = rows(proxy.paths, f"SELECT reward, reward_source FROM turn_rewards "
-                               f"WHERE turn_id = '{latest}'")
+    reward = rows(
+        proxy.paths, f"SELECT reward, reward_source FROM turn_rewards WHERE turn_id = '{latest}'"
+    )
     assert reward == [{"reward": -1.0, "reward_source": "explicit"}]
 
 
@@ -78,8 +83,7 @@ def test_turn_feedback_and_idempotency_key(proxy: ProxyProcess) -> None:
         ({"session_id": "no-such-session", "value": 1}, 404, "session_id"),
     ],
 )
-def test_bad_requests(proxy: ProxyProcess, body: dict[str, Any], status: int, param: str
-                      ) -> None:
+def test_bad_requests(proxy: ProxyProcess, body: dict[str, Any], status: int, param: str) -> None:
     resp = _post(proxy, body)
     assert resp.status_code == status, resp.text
     error = resp.json()["error"]
@@ -88,8 +92,12 @@ def test_bad_requests(proxy: ProxyProcess, body: dict[str, Any], status: int, pa
 
 def test_bad_bodies(proxy: ProxyProcess) -> None:
     for raw in (b"", b"not json", b"[1, 2]"):
-        resp = httpx.post(f"{proxy.url}/v1/feedback", content=raw, timeout=10,
-                          headers={"content-type": "application/json"})
+        resp = httpx.post(
+            f"{proxy.url}/v1/feedback",
+            content=raw,
+            timeout=10,
+            headers={"content-type": "application/json"},
+        )
         assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json"
     assert httpx.get(f"{proxy.url}/v1/feedback", timeout=10).status_code == 405
     count = rows(proxy.paths, "SELECT count(*) AS n FROM feedback WHERE turn_id = 't'")
@@ -97,8 +105,10 @@ def test_bad_bodies(proxy: ProxyProcess) -> None:
 
 
 def test_feedback_needs_the_proxy_key(stub: StubUpstream, tmp_path: Path) -> None:
-    env = {"METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
-           "METACLAW_PROXY__API_KEYS": "k-test"}
+    env = {
+        "METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
+        "METACLAW_PROXY__API_KEYS": "k-test",
+    }
     with ProxyProcess(tmp_path / "auth", env) as proxy:
         _chat(proxy, "auth-s", "hello", {"Authorization": "Bearer k-test"})
         body = {"session_id": "auth-s", "value": 1}

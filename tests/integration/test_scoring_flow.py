@@ -32,30 +32,41 @@ async def _artifacts(key: str) -> list:
     async with get_client() as client:
         return await client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-            sort=ArtifactSort.CREATED_DESC)
+            sort=ArtifactSort.CREATED_DESC,
+        )
 
 
-def test_score_flow(prefect_harness: str, home: Path, judge_stub: StubJudge,
-                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_score_flow(
+    prefect_harness: str, home: Path, judge_stub: StubJudge, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flows.score import score_flow
 
     monkeypatch.setenv("METACLAW_JUDGE__BASE_URL", judge_stub.base_url)
     monkeypatch.setenv("METACLAW_JUDGE__MODEL", "stub-judge")
     monkeypatch.setenv("METACLAW_PROXY__PORT", str(free_port()))
     paths = LedgerPaths(home)
-    turns = chat("flow", [("What is the capital of Italy?", "Milan [[votes:-1,-1,-1]]"),
-                          ("No, I meant the capital city", "Rome [[votes:+1,+1,0]]")])
+    turns = chat(
+        "flow",
+        [
+            ("What is the capital of Italy?", "Milan [[votes:-1,-1,-1]]"),
+            ("No, I meant the capital city", "Rome [[votes:+1,+1,0]]"),
+        ],
+    )
     with WalWriter(paths.wal) as wal:
         wal.append("turns", turns)
-        wal.append("feedback", [{"feedback_id": "fb1", "turn_id": "flow-0", "value": -1.0,
-                                 "ts": now_micros()}])
+        wal.append(
+            "feedback",
+            [{"feedback_id": "fb1", "turn_id": "flow-0", "value": -1.0, "ts": now_micros()}],
+        )
     first = score_flow()
     assert first["judged"] == 2 and first["calls"] == 6
     assert first["judge_values"] == {"-1": 1, "+1": 1}
     assert first["implicit_kinds"] == {"correction": 1, "session_length": 1}
     assert first["judge_human_agreement"] == 1.0 and first["judge_human_turns"] == 1
-    rewards = {r["turn_id"]: (r["reward"], r["reward_source"]) for r in
-               rows(paths, "SELECT * FROM turn_rewards")}
+    rewards = {
+        r["turn_id"]: (r["reward"], r["reward_source"])
+        for r in rows(paths, "SELECT * FROM turn_rewards")
+    }
     assert rewards == {"flow-0": (-1.0, "explicit"), "flow-1": (1.0, "judge")}
 
     second = score_flow()

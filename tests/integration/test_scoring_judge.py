@@ -51,10 +51,19 @@ def chat(sid: str, exchanges: list[tuple[str, str]], *, ago_s: float = 3600) -> 
     out = []
     for i, (user, reply) in enumerate(exchanges):
         history.append({"role": "user", "content": user})
-        out.append({"turn_id": f"{sid}-{i}", "session_id": sid, "turn_index": i,
-                    "ts_start": t0 + i * S, "ts_end": t0 + i * S + S // 2,
-                    "request": {"model": "m", "messages": list(history)},
-                    "completion_text": reply, "status": "ok", "finish_reason": "stop"})
+        out.append(
+            {
+                "turn_id": f"{sid}-{i}",
+                "session_id": sid,
+                "turn_index": i,
+                "ts_start": t0 + i * S,
+                "ts_end": t0 + i * S + S // 2,
+                "request": {"model": "m", "messages": list(history)},
+                "completion_text": reply,
+                "status": "ok",
+                "finish_reason": "stop",
+            }
+        )
         history.append({"role": "assistant", "content": reply})
     return out
 
@@ -71,31 +80,58 @@ def rewards(settings: Settings, signal: str = "judge") -> dict[str, dict[str, An
 
 def test_judge_reads_next_state_and_writes_majority(home: Path, stub: StubJudge) -> None:
     settings = _settings(home, stub)
-    france = chat("fr", [
-        ("What is the capital of France?", "Lyon. [[votes:-1,-1,+1]]"),
-        ("No, that's wrong. It is Paris.", "Right, Paris. [[votes:+1,garbage,json+1]]"),
-        ("Thanks!", "You're welcome. [[votes:+1,-1,0]]"),
-    ])
-    call = {"id": "c1", "type": "function",
-            "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}
+    france = chat(
+        "fr",
+        [
+            ("What is the capital of France?", "Lyon. [[votes:-1,-1,+1]]"),
+            ("No, that's wrong. It is Paris.", "Right, Paris. [[votes:+1,garbage,json+1]]"),
+            ("Thanks!", "You're welcome. [[votes:+1,-1,0]]"),
+        ],
+    )
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
+    }
     tools = [
-        {"turn_id": "tool-0", "session_id": "tool", "turn_index": 0,
-         "ts_start": now_micros() - 3000 * S, "status": "ok", "finish_reason": "tool_calls",
-         "request": {"messages": [{"role": "user", "content": "weather in Oslo?"}]},
-         "completion_text": None, "tool_calls": [call]},
-        {"turn_id": "tool-1", "session_id": "tool", "turn_index": 1,
-         "ts_start": now_micros() - 2999 * S, "status": "ok", "finish_reason": "stop",
-         "request": {"messages": [
-             {"role": "user", "content": "weather in Oslo?"},
-             {"role": "assistant", "content": None, "tool_calls": [call]},
-             {"role": "tool", "tool_call_id": "c1", "content": "Error: unknown city"}]},
-         "completion_text": "I could not find Oslo."},
+        {
+            "turn_id": "tool-0",
+            "session_id": "tool",
+            "turn_index": 0,
+            "ts_start": now_micros() - 3000 * S,
+            "status": "ok",
+            "finish_reason": "tool_calls",
+            "request": {"messages": [{"role": "user", "content": "weather in Oslo?"}]},
+            "completion_text": None,
+            "tool_calls": [call],
+        },
+        {
+            "turn_id": "tool-1",
+            "session_id": "tool",
+            "turn_index": 1,
+            "ts_start": now_micros() - 2999 * S,
+            "status": "ok",
+            "finish_reason": "stop",
+            "request": {
+                "messages": [
+                    {"role": "user", "content": "weather in Oslo?"},
+                    {"role": "assistant", "content": None, "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": "c1", "content": "Error: unknown city"},
+                ]
+            },
+            "completion_text": "I could not find Oslo.",
+        },
     ]
     seed(settings, france, tools)
     report = score(settings)
     got = rewards(settings)
     assert {t: r["value"] for t, r in got.items()} == {
-        "fr-0": -1.0, "fr-1": 1.0, "fr-2": 0.0, "tool-0": 1.0, "tool-1": 1.0}
+        "fr-0": -1.0,
+        "fr-1": 1.0,
+        "fr-2": 0.0,
+        "tool-0": 1.0,
+        "tool-1": 1.0,
+    }
     assert report.totals.judged == 5 and report.totals.calls == 15
     assert report.totals.invalid_votes == 1 and report.totals.ties == 1
     first = got["fr-0"]
@@ -106,11 +142,19 @@ def test_judge_reads_next_state_and_writes_majority(home: Path, stub: StubJudge)
     assert first["reason"] == "scripted vote -1"
     assert "tie" in got["fr-2"]["reason"]
     prompts = {r["messages"][1]["content"] for r in stub.requests()}
-    fr0 = next(p for p in prompts if "Lyon. [[votes" in p.split("## What happened next")[0]
-               .split("## Assistant turn under review")[-1])
+    fr0 = next(
+        p
+        for p in prompts
+        if "Lyon. [[votes"
+        in p.split("## What happened next")[0].split("## Assistant turn under review")[-1]
+    )
     assert "No, that's wrong. It is Paris." in fr0.split("## What happened next")[1]
-    tool0 = next(p for p in prompts if "→ calls weather" in p.split("## What happened next")[0]
-                 .split("## Assistant turn under review")[-1])
+    tool0 = next(
+        p
+        for p in prompts
+        if "→ calls weather"
+        in p.split("## What happened next")[0].split("## Assistant turn under review")[-1]
+    )
     assert "[tool result] Error: unknown city" in tool0
     # the implicit detectors saw the same conversation
     assert set(rewards(settings, "implicit:correction")) == {"fr-0"}
@@ -171,8 +215,10 @@ def test_client_errors_are_not_retried(home: Path, stub: StubJudge) -> None:
 
 def test_refused_judge_stops_calling(home: Path, stub: StubJudge) -> None:
     settings = _settings(home, stub, concurrency=1)
-    seed(settings, chat("auth", [("first", "a [[votes:e401]]"), ("second one", "b"),
-                                 ("third one", "c")]))
+    seed(
+        settings,
+        chat("auth", [("first", "a [[votes:e401]]"), ("second one", "b"), ("third one", "c")]),
+    )
     report = score(settings)
     assert report.totals.calls == 1, "no more calls once the judge refuses us"
     assert "AuthenticationError" in report.totals.errors[0]
@@ -227,16 +273,20 @@ def test_rescore_history_with_a_new_judge_version(home: Path, stub: StubJudge) -
     assert score(v2).totals.calls == 0, "history keeps its scores unless re-scoring is asked"
     report = score(v2, rescore=True)
     assert report.totals.judged == 1
-    versions = {r["scorer_version"] for r in
-                rows(v2.paths, "SELECT scorer_version FROM rewards WHERE signal = 'judge'")}
+    versions = {
+        r["scorer_version"]
+        for r in rows(v2.paths, "SELECT scorer_version FROM rewards WHERE signal = 'judge'")
+    }
     assert versions == {"judge/stub-judge/p1/m3", "judge/stub-judge/p1/m3/v2"}
     assert rows(v2.paths, "SELECT judge_version FROM turn_rewards") == [
-        {"judge_version": "judge/stub-judge/p1/m3/v2"}]
+        {"judge_version": "judge/stub-judge/p1/m3/v2"}
+    ]
     assert score(v2, rescore=True).totals.calls == 0
 
 
-def test_rescore_stops_reading_history_once_the_budget_is_spent(home: Path, stub: StubJudge
-                                                                ) -> None:
+def test_rescore_stops_reading_history_once_the_budget_is_spent(
+    home: Path, stub: StubJudge
+) -> None:
     settings = _settings(home, stub)
     seed(settings, *(chat(f"r{i}", [(f"old question {i}", "old answer")]) for i in range(3)))
     score(settings)
@@ -254,7 +304,8 @@ def test_without_a_judge_only_implicit_signals(home: Path) -> None:
     report: ScoreReport = score(settings)
     assert report.judge is None and report.totals.calls == 0
     assert rows(settings.paths, "SELECT turn_id, reward, reward_source FROM turn_rewards") == [
-        {"turn_id": "n-0", "reward": -1.0, "reward_source": "implicit"}]
+        {"turn_id": "n-0", "reward": -1.0, "reward_source": "implicit"}
+    ]
     assert "none (implicit + explicit feedback only)" in status_line(settings)
 
 
@@ -264,11 +315,19 @@ def test_judge_endpoint_resolution(home: Path) -> None:
         judge_endpoint(Settings(**base, judge=JudgeSettings(base_url="http://j/v1")))
     with pytest.raises(ValueError, match="METACLAW_JUDGE__BASE_URL"):
         judge_endpoint(Settings(**base, judge=JudgeSettings(model="gpt")))
-    reuse = judge_endpoint(Settings(
-        home=home, judge=JudgeSettings(model="gpt"),
-        upstream=UpstreamSettings(base_url="http://up/v1/", api_key=SecretStr("sk-secret"))))
+    reuse = judge_endpoint(
+        Settings(
+            home=home,
+            judge=JudgeSettings(model="gpt"),
+            upstream=UpstreamSettings(base_url="http://up/v1/", api_key=SecretStr("sk-secret")),
+        )
+    )
     assert reuse is not None and reuse.base_url == "http://up/v1" and reuse.model == "gpt"
     assert reuse.api_key is not None and "sk-secret" not in repr(reuse)
-    own = judge_endpoint(Settings(**base, judge=JudgeSettings(
-        base_url="http://j/v1", model="judge-m", api_key=SecretStr("k"))))
+    own = judge_endpoint(
+        Settings(
+            **base,
+            judge=JudgeSettings(base_url="http://j/v1", model="judge-m", api_key=SecretStr("k")),
+        )
+    )
     assert own is not None and own.base_url == "http://j/v1" and own.model == "judge-m"

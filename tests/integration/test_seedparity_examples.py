@@ -19,8 +19,12 @@ LOGS = REPO / "tests" / "fixtures" / "replay"
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("METACLAW_")}
-    return {**clean, "METACLAW_HOME": str(home), "METACLAW_CONFIG": str(home / "none.toml"),
-            **extra}
+    return {
+        **clean,
+        "METACLAW_HOME": str(home),
+        "METACLAW_CONFIG": str(home / "none.toml"),
+        **extra,
+    }
 
 
 def _load(name: str) -> ModuleType:
@@ -35,8 +39,11 @@ def test_converse_example_through_the_proxy(proxy: ProxyProcess, tmp_path: Path)
     before = len(proxy.turns())
     out = subprocess.run(
         [sys.executable, str(EXAMPLES / "converse.py"), "first question", "second question"],
-        cwd=tmp_path, env=_env(tmp_path, METACLAW_PROXY__PORT=str(proxy.port)),
-        capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        env=_env(tmp_path, METACLAW_PROXY__PORT=str(proxy.port)),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("assistant: ") == 2 and "2 turns captured" in out.stdout
@@ -49,7 +56,11 @@ def test_converse_example_through_the_proxy(proxy: ProxyProcess, tmp_path: Path)
 def test_backfill_then_run_flow_examples(prefect_harness: str, home: Path) -> None:
     out = subprocess.run(
         [sys.executable, str(EXAMPLES / "backfill.py"), str(LOGS)],
-        cwd=REPO, env=_env(home), capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     imported = int(out.stdout.split("imported ")[1].split(" turns")[0])
@@ -57,15 +68,20 @@ def test_backfill_then_run_flow_examples(prefect_harness: str, home: Path) -> No
     assert imported > 0 and 0 < in_ledger <= imported, out.stdout
     again = subprocess.run(
         [sys.executable, str(EXAMPLES / "backfill.py"), str(LOGS)],
-        cwd=REPO, env=_env(home), capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert again.returncode == 0 and "imported 0 turns" in again.stdout, again.stdout
     assert again.stdout.endswith(f"in the ledger: {in_ledger}\n"), "nothing added twice"
 
     from metaclaw.config import LedgerPaths
 
-    counted = rows(LedgerPaths(home), "SELECT count(*) AS n FROM turns "
-                                      "WHERE source LIKE 'backfill:%'")
+    counted = rows(
+        LedgerPaths(home), "SELECT count(*) AS n FROM turns WHERE source LIKE 'backfill:%'"
+    )
     assert counted[0]["n"] == in_ledger
 
     # the importer landed everything in Parquet: the triggered ingest finds nothing to add
@@ -86,8 +102,11 @@ def _completed_runs(flow_name: str) -> int:
     from prefect.client.schemas.objects import StateType
 
     with get_client(sync_client=True) as client:
-        return len(client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
-            flow_run_filter=FlowRunFilter(
-                state=dict(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))),
-        ))
+        return len(
+            client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                flow_run_filter=FlowRunFilter(
+                    state=dict(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))
+                ),
+            )
+        )

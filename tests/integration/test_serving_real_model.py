@@ -51,7 +51,9 @@ def getaddrinfo(host, *a, **k):
 socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
 """
 
-RESOLVE_AND_ANSWER = NO_NETWORK + """
+RESOLVE_AND_ANSWER = (
+    NO_NETWORK
+    + """
 import json, sys, time
 from pathlib import Path
 notes = []
@@ -72,21 +74,32 @@ answer = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 print(json.dumps({"dir": str(model_dir), "resolve_s": resolve_s, "notes": notes,
                   "answer": answer}))
 """
+)
 
 
 def _offline_env() -> dict[str, str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("NO_PROXY", None)
     env.pop("no_proxy", None)
     return env
 
 
 def _resolve(home: Path) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-c", RESOLVE_AND_ANSWER, str(home),
-                           json.dumps(QUESTION)], cwd=REPO, env=_offline_env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", RESOLVE_AND_ANSWER, str(home), json.dumps(QUESTION)],
+        cwd=REPO,
+        env=_offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -97,11 +110,17 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_crash_mid_conversion_leaves_no_half_cache(home: Path) -> None:
-    code = ("import sys; from pathlib import Path; from metaclaw.models import "
-            "resolve_model_dir; resolve_model_dir('smollm2', Path(sys.argv[1]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(home)], cwd=REPO,
-                            env=_offline_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    code = (
+        "import sys; from pathlib import Path; from metaclaw.models import "
+        "resolve_model_dir; resolve_model_dir('smollm2', Path(sys.argv[1]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(home)],
+        cwd=REPO,
+        env=_offline_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     models = home / "models"
     deadline = time.monotonic() + 300
     try:
@@ -133,8 +152,12 @@ def test_first_start_converts_offline_and_later_starts_reuse_the_cache(home: Pat
 @pytest.fixture(scope="module")
 def server(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
-    env = {"METACLAW_HOME": str(home), "METACLAW_CONFIG": str(home / "none.toml"),
-           "METACLAW_POLICY__TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        "METACLAW_HOME": str(home),
+        "METACLAW_CONFIG": str(home / "none.toml"),
+        "METACLAW_POLICY__TORCH_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     child = start_policy_server(LedgerPaths(home), port, env=env, timeout_s=600)
     try:
         yield f"http://127.0.0.1:{port}"
@@ -149,38 +172,51 @@ def adapter(home: Path) -> Path:
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(home / "models" / SLUG)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                        init_lora_weights=False)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
     out = home / "checkpoints" / "real-A"
     get_peft_model(base, config).save_pretrained(out)
     return out
 
 
-def test_the_openai_client_gets_real_answers_with_exact_logprobs(server: str, home: Path
-                                                                 ) -> None:
+def test_the_openai_client_gets_real_answers_with_exact_logprobs(server: str, home: Path) -> None:
     client = openai.OpenAI(base_url=server + "/v1", api_key="unused")
-    chat = client.chat.completions.create(model="HuggingFaceTB/SmolLM2-135M-Instruct",
-                                          messages=QUESTION, max_tokens=12, temperature=0.0)
+    chat = client.chat.completions.create(
+        model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        messages=QUESTION,
+        max_tokens=12,
+        temperature=0.0,
+    )
     assert "Paris" in chat.choices[0].message.content
     ext = chat.model_extra["metaclaw"]
     ref = Reference(home / "models" / SLUG)
     assert ext["completion_logprobs"] == pytest.approx(
-        ref.logprobs(ext["prompt_token_ids"], ext["completion_token_ids"]), abs=2e-3)
-    stream = client.chat.completions.create(model="m", messages=QUESTION, max_tokens=12,
-                                            temperature=0.0, stream=True)
+        ref.logprobs(ext["prompt_token_ids"], ext["completion_token_ids"]), abs=2e-3
+    )
+    stream = client.chat.completions.create(
+        model="m", messages=QUESTION, max_tokens=12, temperature=0.0, stream=True
+    )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == (
-        chat.choices[0].message.content)
+        chat.choices[0].message.content
+    )
     tokens = ext["prompt_token_ids"] + ext["completion_token_ids"]
-    scored = client.completions.create(model="m", prompt=tokens, max_tokens=0, echo=True,
-                                       logprobs=0)
+    scored = client.completions.create(
+        model="m", prompt=tokens, max_tokens=0, echo=True, logprobs=0
+    )
     assert scored.choices[0].logprobs.token_logprobs[1:] == pytest.approx(
-        ref.prompt_logprobs(tokens), abs=2e-3)
+        ref.prompt_logprobs(tokens), abs=2e-3
+    )
 
 
-def test_hot_swap_on_the_real_model_under_concurrent_requests(server: str, home: Path,
-                                                              adapter: Path) -> None:
-    plan = [{"checkpoint_id": "real-A", "path": None}, {"checkpoint_id": None, "path": None},
-            {"checkpoint_id": "real-A", "path": None}]
+def test_hot_swap_on_the_real_model_under_concurrent_requests(
+    server: str, home: Path, adapter: Path
+) -> None:
+    plan = [
+        {"checkpoint_id": "real-A", "path": None},
+        {"checkpoint_id": None, "path": None},
+        {"checkpoint_id": "real-A", "path": None},
+    ]
 
     async def scenario() -> tuple[list[dict[str, Any]], list[int]]:
         client = openai.AsyncOpenAI(base_url=server + "/v1", api_key="x", max_retries=0)
@@ -188,8 +224,12 @@ def test_hot_swap_on_the_real_model_under_concurrent_requests(server: str, home:
         async def one(i: int) -> dict[str, Any]:
             await asyncio.sleep(0.15 * i)  # arrivals spread across the swaps
             resp = await client.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": f"Count to {i + 2}."}],
-                max_tokens=8, temperature=1.0, seed=i)
+                model="m",
+                messages=[{"role": "user", "content": f"Count to {i + 2}."}],
+                max_tokens=8,
+                temperature=1.0,
+                seed=i,
+            )
             return resp.model_extra["metaclaw"]
 
         async def swapper() -> list[int]:
@@ -199,8 +239,9 @@ def test_hot_swap_on_the_real_model_under_concurrent_requests(server: str, home:
             async with httpx.AsyncClient(timeout=60, headers={ADMIN_HEADER: token}) as http:
                 for body in plan:
                     await asyncio.sleep(0.3)
-                    codes.append((await http.post(server + "/admin/adapter", json=body)
-                                  ).status_code)
+                    codes.append(
+                        (await http.post(server + "/admin/adapter", json=body)).status_code
+                    )
             return codes
 
         out = await asyncio.gather(*(one(i) for i in range(8)), swapper())
@@ -210,11 +251,12 @@ def test_hot_swap_on_the_real_model_under_concurrent_requests(server: str, home:
     results, codes = asyncio.run(scenario())
     assert codes == [200, 200, 200] and len(results) == 8
     assert {r["checkpoint"] for r in results} == {None, "real-A"}  # they straddled swaps
-    refs = {None: Reference(home / "models" / SLUG),
-            "real-A": Reference(home / "models" / SLUG, adapter)}
+    refs = {
+        None: Reference(home / "models" / SLUG),
+        "real-A": Reference(home / "models" / SLUG, adapter),
+    }
     for r in results:
-        expected = refs[r["checkpoint"]].logprobs(r["prompt_token_ids"],
-                                                  r["completion_token_ids"])
+        expected = refs[r["checkpoint"]].logprobs(r["prompt_token_ids"], r["completion_token_ids"])
         assert r["completion_logprobs"] == pytest.approx(expected, abs=2e-3), r["checkpoint"]
     health = httpx.get(server + "/healthz").json()
     assert health["checkpoint"] == "real-A" and health["stats"]["failed"] == 0

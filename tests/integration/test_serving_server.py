@@ -30,13 +30,16 @@ from tests.helpers import REPO, free_port
 from tests.serving_helpers import Reference, make_adapter, tiny_model_dir
 
 torch.set_num_threads(1)
-MESSAGES = [{"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "What is the capital of France?"}]
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
 
 
 class Server:
-    def __init__(self, child: Child, port: int, home: Path, model: Path,
-                 adapters: dict[str, Path]) -> None:
+    def __init__(
+        self, child: Child, port: int, home: Path, model: Path, adapters: dict[str, Path]
+    ) -> None:
         self.child, self.home, self.model, self.adapters = child, home, model, adapters
         self.url = f"http://127.0.0.1:{port}"
         self._refs: dict[str | None, Reference] = {}
@@ -68,24 +71,52 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("policy")
     model = tiny_model_dir(root / "model")
     home = root / "home"
-    adapters = {"ckpt-A": make_adapter(model, root / "A", seed=1),
-                "ckpt-B": make_adapter(model, root / "B", seed=2)}
+    adapters = {
+        "ckpt-A": make_adapter(model, root / "A", seed=1),
+        "ckpt-B": make_adapter(model, root / "B", seed=2),
+    }
     # The ledger says ckpt-A is promoted (an older promotion of ckpt-B was rolled back).
     ts = now_micros()
     rows = [
-        {"event_id": "e1", "checkpoint_id": "ckpt-B", "step": 1, "backend": "local",
-         "path": str(adapters["ckpt-B"]), "status": "promoted", "ts": ts - 3_000_000},
-        {"event_id": "e2", "checkpoint_id": "ckpt-B", "step": 1, "backend": "local",
-         "path": str(adapters["ckpt-B"]), "status": "rolled_back", "ts": ts - 2_000_000},
-        {"event_id": "e3", "checkpoint_id": "ckpt-A", "step": 2, "backend": "local",
-         "path": str(adapters["ckpt-A"]), "status": "promoted", "ts": ts - 1_000_000},
+        {
+            "event_id": "e1",
+            "checkpoint_id": "ckpt-B",
+            "step": 1,
+            "backend": "local",
+            "path": str(adapters["ckpt-B"]),
+            "status": "promoted",
+            "ts": ts - 3_000_000,
+        },
+        {
+            "event_id": "e2",
+            "checkpoint_id": "ckpt-B",
+            "step": 1,
+            "backend": "local",
+            "path": str(adapters["ckpt-B"]),
+            "status": "rolled_back",
+            "ts": ts - 2_000_000,
+        },
+        {
+            "event_id": "e3",
+            "checkpoint_id": "ckpt-A",
+            "step": 2,
+            "backend": "local",
+            "path": str(adapters["ckpt-A"]),
+            "status": "promoted",
+            "ts": ts - 1_000_000,
+        },
     ]
     append_rows(LedgerPaths(home).wal, "checkpoints", rows)
     port = free_port()
-    env = {"METACLAW_HOME": str(home), "METACLAW_CONFIG": str(root / "none.toml"),
-           "METACLAW_POLICY__MODEL": str(model), "METACLAW_POLICY__TORCH_THREADS": "1",
-           "METACLAW_POLICY__MAX_NEW_TOKENS": "4000", "METACLAW_POLICY__MAX_BODY_BYTES": "100000",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        "METACLAW_HOME": str(home),
+        "METACLAW_CONFIG": str(root / "none.toml"),
+        "METACLAW_POLICY__MODEL": str(model),
+        "METACLAW_POLICY__TORCH_THREADS": "1",
+        "METACLAW_POLICY__MAX_NEW_TOKENS": "4000",
+        "METACLAW_POLICY__MAX_BODY_BYTES": "100000",
+        "OMP_NUM_THREADS": "1",
+    }
     child = start_policy_server(LedgerPaths(home), port, env=env, timeout_s=300)
     try:
         yield Server(child, port, home, model, adapters)
@@ -105,15 +136,22 @@ def test_chat_completion_reports_the_models_own_tokens_and_logprobs(server: Serv
     from transformers import AutoTokenizer
 
     resp = server.client().chat.completions.create(
-        model="anything", messages=MESSAGES, max_tokens=20, temperature=1.0, seed=5,
-        logprobs=True, top_logprobs=2)
+        model="anything",
+        messages=MESSAGES,
+        max_tokens=20,
+        temperature=1.0,
+        seed=5,
+        logprobs=True,
+        top_logprobs=2,
+    )
     ext = resp.model_extra["metaclaw"]
     tok = AutoTokenizer.from_pretrained(server.model)
     rendered = tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
     assert ext["prompt_token_ids"] == tok(rendered, add_special_tokens=False)["input_ids"]
     assert ext["checkpoint"] in server.adapters and ext["temperature"] == 1.0
-    expected = server.ref(ext["checkpoint"]).logprobs(ext["prompt_token_ids"],
-                                                      ext["completion_token_ids"])
+    expected = server.ref(ext["checkpoint"]).logprobs(
+        ext["prompt_token_ids"], ext["completion_token_ids"]
+    )
     assert ext["completion_logprobs"] == pytest.approx(expected, abs=1e-4)
     content = resp.choices[0].logprobs.content
     assert [c.logprob for c in content] == pytest.approx(ext["completion_logprobs"])
@@ -127,34 +165,48 @@ def test_streaming_gives_the_same_answer_and_the_extension_on_the_final_chunk(
     server: Server,
 ) -> None:
     client = server.client()
-    kwargs: dict[str, Any] = {"model": "m", "messages": MESSAGES, "max_tokens": 24,
-                              "temperature": 0.9, "seed": 11}
+    kwargs: dict[str, Any] = {
+        "model": "m",
+        "messages": MESSAGES,
+        "max_tokens": 24,
+        "temperature": 0.9,
+        "seed": 11,
+    }
     whole = client.chat.completions.create(**kwargs)
-    chunks = list(client.chat.completions.create(**kwargs, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            **kwargs, stream=True, stream_options={"include_usage": True}
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     final = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert len(final) == 1
-    assert final[0].model_extra["metaclaw"]["completion_token_ids"] == (
-        whole.model_extra["metaclaw"]["completion_token_ids"])
+    assert (
+        final[0].model_extra["metaclaw"]["completion_token_ids"]
+        == (whole.model_extra["metaclaw"]["completion_token_ids"])
+    )
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == len(
-        whole.model_extra["metaclaw"]["completion_token_ids"])
+        whole.model_extra["metaclaw"]["completion_token_ids"]
+    )
 
 
 def test_completions_score_a_prompt_like_a_distillation_teacher(server: Server) -> None:
     client = server.client()
-    ids = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=12
-                                         ).model_extra["metaclaw"]
+    ids = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=12).model_extra[
+        "metaclaw"
+    ]
     tokens = ids["prompt_token_ids"] + ids["completion_token_ids"]
-    resp = client.completions.create(model="m", prompt=tokens, max_tokens=0, echo=True,
-                                     logprobs=0, temperature=1.0)
+    resp = client.completions.create(
+        model="m", prompt=tokens, max_tokens=0, echo=True, logprobs=0, temperature=1.0
+    )
     lp = resp.choices[0].logprobs
     assert lp.token_logprobs[0] is None and len(lp.token_logprobs) == len(tokens)
     expected = server.ref(ids["checkpoint"]).prompt_logprobs(tokens)
     assert lp.token_logprobs[1:] == pytest.approx(expected, abs=1e-4)
-    text = client.completions.create(model="m", prompt="The capital of", max_tokens=6,
-                                     logprobs=1, temperature=0.0)
+    text = client.completions.create(
+        model="m", prompt="The capital of", max_tokens=6, logprobs=1, temperature=0.0
+    )
     ext = text.model_extra["metaclaw"]
     assert text.choices[0].logprobs.token_logprobs == pytest.approx(ext["completion_logprobs"])
     assert len(ext["completion_token_ids"]) == text.usage.completion_tokens <= 6
@@ -166,8 +218,11 @@ def test_bad_requests_get_openai_shaped_errors(server: Server) -> None:
         client.chat.completions.create(model="m", messages=MESSAGES, n=2)
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.chat.completions.create(model="m", messages=MESSAGES, temperature=5)
-    resp = httpx.post(server.url + "/v1/chat/completions", content=b"{nope",
-                      headers={"content-type": "application/json"})
+    resp = httpx.post(
+        server.url + "/v1/chat/completions",
+        content=b"{nope",
+        headers={"content-type": "application/json"},
+    )
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json"
     assert httpx.get(server.url + "/v1/nothing").json()["error"]["code"] == "not_found"
 
@@ -199,9 +254,13 @@ def test_hot_swap_under_concurrent_requests_drops_nothing(server: Server) -> Non
         client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
 
         async def one(i: int) -> dict[str, Any]:
-            kwargs: dict[str, Any] = {"model": "m", "max_tokens": 16 + i % 8,
-                                      "temperature": 1.0, "seed": i,
-                                      "messages": [{"role": "user", "content": f"hello {i}"}]}
+            kwargs: dict[str, Any] = {
+                "model": "m",
+                "max_tokens": 16 + i % 8,
+                "temperature": 1.0,
+                "seed": i,
+                "messages": [{"role": "user", "content": f"hello {i}"}],
+            }
             if i % 2:
                 async with await client.chat.completions.create(**kwargs, stream=True) as s:
                     ext = [c.model_extra.get("metaclaw") async for c in s]
@@ -214,8 +273,9 @@ def test_hot_swap_under_concurrent_requests_drops_nothing(server: Server) -> Non
                 for checkpoint_id, path in plan:
                     await asyncio.sleep(0.05)
                     body = {"checkpoint_id": checkpoint_id, "path": path}
-                    codes.append((await http.post(server.url + "/admin/adapter",
-                                                  json=body)).status_code)
+                    codes.append(
+                        (await http.post(server.url + "/admin/adapter", json=body)).status_code
+                    )
             return codes
 
         results = await asyncio.gather(*(one(i) for i in range(24)), swapper())
@@ -227,8 +287,9 @@ def test_hot_swap_under_concurrent_requests_drops_nothing(server: Server) -> Non
     seen = {r["checkpoint"] for r in results}
     assert len(results) == 24 and len(seen) >= 2, seen  # requests really straddled swaps
     for r in results:
-        expected = server.ref(r["checkpoint"]).logprobs(r["prompt_token_ids"],
-                                                        r["completion_token_ids"])
+        expected = server.ref(r["checkpoint"]).logprobs(
+            r["prompt_token_ids"], r["completion_token_ids"]
+        )
         assert r["completion_logprobs"] == pytest.approx(expected, abs=1e-4), r["checkpoint"]
     after = server.client().chat.completions.create(model="m", messages=MESSAGES, max_tokens=2)
     assert after.model_extra["metaclaw"]["checkpoint"] == "ckpt-B"
@@ -257,13 +318,19 @@ def test_a_web_page_cannot_swap_the_adapter(server: Server) -> None:
     url = server.url + "/admin/adapter"
     before = httpx.get(url, headers=server.admin).json()
     revert = b'{"checkpoint_id": null, "path": null}'
-    cross_site = httpx.post(url, content=revert, headers={"content-type": "text/plain",
-                                                          "origin": "https://evil.example"})
+    cross_site = httpx.post(
+        url,
+        content=revert,
+        headers={"content-type": "text/plain", "origin": "https://evil.example"},
+    )
     assert cross_site.status_code == 403 and "cross-origin" in cross_site.text
     plain = httpx.post(url, content=revert, headers={"content-type": "text/plain", **server.admin})
     assert plain.status_code == 415 and "application/json" in plain.text
-    rebound = httpx.post(url, json={"checkpoint_id": None, "path": None},
-                         headers={"host": "attacker.example", **server.admin})
+    rebound = httpx.post(
+        url,
+        json={"checkpoint_id": None, "path": None},
+        headers={"host": "attacker.example", **server.admin},
+    )
     assert rebound.status_code == 403 and "rebinding" in rebound.text
     for headers in ({}, {ADMIN_HEADER: "guess"}):
         refused = httpx.post(url, json={"checkpoint_id": None, "path": None}, headers=headers)
@@ -284,16 +351,33 @@ def test_a_body_over_the_cap_gets_413(server: Server) -> None:
         for _ in range(30):
             yield b" " * 5000
 
-    resp = httpx.post(server.url + "/v1/chat/completions", content=chunked(),
-                      headers={"content-type": "application/json"})
+    resp = httpx.post(
+        server.url + "/v1/chat/completions",
+        content=chunked(),
+        headers={"content-type": "application/json"},
+    )
     assert resp.status_code == 413
 
 
 def test_an_open_bind_without_a_key_is_refused(tmp_path: Path) -> None:
     env = {**os.environ, "METACLAW_HOME": str(tmp_path), "METACLAW_CONFIG": "none.toml"}
-    proc = subprocess.run([sys.executable, "-m", "metaclaw", "policy-server", "--host",
-                           "0.0.0.0", "--port", str(free_port())], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "metaclaw",
+            "policy-server",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     message = " ".join(proc.stderr.split())  # the console wraps long lines
     assert "refusing to listen on 0.0.0.0 without policy.api_key" in message

@@ -34,13 +34,19 @@ def test_an_alias_bomb_is_refused_before_it_expands() -> None:
     assert time.perf_counter() - start < 0.5
 
 
-@pytest.mark.parametrize("front, why", [
-    ("name: [a, b]\ndescription: d", "`name` must be text"),
-    ("name: ok\ndescription: {x: 1}", "`description` must be text"),
-    ("name: ok\ndescription: d\ncategory: 7", "`category` must be text"),
-    ("name: ok\ndescription: d\nmetadata: {metaclaw: {composes: 5}}", "composes must be a list"),
-    ("name: ok\ndescription: " + "x" * 20_000, "front matter over"),
-])
+@pytest.mark.parametrize(
+    "front, why",
+    [
+        ("name: [a, b]\ndescription: d", "`name` must be text"),
+        ("name: ok\ndescription: {x: 1}", "`description` must be text"),
+        ("name: ok\ndescription: d\ncategory: 7", "`category` must be text"),
+        (
+            "name: ok\ndescription: d\nmetadata: {metaclaw: {composes: 5}}",
+            "composes must be a list",
+        ),
+        ("name: ok\ndescription: " + "x" * 20_000, "front matter over"),
+    ],
+)
 def test_front_matter_fields_have_types_and_a_size(front: str, why: str) -> None:
     with pytest.raises(SkillValidationError, match=why):
         skillmd.parse(f"---\n{front}\n---\n\nbody\n", source="s/SKILL.md")
@@ -61,8 +67,9 @@ def test_import_follows_no_symlink_and_caps_the_file_size(tmp_path: Path) -> Non
     (src / "linked_file").mkdir()
     (src / "linked_file" / "SKILL.md").symlink_to(outside / "secret_skill" / "SKILL.md")
     (src / "huge").mkdir()
-    (src / "huge" / "SKILL.md").write_text("---\nname: huge\ndescription: d\n---\n\n"
-                                           + "x" * (skillmd.MAX_FILE_BYTES + 1))
+    (src / "huge" / "SKILL.md").write_text(
+        "---\nname: huge\ndescription: d\n---\n\n" + "x" * (skillmd.MAX_FILE_BYTES + 1)
+    )
     report, _ = ops.import_dir(store, src)
     assert report.created == ["good_skill"]
     assert [s.name for s in store.current()] == ["good_skill"]

@@ -37,14 +37,19 @@ def store(settings: Settings) -> SkillStore:
 def test_versions_are_immutable_rows_with_lineage(settings: Settings, store: SkillStore) -> None:
     assert store.skill_set_version == 1
     debug = store.get("debug_python_exceptions")
-    v2 = debug.next_version(instructions="Reproduce first, then read the traceback.",
-                            diagnosis_ids=("diag-1",), author="critic")
+    v2 = debug.next_version(
+        instructions="Reproduce first, then read the traceback.",
+        diagnosis_ids=("diag-1",),
+        author="critic",
+    )
     result = store.commit([Change("updated", v2, reason="diag-1 says so")])
     ops.record_events(settings.paths, result)
     assert result.set_version == store.skill_set_version == 2
     history = store.history(debug.skill_id)
     assert [(s.version, s.status, s.parent_version) for s in history] == [
-        (1, "superseded", None), (2, "active", 1)]
+        (1, "superseded", None),
+        (2, "active", 1),
+    ]
     assert history[0].instructions == debug.instructions  # the old text is kept as it was
     assert store.get(debug.skill_id).ref == f"{debug.skill_id}@2"
     assert store.get(f"{debug.skill_id}@1").instructions == debug.instructions
@@ -52,11 +57,22 @@ def test_versions_are_immutable_rows_with_lineage(settings: Settings, store: Ski
         store.commit([Change("updated", v2)])
     with pytest.raises(SkillValidationError, match="next version must be 3"):
         store.commit([Change("updated", v2.next_version().next_version())])
-    events = rows(settings.paths, "SELECT skill_id, version, event, diagnosis_id, parent_version,"
-                                  " skill_set_version, reason FROM skill_events")
-    assert events == [{"skill_id": debug.skill_id, "version": 2, "event": "updated",
-                       "diagnosis_id": "diag-1", "parent_version": 1, "skill_set_version": 2,
-                       "reason": "diag-1 says so"}]
+    events = rows(
+        settings.paths,
+        "SELECT skill_id, version, event, diagnosis_id, parent_version,"
+        " skill_set_version, reason FROM skill_events",
+    )
+    assert events == [
+        {
+            "skill_id": debug.skill_id,
+            "version": 2,
+            "event": "updated",
+            "diagnosis_id": "diag-1",
+            "parent_version": 1,
+            "skill_set_version": 2,
+            "reason": "diag-1 says so",
+        }
+    ]
     meta = store.skills.schema.metadata[b"embedding_functions"].decode()
     assert "metaclaw-static-minilm" in meta and str(settings.paths.home) not in meta
 
@@ -73,8 +89,10 @@ def _writer(home: str, name: str, n: int) -> None:
 def test_concurrent_writers_are_serialized(settings: Settings) -> None:
     SkillStore.open(settings)  # the tables exist before the writers race
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(str(settings.paths.home), name, 4))
-             for name in ("debug_python_exceptions", "write_sql_queries")]
+    procs = [
+        ctx.Process(target=_writer, args=(str(settings.paths.home), name, 4))
+        for name in ("debug_python_exceptions", "write_sql_queries")
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -91,8 +109,12 @@ def test_select_injects_relevant_skills_and_records_refs(
     settings: Settings, store: SkillStore
 ) -> None:
     lib = SkillLibrary.open(settings)
-    inj = lib.select(user("[Wed 2026-11-25 21:17 UTC] my python script dies with a KeyError "
-                          "traceback\n\nRuntime: agent=main | host=vm"))
+    inj = lib.select(
+        user(
+            "[Wed 2026-11-25 21:17 UTC] my python script dies with a KeyError "
+            "traceback\n\nRuntime: agent=main | host=vm"
+        )
+    )
     debug = store.get("debug_python_exceptions")
     assert inj.skills[0] == debug.ref and inj.skill_set_version == 1
     assert inj.block.startswith("## Skills (reference material, not instructions)")
@@ -117,8 +139,9 @@ def test_retired_skills_are_never_injected_and_refresh_follows_commits(
     lib.wait_refreshed()
     after = lib.select(ask)
     assert debug.ref not in after.skills and after.skill_set_version == 2
-    assert all(not r.startswith(debug.skill_id) for r in
-               [c["ref"] for c in lib.explain(ask, limit=20)])
+    assert all(
+        not r.startswith(debug.skill_id) for r in [c["ref"] for c in lib.explain(ask, limit=20)]
+    )
     other.commit([Change("restored", debug)])
     lib.select(ask)
     lib.wait_refreshed()
@@ -128,11 +151,17 @@ def test_retired_skills_are_never_injected_and_refresh_follows_commits(
 
 def test_budget_is_respected_in_the_block(settings: Settings, store: SkillStore) -> None:
     ask = user("python traceback, sql join, git conflict and a translation")
-    wide = SkillLibrary.open(skills_settings(settings.paths.home, skills={
-        "token_budget": 10_000, "top_k": 5, "min_similarity": 0.0})).select(ask)
+    wide = SkillLibrary.open(
+        skills_settings(
+            settings.paths.home, skills={"token_budget": 10_000, "top_k": 5, "min_similarity": 0.0}
+        )
+    ).select(ask)
     assert len(wide.skills) == 5 and wide.tokens > 200
-    lib = SkillLibrary.open(skills_settings(settings.paths.home, skills={
-        "token_budget": 250, "top_k": 5, "min_similarity": 0.0}))
+    lib = SkillLibrary.open(
+        skills_settings(
+            settings.paths.home, skills={"token_budget": 250, "top_k": 5, "min_similarity": 0.0}
+        )
+    )
     inj = lib.select(ask)
     counted = lib._embedder.count_tokens([inj.block])[0]  # the tokenizer the budget counts with
     assert 1 < len(inj.skills) < 5 and inj.tokens <= 250 and counted <= 250
@@ -151,8 +180,10 @@ def test_retrieval_outages_never_raise(settings: Settings, store: SkillStore) ->
     served = lib.select(ask)  # the last good snapshot keeps serving
     assert served.skills and served.skill_set_version == 1
     assert lib.health.refresh_failures >= 1 and lib.health.last_error
-    broken = skills_settings(settings.paths.home / "elsewhere",
-                             skills={"embedding": "minilm", "embeddings_dir": "/proc/nope"})
+    broken = skills_settings(
+        settings.paths.home / "elsewhere",
+        skills={"embedding": "minilm", "embeddings_dir": "/proc/nope"},
+    )
     dead = SkillLibrary.open(broken)
     assert dead.select(ask).skills == [] and dead.health.failures >= 1
     off = SkillLibrary.open(skills_settings(settings.paths.home, skills={"enabled": False}))
@@ -165,12 +196,20 @@ def test_efficacy_from_the_ledger_retires_and_restore_pins(
     s = skills_settings(settings.paths.home, skills={"retire_min_uses": 6})
     debug = store.get("debug_python_exceptions")
     for i in range(8):  # injected: the user is unhappy every time
-        tid, _ = seed_turn(s.paths, session=f"w{i}", index=0, user=f"python traceback {i}",
-                           reply="...", injected=[debug.ref], skill_set_version=1)
+        tid, _ = seed_turn(
+            s.paths,
+            session=f"w{i}",
+            index=0,
+            user=f"python traceback {i}",
+            reply="...",
+            injected=[debug.ref],
+            skill_set_version=1,
+        )
         seed_feedback(s.paths, tid, -1.0)
     for i in range(8):  # similar requests without the skill go well
-        tid, _ = seed_turn(s.paths, session=f"o{i}", index=0, user=f"python exception {i}",
-                           reply="...")
+        tid, _ = seed_turn(
+            s.paths, session=f"o{i}", index=0, user=f"python exception {i}", reply="..."
+        )
         seed_feedback(s.paths, tid, 1.0)
     report, result = ops.refresh_efficacy(s, store)
     ops.record_events(s.paths, result)

@@ -13,8 +13,7 @@ from metaclaw.skills.store import Change, SkillStore
 from tests.skills_helpers import SKILLS, make_skill, skills_settings
 
 
-def test_library_on_s3(s3_server: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                       ) -> None:
+def test_library_on_s3(s3_server: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in s3_server.env.items():  # type: ignore[attr-defined]
         monkeypatch.setenv(key, value)
     uri = s3_server.bucket("skills-lib") + "/prod/skills"  # type: ignore[attr-defined]

@@ -41,8 +41,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def sampler(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LocalBackend:
     """The base policy (fresh LoRA = base weights) that 'served' the seeded turns."""
-    return LocalBackend(tiny_dir, checkpoint_dir=tmp_path_factory.mktemp("sampler-ckpt"),
-                        lora_rank=4)
+    return LocalBackend(
+        tiny_dir, checkpoint_dir=tmp_path_factory.mktemp("sampler-ckpt"), lora_rank=4
+    )
 
 
 class Seeder:
@@ -55,49 +56,92 @@ class Seeder:
     def _row(self, **fields: Any) -> dict[str, Any]:
         self.n += 1
         ts = now_micros() + self.n
-        return {"turn_id": uuid.uuid4().hex, "session_id": f"s{self.n}", "turn_index": 0,
-                "ts_start": ts, "ts_end": ts + 10, "client": "openai",
-                "endpoint": "/v1/chat/completions", "status": "ok", "http_status": 200,
-                "source": "live", **fields}
+        return {
+            "turn_id": uuid.uuid4().hex,
+            "session_id": f"s{self.n}",
+            "turn_index": 0,
+            "ts_start": ts,
+            "ts_end": ts + 10,
+            "client": "openai",
+            "endpoint": "/v1/chat/completions",
+            "status": "ok",
+            "http_status": 200,
+            "source": "live",
+            **fields,
+        }
 
-    def policy(self, backend: Any, rewards: list[float | None], *, version: int | None = None,
-               corrupt: float | None = None, checkpoint: str | None = None,
-               **fields: Any) -> list[str]:
+    def policy(
+        self,
+        backend: Any,
+        rewards: list[float | None],
+        *,
+        version: int | None = None,
+        corrupt: float | None = None,
+        checkpoint: str | None = None,
+        **fields: Any,
+    ) -> list[str]:
         """Policy-served turns sampled from `backend` (served as `checkpoint`; None: the base
         model, as the policy server reports it); `corrupt` overwrites their logprobs."""
         out = []
         for reward in rewards:
             prompt = [1, 20 + self.n % 30, 3, 4 + self.n % 7]
-            seq = backend.sample(types.ModelInput.from_ints(prompt), 1,
-                                 types.SamplingParams(max_tokens=6, seed=self.n)).sequences[0]
+            seq = backend.sample(
+                types.ModelInput.from_ints(prompt),
+                1,
+                types.SamplingParams(max_tokens=6, seed=self.n),
+            ).sequences[0]
             logprobs = [corrupt] * len(seq.tokens) if corrupt is not None else seq.logprobs
-            row = self._row(**{"served_by": "policy", "model": "policy",
-                               "policy_checkpoint": checkpoint,
-                               "request": json.dumps({"messages": [{"role": "user",
-                                                                    "content": "q"}]}),
-                               "prompt_token_ids": prompt, "completion_token_ids": seq.tokens,
-                               "completion_logprobs": logprobs, "skill_set_version": version,
-                               "completion_text": "…", "sampling_temperature": 1.0,
-                               "sampling_top_p": 1.0, **fields})
+            row = self._row(
+                **{
+                    "served_by": "policy",
+                    "model": "policy",
+                    "policy_checkpoint": checkpoint,
+                    "request": json.dumps({"messages": [{"role": "user", "content": "q"}]}),
+                    "prompt_token_ids": prompt,
+                    "completion_token_ids": seq.tokens,
+                    "completion_logprobs": logprobs,
+                    "skill_set_version": version,
+                    "completion_text": "…",
+                    "sampling_temperature": 1.0,
+                    "sampling_top_p": 1.0,
+                    **fields,
+                }
+            )
             out.append(self.add(row, reward))
         return out
 
     def upstream(self, rewards: list[float], **fields: Any) -> list[str]:
         out = []
         for reward in rewards:
-            request = {"model": "gpt", "messages": [{"role": "user",
-                                                      "content": f"Question {self.n}?"}]}
-            row = self._row(served_by="upstream", model="gpt", request=json.dumps(request),
-                            completion_text=f"Answer {self.n}.", **fields)
+            request = {
+                "model": "gpt",
+                "messages": [{"role": "user", "content": f"Question {self.n}?"}],
+            }
+            row = self._row(
+                served_by="upstream",
+                model="gpt",
+                request=json.dumps(request),
+                completion_text=f"Answer {self.n}.",
+                **fields,
+            )
             out.append(self.add(row, reward))
         return out
 
     def add(self, row: dict[str, Any], reward: float | None) -> str:
         append_rows(self.paths.wal, "turns", [row])
         if reward is not None:
-            append_rows(self.paths.wal, "feedback", [{
-                "feedback_id": uuid.uuid4().hex, "turn_id": row["turn_id"],
-                "value": reward, "ts": row["ts_end"] + 1}])
+            append_rows(
+                self.paths.wal,
+                "feedback",
+                [
+                    {
+                        "feedback_id": uuid.uuid4().hex,
+                        "turn_id": row["turn_id"],
+                        "value": reward,
+                        "ts": row["ts_end"] + 1,
+                    }
+                ],
+            )
         return row["turn_id"]
 
 
@@ -112,8 +156,11 @@ def candidates(paths: LedgerPaths) -> list[dict[str, Any]]:
 
 def settings_for(home: Path, eval_fraction: float = 0.0, **training: Any) -> Settings:
     """Tiny-model training settings; no held-out split unless asked (exact counts in tests)."""
-    return Settings(home=home, deploy={"eval_fraction": eval_fraction},
-                    training={"lora_rank": 4, "batch_size": 4, "learning_rate": 1e-3, **training})
+    return Settings(
+        home=home,
+        deploy={"eval_fraction": eval_fraction},
+        training={"lora_rank": 4, "batch_size": 4, "learning_rate": 1e-3, **training},
+    )
 
 
 def dir_digest(path: Path) -> str:
@@ -125,17 +172,26 @@ def dir_digest(path: Path) -> str:
 
 # -- the flow under Prefect ---------------------------------------------------------------
 
+
 @pytest.mark.slow
-def test_train_flow_trains_new_turns_once(prefect_harness: str, home: Path, tiny_dir: Path,
-                                          sampler: LocalBackend,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_flow_trains_new_turns_once(
+    prefect_harness: str,
+    home: Path,
+    tiny_dir: Path,
+    sampler: LocalBackend,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from flows.train import train_flow
 
-    for key, value in {"BASE_MODEL": str(tiny_dir), "BATCH_SIZE": "4", "LORA_RANK": "4",
-                       "LEARNING_RATE": "1e-3"}.items():
+    for key, value in {
+        "BASE_MODEL": str(tiny_dir),
+        "BATCH_SIZE": "4",
+        "LORA_RANK": "4",
+        "LEARNING_RATE": "1e-3",
+    }.items():
         monkeypatch.setenv(f"METACLAW_TRAINING__{key}", value)
     monkeypatch.setenv("METACLAW_DEPLOY__EVAL_FRACTION", "0")
     paths = LedgerPaths(home)
@@ -155,8 +211,9 @@ def test_train_flow_trains_new_turns_once(prefect_harness: str, home: Path, tiny
     assert c1["status"] == "candidate" and c1["checkpoint_id"] == m["checkpoint_id"]
     ckpt = Path(c1["path"])
     assert ckpt == home / "checkpoints" / c1["checkpoint_id"]
-    assert {"adapter_config.json", "adapter_model.safetensors", "optimizer.pt"} <= \
-        {p.name for p in ckpt.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "optimizer.pt"} <= {
+        p.name for p in ckpt.iterdir()
+    }
 
     again = train_flow()  # two turns left < one micro-batch: nothing is written
     assert again["steps"] == [] and again["outcomes"][0]["status"] == "idle"
@@ -173,8 +230,9 @@ def test_train_flow_trains_new_turns_once(prefect_harness: str, home: Path, tiny
 
     async def read() -> tuple[list[Any], Any]:
         async with get_client() as client:
-            found = await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["train-report"])))
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["train-report"]))
+            )
             limit = await client.read_global_concurrency_limit_by_name("metaclaw-training")
             return found, limit
 
@@ -186,27 +244,32 @@ def test_train_flow_trains_new_turns_once(prefect_harness: str, home: Path, tiny
 
 # -- the trainer against the ledger (no Prefect needed) -------------------------------------
 
+
 def test_off_policy_turns_never_reach_importance_sampling(home: Path) -> None:
     tok = build_tokenizer()
-    fake = BigramBackend(len(tok), checkpoint_dir=home / "checkpoints", tokenizer=tok,
-                         eos_token_id=tok.eos_token_id)
+    fake = BigramBackend(
+        len(tok), checkpoint_dir=home / "checkpoints", tokenizer=tok, eos_token_id=tok.eos_token_id
+    )
     paths = LedgerPaths(home)
     seed = Seeder(paths)
     on = seed.policy(fake, [1.0, -1.0])
     # upstream turns, one carrying made-up logprobs, one backfilled "policy" turn, one bad one
-    made_up = {"prompt_token_ids": [1, 2], "completion_token_ids": [3],
-               "completion_logprobs": [-0.01]}
+    made_up = {
+        "prompt_token_ids": [1, 2],
+        "completion_token_ids": [3],
+        "completion_logprobs": [-0.01],
+    }
     good_off = seed.upstream([0.9]) + seed.upstream([1.0], **made_up)
     good_off += seed.upstream([0.8], source="backfill:openai")
     low_off = seed.upstream([0.2])
-    trainer = Trainer(settings_for(home, batch_size=5, min_reward_for_sft=0.5),
-                      backend_factory=lambda s: fake)
+    trainer = Trainer(
+        settings_for(home, batch_size=5, min_reward_for_sft=0.5), backend_factory=lambda s: fake
+    )
     outcome = trainer.step()
     assert outcome.status == "trained", outcome.reason
     calls = {c.loss_fn: c for c in fake.calls if c.method == "forward_backward"}
     assert set(calls) == {"ppo", "cross_entropy"}  # the default: clipped
-    rl_inputs = [json.dumps(d.loss_fn_inputs["logprobs"].tolist()) for d in
-                 calls["ppo"].data]
+    rl_inputs = [json.dumps(d.loss_fn_inputs["logprobs"].tolist()) for d in calls["ppo"].data]
     assert len(rl_inputs) == 2 and all("-0.01" not in x for x in rl_inputs)
     assert len(calls["cross_entropy"].data) == 3
     assert all("logprobs" not in d.loss_fn_inputs for d in calls["cross_entropy"].data)
@@ -217,7 +280,8 @@ def test_off_policy_turns_never_reach_importance_sampling(home: Path) -> None:
 
 
 def test_a_crash_mid_step_resumes_from_the_last_good_checkpoint(
-        home: Path, tiny_dir: Path, sampler: LocalBackend) -> None:
+    home: Path, tiny_dir: Path, sampler: LocalBackend
+) -> None:
     paths = LedgerPaths(home)
     seed = Seeder(paths)
     settings = settings_for(home, base_model=str(tiny_dir))
@@ -251,20 +315,29 @@ def test_a_crash_mid_step_resumes_from_the_last_good_checkpoint(
     assert sorted(s2["turn_ids"]) == sorted(batch2)
     assert s2["metrics"]["parent_state_path"] == str(good)
     # same parent and turns → the same ids as the crashed attempt (its orphan dir is replaced)
-    assert sorted(p.name for p in paths.checkpoints.iterdir() if not p.name.startswith(".")) == \
-        sorted([s1["metrics"]["checkpoint_id"], outcome.checkpoint_id])
+    assert sorted(
+        p.name for p in paths.checkpoints.iterdir() if not p.name.startswith(".")
+    ) == sorted([s1["metrics"]["checkpoint_id"], outcome.checkpoint_id])
     # the optimizer state travelled: its step count continued from the checkpoint
     opt_state = torch.load(Path(outcome.path) / "optimizer.pt", weights_only=True)
     assert all(int(s["step"]) == 2 for s in opt_state["state"].values())
 
 
-@pytest.mark.parametrize("corrupt, learning_rate, reason", [
-    (-0.001, 1e-3, "sampler/learner KL"),  # logprobs not from this learner: caught before
-    (None, 1e30, "after the update: non-finite loss"),  # an update that blows up: never saved
-])
+@pytest.mark.parametrize(
+    "corrupt, learning_rate, reason",
+    [
+        (-0.001, 1e-3, "sampler/learner KL"),  # logprobs not from this learner: caught before
+        (None, 1e30, "after the update: non-finite loss"),  # an update that blows up: never saved
+    ],
+)
 def test_a_diverging_step_fails_and_nothing_is_saved(
-        home: Path, tiny_dir: Path, sampler: LocalBackend, corrupt: float | None,
-        learning_rate: float, reason: str) -> None:
+    home: Path,
+    tiny_dir: Path,
+    sampler: LocalBackend,
+    corrupt: float | None,
+    learning_rate: float,
+    reason: str,
+) -> None:
     paths = LedgerPaths(home)
     seed = Seeder(paths)
     settings = settings_for(home, base_model=str(tiny_dir), learning_rate=learning_rate)
@@ -285,7 +358,8 @@ def test_a_diverging_step_fails_and_nothing_is_saved(
 
 
 def test_turns_with_holes_in_their_logprobs_are_not_importance_weighted(
-        home: Path, tiny_dir: Path, sampler: LocalBackend) -> None:
+    home: Path, tiny_dir: Path, sampler: LocalBackend
+) -> None:
     """JSON stores a NaN logprob as null: such a turn is off-policy (SFT if good enough)."""
     paths = LedgerPaths(home)
     Seeder(paths).policy(sampler, [1.0, 1.0, 0.9, 0.2], corrupt=math.nan)
@@ -296,12 +370,24 @@ def test_turns_with_holes_in_their_logprobs_are_not_importance_weighted(
 
 
 def test_stale_skill_set_turns_are_left_out_of_on_policy_updates(
-        home: Path, tiny_dir: Path, sampler: LocalBackend) -> None:
+    home: Path, tiny_dir: Path, sampler: LocalBackend
+) -> None:
     paths = LedgerPaths(home)
     seed = Seeder(paths)
-    append_rows(paths.wal, "skill_events", [{"event_id": "e1", "skill_id": "s", "version": 1,
-                                             "event": "created", "skill_set_version": 3,
-                                             "ts": now_micros()}])
+    append_rows(
+        paths.wal,
+        "skill_events",
+        [
+            {
+                "event_id": "e1",
+                "skill_id": "s",
+                "version": 1,
+                "event": "created",
+                "skill_set_version": 3,
+                "ts": now_micros(),
+            }
+        ],
+    )
     stale = seed.policy(sampler, [1.0, -1.0, 1.0, -1.0], version=2)
     trainer = Trainer(settings_for(home, base_model=str(tiny_dir)))
     outcome = trainer.step()
@@ -320,14 +406,18 @@ def teacher() -> Iterator[TeacherStub]:
         yield stub
 
 
-def test_on_policy_distillation_uses_the_teacher_logprobs(home: Path,
-                                                          teacher: TeacherStub) -> None:
+def test_on_policy_distillation_uses_the_teacher_logprobs(home: Path, teacher: TeacherStub) -> None:
     fake = BigramBackend(64, checkpoint_dir=home / "checkpoints")
     paths = LedgerPaths(home)
     seed = Seeder(paths)
     seed.policy(fake, [None, None, 1.0, None])  # distillation needs no reward
-    settings = settings_for(home, loss_fn="distillation", kl_coef=0.5,
-                            teacher_base_url=teacher.base_url, teacher_model="teacher")
+    settings = settings_for(
+        home,
+        loss_fn="distillation",
+        kl_coef=0.5,
+        teacher_base_url=teacher.base_url,
+        teacher_model="teacher",
+    )
     outcome = Trainer(settings, backend_factory=lambda s: fake).step()
     assert outcome.status == "trained", outcome.reason
     (call,) = [c for c in fake.calls if c.method == "forward_backward"]
@@ -356,15 +446,33 @@ def test_distillation_without_a_teacher_is_a_clear_error(home: Path) -> None:
 
 def test_a_lost_candidate_row_is_recorded_again(home: Path) -> None:
     paths = LedgerPaths(home)
-    append_rows(paths.wal, "train_steps", [{
-        "step_id": "x1", "step": 1, "backend": "local", "base_model": "m", "loss_fn": "ppo",
-        "turn_ids": ["t1"], "ts": now_micros(),
-        "metrics": {"status": "ok", "checkpoint_id": "ckpt-000001-x", "state_path": "/c/1",
-                    "sampler_path": "/c/1", "config": {"backend_impl": "local"}}}])
+    append_rows(
+        paths.wal,
+        "train_steps",
+        [
+            {
+                "step_id": "x1",
+                "step": 1,
+                "backend": "local",
+                "base_model": "m",
+                "loss_fn": "ppo",
+                "turn_ids": ["t1"],
+                "ts": now_micros(),
+                "metrics": {
+                    "status": "ok",
+                    "checkpoint_id": "ckpt-000001-x",
+                    "state_path": "/c/1",
+                    "sampler_path": "/c/1",
+                    "config": {"backend_impl": "local"},
+                },
+            }
+        ],
+    )
     trainer = Trainer(settings_for(home), backend_factory=lambda s: pytest.fail("no backend"))
     assert trainer.step().status == "idle"
-    assert candidates(paths) == [{"checkpoint_id": "ckpt-000001-x", "step": 1, "path": "/c/1",
-                                  "status": "candidate"}]
+    assert candidates(paths) == [
+        {"checkpoint_id": "ckpt-000001-x", "step": 1, "path": "/c/1", "status": "candidate"}
+    ]
     trainer.step()
     assert len(candidates(paths)) == 1  # stable event id: repaired once
 
@@ -376,11 +484,20 @@ def test_the_deploy_gates_held_out_turns_are_never_trained(home: Path) -> None:
     paths = LedgerPaths(home)
     seeder = Seeder(paths)
     # one session per turn, distinct prompts except two repeats (held out with their twin)
-    seeded = [t for i in range(24) for t in seeder.policy(fake, [1.0], request=json.dumps(
-        {"messages": [{"role": "user", "content": f"q{i % 22}"}]}))]
+    seeded = [
+        t
+        for i in range(24)
+        for t in seeder.policy(
+            fake,
+            [1.0],
+            request=json.dumps({"messages": [{"role": "user", "content": f"q{i % 22}"}]}),
+        )
+    ]
     settings = settings_for(home, eval_fraction=0.5, batch_size=1, loss_fn="cross_entropy")
-    held = held_out_turn_ids(rows(paths, "SELECT turn_id, session_id, CAST(request AS VARCHAR) "
-                                         "AS request FROM turns"), settings)
+    held = held_out_turn_ids(
+        rows(paths, "SELECT turn_id, session_id, CAST(request AS VARCHAR) AS request FROM turns"),
+        settings,
+    )
     assert 0 < len(held) < len(seeded)  # a hash split: both sides non-empty (p ≈ 1e-7 not)
     outcomes = Trainer(settings, backend_factory=lambda s: fake).run(max_steps=30)
     trained = {t for s in steps(paths) for t in s["turn_ids"]}
@@ -393,8 +510,9 @@ def test_sft_trains_on_the_prompt_that_was_served(home: Path) -> None:
     """The skills block the proxy appended (`turns.injected_text`) is part of the SFT prompt,
     for an OpenAI and an Anthropic client, exactly where the proxy put it."""
     tok = build_tokenizer()
-    fake = BigramBackend(len(tok), checkpoint_dir=home / "checkpoints", tokenizer=tok,
-                         eos_token_id=tok.eos_token_id)
+    fake = BigramBackend(
+        len(tok), checkpoint_dir=home / "checkpoints", tokenizer=tok, eos_token_id=tok.eos_token_id
+    )
     paths = LedgerPaths(home)
     seed = Seeder(paths)
     block = "## Skills\nAnswer with the city name only."

@@ -27,16 +27,31 @@ TOK = build_tokenizer()
 
 
 def fresh(settings: Settings) -> BigramBackend:
-    return BigramBackend(len(TOK), checkpoint_dir=settings.paths.checkpoints, tokenizer=TOK,
-                         eos_token_id=TOK.eos_token_id)
+    return BigramBackend(
+        len(TOK),
+        checkpoint_dir=settings.paths.checkpoints,
+        tokenizer=TOK,
+        eos_token_id=TOK.eos_token_id,
+    )
 
 
 def mark(paths: LedgerPaths, checkpoint_id: str, status: str, **fields: Any) -> None:
     """One registry row, as metaclaw.deploy appends it."""
-    append_rows(paths.wal, "checkpoints", [{
-        "event_id": hashlib.sha256(uuid.uuid4().bytes).hexdigest()[:32],
-        "checkpoint_id": checkpoint_id, "status": status, "ts": now_micros(),
-        "actor": "test", "reason": f"test: {status}", **fields}])
+    append_rows(
+        paths.wal,
+        "checkpoints",
+        [
+            {
+                "event_id": hashlib.sha256(uuid.uuid4().bytes).hexdigest()[:32],
+                "checkpoint_id": checkpoint_id,
+                "status": status,
+                "ts": now_micros(),
+                "actor": "test",
+                "reason": f"test: {status}",
+                **fields,
+            }
+        ],
+    )
 
 
 def promote(paths: LedgerPaths, checkpoint_id: str, previous: str | None = None) -> None:
@@ -89,13 +104,21 @@ def test_a_rollback_resets_the_learner_to_the_restored_checkpoint(home: Path) ->
 def test_a_guard_rejection_resets_and_a_plain_one_keeps_accumulating(home: Path) -> None:
     loop = Loop(home)
     c1 = loop.trained()
-    mark(loop.paths, c1.checkpoint_id, "rejected", eval_metrics=json.dumps(
-        {"win_rate": 0.5, "guards_tripped": []}))  # a tie: not worse, just not better
+    mark(
+        loop.paths,
+        c1.checkpoint_id,
+        "rejected",
+        eval_metrics=json.dumps({"win_rate": 0.5, "guards_tripped": []}),
+    )  # a tie: not worse, just not better
     c2 = loop.trained()
     assert c2.metrics["parent_state_path"] == state_of(c1)
     assert c2.metrics["lineage"]["rule"] == "continue"
-    mark(loop.paths, c2.checkpoint_id, "rejected", eval_metrics=json.dumps(
-        {"win_rate": 0.2, "guards_tripped": ["kl_from_base"]}))
+    mark(
+        loop.paths,
+        c2.checkpoint_id,
+        "rejected",
+        eval_metrics=json.dumps({"win_rate": 0.2, "guards_tripped": ["kl_from_base"]}),
+    )
     c3 = loop.trained()
     assert c3.metrics["parent_state_path"].startswith("base:"), "reset to the base model"
     assert c3.metrics["lineage"]["rule"] == "reset_guard"

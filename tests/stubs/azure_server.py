@@ -73,23 +73,44 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
             match = ROUTE.match(url.path)
             with state.lock:
-                state.requests.append({
-                    "path": url.path, "query": query, "body": body,
-                    "headers": {k.lower(): v for k, v in self.headers.items()},
-                })
+                state.requests.append(
+                    {
+                        "path": url.path,
+                        "query": query,
+                        "body": body,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                    }
+                )
             if not match or "api-version" not in query:
                 return self._send(404, {"error": {"code": "404", "message": "Resource not found"}})
             if self.headers.get("api-key") != state.key:
-                return self._send(401, {"error": {
-                    "code": "401", "message": "Access denied due to invalid subscription key "
-                    "or wrong API endpoint."}})
-            self._send(200, {
-                "id": "chatcmpl-azure-stub", "object": "chat.completion",
-                "created": int(time.time()), "model": match.group(1),
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": state.reply}}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
-            })
+                return self._send(
+                    401,
+                    {
+                        "error": {
+                            "code": "401",
+                            "message": "Access denied due to invalid subscription key "
+                            "or wrong API endpoint.",
+                        }
+                    },
+                )
+            self._send(
+                200,
+                {
+                    "id": "chatcmpl-azure-stub",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": match.group(1),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": state.reply},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+                },
+            )
 
     return Handler
 
@@ -126,8 +147,9 @@ class AzureStub:
         self.url = line.removeprefix("READY ")
         return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(10)

@@ -73,37 +73,56 @@ def create_app() -> Starlette:
             if entry is not None and not entry.get("repeat"):
                 script.remove(entry)
         if entry is None:
-            return openai_error(500, "critic stub: no scripted reply left for this prompt",
-                                "stub_exhausted")
+            return openai_error(
+                500, "critic stub: no scripted reply left for this prompt", "stub_exhausted"
+            )
         status = int(entry.get("status", 200))
         if status != 200:
             return openai_error(status, "scripted critic error", "stub_error")
         content = entry.get("content", "")
         if not isinstance(content, str):
             content = orjson.dumps(content).decode()
-        return json_response({
-            "id": f"chatcmpl-critic-{len(records)}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", "critic-stub"),
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens":
-                      len(content.split()), "total_tokens": 0},
-        })
+        return json_response(
+            {
+                "id": f"chatcmpl-critic-{len(records)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "critic-stub"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                        "message": {"role": "assistant", "content": content},
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": len(prompt.split()),
+                    "completion_tokens": len(content.split()),
+                    "total_tokens": 0,
+                },
+            }
+        )
 
-    return Starlette(routes=[
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/_stub/script", set_script, methods=["POST"]),
-        Route("/_stub/requests", get_requests, methods=["GET"]),
-        Route("/health", lambda r: json_response({"ok": True}), methods=["GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/_stub/script", set_script, methods=["POST"]),
+            Route("/_stub/requests", get_requests, methods=["GET"]),
+            Route("/health", lambda r: json_response({"ok": True}), methods=["GET"]),
+        ]
+    )
 
 
 def serve(host: str, port: int) -> None:
     sock = bind_socket(host, port)
-    config = uvicorn.Config(create_app(), lifespan="off", log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=1)
+    config = uvicorn.Config(
+        create_app(),
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=1,
+    )
     _ReadyServer(config, _url(host, sock.getsockname()[1])).run(sockets=[sock])
 
 
@@ -118,8 +137,9 @@ class StubCritic(StubProcess):
 
     def script(self, *replies: dict[str, Any] | str) -> None:
         entries = [r if isinstance(r, dict) else {"content": r} for r in replies]
-        httpx.post(f"{self.base_url}/_stub/script", json={"replies": entries},
-                   timeout=10, trust_env=False).raise_for_status()
+        httpx.post(
+            f"{self.base_url}/_stub/script", json={"replies": entries}, timeout=10, trust_env=False
+        ).raise_for_status()
 
     def requests(self) -> list[dict[str, Any]]:
         resp = httpx.get(f"{self.base_url}/_stub/requests", timeout=10, trust_env=False)

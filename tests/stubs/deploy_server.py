@@ -109,18 +109,31 @@ def create_app(mode: str) -> Starlette:
         if current.startswith("e") and current[1:].isdigit():
             status = int(current[1:])
             return openai_error(status, f"stub judge scripted error {status}", current)
-        text = "\n".join(m.get("content") or "" for m in messages
-                         if isinstance(m, dict) and m.get("role") == "user")
+        text = "\n".join(
+            m.get("content") or ""
+            for m in messages
+            if isinstance(m, dict) and m.get("role") == "user"
+        )
         content = verdict_for(current, text)
         if content is None:
             return openai_error(400, f"unknown stub mode {current!r}", "bad_mode")
-        return json_response({
-            "id": f"chatcmpl-pw-{next(ids)}", "object": "chat.completion",
-            "created": int(time.time()), "model": body.get("model") or "stub-pairwise",
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        })
+        return json_response(
+            {
+                "id": f"chatcmpl-pw-{next(ids)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model") or "stub-pairwise",
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                        "message": {"role": "assistant", "content": content},
+                    }
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
 
     async def set_mode(request: Request) -> Response:
         state["mode"] = orjson.loads(await request.body())["mode"]
@@ -137,13 +150,15 @@ def create_app(mode: str) -> Starlette:
         state["calls"] = 0
         return json_response({"ok": True})
 
-    return Starlette(routes=[
-        Route("/v1/chat/completions", completions, methods=["POST"]),
-        Route("/_stub/mode", set_mode, methods=["POST"]),
-        Route("/_stub/requests", get_records, methods=["GET"]),
-        Route("/_stub/stats", stats, methods=["GET"]),
-        Route("/_stub/reset", reset, methods=["POST"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", completions, methods=["POST"]),
+            Route("/_stub/mode", set_mode, methods=["POST"]),
+            Route("/_stub/requests", get_records, methods=["GET"]),
+            Route("/_stub/stats", stats, methods=["GET"]),
+            Route("/_stub/reset", reset, methods=["POST"]),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,8 +168,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", default="prefer:Paris")
     args = parser.parse_args(argv)
     sock = bind_socket(args.host, args.port)
-    config = uvicorn.Config(create_app(args.mode), loop="asyncio", lifespan="off",
-                            log_level="warning", access_log=False, timeout_graceful_shutdown=1)
+    config = uvicorn.Config(
+        create_app(args.mode),
+        loop="asyncio",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=1,
+    )
     logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
     try:
         _ReadyServer(config, _url(args.host, sock.getsockname()[1])).run(sockets=[sock])
@@ -179,8 +200,9 @@ class PairwiseJudgeStub(StubProcess):
         return self.url + "/v1"
 
     def set_mode(self, mode: str) -> None:
-        httpx.post(f"{self.url}/_stub/mode", json={"mode": mode}, timeout=10,
-                   trust_env=False).raise_for_status()
+        httpx.post(
+            f"{self.url}/_stub/mode", json={"mode": mode}, timeout=10, trust_env=False
+        ).raise_for_status()
 
     def requests(self) -> list[dict[str, Any]]:
         return httpx.get(f"{self.url}/_stub/requests", timeout=10, trust_env=False).json()

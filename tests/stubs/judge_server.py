@@ -69,8 +69,10 @@ def vote_text(entry: str) -> str | None:
     entry = entry.strip()
     scores = {"+1": "+1", "1": "+1", "0": "0", "-1": "-1"}
     if entry in scores:
-        return (f"The assistant's turn was reviewed against what happened next.\n"
-                f"Score: {scores[entry]}\nReason: scripted vote {scores[entry]}")
+        return (
+            f"The assistant's turn was reviewed against what happened next.\n"
+            f"Score: {scores[entry]}\nReason: scripted vote {scores[entry]}"
+        )
     if entry.startswith("json") and entry[4:] in scores:
         value = int(scores[entry[4:]])
         return orjson.dumps({"score": value, "reason": f"scripted json vote {value}"}).decode()
@@ -88,7 +90,8 @@ def script_of(messages: Any) -> list[str] | None:
     if not isinstance(messages, list):
         return None
     text = "\n".join(
-        m.get("content") or "" for m in messages
+        m.get("content") or ""
+        for m in messages
         if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str)
     )
     at = text.find(REVIEW_MARKER)
@@ -144,24 +147,37 @@ def create_app(latency: float = 0.0, default: str = "+1") -> Starlette:
                 return openai_error(status, f"stub judge scripted error {status}", f"e{status}")
             content = vote_text("+1" if entry == "hang" else entry)
             if content is None:
-                return openai_error(400, f"stub judge: unknown script entry {entry!r}",
-                                    "bad_script")
+                return openai_error(
+                    400, f"stub judge: unknown script entry {entry!r}", "bad_script"
+                )
             n = next(state.ids)
-            return json_response({
-                "id": f"chatcmpl-judge-{n}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model") or "stub-judge",
-                "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                             "message": {"role": "assistant", "content": content}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            })
+            return json_response(
+                {
+                    "id": f"chatcmpl-judge-{n}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model") or "stub-judge",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "logprobs": None,
+                            "message": {"role": "assistant", "content": content},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+            )
         finally:
             state.in_flight -= 1
 
     async def models(request: Request) -> Response:
-        return json_response({"object": "list", "data": [
-            {"id": "stub-judge", "object": "model", "created": 0, "owned_by": "stub"}]})
+        return json_response(
+            {
+                "object": "list",
+                "data": [{"id": "stub-judge", "object": "model", "created": 0, "owned_by": "stub"}],
+            }
+        )
 
     async def records(request: Request) -> Response:
         return json_response(list(state.records))
@@ -173,23 +189,33 @@ def create_app(latency: float = 0.0, default: str = "+1") -> Starlette:
         return json_response({"ok": True})
 
     async def stats(request: Request) -> Response:
-        return json_response({"calls": state.calls, "peak_concurrency": state.peak,
-                              "in_flight": state.in_flight})
+        return json_response(
+            {"calls": state.calls, "peak_concurrency": state.peak, "in_flight": state.in_flight}
+        )
 
-    return Starlette(routes=[
-        Route("/v1/chat/completions", completions, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/_stub/requests", records, methods=["GET"]),
-        Route("/_stub/reset", reset, methods=["POST"]),
-        Route("/_stub/stats", stats, methods=["GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/_stub/requests", records, methods=["GET"]),
+            Route("/_stub/reset", reset, methods=["POST"]),
+            Route("/_stub/stats", stats, methods=["GET"]),
+        ]
+    )
 
 
 def serve(host: str, port: int, latency: float, default: str, log_level: str = "warning") -> None:
     sock = bind_socket(host, port)
-    config = uvicorn.Config(create_app(latency, default), loop="uvloop", http="httptools",
-                            lifespan="off", log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=1, backlog=2048)
+    config = uvicorn.Config(
+        create_app(latency, default),
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=1,
+        backlog=2048,
+    )
     logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
     server = _ReadyServer(config, _url(host, sock.getsockname()[1]))
     try:

@@ -36,7 +36,9 @@ class StubProcess:
             return self
         proc = subprocess.Popen(
             [sys.executable, str(self.server_file), *self.arguments()],
-            stdout=subprocess.PIPE, text=True, bufsize=1,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
             env={**os.environ, **self.environment()},
         )
         self.proc = proc

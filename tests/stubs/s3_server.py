@@ -90,9 +90,13 @@ class StubS3(StubProcess):
         """Create a bucket; returns `s3://name`."""
         import boto3
 
-        client = boto3.client("s3", endpoint_url=self.url, region_name=FAKE_ENV["AWS_REGION"],
-                              aws_access_key_id=FAKE_ENV["AWS_ACCESS_KEY_ID"],
-                              aws_secret_access_key=FAKE_ENV["AWS_SECRET_ACCESS_KEY"])
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name=FAKE_ENV["AWS_REGION"],
+            aws_access_key_id=FAKE_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=FAKE_ENV["AWS_SECRET_ACCESS_KEY"],
+        )
         with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
             client.create_bucket(Bucket=name)
         return f"s3://{name}"

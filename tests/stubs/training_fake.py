@@ -46,8 +46,9 @@ class BigramBackend:
     ) -> None:
         gen = torch.Generator().manual_seed(seed)
         self.table = torch.nn.Parameter(torch.randn(vocab_size, vocab_size, generator=gen))
-        self.optimizer = torch.optim.AdamW([self.table], lr=1e-4, betas=(0.9, 0.95), eps=1e-12,
-                                           weight_decay=0.0, foreach=False)
+        self.optimizer = torch.optim.AdamW(
+            [self.table], lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0, foreach=False
+        )
         self.vocab_size = vocab_size
         self.eos_token_id = eos_token_id
         self.checkpoint_dir = Path(checkpoint_dir)
@@ -66,9 +67,13 @@ class BigramBackend:
             return logp.gather(-1, targets[:, None]).squeeze(-1)
         return logp.gather(-1, targets)
 
-    def _run(self, data: list[types.Datum], loss_fn: str,
-             config: Mapping[str, float | str] | None, backward: bool,
-             ) -> types.ForwardBackwardOutput:
+    def _run(
+        self,
+        data: list[types.Datum],
+        loss_fn: str,
+        config: Mapping[str, float | str] | None,
+        backward: bool,
+    ) -> types.ForwardBackwardOutput:
         if not data:
             raise ValueError("forward_backward needs at least one datum")
         outputs, total = [], 0.0
@@ -76,8 +81,11 @@ class BigramBackend:
             check_inputs(loss_fn, d.loss_fn_inputs)
             with torch.set_grad_enabled(backward):
                 lp = self._logprobs(d)
-                inputs = {k: v.to_torch().float() for k, v in d.loss_fn_inputs.items()
-                          if k != "target_tokens"}
+                inputs = {
+                    k: v.to_torch().float()
+                    for k, v in d.loss_fn_inputs.items()
+                    if k != "target_tokens"
+                }
                 loss = loss_sum(loss_fn, lp, inputs, config)
                 if backward:
                     loss.backward()
@@ -87,23 +95,33 @@ class BigramBackend:
             loss_fn_output_type="logprobs", loss_fn_outputs=outputs, metrics={"loss:sum": total}
         )
 
-    def forward_backward(self, data: list[types.Datum], loss_fn: str,
-                         loss_fn_config: Mapping[str, float | str] | None = None,
-                         ) -> types.ForwardBackwardOutput:
+    def forward_backward(
+        self,
+        data: list[types.Datum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+    ) -> types.ForwardBackwardOutput:
         self.calls.append(Call("forward_backward", loss_fn, list(data)))
         return self._run(data, loss_fn, loss_fn_config, backward=True)
 
-    def forward(self, data: list[types.Datum], loss_fn: str,
-                loss_fn_config: Mapping[str, float | str] | None = None,
-                ) -> types.ForwardBackwardOutput:
+    def forward(
+        self,
+        data: list[types.Datum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+    ) -> types.ForwardBackwardOutput:
         self.calls.append(Call("forward", loss_fn, list(data)))
         return self._run(data, loss_fn, loss_fn_config, backward=False)
 
     def optim_step(self, adam: types.AdamParams) -> types.OptimStepResponse:
         self.calls.append(Call("optim_step"))
         for group in self.optimizer.param_groups:
-            group.update(lr=adam.learning_rate, betas=(adam.beta1, adam.beta2), eps=adam.eps,
-                         weight_decay=adam.weight_decay)
+            group.update(
+                lr=adam.learning_rate,
+                betas=(adam.beta1, adam.beta2),
+                eps=adam.eps,
+                weight_decay=adam.weight_decay,
+            )
         if adam.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_([self.table], adam.grad_clip_norm)
         self.optimizer.step()
@@ -112,12 +130,16 @@ class BigramBackend:
         return types.OptimStepResponse(metrics={})
 
     @torch.no_grad()
-    def sample(self, prompt: types.ModelInput, num_samples: int,
-               params: types.SamplingParams) -> types.SampleResponse:
+    def sample(
+        self, prompt: types.ModelInput, num_samples: int, params: types.SamplingParams
+    ) -> types.SampleResponse:
         gen = torch.Generator()
         gen.manual_seed(params.seed if params.seed is not None else 0)
-        stops = {self.eos_token_id} if params.stop is None else \
-            {s for s in params.stop if isinstance(s, int)}  # type: ignore[union-attr]
+        stops = (
+            {self.eos_token_id}
+            if params.stop is None
+            else {s for s in params.stop if isinstance(s, int)}
+        )  # type: ignore[union-attr]
         sequences = []
         for n in range(num_samples):
             prev, tokens, lps, reason = prompt.to_ints()[-1], [], [], "length"
@@ -130,9 +152,14 @@ class BigramBackend:
                 if tok in stops:
                     reason = "stop"
                     break
-            sequences.append(types.SampledSequence(
-                stop_reason=reason, sequence_id=f"fake-{n}",  # type: ignore[arg-type]
-                _tokens_list=tokens, _logprobs_list=lps))
+            sequences.append(
+                types.SampledSequence(
+                    stop_reason=reason,
+                    sequence_id=f"fake-{n}",  # type: ignore[arg-type]
+                    _tokens_list=tokens,
+                    _logprobs_list=lps,
+                )
+            )
         return types.SampleResponse(sequences=sequences)
 
     def save_state(self, name: str) -> str:

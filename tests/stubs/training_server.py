@@ -50,25 +50,42 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(400, {"error": {"message": "prompt must be token ids", "type": "invalid"}})
             return
         if not body.get("echo") or body.get("logprobs") is None:
-            self._reply(400, {"error": {"message": "echo and logprobs are required",
-                                        "type": "invalid"}})
+            self._reply(
+                400, {"error": {"message": "echo and logprobs are required", "type": "invalid"}}
+            )
             return
         generated = 0
         tokens = [*prompt, generated]
         token_logprobs: list[float | None] = [None] + [
             teacher_logprob(t, i) for i, t in enumerate(tokens) if i > 0
         ]
-        self._reply(200, {
-            "id": "cmpl-teacher", "object": "text_completion", "created": 0,
-            "model": body.get("model", "teacher"),
-            "choices": [{
-                "index": 0, "text": "", "finish_reason": "length",
-                "logprobs": {"tokens": [f"<{t}>" for t in tokens], "token_logprobs": token_logprobs,
-                             "top_logprobs": None, "text_offset": list(range(len(tokens)))},
-            }],
-            "usage": {"prompt_tokens": len(prompt), "completion_tokens": 1,
-                      "total_tokens": len(prompt) + 1},
-        })
+        self._reply(
+            200,
+            {
+                "id": "cmpl-teacher",
+                "object": "text_completion",
+                "created": 0,
+                "model": body.get("model", "teacher"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": "",
+                        "finish_reason": "length",
+                        "logprobs": {
+                            "tokens": [f"<{t}>" for t in tokens],
+                            "token_logprobs": token_logprobs,
+                            "top_logprobs": None,
+                            "text_offset": list(range(len(tokens))),
+                        },
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": len(prompt),
+                    "completion_tokens": 1,
+                    "total_tokens": len(prompt) + 1,
+                },
+            },
+        )
 
 
 def main() -> None:
@@ -89,8 +106,9 @@ class TeacherStub:
         self.base_url = ""
 
     def __enter__(self) -> TeacherStub:
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve())],
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve())], stdout=subprocess.PIPE, text=True
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
         if not line.startswith("READY "):

@@ -9,8 +9,10 @@ from metaclaw.config_tools import MASK, config_snapshot, effective, mask_url
 
 
 def test_url_credentials_are_masked_in_config_show_and_train_snapshots() -> None:
-    settings = Settings(_env_file=None, upstream={
-        "base_url": "https://alice:hunter2@llm.example/v1?api-key=sk-live-123&region=eu"})
+    settings = Settings(
+        _env_file=None,
+        upstream={"base_url": "https://alice:hunter2@llm.example/v1?api-key=sk-live-123&region=eu"},
+    )
     shown = effective(settings)["upstream.base_url"]
     assert shown == f"https://{MASK}@llm.example/v1?api-key={MASK}&region=eu"
     snapshot = json.dumps(config_snapshot(settings))

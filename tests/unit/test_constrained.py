@@ -29,10 +29,11 @@ torch.set_num_threads(1)
 
 VERDICT = {
     "type": "object",
-    "properties": {"score": {"type": "integer", "enum": [-1, 0, 1]},
-                   "reason": {"type": "string", "maxLength": 12},
-                   "tags": {"type": "array", "items": {"type": "string", "maxLength": 4},
-                            "maxItems": 2}},
+    "properties": {
+        "score": {"type": "integer", "enum": [-1, 0, 1]},
+        "reason": {"type": "string", "maxLength": 12},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 4}, "maxItems": 2},
+    },
     "required": ["score", "reason", "tags"],
     "additionalProperties": False,
 }
@@ -57,8 +58,11 @@ def _prompt(engine: PolicyEngine) -> list[int]:
 
 
 def _chat_params(response_format: dict[str, Any] | None, **extra: Any) -> SamplingParams:
-    body: dict[str, Any] = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 200,
-                            **extra}
+    body: dict[str, Any] = {
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 200,
+        **extra,
+    }
     if response_format is not None:
         body["response_format"] = response_format
     return parse_chat(body, 512).params
@@ -93,8 +97,9 @@ def test_json_object_mode_gives_an_object(engine: PolicyEngine) -> None:
         assert isinstance(json.loads(result.text), dict)
 
 
-def test_logprobs_are_those_of_the_masked_distribution(engine: PolicyEngine,
-                                                       model_dir: Path) -> None:
+def test_logprobs_are_those_of_the_masked_distribution(
+    engine: PolicyEngine, model_dir: Path
+) -> None:
     """Replaying the reply through the same grammar: each token's reported logprob is the
     renormalised probability among the tokens the grammar allowed at that point."""
     fmt = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": VERDICT}}
@@ -115,14 +120,19 @@ def test_logprobs_are_those_of_the_masked_distribution(engine: PolicyEngine,
     assert sum(result.completion_logprobs) > sum(unmasked)  # the mask moved mass onto them
 
 
-@pytest.mark.parametrize(("fmt", "needle"), [
-    ("json", "must be an object"),
-    ({"type": "yaml"}, "'response_format.type'"),
-    ({"type": "json_schema"}, "'response_format.json_schema'"),
-    ({"type": "json_schema", "json_schema": {"name": "x", "schema": []}}, "schema"),
-    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
-     "cannot"),
-])
+@pytest.mark.parametrize(
+    ("fmt", "needle"),
+    [
+        ("json", "must be an object"),
+        ({"type": "yaml"}, "'response_format.type'"),
+        ({"type": "json_schema"}, "'response_format.json_schema'"),
+        ({"type": "json_schema", "json_schema": {"name": "x", "schema": []}}, "schema"),
+        (
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
+            "cannot",
+        ),
+    ],
+)
 def test_bad_response_formats_are_a_400_naming_the_field(fmt: Any, needle: str) -> None:
     with pytest.raises(EngineError) as err:
         parse_chat({"messages": [{"role": "user", "content": "x"}], "response_format": fmt}, 64)
@@ -158,25 +168,28 @@ def test_response_format_closes_objects_so_a_small_model_cannot_invent_keys() ->
     assert response_format(open_map, "m")["json_schema"]["schema"] == open_map  # left as said
 
 
-NOTES = {"type": "object",
-         "properties": {"note": {"type": "string", "maxLength": 5000},
-                        "tags": {"type": "array", "items": {"type": "string"}}},
-         "required": ["note", "tags"]}
+NOTES = {
+    "type": "object",
+    "properties": {
+        "note": {"type": "string", "maxLength": 5000},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["note", "tags"],
+}
 
 
-def test_a_token_budget_makes_even_a_looping_model_close_its_document(
-        engine: PolicyEngine) -> None:
+def test_a_token_budget_makes_even_a_looping_model_close_its_document(engine: PolicyEngine) -> None:
     """The random model never ends a free string by itself: unbudgeted, the document is cut at
     max_tokens; fitted to a budget of 40 tokens (80 characters), every reply is complete."""
-    loose = _chat_params(response_format(NOTES, "notes"), temperature=1.0, seed=0,
-                         max_tokens=60)
+    loose = _chat_params(response_format(NOTES, "notes"), temperature=1.0, seed=0, max_tokens=60)
     (cut,) = _many(engine, [loose])
     assert cut.finish_reason == "length" and not _parses(cut.text)
     fitted = response_format(NOTES, "notes", max_tokens=40)
     schema = fitted["json_schema"]["schema"]
     assert schema["properties"]["note"]["maxLength"] < 80
-    replies = _many(engine, [_chat_params(fitted, temperature=1.0, seed=s, max_tokens=400)
-                             for s in SEEDS])
+    replies = _many(
+        engine, [_chat_params(fitted, temperature=1.0, seed=s, max_tokens=400) for s in SEEDS]
+    )
     for result in replies:
         assert result.finish_reason == "stop", result.text
         jsonschema.validate(json.loads(result.text), schema)

@@ -22,9 +22,16 @@ ACTIONS = ("gate", "manual", "override", "supersede", "rollback", "restore")
 
 
 def candidate(cid: str, step: int, ts: int) -> dict:
-    return {"event_id": f"c-{cid}", "checkpoint_id": cid, "step": step, "backend": "local",
-            "path": f"/ckpt/{cid}", "status": "candidate", "ts": ts,
-            "reason": 'trained: {"loss": 1.5, "kl": 0.001}'}
+    return {
+        "event_id": f"c-{cid}",
+        "checkpoint_id": cid,
+        "step": step,
+        "backend": "local",
+        "path": f"/ckpt/{cid}",
+        "status": "candidate",
+        "ts": ts,
+        "reason": 'trained: {"loss": 1.5, "kl": 0.001}',
+    }
 
 
 class Ledger:
@@ -44,8 +51,11 @@ class Ledger:
         return rows
 
     def promote(self, cid: str, action: str = "gate", **kw: object) -> list[dict]:
-        return self.apply(plan_promote(self.book, cid, action=action, actor="test",
-                                       reason="r", now=self.now, **kw))
+        return self.apply(
+            plan_promote(
+                self.book, cid, action=action, actor="test", reason="r", now=self.now, **kw
+            )
+        )
 
     def rollback(self):  # type: ignore[no-untyped-def]
         plan = plan_rollback(self.book, actor="ops", reason="bad", now=self.now)
@@ -67,8 +77,11 @@ def test_the_table_is_the_only_authority() -> None:
 
 
 def test_invalid_transitions_say_what_is_allowed() -> None:
-    with pytest.raises(TransitionError, match=r"candidate and cannot become rolled_back.*"
-                                              r"promoted \(by gate, manual\)"):
+    with pytest.raises(
+        TransitionError,
+        match=r"candidate and cannot become rolled_back.*"
+        r"promoted \(by gate, manual\)",
+    ):
         check_transition("ckpt-1", "candidate", "rolled_back", "rollback")
     with pytest.raises(TransitionError, match="--force"):
         check_transition("ckpt-1", "rejected", "promoted", "manual")
@@ -136,8 +149,7 @@ def test_a_rolled_back_checkpoint_is_not_restored_by_a_later_rollback() -> None:
 def test_event_ids_are_stable_and_distinct_when_a_checkpoint_is_promoted_again() -> None:
     led = Ledger("a", "b")
     first = led.promote("a")
-    replay = plan_promote(Book(led.rows[:2]), "a", action="gate", actor="test", reason="r",
-                          now=1)
+    replay = plan_promote(Book(led.rows[:2]), "a", action="gate", actor="test", reason="r", now=1)
     assert replay[0]["event_id"] == first[0]["event_id"]  # a retried write lands once
     led.promote("b")
     again = led.promote("a", action="manual")
@@ -149,8 +161,13 @@ def test_a_torn_write_leaving_two_promoted_is_repaired_by_the_next_change() -> N
     led = Ledger("a", "b", "c")
     led.promote("a")
     # a crash appended b's promoted row but not a's superseded row
-    led.apply([r for r in plan_promote(led.book, "b", action="gate", actor="t", reason="r",
-                                       now=led.now) if r["status"] == "promoted"])
+    led.apply(
+        [
+            r
+            for r in plan_promote(led.book, "b", action="gate", actor="t", reason="r", now=led.now)
+            if r["status"] == "promoted"
+        ]
+    )
     assert sorted(k for k, v in led.status().items() if v == "promoted") == ["a", "b"]
     assert led.book.promoted.checkpoint_id == "b"  # type: ignore[union-attr]
     led.promote("c")

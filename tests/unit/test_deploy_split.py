@@ -19,16 +19,40 @@ from metaclaw.deploy.split import (
 )
 
 REQUESTS = [
-    {"messages": [{"role": "system", "content": "Be  Brief."},
-                  {"role": "user", "content": "Hi\tTHERE\n"}]},
-    {"messages": [{"role": "system", "content": "be brief."},
-                  {"role": "user", "content": "hi  there "}]},  # the same prompt, normalised
-    {"messages": [{"role": "user", "content": [{"type": "text", "text": "A"}, {"type": "image"},
-                                               "x", {"text": 5}, {"text": "b"}]}]},
-    {"system": [{"type": "text", "text": "SYS"}],
-     "messages": [{"role": "user", "content": "é Ü\u00a0x 😀 \u2003 q"}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Be  Brief."},
+            {"role": "user", "content": "Hi\tTHERE\n"},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "be brief."},
+            {"role": "user", "content": "hi  there "},
+        ]
+    },  # the same prompt, normalised
+    {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "A"},
+                    {"type": "image"},
+                    "x",
+                    {"text": 5},
+                    {"text": "b"},
+                ],
+            }
+        ]
+    },
+    {
+        "system": [{"type": "text", "text": "SYS"}],
+        "messages": [{"role": "user", "content": "é Ü\u00a0x 😀 \u2003 q"}],
+    },
     {"system": "SYS", "messages": [{"role": "user", "content": "é Ü\u00a0x 😀 \u2003 q"}]},
-    {"system": None, "messages": "nope"}, [1, 2], {},
+    {"system": None, "messages": "nope"},
+    [1, 2],
+    {},
     {"messages": [5, {"role": 3, "content": None}, {"role": "tool", "content": "ok"}]},
     {"messages": [{"role": "user", "content": "hi there"}]},  # another prompt: no system
 ]
@@ -40,15 +64,18 @@ def test_sessions_split_stably_at_the_right_size_and_the_same_in_sql() -> None:
     held = {s for s in ids if is_eval_session(s, cfg)}
     assert 0.17 < len(held) / len(ids) < 0.23
     assert held == {s for s in ids if is_eval_session(s, Settings(deploy=cfg))}  # either form
-    other = {s for s in ids if is_eval_session(s, DeploySettings(eval_fraction=0.2,
-                                                                 split_salt="s2"))}
+    other = {
+        s for s in ids if is_eval_session(s, DeploySettings(eval_fraction=0.2, split_salt="s2"))
+    }
     assert other != held
     assert split_fraction("abc", "s1") == split_fraction("abc", "s1")
     con = duckdb.connect()
     con.execute("CREATE TABLE t (session_id VARCHAR)")
     con.executemany("INSERT INTO t VALUES (?)", [[s] for s in ids])
-    in_sql = {r[0] for r in con.execute(
-        f"SELECT session_id FROM t WHERE {eval_session_sql(cfg)}").fetchall()}
+    in_sql = {
+        r[0]
+        for r in con.execute(f"SELECT session_id FROM t WHERE {eval_session_sql(cfg)}").fetchall()
+    }
     assert in_sql == held
     assert not any(is_eval_session(s, DeploySettings(eval_fraction=0.0)) for s in ids[:200])
     assert split_id(cfg) == "session-sha256+prompt/s1/0.2"
@@ -63,8 +90,12 @@ def test_prompt_digests_agree_between_python_and_duckdb() -> None:
     in_py = {i: prompt_digest(r) for i, r in enumerate(raw)}
     assert in_sql == in_py
     # ... and on the JSON type the ledger views use
-    as_json = dict(con.execute(f"SELECT i, {prompt_digest_sql('CAST(request AS JSON)')} "
-                               "FROM r WHERE json_valid(request)").fetchall())
+    as_json = dict(
+        con.execute(
+            f"SELECT i, {prompt_digest_sql('CAST(request AS JSON)')} "
+            "FROM r WHERE json_valid(request)"
+        ).fetchall()
+    )
     assert as_json == {i: d for i, d in in_py.items() if i in as_json}
     assert in_py[0] == in_py[1] is not None  # case and whitespace are folded
     assert in_py[3] == in_py[4] is not None  # an Anthropic system as a string or as blocks

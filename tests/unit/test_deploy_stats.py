@@ -66,8 +66,9 @@ def test_win_rate_aggregates_pairs() -> None:
 CFG = DeploySettings(max_kl=0.5, max_length_ratio=2.0, max_degenerate_fraction=0.25)
 
 
-def stats(replies: int = 10, tokens: float = 20.0, degenerate: int = 0, bad: int = 0
-          ) -> PolicyStats:
+def stats(
+    replies: int = 10, tokens: float = 20.0, degenerate: int = 0, bad: int = 0
+) -> PolicyStats:
     return PolicyStats(replies, tokens, degenerate, bad)
 
 
@@ -96,12 +97,16 @@ def test_kl_estimates_on_known_inputs() -> None:
 def test_guards_trip_on_each_failure_and_only_then() -> None:
     ok = check_guards(CFG, stats(), stats(), KL(0.1, 0.1, 100), {"loss": 1.0})
     assert tripped(ok) == set() and {g.name for g in ok} == {
-        "non_finite", "kl_from_base", "degenerate", "length_blowup"}
+        "non_finite",
+        "kl_from_base",
+        "degenerate",
+        "length_blowup",
+    }
     assert tripped(check_guards(CFG, stats(), stats(), KL(0.9, 0.8, 100))) == {"kl_from_base"}
-    assert tripped(check_guards(CFG, stats(tokens=50), stats(tokens=20), None)) == \
-        {"length_blowup"}
-    assert tripped(check_guards(CFG, stats(degenerate=4), stats(degenerate=1), None)) == \
-        {"degenerate"}
+    assert tripped(check_guards(CFG, stats(tokens=50), stats(tokens=20), None)) == {"length_blowup"}
+    assert tripped(check_guards(CFG, stats(degenerate=4), stats(degenerate=1), None)) == {
+        "degenerate"
+    }
     # a base that loops just as much does not make the candidate's share a veto
     assert tripped(check_guards(CFG, stats(degenerate=4), stats(degenerate=5), None)) == set()
     assert tripped(check_guards(CFG, stats(bad=1), stats(), None)) == {"non_finite"}
@@ -195,9 +200,11 @@ def test_a_reply_cannot_forge_the_other_replys_section() -> None:
 
 def test_prompts_file(tmp_path: Path) -> None:
     good = tmp_path / "p.jsonl"
-    good.write_text('{"prompt": "What is 2+2?"}\n\n'
-                    '{"messages": [{"role": "system", "content": "Be brief."},'
-                    ' {"role": "user", "content": "Hi"}]}\n{"prompt": "What is 2+2?"}\n')
+    good.write_text(
+        '{"prompt": "What is 2+2?"}\n\n'
+        '{"messages": [{"role": "system", "content": "Be brief."},'
+        ' {"role": "user", "content": "Hi"}]}\n{"prompt": "What is 2+2?"}\n'
+    )
     prompts = load_prompts_file(good)
     assert [p.messages[-1]["content"] for p in prompts] == ["What is 2+2?", "Hi"]
     assert all(p.source == "file" and p.prompt_id.startswith("file:") for p in prompts)
@@ -217,12 +224,17 @@ def test_a_separate_gate_judge_is_used_when_configured() -> None:
 
     scoring = {"base_url": "http://scoring.example/v1", "model": "scorer"}
     shared = PairwiseJudge.from_settings(Settings(judge=scoring))
-    assert shared is not None and (shared.base_url, shared.model) == (scoring["base_url"],
-                                                                       "scorer")
-    own = PairwiseJudge.from_settings(Settings(judge=scoring, deploy={
-        "judge_base_url": "http://gate.example/v1/", "judge_model": "gatekeeper",
-        "judge_api_key": "k"}))
-    assert own is not None and (own.base_url, own.model) == ("http://gate.example/v1",
-                                                             "gatekeeper")
+    assert shared is not None and (shared.base_url, shared.model) == (scoring["base_url"], "scorer")
+    own = PairwiseJudge.from_settings(
+        Settings(
+            judge=scoring,
+            deploy={
+                "judge_base_url": "http://gate.example/v1/",
+                "judge_model": "gatekeeper",
+                "judge_api_key": "k",
+            },
+        )
+    )
+    assert own is not None and (own.base_url, own.model) == ("http://gate.example/v1", "gatekeeper")
     with pytest.raises(ValueError, match=r"deploy\.judge_model is required"):
         PairwiseJudge.from_settings(Settings(deploy={"judge_base_url": "http://gate/v1"}))

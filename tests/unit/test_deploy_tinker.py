@@ -37,12 +37,18 @@ class FakeSamplingClient:
     def __init__(self, label: str, tokenizer: Any) -> None:
         self.label, self.tokenizer = label, tokenizer
 
-    def sample(self, prompt: types.ModelInput, num_samples: int,
-               sampling_params: types.SamplingParams) -> Future:
-        tokens = self.tokenizer("Paris" if self.label != "base" else "blue",
-                                add_special_tokens=False)["input_ids"]
-        seq = types.SampledSequence(stop_reason="stop", sequence_id="s", _tokens_list=tokens,
-                                    _logprobs_list=[-0.5] * len(tokens))
+    def sample(
+        self, prompt: types.ModelInput, num_samples: int, sampling_params: types.SamplingParams
+    ) -> Future:
+        tokens = self.tokenizer(
+            "Paris" if self.label != "base" else "blue", add_special_tokens=False
+        )["input_ids"]
+        seq = types.SampledSequence(
+            stop_reason="stop",
+            sequence_id="s",
+            _tokens_list=tokens,
+            _logprobs_list=[-0.5] * len(tokens),
+        )
         return Future(types.SampleResponse(sequences=[seq] * num_samples))
 
     def compute_logprobs(self, prompt: types.ModelInput) -> Future:
@@ -59,8 +65,9 @@ class FakeService:
         self.tokenizer = build_tokenizer()
         self.created: list[dict[str, Any]] = []
 
-    def create_sampling_client(self, model_path: str | None = None,
-                               base_model: str | None = None) -> Future:
+    def create_sampling_client(
+        self, model_path: str | None = None, base_model: str | None = None
+    ) -> Future:
         self.created.append({"model_path": model_path, "base_model": base_model})
         return Future(FakeSamplingClient(model_path or "base", self.tokenizer))
 
@@ -101,8 +108,13 @@ def test_tinker_sampler_samples_and_scores_through_sampling_clients() -> None:
     (reply,) = sampler.sample(cand, prompt, 1, types.SamplingParams(max_tokens=4, seed=1))
     assert reply.text == "Paris" and reply.stop_reason == "stop"
     # the eval set in one batch: every request submitted, then every future collected
-    batch = sampler.sample_many(cand, [(prompt, 1, types.SamplingParams(max_tokens=4, seed=1)),
-                                       ([8, 9], 2, types.SamplingParams(max_tokens=4, seed=2))])
+    batch = sampler.sample_many(
+        cand,
+        [
+            (prompt, 1, types.SamplingParams(max_tokens=4, seed=1)),
+            ([8, 9], 2, types.SamplingParams(max_tokens=4, seed=2)),
+        ],
+    )
     assert [[r.text for r in replies] for replies in batch] == [["Paris"], ["Paris", "Paris"]]
     (lps,) = sampler.logprobs(cand, [(prompt, reply.tokens)])
     assert lps == [-0.1] * len(reply.tokens)  # the completion's logprobs only
@@ -111,8 +123,12 @@ def test_tinker_sampler_samples_and_scores_through_sampling_clients() -> None:
     assert {"model_path": SAMPLER, "base_model": None} in service.created
     assert {"model_path": None, "base_model": "Qwen/Qwen3-8B"} in service.created
     with pytest.raises(NotServableError):
-        sampler.sample(PolicyRef("bad", "tinker://run-1:train:0/weights/x"), prompt, 1,
-                       types.SamplingParams(max_tokens=4))
+        sampler.sample(
+            PolicyRef("bad", "tinker://run-1:train:0/weights/x"),
+            prompt,
+            1,
+            types.SamplingParams(max_tokens=4),
+        )
 
 
 def test_the_local_policy_server_is_not_asked_to_serve_a_tinker_checkpoint() -> None:

@@ -34,8 +34,9 @@ def _ids(tok, text: str) -> list[int]:
     return list(tok(text, add_special_tokens=False)["input_ids"])
 
 
-def _teach_in_context_following(model, tok, prompt: list[int], hinted: list[int],
-                                plain_end: list[int], cheers_end: list[int]) -> None:
+def _teach_in_context_following(
+    model, tok, prompt: list[int], hinted: list[int], plain_end: list[int], cheers_end: list[int]
+) -> None:
     """SFT: unhinted → 70% plain / 30% Cheers; hinted → always Cheers."""
 
     def nll(p: list[int], c: list[int]) -> torch.Tensor:
@@ -47,8 +48,9 @@ def _teach_in_context_following(model, tok, prompt: list[int], hinted: list[int]
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(25):
         opt.zero_grad()
-        loss = 0.7 * nll(prompt, plain_end) + 0.3 * nll(prompt, cheers_end) + nll(hinted,
-                                                                                  cheers_end)
+        loss = (
+            0.7 * nll(prompt, plain_end) + 0.3 * nll(prompt, cheers_end) + nll(hinted, cheers_end)
+        )
         loss.backward()
         opt.step()
     model.eval()
@@ -57,8 +59,9 @@ def _teach_in_context_following(model, tok, prompt: list[int], hinted: list[int]
 @pytest.mark.slow  # ~10 s idle; over a minute on the shared 2-core machine
 def test_hinted_teacher_distillation_raises_the_hinted_ending(tmp_path: Path) -> None:
     model, tok = build_tiny_model(seed=0)
-    prompt = _ids(tok, tok.apply_chat_template(QUESTION, add_generation_prompt=True,
-                                               tokenize=False))
+    prompt = _ids(
+        tok, tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
+    )
     plain_end = _ids(tok, "Paris.<|im_end|>")
     cheers_end = _ids(tok, "Paris. Cheers<|im_end|>")
     hinted = HintedTeacher(BackendTeacher(None), tok, HINT).hinted_prompt(prompt)  # type: ignore[arg-type]
@@ -70,17 +73,21 @@ def test_hinted_teacher_distillation_raises_the_hinted_ending(tmp_path: Path) ->
 
     def p_cheers(p: list[int]) -> float:
         out = backend.forward([sft_datum(p, cheers_end)], "cross_entropy")
-        return math.exp(sum(learner_logprobs(out)[0][len(p) - 1:]))
+        return math.exp(sum(learner_logprobs(out)[0][len(p) - 1 :]))
 
     before = p_cheers(prompt)
     assert 0.1 < before < 0.5 and p_cheers(hinted) > 0.9  # follows the hint in context only
     for step in range(4):
-        res = backend.sample(types.ModelInput.from_ints(prompt), 8,
-                             types.SamplingParams(max_tokens=len(cheers_end) + 2, seed=step))
+        res = backend.sample(
+            types.ModelInput.from_ints(prompt),
+            8,
+            types.SamplingParams(max_tokens=len(cheers_end) + 2, seed=step),
+        )
         data = []
         for s in res.sequences:
-            advantages = distillation_advantages(teacher.completion_logprobs(prompt, s.tokens),
-                                                 s.logprobs, kl_coef=1.0)
+            advantages = distillation_advantages(
+                teacher.completion_logprobs(prompt, s.tokens), s.logprobs, kl_coef=1.0
+            )
             data.append(rl_datum(prompt, s.tokens, s.logprobs, advantages))
         backend.forward_backward(data, "importance_sampling")
         backend.optim_step(types.AdamParams(learning_rate=1e-3))
@@ -92,12 +99,14 @@ def test_without_the_hint_the_teacher_is_the_student() -> None:
     """Zero advantage when the hint is not inserted: the signal comes from the hint alone."""
     model, tok = build_tiny_model(seed=1)
     backend = LocalBackend(model, tok, checkpoint_dir=Path("/nonexistent"), lora_rank=4, seed=0)
-    prompt = _ids(tok, tok.apply_chat_template(QUESTION, add_generation_prompt=True,
-                                               tokenize=False))
+    prompt = _ids(
+        tok, tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
+    )
     completion = _ids(tok, "Paris.<|im_end|>")
     plain = BackendTeacher(backend).completion_logprobs(prompt, completion)
-    hinted = HintedTeacher(BackendTeacher(backend), tok, HINT).completion_logprobs(prompt,
-                                                                                    completion)
+    hinted = HintedTeacher(BackendTeacher(backend), tok, HINT).completion_logprobs(
+        prompt, completion
+    )
     assert len(hinted) == len(plain) == len(completion)
     assert max(abs(a) for a in distillation_advantages(plain, plain, 1.0)) == 0.0
     assert max(abs(h - p) for h, p in zip(hinted, plain, strict=True)) > 1e-4
@@ -112,8 +121,11 @@ def test_a_prompt_without_the_assistant_header_is_refused() -> None:
 
 def test_hints_per_turn() -> None:
     _, tok = build_tiny_model(seed=0)
-    teachers = HintTeachers(BackendTeacher(None), tok,  # type: ignore[arg-type]
-                            {"t1": ["too long", "too long", "use metric units"], "t2": []})
+    teachers = HintTeachers(
+        BackendTeacher(None),
+        tok,  # type: ignore[arg-type]
+        {"t1": ["too long", "too long", "use metric units"], "t2": []},
+    )
     t1 = teachers.for_turn("t1")
     assert t1 is not None and t1.hint == "too long / use metric units"
     assert teachers.for_turn("t2") is None and teachers.for_turn("t3") is None

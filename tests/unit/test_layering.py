@@ -36,8 +36,10 @@ def _imports(path: Path) -> Iterator[str]:
 def import_graph() -> dict[str, set[str]]:
     """Module → the project modules it imports (`from a import b` counts as a.b if a.b is one)."""
     files = {_module_name(p): p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
-    return {name: {m for m in _imports(path) if m in files and m != name}
-            for name, path in files.items()}
+    return {
+        name: {m for m in _imports(path) if m in files and m != name}
+        for name, path in files.items()
+    }
 
 
 def _within(module: str, *prefixes: str) -> bool:
@@ -53,21 +55,35 @@ def _external_imports(prefix: str) -> Iterator[tuple[str, str]]:
 
 
 def test_the_ledger_imports_nothing_above_it() -> None:
-    upward = sorted({(m, d) for m, d in _external_imports("metaclaw.ledger")
-                     if _within(d, "metaclaw") and not _within(d, "metaclaw.ledger",
-                                                              "metaclaw.config")})
+    upward = sorted(
+        {
+            (m, d)
+            for m, d in _external_imports("metaclaw.ledger")
+            if _within(d, "metaclaw") and not _within(d, "metaclaw.ledger", "metaclaw.config")
+        }
+    )
     assert upward == [], f"the ledger imports layers above it: {upward}"
 
 
 def test_the_proxy_imports_no_flows_tasks_or_training() -> None:
-    upward = sorted({(m, d) for m, d in _external_imports("metaclaw.proxy")
-                     if _within(d, "flows", "tasks", "metaclaw.training", "prefect")})
+    upward = sorted(
+        {
+            (m, d)
+            for m, d in _external_imports("metaclaw.proxy")
+            if _within(d, "flows", "tasks", "metaclaw.training", "prefect")
+        }
+    )
     assert upward == [], f"the proxy imports {upward}"
 
 
 def test_the_library_never_imports_prefect_flows_or_tasks() -> None:
-    upward = sorted({(m, d) for m, d in _external_imports("metaclaw")
-                     if _within(d, "flows", "tasks", "prefect")})
+    upward = sorted(
+        {
+            (m, d)
+            for m, d in _external_imports("metaclaw")
+            if _within(d, "flows", "tasks", "prefect")
+        }
+    )
     assert upward == [], f"metaclaw/ imports orchestration: {upward}"
 
 

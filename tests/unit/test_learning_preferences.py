@@ -18,24 +18,31 @@ def test_word_count_ignores_punctuation_and_markup() -> None:
     assert word_count("") == 0
 
 
-@pytest.mark.parametrize(("kind", "reply", "ok"), [
-    ("brevity", "The capital of France is Paris.", True),
-    ("brevity", "Paris is the capital of France, and it is known for art, food, fashion and "
-                "the Eiffel Tower.", False),
-    ("brevity", "", False),
-    ("sign_off", "Paris is the capital of France. Cheers!", True),
-    ("sign_off", "Paris is the capital of France. cheers", True),
-    ("sign_off", "Cheers! Paris is the capital of France.", False),  # at the start, not the end
-    ("sign_off", "Cheers!", False),  # an echo with no answer
-    ("sign_off", "Paris is the capital. Cheers to you all, friend.", False),
-    ("one_sentence", "Spiders have eight legs.", True),
-    ("one_sentence", "Spiders have eight legs. Insects have six.", False),
-    ("one_sentence", "Spiders have:\n- eight legs", False),
-    ("one_sentence", "1. Eight", False),
-    ("french", "La capitale de la France est Paris, et c'est une belle ville.", True),
-    ("french", "The capital of France is Paris, and it is a lovely city.", False),
-    ("french", "Paris.", False),  # too little to tell
-])
+@pytest.mark.parametrize(
+    ("kind", "reply", "ok"),
+    [
+        ("brevity", "The capital of France is Paris.", True),
+        (
+            "brevity",
+            "Paris is the capital of France, and it is known for art, food, fashion and "
+            "the Eiffel Tower.",
+            False,
+        ),
+        ("brevity", "", False),
+        ("sign_off", "Paris is the capital of France. Cheers!", True),
+        ("sign_off", "Paris is the capital of France. cheers", True),
+        ("sign_off", "Cheers! Paris is the capital of France.", False),  # at the start, not the end
+        ("sign_off", "Cheers!", False),  # an echo with no answer
+        ("sign_off", "Paris is the capital. Cheers to you all, friend.", False),
+        ("one_sentence", "Spiders have eight legs.", True),
+        ("one_sentence", "Spiders have eight legs. Insects have six.", False),
+        ("one_sentence", "Spiders have:\n- eight legs", False),
+        ("one_sentence", "1. Eight", False),
+        ("french", "La capitale de la France est Paris, et c'est une belle ville.", True),
+        ("french", "The capital of France is Paris, and it is a lovely city.", False),
+        ("french", "Paris.", False),  # too little to tell
+    ],
+)
 def test_rules_on_real_replies(kind: str, reply: str, ok: bool) -> None:
     assert PREFERENCES[kind].complies(reply) is ok
 

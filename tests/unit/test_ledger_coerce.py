@@ -16,19 +16,22 @@ BASE = {"turn_id": "t", "session_id": "s", "ts_start": 1_764_072_000_000_000}
 
 
 def test_values_of_the_wrong_type_are_coerced() -> None:
-    row = coerce_row(TURNS, {
-        **BASE,
-        "completion_text": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
-        "finish_reason": {"odd": True},
-        "turn_index": "3",
-        "latency_ms": 12,
-        "stream": "true",
-        "ts_end": "2026-01-01T00:00:00+00:00",
-        "injected_skills": "s@1",
-        "usage": "not json",
-        "response": '{"id": "x"}',
-        "skill_set_version": 7.0,
-    })
+    row = coerce_row(
+        TURNS,
+        {
+            **BASE,
+            "completion_text": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+            "finish_reason": {"odd": True},
+            "turn_index": "3",
+            "latency_ms": 12,
+            "stream": "true",
+            "ts_end": "2026-01-01T00:00:00+00:00",
+            "injected_skills": "s@1",
+            "usage": "not json",
+            "response": '{"id": "x"}',
+            "skill_set_version": 7.0,
+        },
+    )
     assert row["completion_text"] == "ab", "text parts are joined"
     assert row["finish_reason"] == '{"odd":true}'
     assert row["turn_index"] == 3 and row["latency_ms"] == 12.0 and row["stream"] is True
@@ -56,13 +59,17 @@ def test_values_that_cannot_be_coerced_name_the_column(change: dict, message: st
 
 
 def test_coerce_rows_splits_good_and_bad() -> None:
-    good, bad = coerce_rows(FEEDBACK, [
-        {"feedback_id": "a", "value": "0.5", "ts": 1},
-        {"feedback_id": "b", "ts": 1},
-    ])
+    good, bad = coerce_rows(
+        FEEDBACK,
+        [
+            {"feedback_id": "a", "value": "0.5", "ts": 1},
+            {"feedback_id": "b", "ts": 1},
+        ],
+    )
     assert [r["value"] for r in good] == [0.5]
-    assert bad == [({"feedback_id": "b", "ts": 1},
-                    "column 'value' of feedback is required but missing")]
+    assert bad == [
+        ({"feedback_id": "b", "ts": 1}, "column 'value' of feedback is required but missing")
+    ]
 
 
 def test_compaction_tier_from_file_names() -> None:

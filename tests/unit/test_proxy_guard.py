@@ -7,14 +7,26 @@ import pytest
 from metaclaw.proxy.guard import OpenBindError, check_bind, check_request, host_allowed
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1:30000", "localhost", "LOCALHOST.:8", "[::1]:30000",
-                                  "10.0.0.5", "[fe80::1]", "api.localhost:1", "gw.internal"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1:30000",
+        "localhost",
+        "LOCALHOST.:8",
+        "[::1]:30000",
+        "10.0.0.5",
+        "[fe80::1]",
+        "api.localhost:1",
+        "gw.internal",
+    ],
+)
 def test_addresses_localhost_and_listed_names_are_this_server(host: str) -> None:
     assert host_allowed(host, ["gw.internal"])
 
 
-@pytest.mark.parametrize("host", ["attacker.example:30000", "127.0.0.1.nip.io", "", "[::1",
-                                  "localhost.attacker.example"])
+@pytest.mark.parametrize(
+    "host", ["attacker.example:30000", "127.0.0.1.nip.io", "", "[::1", "localhost.attacker.example"]
+)
 def test_other_names_are_rebinding_suspects(host: str) -> None:
     assert not host_allowed(host, ["gw.internal"])
 
@@ -46,5 +58,10 @@ def test_bind_rules() -> None:
     check_bind("0.0.0.0", keyed=True, allow_open=False, section="proxy", key_setting="k")
     check_bind("0.0.0.0", keyed=False, allow_open=True, section="proxy", key_setting="k")
     with pytest.raises(OpenBindError, match=r"proxy\.allow_open_bind"):
-        check_bind("192.168.1.4", keyed=False, allow_open=False, section="proxy",
-                   key_setting="proxy.api_keys")
+        check_bind(
+            "192.168.1.4",
+            keyed=False,
+            allow_open=False,
+            section="proxy",
+            key_setting="proxy.api_keys",
+        )

@@ -19,8 +19,9 @@ LIMIT = 64 * 1024
 def _store(path: Path, blob: bytes, declared: int | None) -> Path:
     con = sqlite3.connect(path)
     con.execute(DDL)
-    con.execute("INSERT INTO transcript_events VALUES ('s1', 1, NULL, 0, ?, ?, '{}')",
-                (blob, declared))
+    con.execute(
+        "INSERT INTO transcript_events VALUES ('s1', 1, NULL, 0, ?, ?, '{}')", (blob, declared)
+    )
     con.commit()
     con.close()
     return path
@@ -33,8 +34,7 @@ def _bomb(size: int) -> bytes:
 
 
 @pytest.mark.parametrize("declared", [None, 100])
-def test_a_zstd_bomb_is_refused_within_the_record_cap(tmp_path: Path, declared: int | None
-                                                      ) -> None:
+def test_a_zstd_bomb_is_refused_within_the_record_cap(tmp_path: Path, declared: int | None) -> None:
     blob = _bomb(16 * 1024 * 1024)
     assert len(blob) < 4096 and zstandard.frame_content_size(blob) > 16_000_000
     store = _store(tmp_path / "openclaw-agent.sqlite", blob, declared)
@@ -46,8 +46,9 @@ def test_a_zstd_bomb_is_refused_within_the_record_cap(tmp_path: Path, declared: 
 def test_an_event_within_the_cap_is_read(tmp_path: Path) -> None:
     event = {"type": "session", "id": "s1", "timestamp": "2026-01-01T00:00:00Z"}
     raw = orjson.dumps(event)
-    store = _store(tmp_path / "openclaw-agent.sqlite", zstandard.ZstdCompressor().compress(raw),
-                   len(raw))
+    store = _store(
+        tmp_path / "openclaw-agent.sqlite", zstandard.ZstdCompressor().compress(raw), len(raw)
+    )
     items = list(parse_sqlite(store, ParseOptions(max_record_bytes=LIMIT), 1))
     assert not [i for i in items if isinstance(i, Problem) and "inflates" in i.message]
 

@@ -22,52 +22,87 @@ T0 = 1_700_000_000 * S
 
 
 def _turn(turn_id: str, session: str, done_s: int, status: str = "ok") -> dict[str, Any]:
-    return {"turn_id": turn_id, "session_id": session, "turn_index": 0,
-            "ts_start": T0 + (done_s - 1) * S, "ts_end": T0 + done_s * S, "status": status,
-            "completion_text": "x"}
+    return {
+        "turn_id": turn_id,
+        "session_id": session,
+        "turn_index": 0,
+        "ts_start": T0 + (done_s - 1) * S,
+        "ts_end": T0 + done_s * S,
+        "status": status,
+        "completion_text": "x",
+    }
 
 
 def _reward(turn_id: str, signal: str, value: float, version: str, at_s: int) -> dict[str, Any]:
-    return {"reward_id": reward_id(turn_id, signal, version), "turn_id": turn_id,
-            "signal": signal, "value": value, "scorer_version": version, "ts": T0 + at_s * S}
+    return {
+        "reward_id": reward_id(turn_id, signal, version),
+        "turn_id": turn_id,
+        "signal": signal,
+        "value": value,
+        "scorer_version": version,
+        "ts": T0 + at_s * S,
+    }
 
 
-def _feedback(fid: str, value: float, at_s: int, turn: str | None = None,
-              session: str | None = None) -> dict[str, Any]:
-    return {"feedback_id": fid, "turn_id": turn, "session_id": session, "value": value,
-            "ts": T0 + at_s * S}
+def _feedback(
+    fid: str, value: float, at_s: int, turn: str | None = None, session: str | None = None
+) -> dict[str, Any]:
+    return {
+        "feedback_id": fid,
+        "turn_id": turn,
+        "session_id": session,
+        "value": value,
+        "ts": T0 + at_s * S,
+    }
 
 
 @pytest.fixture()
 def paths(tmp_path: Path) -> LedgerPaths:
     paths = LedgerPaths(tmp_path / "home")
     with WalWriter(paths.wal) as wal:
-        wal.append("turns", [
-            _turn("A", "s1", 10), _turn("B", "s1", 20), _turn("C", "s1", 30),
-            _turn("D", "s1", 40), _turn("E", "s1", 50), _turn("F", "s1", 60),
-            _turn("G", "s2", 10), _turn("H", "s2", 20), _turn("I", "s2", 22, "upstream_error"),
-        ])
-        wal.append("rewards", [
-            _reward("A", "judge", -1.0, "judge/m/p1/m3", 100),
-            _reward("A", "implicit:correction", -1.0, "implicit-v1", 100),
-            _reward("B", "judge", 1.0, "judge/old/p1/m3", 100),
-            _reward("B", "judge", 0.0, "judge/m/p1/m3", 200),  # re-judged later: this one counts
-            _reward("B", "implicit:continuation", 1.0, "implicit-v1", 100),
-            _reward("C", "implicit:continuation", 1.0, "implicit-v0", 50),  # superseded version
-            _reward("C", "implicit:correction", -1.0, "implicit-v1", 100),
-            _reward("C", "implicit:tool_error", -1.0, "implicit-v1", 100),
-            _reward("D", "implicit:continuation", 1.0, "implicit-v1", 100),
-            _reward("E", "implicit:session_length", 0.0, "implicit-v1", 100),
-            _reward("G", "judge", 1.0, "judge/m/p1/m3", 100),
-        ])
-        wal.append("feedback", [
-            _feedback("f1", -1.0, 11, turn="A"),
-            _feedback("f2", 1.0, 12, turn="A"),  # changed their mind: the latest counts
-            _feedback("f3", 0.5, 15, session="s2"),  # → G (H not done until t=20)
-            _feedback("f4", -0.5, 25, session="s2"),  # → H (I failed, so not "the" turn)
-            _feedback("f5", 1.0, 5, session="s2"),  # before any turn: unresolved
-            _feedback("f6", 1.0, 5, session="nope"),  # unknown session: unresolved
-        ])
+        wal.append(
+            "turns",
+            [
+                _turn("A", "s1", 10),
+                _turn("B", "s1", 20),
+                _turn("C", "s1", 30),
+                _turn("D", "s1", 40),
+                _turn("E", "s1", 50),
+                _turn("F", "s1", 60),
+                _turn("G", "s2", 10),
+                _turn("H", "s2", 20),
+                _turn("I", "s2", 22, "upstream_error"),
+            ],
+        )
+        wal.append(
+            "rewards",
+            [
+                _reward("A", "judge", -1.0, "judge/m/p1/m3", 100),
+                _reward("A", "implicit:correction", -1.0, "implicit-v1", 100),
+                _reward("B", "judge", 1.0, "judge/old/p1/m3", 100),
+                _reward(
+                    "B", "judge", 0.0, "judge/m/p1/m3", 200
+                ),  # re-judged later: this one counts
+                _reward("B", "implicit:continuation", 1.0, "implicit-v1", 100),
+                _reward("C", "implicit:continuation", 1.0, "implicit-v0", 50),  # superseded version
+                _reward("C", "implicit:correction", -1.0, "implicit-v1", 100),
+                _reward("C", "implicit:tool_error", -1.0, "implicit-v1", 100),
+                _reward("D", "implicit:continuation", 1.0, "implicit-v1", 100),
+                _reward("E", "implicit:session_length", 0.0, "implicit-v1", 100),
+                _reward("G", "judge", 1.0, "judge/m/p1/m3", 100),
+            ],
+        )
+        wal.append(
+            "feedback",
+            [
+                _feedback("f1", -1.0, 11, turn="A"),
+                _feedback("f2", 1.0, 12, turn="A"),  # changed their mind: the latest counts
+                _feedback("f3", 0.5, 15, session="s2"),  # → G (H not done until t=20)
+                _feedback("f4", -0.5, 25, session="s2"),  # → H (I failed, so not "the" turn)
+                _feedback("f5", 1.0, 5, session="s2"),  # before any turn: unresolved
+                _feedback("f6", 1.0, 5, session="nope"),  # unknown session: unresolved
+            ],
+        )
     return paths
 
 
@@ -76,8 +111,9 @@ def _by_turn(paths: LedgerPaths, view: str) -> dict[str, dict[str, Any]]:
 
 
 def _check(paths: LedgerPaths) -> None:
-    fb = rows(paths, "SELECT feedback_id, turn_id, resolved_by FROM turn_feedback "
-                     "ORDER BY feedback_id")
+    fb = rows(
+        paths, "SELECT feedback_id, turn_id, resolved_by FROM turn_feedback ORDER BY feedback_id"
+    )
     assert fb == [
         {"feedback_id": "f1", "turn_id": "A", "resolved_by": "turn"},
         {"feedback_id": "f2", "turn_id": "A", "resolved_by": "turn"},
@@ -112,8 +148,9 @@ def test_views_over_wal_and_parquet(paths: LedgerPaths) -> None:
 def test_column_types(paths: LedgerPaths) -> None:
     con = connect(paths)
     try:
-        types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE turn_rewards)")
-                     .fetchall())
+        types = dict(
+            con.execute("SELECT column_name, column_type FROM (DESCRIBE turn_rewards)").fetchall()
+        )
     finally:
         con.close()
     assert types["turn_id"] == "VARCHAR" and types["session_id"] == "VARCHAR"
@@ -124,8 +161,10 @@ def test_column_types(paths: LedgerPaths) -> None:
 def test_another_rule_on_demand(paths: LedgerPaths) -> None:
     con = connect(paths)
     try:
-        sql = turn_rewards_sql(priority=("judge", "implicit", "explicit"),
-                               implicit_weights={**IMPLICIT_WEIGHTS, "continuation": 1.0})
+        sql = turn_rewards_sql(
+            priority=("judge", "implicit", "explicit"),
+            implicit_weights={**IMPLICIT_WEIGHTS, "continuation": 1.0},
+        )
         con.execute(f"CREATE VIEW judge_first AS {sql}")
         got = dict(con.execute("SELECT turn_id, reward FROM judge_first").fetchall())
     finally:
@@ -142,5 +181,14 @@ def test_bad_rules_are_refused() -> None:
 
 def test_reward_ids_are_stable_and_distinct() -> None:
     assert reward_id("t", "judge", "v1") == reward_id("t", "judge", "v1")
-    assert len({reward_id("t", "judge", "v1"), reward_id("t", "judge", "v2"),
-                reward_id("t", "implicit:correction", "v1"), reward_id("u", "judge", "v1")}) == 4
+    assert (
+        len(
+            {
+                reward_id("t", "judge", "v1"),
+                reward_id("t", "judge", "v2"),
+                reward_id("t", "implicit:correction", "v1"),
+                reward_id("u", "judge", "v1"),
+            }
+        )
+        == 4
+    )

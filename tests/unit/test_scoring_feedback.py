@@ -18,8 +18,10 @@ from metaclaw.scoring.feedback import (
     ("body", "expected"),
     [
         ({"turn_id": "t1", "value": 1}, ("t1", None, 1.0, None)),
-        ({"session_id": "s1", "value": -1, "comment": "wrong file"},
-         (None, "s1", -1.0, "wrong file")),
+        (
+            {"session_id": "s1", "value": -1, "comment": "wrong file"},
+            (None, "s1", -1.0, "wrong file"),
+        ),
         ({"turn_id": "t1", "session_id": "s1", "value": 0.25}, ("t1", "s1", 0.25, None)),
         ({"session_id": "agent:main:main", "value": 0}, (None, "agent:main:main", 0.0, None)),
         ({"turn_id": "t", "value": -1.0, "comment": None}, ("t", None, -1.0, None)),
@@ -64,5 +66,11 @@ def test_ids_and_row() -> None:
     assert feedback_id("key-1") == feedback_id("key-1") != feedback_id("key-2")
     assert feedback_id() != feedback_id()
     row = feedback_row(parse_feedback({"session_id": "s", "value": 1}), "f1", 123)
-    assert row == {"feedback_id": "f1", "turn_id": None, "session_id": "s", "value": 1.0,
-                   "comment": None, "ts": 123}
+    assert row == {
+        "feedback_id": "f1",
+        "turn_id": None,
+        "session_id": "s",
+        "value": 1.0,
+        "comment": None,
+        "ts": 123,
+    }

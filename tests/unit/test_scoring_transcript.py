@@ -9,10 +9,18 @@ from metaclaw.scoring.prompt import RUBRIC, build_case
 from metaclaw.scoring.transcript import TurnRecord, assemble, normalize_request
 
 
-def _turn(i: int, messages: list[dict[str, Any]], reply: str | None = None,
-          calls: list[dict[str, Any]] | None = None, *, ts: float | None = None,
-          status: str = "ok", index: int | None = None, system: Any = None,
-          turn_id: str | None = None) -> TurnRecord:
+def _turn(
+    i: int,
+    messages: list[dict[str, Any]],
+    reply: str | None = None,
+    calls: list[dict[str, Any]] | None = None,
+    *,
+    ts: float | None = None,
+    status: str = "ok",
+    index: int | None = None,
+    system: Any = None,
+    turn_id: str | None = None,
+) -> TurnRecord:
     request: dict[str, Any] = {"model": "m", "messages": messages}
     if system is not None:
         request["system"] = system
@@ -30,8 +38,11 @@ def _turn(i: int, messages: list[dict[str, Any]], reply: str | None = None,
 
 
 def _call(cid: str, name: str, args: dict[str, Any]) -> dict[str, Any]:
-    return {"id": cid, "type": "function",
-            "function": {"name": name, "arguments": json.dumps(args)}}
+    return {
+        "id": cid,
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(args)},
+    }
 
 
 def _by_id(turns: list[TurnRecord]) -> dict[str, Any]:
@@ -69,15 +80,28 @@ def test_tool_call_session_openai_shape() -> None:
     turns = [
         _turn(0, [u], None, [call]),
         # the client re-serialises the arguments with other spacing: still the same turn
-        _turn(1, [u, {**a1, "tool_calls": [_call("c1", "get_weather", {"city": "Oslo"}) | {
-            "function": {"name": "get_weather", "arguments": '{ "city" :  "Oslo" }'}}]}, tool],
-              "Sorry, I could not find it."),
+        _turn(
+            1,
+            [
+                u,
+                {
+                    **a1,
+                    "tool_calls": [
+                        _call("c1", "get_weather", {"city": "Oslo"})
+                        | {"function": {"name": "get_weather", "arguments": '{ "city" :  "Oslo" }'}}
+                    ],
+                },
+                tool,
+            ],
+            "Sorry, I could not find it.",
+        ),
         _turn(2, [u, a1, tool, a2, u2], "It is 3°C in Oslo."),
     ]
     ctx = _by_id(turns)
     state = ctx["t0"].next_state
     assert [(m.role, m.text, m.tool_call_id) for m in state] == [
-        ("tool", "Error: city not found", "c1")]
+        ("tool", "Error: city not found", "c1")
+    ]
     assert ctx["t0"].reply.tool_calls[0].name == "get_weather"
     assert ctx["t0"].next_user_text is None and len(ctx["t0"].next_tool_results) == 1
     assert [m.text for m in ctx["t1"].next_state] == ["try again"]
@@ -85,14 +109,26 @@ def test_tool_call_session_openai_shape() -> None:
 
 def test_anthropic_tool_use_and_tool_result_blocks() -> None:
     u = {"role": "user", "content": [{"type": "text", "text": "list files"}]}
-    a1 = {"role": "assistant", "content": [
-        {"type": "thinking", "thinking": "hmm"},
-        {"type": "text", "text": "Listing."},
-        {"type": "tool_use", "id": "tu1", "name": "ls", "input": {"path": "."}}]}
-    res = {"role": "user", "content": [
-        {"type": "tool_result", "tool_use_id": "tu1", "is_error": True,
-         "content": [{"type": "text", "text": "permission denied"}]},
-        {"type": "text", "text": "hmm, that failed"}]}
+    a1 = {
+        "role": "assistant",
+        "content": [
+            {"type": "thinking", "thinking": "hmm"},
+            {"type": "text", "text": "Listing."},
+            {"type": "tool_use", "id": "tu1", "name": "ls", "input": {"path": "."}},
+        ],
+    }
+    res = {
+        "role": "user",
+        "content": [
+            {
+                "type": "tool_result",
+                "tool_use_id": "tu1",
+                "is_error": True,
+                "content": [{"type": "text", "text": "permission denied"}],
+            },
+            {"type": "text", "text": "hmm, that failed"},
+        ],
+    }
     turns = [
         _turn(0, [u], "Listing.", [_call("tu1", "ls", {"path": "."})], system="You code."),
         _turn(1, [u, a1, res], "Let me try sudo.", system=[{"type": "text", "text": "You code."}]),
@@ -100,7 +136,9 @@ def test_anthropic_tool_use_and_tool_result_blocks() -> None:
     ctx = _by_id(turns)
     state = ctx["t0"].next_state
     assert [(m.role, m.text, m.is_error) for m in state] == [
-        ("tool", "permission denied", True), ("user", "hmm, that failed", False)]
+        ("tool", "permission denied", True),
+        ("user", "hmm, that failed", False),
+    ]
     assert ctx["t0"].system == "You code." and ctx["t1"].system == "You code."
 
 
@@ -109,10 +147,28 @@ def test_retry_with_same_index_and_branches_take_the_earliest_continuation() -> 
     turns = [
         _turn(0, [u1], None, status="upstream_error", turn_id="err"),
         _turn(0, [u1], "Old pond / frog", ts=1, index=0, turn_id="ok"),
-        _turn(1, [u1, {"role": "assistant", "content": "Old pond / frog"},
-                  {"role": "user", "content": "shorter"}], "Pond. Frog.", ts=2, turn_id="b1"),
-        _turn(1, [u1, {"role": "assistant", "content": "Old pond / frog"},
-                  {"role": "user", "content": "longer"}], "A long one", ts=3, turn_id="b2"),
+        _turn(
+            1,
+            [
+                u1,
+                {"role": "assistant", "content": "Old pond / frog"},
+                {"role": "user", "content": "shorter"},
+            ],
+            "Pond. Frog.",
+            ts=2,
+            turn_id="b1",
+        ),
+        _turn(
+            1,
+            [
+                u1,
+                {"role": "assistant", "content": "Old pond / frog"},
+                {"role": "user", "content": "longer"},
+            ],
+            "A long one",
+            ts=3,
+            turn_id="b2",
+        ),
     ]
     ctx = _by_id(turns)
     assert ctx["err"].next_state is None
@@ -123,9 +179,18 @@ def test_whitespace_reserialisation_still_chains() -> None:
     u1 = {"role": "user", "content": "hi"}
     turns = [
         _turn(0, [u1], "Hello!\n\nHow can I help?  "),
-        _turn(1, [u1, {"role": "assistant", "content": [
-            {"type": "text", "text": "Hello! How can I help?"}]},
-            {"role": "user", "content": "tell a joke"}], "No."),
+        _turn(
+            1,
+            [
+                u1,
+                {
+                    "role": "assistant",
+                    "content": [{"type": "text", "text": "Hello! How can I help?"}],
+                },
+                {"role": "user", "content": "tell a joke"},
+            ],
+            "No.",
+        ),
     ]
     assert _by_id(turns)["t0"].next_user_text == "tell a joke"
 
@@ -134,8 +199,15 @@ def test_positional_fallback_when_the_client_rewrites_the_reply() -> None:
     u1 = {"role": "user", "content": "summarise"}
     turns = [
         _turn(0, [u1], "A long summary with <thinking>private</thinking> bits"),
-        _turn(1, [u1, {"role": "assistant", "content": "A long summary with bits"},
-                  {"role": "user", "content": "great, now translate it"}], "Traduction"),
+        _turn(
+            1,
+            [
+                u1,
+                {"role": "assistant", "content": "A long summary with bits"},
+                {"role": "user", "content": "great, now translate it"},
+            ],
+            "Traduction",
+        ),
     ]
     ctx = _by_id(turns)
     assert ctx["t0"].next_user_text == "great, now translate it"
@@ -144,31 +216,60 @@ def test_positional_fallback_when_the_client_rewrites_the_reply() -> None:
 def test_unrelated_later_turn_is_not_a_continuation() -> None:
     turns = [
         _turn(0, [{"role": "user", "content": "a"}], "A"),
-        _turn(1, [{"role": "user", "content": "b"}, {"role": "assistant", "content": "B"},
-                  {"role": "user", "content": "c"}], "C", index=2),
+        _turn(
+            1,
+            [
+                {"role": "user", "content": "b"},
+                {"role": "assistant", "content": "B"},
+                {"role": "user", "content": "c"},
+            ],
+            "C",
+            index=2,
+        ),
     ]
     assert _by_id(turns)["t0"].next_state is None
 
 
 def test_normalize_request_handles_both_families_and_junk() -> None:
     assert normalize_request(None) == [] and normalize_request("not json") == []
-    msgs = normalize_request(json.dumps({"messages": [
-        {"role": "developer", "content": "rules"},
-        {"role": "user", "content": [{"type": "text", "text": "see"},
-                                     {"type": "image_url", "image_url": {"url": "x"}}]},
-        "garbage",
-        {"role": "function", "content": "legacy result"},
-    ]}))
+    msgs = normalize_request(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "developer", "content": "rules"},
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "see"},
+                            {"type": "image_url", "image_url": {"url": "x"}},
+                        ],
+                    },
+                    "garbage",
+                    {"role": "function", "content": "legacy result"},
+                ]
+            }
+        )
+    )
     assert [(m.role, m.text) for m in msgs] == [
-        ("system", "rules"), ("user", "see[image]"), ("tool", "legacy result")]
+        ("system", "rules"),
+        ("user", "see[image]"),
+        ("tool", "legacy result"),
+    ]
 
 
 def test_judge_case_shows_context_reply_and_next_state() -> None:
     u1 = {"role": "user", "content": "capital of France?"}
     turns = [
         _turn(0, [{"role": "system", "content": "Be brief."}, u1], "Lyon."),
-        _turn(1, [u1, {"role": "assistant", "content": "Lyon."},
-                  {"role": "user", "content": "No, that's wrong."}], "Paris."),
+        _turn(
+            1,
+            [
+                u1,
+                {"role": "assistant", "content": "Lyon."},
+                {"role": "user", "content": "No, that's wrong."},
+            ],
+            "Paris.",
+        ),
     ]
     session = assemble("s", turns)
     first, last = (build_case(c) for c in session.turns)

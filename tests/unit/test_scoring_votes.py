@@ -18,8 +18,11 @@ from metaclaw.scoring.votes import Vote, majority, majority_reason, parse_vote
         ("**Score:** 1\n**Reason:** bold markdown", 1),
         ("Score = -1", -1),
         # extra text around the score line is fine
-        ("The user asked for X.\nThe reply gave Y, which is wrong.\n\nScore: -1\nReason: wrong Y",
-         -1),
+        (
+            "The user asked for X.\nThe reply gave Y, which is wrong.\n\n"
+            "Score: -1\nReason: wrong Y",
+            -1,
+        ),
         ("Score: 1\nReason: good\n\nLet me know if you need more.", 1),
         # repeated, agreeing score lines
         ("Score: 1\n...on reflection...\nScore: +1", 1),

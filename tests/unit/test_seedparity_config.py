@@ -39,15 +39,22 @@ def toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_metaclawconfig_is_the_one_settings_object(toml: Path) -> None:
     assert metaclaw.MetaClawConfig is Settings is MetaClawConfig
-    c = MetaClawConfig(use_skills=True, enable_skill_evolution=True,
-                       azure_openai_deployment="gpt-5.2")
+    c = MetaClawConfig(
+        use_skills=True, enable_skill_evolution=True, azure_openai_deployment="gpt-5.2"
+    )
     assert c.skills.enabled is True and c.flows.evolve_enabled is True
     assert c.azure.deployment == "gpt-5.2" and c.azure.use_for == ["judge", "critic"]
 
 
 def test_friendly_keywords_map_onto_sections(toml: Path) -> None:
-    c = MetaClawConfig(use_skills=False, enable_skill_evolution=False, lora_rank=8,
-                       batch_size=4, loss_fn="ppo", model_name="Qwen/Qwen3-4B-Instruct-2507")
+    c = MetaClawConfig(
+        use_skills=False,
+        enable_skill_evolution=False,
+        lora_rank=8,
+        batch_size=4,
+        loss_fn="ppo",
+        model_name="Qwen/Qwen3-4B-Instruct-2507",
+    )
     assert c.skills.enabled is False and c.flows.evolve_enabled is False
     assert (c.training.lora_rank, c.training.batch_size, c.training.loss_fn) == (8, 4, "ppo")
     assert c.training.base_model == "Qwen/Qwen3-4B-Instruct-2507"
@@ -58,9 +65,12 @@ def test_friendly_keywords_map_onto_sections(toml: Path) -> None:
 
 
 def test_precedence_args_over_env_over_file_over_defaults(
-        toml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    toml.write_text("[training]\nlora_rank = 4\nbatch_size = 2\nlearning_rate = 0.5\n"
-                    "[azure]\nendpoint = \"https://file.example\"\napi_version = \"file-v\"\n")
+    toml: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toml.write_text(
+        "[training]\nlora_rank = 4\nbatch_size = 2\nlearning_rate = 0.5\n"
+        '[azure]\nendpoint = "https://file.example"\napi_version = "file-v"\n'
+    )
     monkeypatch.setenv("METACLAW_TRAINING__LORA_RANK", "16")
     monkeypatch.setenv("METACLAW_TRAINING__BATCH_SIZE", "6")
     monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://std-env.example")
@@ -92,19 +102,23 @@ def test_provenance_names_each_source(toml: Path, monkeypatch: pytest.MonkeyPatc
     assert (rows["ledger.wal_queue_max"].source) == "default"
 
 
-@pytest.mark.parametrize(("given", "closest"), [
-    ("lora_rnk", "training.lora_rank"),
-    ("proxy.prot", "proxy.port"),
-    ("upstream.bas_url", "upstream.base_url"),
-    ("traning.batch_size", "training.batch_size"),
-    ("batch_size", "training.batch_size"),
-])
+@pytest.mark.parametrize(
+    ("given", "closest"),
+    [
+        ("lora_rnk", "training.lora_rank"),
+        ("proxy.prot", "proxy.port"),
+        ("upstream.bas_url", "upstream.base_url"),
+        ("traning.batch_size", "training.batch_size"),
+        ("batch_size", "training.batch_size"),
+    ],
+)
 def test_closest_key(given: str, closest: str) -> None:
     assert closest_key(given) == closest
 
 
 def test_unknown_keys_are_errors_naming_the_closest(
-        toml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(ValidationError, match=r"'lora_rnk' \(did you mean 'training.lora_rank'"):
         MetaClawConfig(lora_rnk=8)
     toml.write_text("[proxy]\nprot = 9000\n")
@@ -121,8 +135,11 @@ def test_secrets_never_in_errors_or_snapshots(toml: Path) -> None:
         MetaClawConfig(upstream={"api_key": "sk-top-secret", "modle": "x"})
     assert "sk-top-secret" not in str(info.value)
     assert "did you mean 'upstream.model'" in str(info.value)
-    c = MetaClawConfig(upstream={"api_key": "sk-top-secret"}, proxy={"api_keys": ["pk-1"]},
-                       azure={"api_key": "az-secret"})
+    c = MetaClawConfig(
+        upstream={"api_key": "sk-top-secret"},
+        proxy={"api_keys": ["pk-1"]},
+        azure={"api_key": "az-secret"},
+    )
     snap = config_snapshot(c)
     text = json.dumps(snap) + json.dumps([r.value for r in describe(c, {})])
     for secret in ("sk-top-secret", "pk-1", "az-secret"):
@@ -141,8 +158,12 @@ def test_set_in_toml_keeps_comments_and_validates() -> None:
     out, _ = set_in_toml(out, "upstream.model", "123")  # text meant, TOML int given
     assert 'model = "123"' in out
     out, _ = set_in_toml(out, "proxy.api_keys", '["k1", "k2"]')
-    assert Settings.model_validate(__import__("tomllib").loads(out)).proxy.api_keys[1] \
-        .get_secret_value() == "k2"
+    assert (
+        Settings.model_validate(__import__("tomllib").loads(out))
+        .proxy.api_keys[1]
+        .get_secret_value()
+        == "k2"
+    )
     with pytest.raises(ValueError, match=r"training.lora_rank.*integer"):
         set_in_toml(text, "training.lora_rank", "abc")
     with pytest.raises(ConfigKeyError, match=r"did you mean 'training.lora_rank'"):
@@ -150,18 +171,28 @@ def test_set_in_toml_keeps_comments_and_validates() -> None:
 
 
 def _cli(args: list[str], tmp: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("METACLAW_", "AZURE_OPENAI", "OPENAI_API"))}
-    return subprocess.run([sys.executable, "-m", "metaclaw", *args], cwd=REPO, text=True,
-                          capture_output=True, timeout=60,
-                          env={**clean, "METACLAW_CONFIG": str(tmp / "metaclaw.toml"),
-                               "COLUMNS": "200", **env})
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("METACLAW_", "AZURE_OPENAI", "OPENAI_API"))
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "metaclaw", *args],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        env={**clean, "METACLAW_CONFIG": str(tmp / "metaclaw.toml"), "COLUMNS": "200", **env},
+    )
 
 
 def test_config_cli_show_and_set(tmp_path: Path) -> None:
     (tmp_path / "metaclaw.toml").write_text("# keep me\n[training]\nlora_rank = 4\n")
-    env = {"METACLAW_UPSTREAM__API_KEY": "sk-cli-secret", "AZURE_OPENAI_API_KEY": "az-cli",
-           "METACLAW_PROXY__PORT": "31000"}
+    env = {
+        "METACLAW_UPSTREAM__API_KEY": "sk-cli-secret",
+        "AZURE_OPENAI_API_KEY": "az-cli",
+        "METACLAW_PROXY__PORT": "31000",
+    }
     out = _cli(["config", "set", "training.batch_size", "12"], tmp_path, env)
     assert out.returncode == 0, out.stderr
     bad = _cli(["config", "set", "proxy.prot", "1"], tmp_path, env)

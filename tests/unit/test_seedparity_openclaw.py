@@ -37,8 +37,9 @@ def oc(tmp_path: Path) -> Path:
 
 
 def test_config_path_follows_openclaws_rules(tmp_path: Path) -> None:
-    assert openclaw_config_path({"OPENCLAW_CONFIG_PATH": "/x/c.json",
-                                 "OPENCLAW_STATE_DIR": "/s"}) == Path("/x/c.json")
+    assert openclaw_config_path(
+        {"OPENCLAW_CONFIG_PATH": "/x/c.json", "OPENCLAW_STATE_DIR": "/s"}
+    ) == Path("/x/c.json")
     assert openclaw_config_path({"OPENCLAW_STATE_DIR": "/s"}) == Path("/s/openclaw.json")
     assert openclaw_config_path({}, home=tmp_path) == tmp_path / ".openclaw" / "openclaw.json"
 
@@ -55,8 +56,10 @@ def test_connect_adds_provider_keeps_the_rest_and_undo_restores_bytes(oc: Path) 
     [model] = provider["models"]
     assert model["id"] == "gpt-5.2" and model["compat"]["supportsPromptCacheKey"] is True
     assert model["contextWindow"] == 400000 and model["input"] == ["text", "image"]
-    assert cfg["agents"]["defaults"]["model"] == {"primary": "metaclaw/gpt-5.2",
-                                                  "fallbacks": ["fakellm/fake-model"]}
+    assert cfg["agents"]["defaults"]["model"] == {
+        "primary": "metaclaw/gpt-5.2",
+        "fallbacks": ["fakellm/fake-model"],
+    }
     # everything else untouched
     for name in ("openai", "fakellm"):
         assert cfg["models"]["providers"][name] == before["models"]["providers"][name]
@@ -109,8 +112,9 @@ def test_json5_config_is_refused_with_advice(tmp_path: Path) -> None:
 
 
 def test_proxy_target_uses_loopback_and_first_key() -> None:
-    t = proxy_target(Settings(proxy={"host": "0.0.0.0", "port": 4100,
-                                     "api_keys": ["pk-first", "pk-second"]}))
+    t = proxy_target(
+        Settings(proxy={"host": "0.0.0.0", "port": 4100, "api_keys": ["pk-first", "pk-second"]})
+    )
     assert (t.base_url, t.api_key, t.auth) == ("http://127.0.0.1:4100/v1", "pk-first", True)
     assert t.anthropic_base_url == "http://127.0.0.1:4100" and "pk-first" not in repr(t)
     open_proxy = proxy_target(Settings(proxy={"port": 4101}))
@@ -119,23 +123,31 @@ def test_proxy_target_uses_loopback_and_first_key() -> None:
 
 def _cli(args: list[str], env: dict[str, str], tmp: Path) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("METACLAW_", "OPENCLAW_"))}
-    return subprocess.run([sys.executable, "-m", "metaclaw", *args], cwd=REPO, text=True,
-                          capture_output=True, timeout=60,
-                          env={**clean, "METACLAW_CONFIG": str(tmp / "none.toml"),
-                               "COLUMNS": "200", **env})
+    return subprocess.run(
+        [sys.executable, "-m", "metaclaw", *args],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        env={**clean, "METACLAW_CONFIG": str(tmp / "none.toml"), "COLUMNS": "200", **env},
+    )
 
 
 def test_connect_cli(oc: Path, tmp_path: Path) -> None:
     original = oc.read_bytes()
-    env = {"OPENCLAW_CONFIG_PATH": str(oc), "METACLAW_PROXY__API_KEYS": "pk-cli-secret",
-           "METACLAW_PROXY__PORT": "30123"}
+    env = {
+        "OPENCLAW_CONFIG_PATH": str(oc),
+        "METACLAW_PROXY__API_KEYS": "pk-cli-secret",
+        "METACLAW_PROXY__PORT": "30123",
+    }
     dry = _cli(["connect", "openclaw", "--dry-run"], env, tmp_path)
     assert dry.returncode == 0, dry.stderr
     assert "http://127.0.0.1:30123/v1" in dry.stdout and oc.read_bytes() == original
     done = _cli(["connect", "openclaw"], env, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert json.loads(oc.read_text())["models"]["providers"]["metaclaw"]["apiKey"] == \
-        "pk-cli-secret"
+    assert (
+        json.loads(oc.read_text())["models"]["providers"]["metaclaw"]["apiKey"] == "pk-cli-secret"
+    )
     again = _cli(["connect", "openclaw"], env, tmp_path)
     assert "nothing to do" in again.stdout
     undo = _cli(["connect", "openclaw", "--undo"], env, tmp_path)

@@ -37,4 +37,5 @@ def test_a_planted_temp_name_never_receives_the_key(tmp_path: Path) -> None:
     assert not loot.exists()
     assert "pk-secret" in config.read_text()
     assert [p.name for p in tmp_path.iterdir() if "metaclaw-tmp" in p.name] == [
-        "openclaw.json.metaclaw-tmp"]  # the planted link, untouched; no temp file left over
+        "openclaw.json.metaclaw-tmp"
+    ]  # the planted link, untouched; no temp file left over

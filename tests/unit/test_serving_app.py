@@ -26,8 +26,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _client(app: object, key: str = "k") -> openai.AsyncOpenAI:
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost")
-    return openai.AsyncOpenAI(base_url="http://localhost/v1", api_key=key, http_client=http,
-                              max_retries=0)
+    return openai.AsyncOpenAI(
+        base_url="http://localhost/v1", api_key=key, http_client=http, max_retries=0
+    )
 
 
 def test_a_full_queue_answers_503_and_admitted_requests_complete(
@@ -38,8 +39,13 @@ def test_a_full_queue_answers_503_and_admitted_requests_complete(
 
     async def scenario() -> list:
         client = _client(app)
-        long = {"model": "m", "messages": MESSAGES, "max_tokens": 400, "temperature": 0.0,
-                "extra_body": {"ignore_eos": True}}
+        long = {
+            "model": "m",
+            "messages": MESSAGES,
+            "max_tokens": 400,
+            "temperature": 0.0,
+            "extra_body": {"ignore_eos": True},
+        }
         first = asyncio.create_task(client.chat.completions.create(**long))
         while engine.active == 0:  # wait until it runs: the one batch slot is taken
             await asyncio.sleep(0.005)
@@ -70,9 +76,11 @@ def test_api_key_is_required_when_configured(model_dir: Path, tmp_path: Path) ->
         with pytest.raises(openai.AuthenticationError, match=r"policy\.api_key"):
             await _client(app, key="wrong").models.list()
         ok = await _client(app, key="s3cret").chat.completions.create(
-            model="m", messages=MESSAGES, max_tokens=3)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://localhost") as http:
+            model="m", messages=MESSAGES, max_tokens=3
+        )
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost"
+        ) as http:
             health = await http.get("/healthz")  # open without a key
         return ok, health
 
@@ -94,8 +102,7 @@ def test_tools_are_described_and_the_prompt_limit_is_enforced(
         client = _client(app)
         with pytest.raises(openai.BadRequestError, match="max_context_tokens") as info:
             await client.chat.completions.create(model="m", messages=MESSAGES, tools=tools)
-        short = await client.chat.completions.create(model="m", messages=MESSAGES,
-                                                     max_tokens=500)
+        short = await client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=500)
         return info.value, short
 
     try:

@@ -33,16 +33,21 @@ def test_nothing_configured_means_everything_local(home: Path) -> None:
 
 
 def test_configured_roles_leave_the_local_server(home: Path) -> None:
-    settings = Settings(upstream={"base_url": "https://api.example.com/v1/", "model": "big"},
-                        judge={"model": "judge-model"}, critic={"model": "critic-model"},
-                        policy={"host": "0.0.0.0", "port": 4})
+    settings = Settings(
+        upstream={"base_url": "https://api.example.com/v1/", "model": "big"},
+        judge={"model": "judge-model"},
+        critic={"model": "critic-model"},
+        policy={"host": "0.0.0.0", "port": 4},
+    )
     up, judge = upstream_endpoint(settings), judge_endpoint(settings)
-    assert (up.base_url, up.model, up.local_default) == ("https://api.example.com/v1", "big",
-                                                         False)
+    assert (up.base_url, up.model, up.local_default) == ("https://api.example.com/v1", "big", False)
     assert (judge.base_url, judge.model) == ("https://api.example.com/v1", "judge-model")
     assert not needs_policy_server(settings)
-    only_judge_local = Settings(upstream={"base_url": "https://api.example.com/v1"},
-                                policy={"host": "0.0.0.0", "port": 4}, **LOCAL)
+    only_judge_local = Settings(
+        upstream={"base_url": "https://api.example.com/v1"},
+        policy={"host": "0.0.0.0", "port": 4},
+        **LOCAL,
+    )
     assert judge_endpoint(only_judge_local).base_url == "http://127.0.0.1:4/v1"
     assert needs_policy_server(only_judge_local)
 

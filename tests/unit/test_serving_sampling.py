@@ -38,8 +38,9 @@ def test_sampling_logprobs_temperature_and_nucleus_by_hand() -> None:
 
 def test_choose_greedy_seeded_and_top_alternatives() -> None:
     logits = torch.tensor([0.0, 3.0, 1.0, -1.0])
-    token, lp, top = choose(logits, SamplingParams(max_tokens=1, temperature=0.0,
-                                                   top_logprobs=2), None)
+    token, lp, top = choose(
+        logits, SamplingParams(max_tokens=1, temperature=0.0, top_logprobs=2), None
+    )
     assert token == 1
     assert lp == pytest.approx(float(torch.log_softmax(logits, -1)[1]))
     assert [t for t, _ in top] == [1, 2]
@@ -103,18 +104,29 @@ def test_tool_call_parsing_ignores_broken_blocks() -> None:
 def test_normalise_messages_for_a_template_without_tools() -> None:
     tools = [{"type": "function", "function": {"name": "read_file", "parameters": {}}}]
     messages = [
-        {"role": "user", "content": [{"type": "text", "text": "read "}, {"type": "text",
-                                                                       "text": "it"}]},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function",
-             "function": {"name": "read_file", "arguments": '{"p": "x"}'}}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "read "}, {"type": "text", "text": "it"}],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "read_file", "arguments": '{"p": "x"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "data"},
     ]
     out = normalise_messages(messages, "{{ messages }}", tools)
     assert out[0]["role"] == "system" and '"read_file"' in out[0]["content"]
     assert out[1] == {"role": "user", "content": "read it"}
-    assert out[2]["content"] == ('<tool_call>\n{"name": "read_file", "arguments": {"p": "x"}}'
-                                 "\n</tool_call>")
+    assert out[2]["content"] == (
+        '<tool_call>\n{"name": "read_file", "arguments": {"p": "x"}}\n</tool_call>'
+    )
     assert out[3] == {"role": "tool", "content": "data", "tool_call_id": "c1"}
     with pytest.raises(ChatFormatError, match="image_url"):
         normalise_messages([{"role": "user", "content": [{"type": "image_url"}]}], "", None)
@@ -142,14 +154,24 @@ def test_parse_chat_rejects_with_the_field_named(body: dict, param: str) -> None
 
 
 def test_parse_chat_defaults_and_limits() -> None:
-    chat = parse_chat({"messages": [{"role": "user", "content": "hi"}], "stop": "\n",
-                       "logprobs": True, "top_logprobs": 2, "max_completion_tokens": 9,
-                       "tools": [{"type": "function"}], "tool_choice": "auto"}, 64)
+    chat = parse_chat(
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "stop": "\n",
+            "logprobs": True,
+            "top_logprobs": 2,
+            "max_completion_tokens": 9,
+            "tools": [{"type": "function"}],
+            "tool_choice": "auto",
+        },
+        64,
+    )
     assert chat.params.max_tokens == 9 and chat.params.stop == ("\n",)
     assert chat.params.top_logprobs == 2 and chat.params.detect_tools
     assert parse_chat({"messages": [{"role": "user", "content": "x"}]}, 64).params.max_tokens == 64
-    none = parse_chat({"messages": [{"role": "user", "content": "x"}], "tools": [{}],
-                       "tool_choice": "none"}, 64)
+    none = parse_chat(
+        {"messages": [{"role": "user", "content": "x"}], "tools": [{}], "tool_choice": "none"}, 64
+    )
     assert none.tools is None and not none.params.detect_tools
 
 
@@ -157,9 +179,11 @@ def test_parse_completion_prompts_and_echo_rules() -> None:
     comp = parse_completion({"prompt": [1, 2, 3], "max_tokens": 0, "echo": True, "logprobs": 0})
     assert comp.prompt == [1, 2, 3] and comp.params.prompt_logprobs
     assert parse_completion({"prompt": ["hi"]}).params.max_tokens == 16
-    for body, fragment in [({"prompt": "x", "max_tokens": 0}, "echo"),
-                           ({"prompt": ["a", "b"]}, "several prompts"),
-                           ({"prompt": [1, "a"]}, "token ids"),
-                           ({"prompt": ""}, "empty")]:
+    for body, fragment in [
+        ({"prompt": "x", "max_tokens": 0}, "echo"),
+        ({"prompt": ["a", "b"]}, "several prompts"),
+        ({"prompt": [1, "a"]}, "token ids"),
+        ({"prompt": ""}, "empty"),
+    ]:
         with pytest.raises(EngineError, match=fragment):
             parse_completion(body)

@@ -142,8 +142,14 @@ def test_an_anthropic_reply_of_several_text_blocks_chains() -> None:
     reply = from_anthropic({"content": blocks, "stop_reason": "end_turn"}).reply_message()
     sid = tracker.resolve(None, history)
     tracker.remember(history, reply, sid)
-    again = {**first, "messages": [*first["messages"], {"role": "assistant", "content": blocks},
-                                   {"role": "user", "content": "more"}]}
+    again = {
+        **first,
+        "messages": [
+            *first["messages"],
+            {"role": "assistant", "content": blocks},
+            {"role": "user", "content": "more"},
+        ],
+    }
     assert tracker.resolve(None, anthropic_request_to_openai(again, None)["messages"]) == sid
 
 
@@ -167,8 +173,9 @@ def test_the_chain_outlives_the_process_and_is_shared(tmp_path: Path) -> None:
 def test_the_stored_chain_is_trimmed_to_its_size(tmp_path: Path) -> None:
     tracker = SessionTracker(max_size=10, path=tmp_path / "sessions.sqlite")
     for i in range(2100):  # two trims
-        tracker.remember([{"role": "user", "content": str(i)}], {"role": "assistant",
-                                                                "content": "r"}, f"s{i}")
+        tracker.remember(
+            [{"role": "user", "content": str(i)}], {"role": "assistant", "content": "r"}, f"s{i}"
+        )
     tracker.close()
     with sqlite3.connect(tmp_path / "sessions.sqlite") as db:
         assert db.execute("SELECT count(*) FROM chain").fetchone()[0] <= 10 + 2100 - 2048

@@ -53,12 +53,14 @@ def test_the_query_of_a_mebibyte_message_takes_under_50_ms(kind: str) -> None:
 
 def test_cleaning_keeps_its_meaning() -> None:
     """The linear scanner removes exactly what the patterns described."""
-    text = ("[Wed 2026-11-25 21:17 UTC] hello\n\n\n\n  Runtime: agent=main\nsee "
-            "<system-reminder>r</system-reminder>this<system-reminder>open\n"
-            "Sender (untrusted metadata):\n```json\n{\"a\": 1}\n```\nlast"
-            "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>ctx")
+    text = (
+        "[Wed 2026-11-25 21:17 UTC] hello\n\n\n\n  Runtime: agent=main\nsee "
+        "<system-reminder>r</system-reminder>this<system-reminder>open\n"
+        'Sender (untrusted metadata):\n```json\n{"a": 1}\n```\nlast'
+        "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>ctx"
+    )
     assert clean_user_text(text) == "hello\nsee this<system-reminder>open\nlast"
-    assert clean_user_text("a (untrusted metadata):\n{\n \"x\": 1\n}\nq") == "q"
+    assert clean_user_text('a (untrusted metadata):\n{\n "x": 1\n}\nq') == "q"
     long_label = "x" * 81 + " (untrusted metadata):\n{\n}\nq"
     assert clean_user_text(long_label) == long_label  # labels are at most 80 characters
     assert clean_user_text("say [2026-01-01 10:00] twice") == "say [2026-01-01 10:00] twice"

@@ -15,33 +15,55 @@ def embedder() -> StaticEmbedder:
     return get_embedder("static-minilm", EMBEDDINGS)
 
 
-def index_of(embedder: StaticEmbedder, names: list[str], stats: dict | None = None,
-             composes: dict[str, list[str]] | None = None, ivf_min: int = 20_000) -> SkillIndex:
+def index_of(
+    embedder: StaticEmbedder,
+    names: list[str],
+    stats: dict | None = None,
+    composes: dict[str, list[str]] | None = None,
+    ivf_min: int = 20_000,
+) -> SkillIndex:
     skills = [make_skill(n) for n in names]
     ids = {s.name: s.skill_id for s in skills}
-    rows = [{"row_id": s.ref, "skill_id": s.skill_id, "version": s.version, "name": s.name,
-             "when_to_use": s.when_to_use, "instructions": s.instructions,
-             "composes": [ids[p] for p in (composes or {}).get(s.name, [])]} for s in skills]
+    rows = [
+        {
+            "row_id": s.ref,
+            "skill_id": s.skill_id,
+            "version": s.version,
+            "name": s.name,
+            "when_to_use": s.when_to_use,
+            "instructions": s.instructions,
+            "composes": [ids[p] for p in (composes or {}).get(s.name, [])],
+        }
+        for s in skills
+    ]
     refs = {s.name: s.ref for s in skills}
-    entries = build_entries(rows, {refs[n]: v for n, v in (stats or {}).items()},
-                            embedder.count_tokens)
+    entries = build_entries(
+        rows, {refs[n]: v for n, v in (stats or {}).items()}, embedder.count_tokens
+    )
     vectors = embedder.embed([s.search_text for s in skills])
     header = embedder.count_tokens([BLOCK_HEADER])[0]
-    return SkillIndex(entries, vectors, [s.search_text for s in skills], skill_set_version=7,
-                      header_tokens=header, ivf_min=ivf_min)
+    return SkillIndex(
+        entries,
+        vectors,
+        [s.search_text for s in skills],
+        skill_set_version=7,
+        header_tokens=header,
+        ivf_min=ivf_min,
+    )
 
 
 def rank(index: SkillIndex, embedder: StaticEmbedder, query: str, **kw: object) -> list[str]:
-    cands = index.candidates(embedder.embed_one(query), terms(query), text_weight=0.3,
-                             prior=(2.0, 2.0))
-    chosen = index.select(cands, **{"top_k": 3, "min_similarity": 0.25,
-                                    "token_budget": 800, **kw})
+    cands = index.candidates(
+        embedder.embed_one(query), terms(query), text_weight=0.3, prior=(2.0, 2.0)
+    )
+    chosen = index.select(cands, **{"top_k": 3, "min_similarity": 0.25, "token_budget": 800, **kw})
     return [index.entries[[e.ref for e in index.entries].index(r)].name for r in chosen.refs]
 
 
 def test_embeddings_are_normalised_and_meaningful(embedder: StaticEmbedder) -> None:
-    a, b, c = embedder.embed(["The cat sits on the mat.", "A kitten is resting on a rug.",
-                              "Quarterly revenue grew 5%."])
+    a, b, c = embedder.embed(
+        ["The cat sits on the mat.", "A kitten is resting on a rug.", "Quarterly revenue grew 5%."]
+    )
     assert abs(float(np.linalg.norm(a)) - 1) < 1e-5
     assert float(a @ b) > float(a @ c) + 0.3
     w = sif_weights(30522)
@@ -53,15 +75,23 @@ def test_relevant_skill_wins_over_an_irrelevant_popular_one(embedder: StaticEmbe
     index = index_of(embedder, list(SKILLS), stats=stats)
     got = rank(index, embedder, "my python script crashes with a KeyError traceback", top_k=1)
     assert got == ["debug_python_exceptions"]
-    assert rank(index, embedder, "set up a call with the London team next week",
-                top_k=1) == ["schedule_meetings"]
+    assert rank(index, embedder, "set up a call with the London team next week", top_k=1) == [
+        "schedule_meetings"
+    ]
 
 
 def test_success_rate_breaks_near_ties(embedder: StaticEmbedder) -> None:
-    index = index_of(embedder, ["debug_python_exceptions", "write_sql_queries"],
-                     stats={"debug_python_exceptions": (0.0, 60.0)})
-    cands = index.candidates(embedder.embed_one("python exception"), terms("python exception"),
-                             text_weight=0.3, prior=(2.0, 2.0))
+    index = index_of(
+        embedder,
+        ["debug_python_exceptions", "write_sql_queries"],
+        stats={"debug_python_exceptions": (0.0, 60.0)},
+    )
+    cands = index.candidates(
+        embedder.embed_one("python exception"),
+        terms("python exception"),
+        text_weight=0.3,
+        prior=(2.0, 2.0),
+    )
     debug = next(c for c in cands if index.entries[c.position].name == "debug_python_exceptions")
     assert debug.rate == pytest.approx(2 / 64)
     assert debug.score == pytest.approx(debug.similarity * 2 / 64)
@@ -76,8 +106,9 @@ def test_minimum_similarity_keeps_unrelated_requests_clean(embedder: StaticEmbed
 def test_token_budget_is_respected(embedder: StaticEmbedder) -> None:
     index = index_of(embedder, list(SKILLS))
     query = "python error, sql join and a git conflict"
-    cands = index.candidates(embedder.embed_one(query), terms(query), text_weight=0.3,
-                             prior=(2.0, 2.0))
+    cands = index.candidates(
+        embedder.embed_one(query), terms(query), text_weight=0.3, prior=(2.0, 2.0)
+    )
     full = index.select(cands, top_k=6, min_similarity=0.0, token_budget=10_000)
     assert len(full.refs) == 6
     one = index.entries[0].tokens + index.header_tokens
@@ -91,10 +122,17 @@ def test_composed_skill_brings_its_parent_first(embedder: StaticEmbedder) -> Non
     index = index_of(embedder, list(SKILLS), composes={"git_merge_conflicts": ["translate_text"]})
     names = rank(index, embedder, "git says CONFLICT after I pulled", top_k=1)
     assert names == ["translate_text", "git_merge_conflicts"]
-    block = index.select(index.candidates(embedder.embed_one("git CONFLICT after pull"),
-                                          terms("git CONFLICT after pull"), text_weight=0.3,
-                                          prior=(2.0, 2.0)),
-                         top_k=1, min_similarity=0.25, token_budget=800).block
+    block = index.select(
+        index.candidates(
+            embedder.embed_one("git CONFLICT after pull"),
+            terms("git CONFLICT after pull"),
+            text_weight=0.3,
+            prior=(2.0, 2.0),
+        ),
+        top_k=1,
+        min_similarity=0.25,
+        token_budget=800,
+    ).block
     assert block.index("Skill translate_text (") < block.index("Skill git_merge_conflicts (")
 
 

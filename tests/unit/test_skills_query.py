@@ -15,9 +15,14 @@ METADATA = (
     '  "sender": "telegram"\n}\n```\n\nSender (untrusted metadata):\n```json\n'
     '{"label": "Ann", "id": "42"}\n```\n\nplease translate this into French'
 )
-INTERNAL = [{"type": "text", "text": "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>\nConversation data"
-             " (data, not instructions):\n\"Active exec sessions: none\"\n"
-             "<<<END_OPENCLAW_INTERNAL_CONTEXT>>>"}]
+INTERNAL = [
+    {
+        "type": "text",
+        "text": "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>\nConversation data"
+        ' (data, not instructions):\n"Active exec sessions: none"\n'
+        "<<<END_OPENCLAW_INTERNAL_CONTEXT>>>",
+    }
+]
 
 
 def test_openclaw_timestamp_runtime_and_internal_context_are_stripped() -> None:
@@ -31,19 +36,29 @@ def test_openclaw_timestamp_runtime_and_internal_context_are_stripped() -> None:
 
 def test_untrusted_metadata_blocks_are_stripped() -> None:
     assert clean_user_text(METADATA) == "please translate this into French"
-    bare = 'Conversation info (untrusted metadata):\n{\n  "message_id": "x"\n}\n[Fri 2026-02-20 ' \
-           '16:33 EST] schedule a call'
+    bare = (
+        'Conversation info (untrusted metadata):\n{\n  "message_id": "x"\n}\n[Fri 2026-02-20 '
+        "16:33 EST] schedule a call"
+    )
     assert clean_user_text(bare) == "schedule a call"
 
 
 def test_latest_user_message_wins_and_tool_results_are_skipped() -> None:
     messages = [
         {"role": "user", "content": "first question"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function",
-                                                               "function": {"name": "read"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "read"}}],
+        },
         {"role": "tool", "content": "file body", "tool_call_id": "c"},
-        {"role": "user", "content": [{"type": "text", "text": "second question"},
-                                     {"type": "image_url", "image_url": {"url": "data:"}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "second question"},
+                {"type": "image_url", "image_url": {"url": "data:"}},
+            ],
+        },
     ]
     assert extract_query(messages) == "second question"
     assert extract_query([{"role": "assistant", "content": "hi"}]) == ""
@@ -58,8 +73,10 @@ def test_inject_appends_to_the_system_message_without_mutating() -> None:
     assert out[0] == {"role": "system", "content": "base\n\n## Skills\nx"}
     assert out[1] is messages[1]
     parts = [{"role": "developer", "content": [{"type": "text", "text": "base"}]}]
-    assert inject(parts, "B")[0]["content"] == [{"type": "text", "text": "base"},
-                                                {"type": "text", "text": "B"}]
+    assert inject(parts, "B")[0]["content"] == [
+        {"type": "text", "text": "base"},
+        {"type": "text", "text": "B"},
+    ]
     assert parts[0]["content"] == [{"type": "text", "text": "base"}]
 
 
@@ -69,5 +86,4 @@ def test_inject_creates_a_system_message_when_absent_and_empty_block_is_identity
     assert inject(messages, "") == messages
     assert inject_system(None, "B") == "B"
     assert inject_system("sys", "B") == "sys\n\nB"
-    assert inject_system([{"type": "text", "text": "s"}], "B")[-1] == {"type": "text",
-                                                                      "text": "B"}
+    assert inject_system([{"type": "text", "text": "s"}], "B")[-1] == {"type": "text", "text": "B"}

@@ -73,8 +73,10 @@ def test_targets_are_shifted_and_the_loss_is_summed(make: Callable[[], TrainingB
     assert logprobs(b, [prefix])[0] == pytest.approx(lp[:2], abs=1e-5)
     # summed, not averaged, over datums
     both = loss_of(b.forward([D1, D2], "cross_entropy"))
-    assert both == pytest.approx(loss_of(b.forward([D1], "cross_entropy"))
-                                 + loss_of(b.forward([D2], "cross_entropy")), rel=1e-5)
+    assert both == pytest.approx(
+        loss_of(b.forward([D1], "cross_entropy")) + loss_of(b.forward([D2], "cross_entropy")),
+        rel=1e-5,
+    )
 
 
 def test_gradients_accumulate_until_optim_step(make: Callable[[], TrainingBackend]) -> None:
@@ -120,8 +122,13 @@ def test_importance_sampling_at_ratio_one_and_ppo_clip(make: Callable[[], Traini
     low_q = [x - 2.0 for x in q]
     ppo = loss_of(b.forward([rl_datum(PROMPT, completion, low_q, 1.0)], "ppo"))
     assert ppo == pytest.approx(-1.2 * 3, abs=1e-4)
-    ppo_wide = loss_of(b.forward([rl_datum(PROMPT, completion, low_q, 1.0)], "ppo",
-                                 {"clip_low_threshold": 0.5, "clip_high_threshold": 2.0}))
+    ppo_wide = loss_of(
+        b.forward(
+            [rl_datum(PROMPT, completion, low_q, 1.0)],
+            "ppo",
+            {"clip_low_threshold": 0.5, "clip_high_threshold": 2.0},
+        )
+    )
     assert ppo_wide == pytest.approx(-2.0 * 3, abs=1e-4)
 
 
@@ -134,8 +141,7 @@ def test_sampler_logprobs_match_the_learner(make: Callable[[], TrainingBackend])
         assert 1 <= len(seq.tokens) <= 6 and len(seq.logprobs) == len(seq.tokens)
         assert seq.stop_reason in ("stop", "length")
         learner = logprobs(b, [sft_datum(PROMPT, seq.tokens)])[0]
-        assert learner[completion_span(4, len(seq.tokens))] == pytest.approx(seq.logprobs,
-                                                                            abs=1e-4)
+        assert learner[completion_span(4, len(seq.tokens))] == pytest.approx(seq.logprobs, abs=1e-4)
     again = b.sample(prompt, 3, types.SamplingParams(max_tokens=6, seed=7))
     assert [s.tokens for s in again.sequences] == [s.tokens for s in res.sequences]
     # at temperature 2 the logprobs are of the tempered distribution: flatter than the learner's
@@ -147,11 +153,17 @@ def test_sampler_logprobs_match_the_learner(make: Callable[[], TrainingBackend])
 
 def test_sampling_stops_at_a_stop_token(make: Callable[[], TrainingBackend]) -> None:
     b = make()
-    first = b.sample(types.ModelInput.from_ints(PROMPT), 1,
-                     types.SamplingParams(max_tokens=1, seed=3, temperature=0.0)).sequences[0]
+    first = b.sample(
+        types.ModelInput.from_ints(PROMPT),
+        1,
+        types.SamplingParams(max_tokens=1, seed=3, temperature=0.0),
+    ).sequences[0]
     stop = first.tokens[0]  # the greedy first token, used as the stop token
-    res = b.sample(types.ModelInput.from_ints(PROMPT), 1,
-                   types.SamplingParams(max_tokens=5, seed=3, temperature=0.0, stop=[stop]))
+    res = b.sample(
+        types.ModelInput.from_ints(PROMPT),
+        1,
+        types.SamplingParams(max_tokens=5, seed=3, temperature=0.0, stop=[stop]),
+    )
     assert res.sequences[0].tokens == [stop] and res.sequences[0].stop_reason == "stop"
 
 
@@ -202,8 +214,7 @@ def test_local_adapter_is_standard_peft(tmp_path: Path) -> None:
     b.forward_backward([D1], "cross_entropy")
     b.optim_step(ADAM)
     path = Path(b.save_weights_for_sampler("cand-1"))
-    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in
-                                                                    path.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in path.iterdir()}
     base, _ = build_tiny_model(seed=0)
     served = PeftModel.from_pretrained(base, path).eval()
     ids = torch.tensor([D1.model_input.to_ints()])
@@ -231,9 +242,13 @@ def test_a_datum_without_loss_inputs_adds_no_gradient(make: Callable[[], Trainin
     """All-zero weights: a zero loss and no gradient, not an autograd error (the local backend
     keeps autograd only from the first position that carries a loss input)."""
     b = make()
-    empty = types.Datum(model_input=D1.model_input,
-                        loss_fn_inputs={"target_tokens": D1.loss_fn_inputs["target_tokens"],
-                                        "weights": [0.0] * D1.model_input.length})
+    empty = types.Datum(
+        model_input=D1.model_input,
+        loss_fn_inputs={
+            "target_tokens": D1.loss_fn_inputs["target_tokens"],
+            "weights": [0.0] * D1.model_input.length,
+        },
+    )
     out = b.forward_backward([empty], "cross_entropy")
     assert loss_of(out) == 0.0
     assert len(learner_logprobs(out)[0]) == D1.model_input.length

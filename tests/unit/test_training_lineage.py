@@ -15,16 +15,31 @@ from metaclaw.training.lineage import Registry, registry_from_rows, resume_point
 
 def ok(step: int, parent: int | None) -> StepRecord:
     """Step n trained checkpoint c<n> at state s<n> on top of s<parent> (None: base)."""
-    return StepRecord(f"id{step}", step, [f"t{step}"], {
-        "status": "ok", "checkpoint_id": f"c{step}", "state_path": f"s{step}",
-        "parent_state_path": f"s{parent}" if parent else "base:m",
-        "metaclaw_config": {"sha256": "cfg"}})
+    return StepRecord(
+        f"id{step}",
+        step,
+        [f"t{step}"],
+        {
+            "status": "ok",
+            "checkpoint_id": f"c{step}",
+            "state_path": f"s{step}",
+            "parent_state_path": f"s{parent}" if parent else "base:m",
+            "metaclaw_config": {"sha256": "cfg"},
+        },
+    )
 
 
 def failed(step: int, parent: int | None, sha: str = "cfg") -> StepRecord:
-    return StepRecord(f"id{step}", step, [f"t{step}"], {
-        "status": "failed", "parent_state_path": f"s{parent}" if parent else "base:m",
-        "metaclaw_config": {"sha256": sha}})
+    return StepRecord(
+        f"id{step}",
+        step,
+        [f"t{step}"],
+        {
+            "status": "failed",
+            "parent_state_path": f"s{parent}" if parent else "base:m",
+            "metaclaw_config": {"sha256": sha},
+        },
+    )
 
 
 def registry(*events: tuple[str, str] | tuple[str, str, list[str]]) -> Registry:
@@ -36,31 +51,53 @@ def registry(*events: tuple[str, str] | tuple[str, str, list[str]]) -> Registry:
 
 
 def resume(steps: list[StepRecord], reg: Registry, **limits: int) -> tuple[str, str | None]:
-    r = resume_point(steps, reg, max_unpromoted=limits.get("n", 3),
-                     stall_after_failures=limits.get("failures", 3),
-                     stall_after_rejections=limits.get("rejections", 10), config_sha="cfg")
+    r = resume_point(
+        steps,
+        reg,
+        max_unpromoted=limits.get("n", 3),
+        stall_after_failures=limits.get("failures", 3),
+        stall_after_rejections=limits.get("rejections", 10),
+        config_sha="cfg",
+    )
     return r.rule, r.state_path
 
 
 CHAIN = [ok(1, None), ok(2, 1), ok(3, 2)]
 
 
-@pytest.mark.parametrize("steps, events, expected", [
-    ([], [], ("fresh", "")),
-    (CHAIN[:2], [("c1", "promoted"), ("c2", "candidate")], ("continue", "s2")),
-    (CHAIN[:2], [("c1", "promoted"), ("c2", "rejected")], ("continue", "s2")),
-    (CHAIN[:2], [("c1", "promoted"), ("c2", "rejected", ["degenerate"])], ("reset_guard", "s1")),
-    (CHAIN, [("c1", "promoted"), ("c2", "candidate"), ("c3", "candidate")], ("continue", "s3")),
-    (CHAIN, [("c2", "promoted"), ("c2", "rolled_back")], ("reset_rollback", "")),
-    (CHAIN, [("c1", "promoted"), ("c2", "promoted"), ("c1", "superseded"),
-             ("c2", "rolled_back"), ("c1", "promoted")], ("reset_rollback", "s1")),
-    # c3 was trained on c2, then c1 was promoted again by hand: follow the registry
-    ([*CHAIN, ok(4, 1)], [("c4", "promoted")], ("continue", "s4")),
-    ([*CHAIN, ok(4, 1)], [("c3", "promoted")], ("follow_registry", "s3")),
-    (CHAIN, [("c9", "promoted")], ("stalled", None)),
-])
-def test_resume_table(steps: list[StepRecord], events: list[tuple[str, str]],
-                      expected: tuple[str, str | None]) -> None:
+@pytest.mark.parametrize(
+    "steps, events, expected",
+    [
+        ([], [], ("fresh", "")),
+        (CHAIN[:2], [("c1", "promoted"), ("c2", "candidate")], ("continue", "s2")),
+        (CHAIN[:2], [("c1", "promoted"), ("c2", "rejected")], ("continue", "s2")),
+        (
+            CHAIN[:2],
+            [("c1", "promoted"), ("c2", "rejected", ["degenerate"])],
+            ("reset_guard", "s1"),
+        ),
+        (CHAIN, [("c1", "promoted"), ("c2", "candidate"), ("c3", "candidate")], ("continue", "s3")),
+        (CHAIN, [("c2", "promoted"), ("c2", "rolled_back")], ("reset_rollback", "")),
+        (
+            CHAIN,
+            [
+                ("c1", "promoted"),
+                ("c2", "promoted"),
+                ("c1", "superseded"),
+                ("c2", "rolled_back"),
+                ("c1", "promoted"),
+            ],
+            ("reset_rollback", "s1"),
+        ),
+        # c3 was trained on c2, then c1 was promoted again by hand: follow the registry
+        ([*CHAIN, ok(4, 1)], [("c4", "promoted")], ("continue", "s4")),
+        ([*CHAIN, ok(4, 1)], [("c3", "promoted")], ("follow_registry", "s3")),
+        (CHAIN, [("c9", "promoted")], ("stalled", None)),
+    ],
+)
+def test_resume_table(
+    steps: list[StepRecord], events: list[tuple[str, str]], expected: tuple[str, str | None]
+) -> None:
     assert resume(steps, registry(*events)) == expected
 
 
@@ -72,8 +109,13 @@ def test_the_newest_candidate_is_never_more_than_n_steps_above_the_promoted_one(
 
 
 def test_lineage_and_staleness_of_the_resume_state() -> None:
-    r = resume_point(CHAIN, registry(("c1", "promoted")), max_unpromoted=3,
-                     stall_after_failures=3, stall_after_rejections=10)
+    r = resume_point(
+        CHAIN,
+        registry(("c1", "promoted")),
+        max_unpromoted=3,
+        stall_after_failures=3,
+        stall_after_rejections=10,
+    )
     assert r.lineage == ("c3", "c2", "c1", None)  # a turn's staleness: its index here
     assert r.unpromoted == 2
 
@@ -98,10 +140,11 @@ def test_rejections_since_the_last_promotion_stall() -> None:
 
 def test_the_baseline_follows_the_current_reward_level() -> None:
     def step(n: int, mean: float) -> StepRecord:
-        return StepRecord(f"i{n}", n, [], {"status": "ok", "rl_reward_sum": mean * 4,
-                                            "rl_n": 4})
-    history = TrainHistory([step(i, -1.0) for i in range(10)] + [step(10 + i, 1.0)
-                                                                 for i in range(5)])
+        return StepRecord(f"i{n}", n, [], {"status": "ok", "rl_reward_sum": mean * 4, "rl_n": 4})
+
+    history = TrainHistory(
+        [step(i, -1.0) for i in range(10)] + [step(10 + i, 1.0) for i in range(5)]
+    )
     all_time_mean = (10 * -1.0 + 5 * 1.0) / 15
     assert history.baseline(0.8) > 0.3 > all_time_mean  # EMA: mostly the recent level
     assert TrainHistory([step(0, 0.6)]).baseline(0.8) == pytest.approx(0.6)  # bias-corrected
@@ -109,9 +152,16 @@ def test_the_baseline_follows_the_current_reward_level() -> None:
 
 
 def test_the_policy_trace_sampling_parameters_reach_the_turn_row() -> None:
-    trace = PolicyTrace.parse({"prompt_token_ids": [1], "completion_token_ids": [2],
-                               "completion_logprobs": [-0.1], "checkpoint": "c1",
-                               "temperature": 0.7, "top_p": 0.9})
+    trace = PolicyTrace.parse(
+        {
+            "prompt_token_ids": [1],
+            "completion_token_ids": [2],
+            "completion_logprobs": [-0.1],
+            "checkpoint": "c1",
+            "temperature": 0.7,
+            "top_p": 0.9,
+        }
+    )
     assert trace is not None
     draft = TurnDraft("s", 0, "openai", "/v1/chat/completions", {"messages": []}, False, "m")
     draft.injected_text = "## Skills\n- be brief"
@@ -119,7 +169,8 @@ def test_the_policy_trace_sampling_parameters_reach_the_turn_row() -> None:
     assert (row["sampling_temperature"], row["sampling_top_p"]) == (0.7, 0.9)
     assert row["injected_text"] == "## Skills\n- be brief"
     upstream = TurnDraft("s", 0, "openai", "/v1/chat/completions", {}, False, "m").finish(
-        status="ok", http_status=200, completion=Completion("x"))
+        status="ok", http_status=200, completion=Completion("x")
+    )
     assert upstream["sampling_temperature"] is None and upstream["injected_text"] is None
 
 
@@ -143,15 +194,32 @@ def test_a_stall_shows_in_the_status_line_and_the_run_report() -> None:
 
     stalled = {"status": "stalled", "reason": "3 consecutive steps from this state failed"}
     assert "STALLED" in status_line(stalled) and "3 consecutive" in status_line(stalled)
-    ok_ = {"status": "ok", "checkpoint_id": "c4",
-           "lineage": {"checkpoint_id": "c1", "rule": "reset_drift"}}
+    ok_ = {
+        "status": "ok",
+        "checkpoint_id": "c4",
+        "lineage": {"checkpoint_id": "c1", "rule": "reset_drift"},
+    }
     assert status_line(ok_) == "training: last step ok → c4 (resumed from c1: reset_drift)"
-    report = run_markdown([{"status": "stalled", "reason": stalled["reason"], "metrics": {},
-                            "skipped": {}}], [])
+    report = run_markdown(
+        [{"status": "stalled", "reason": stalled["reason"], "metrics": {}, "skipped": {}}], []
+    )
     assert "TRAINING STALLED" in report and "no turn was consumed" in report
-    trained = run_markdown([{"status": "trained", "step": 3, "checkpoint_id": "c3", "path": "/c3",
-                             "reason": "", "skipped": {}, "metrics": {
-                                 "lineage": ok_["lineage"], "routed": {"stale_policy": 2,
-                                                                       "truncated": 1}}}], [])
+    trained = run_markdown(
+        [
+            {
+                "status": "trained",
+                "step": 3,
+                "checkpoint_id": "c3",
+                "path": "/c3",
+                "reason": "",
+                "skipped": {},
+                "metrics": {
+                    "lineage": ok_["lineage"],
+                    "routed": {"stale_policy": 2, "truncated": 1},
+                },
+            }
+        ],
+        [],
+    )
     assert "resumed from `c1` (reset_drift" in trained
     assert "stale_policy 2, truncated 1" in trained

@@ -121,8 +121,9 @@ def test_dro_leaves_the_prompt_positions_alone() -> None:
     """A datum pads its prompt with q = 0, A = 0: the squared penalty must not pull the
     learner's prompt logprobs toward 0 (i.e. toward certainty about the prompt)."""
     datum = rl_datum([1, 2, 3, 4], [5, 6], [-0.5, -0.7], 1.0)
-    inputs = {k: v.to_torch().float() for k, v in datum.loss_fn_inputs.items()
-              if k != "target_tokens"}
+    inputs = {
+        k: v.to_torch().float() for k, v in datum.loss_fn_inputs.items() if k != "target_tokens"
+    }
     lp = torch.tensor([-2.0, -3.0, -1.0, -0.4, -0.9], requires_grad=True)
     loss = loss_sum("dro", lp, inputs, {"beta": 0.1})
     loss.backward()

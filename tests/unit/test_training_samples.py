@@ -17,17 +17,37 @@ from metaclaw.training.samples import (
 from tests.tiny_model import build_tokenizer
 
 
-def policy_turn(turn_id: str, reward: float | None, *, prompt: list[int] | None = None,
-                version: int | None = None, ts: float = 0.0) -> Turn:
-    return Turn(turn_id=turn_id, ts=ts, served_by="policy", source="live",
-                prompt_token_ids=prompt or [1, 2, 3], completion_token_ids=[4, 5],
-                completion_logprobs=[-0.5, -0.25], skill_set_version=version, reward=reward)
+def policy_turn(
+    turn_id: str,
+    reward: float | None,
+    *,
+    prompt: list[int] | None = None,
+    version: int | None = None,
+    ts: float = 0.0,
+) -> Turn:
+    return Turn(
+        turn_id=turn_id,
+        ts=ts,
+        served_by="policy",
+        source="live",
+        prompt_token_ids=prompt or [1, 2, 3],
+        completion_token_ids=[4, 5],
+        completion_logprobs=[-0.5, -0.25],
+        skill_set_version=version,
+        reward=reward,
+    )
 
 
 def upstream_turn(turn_id: str, reward: float | None, **extra: object) -> Turn:
-    return Turn(turn_id=turn_id, served_by="upstream", source="live",
-                request={"messages": [{"role": "user", "content": "hi"}]},
-                completion_text="hello", reward=reward, **extra)  # type: ignore[arg-type]
+    return Turn(
+        turn_id=turn_id,
+        served_by="upstream",
+        source="live",
+        request={"messages": [{"role": "user", "content": "hi"}]},
+        completion_text="hello",
+        reward=reward,
+        **extra,
+    )  # type: ignore[arg-type]
 
 
 def fake_render(turn: Turn) -> tuple[list[int], list[int], int]:
@@ -39,8 +59,11 @@ def select(turns: list[Turn], loss_fn: str = "importance_sampling", **kw: object
 
 
 def test_on_policy_turns_feed_rl_and_off_policy_feed_sft_only() -> None:
-    fake_logprobs = {"prompt_token_ids": [1, 2], "completion_token_ids": [3],
-                     "completion_logprobs": [-0.1]}
+    fake_logprobs = {
+        "prompt_token_ids": [1, 2],
+        "completion_token_ids": [3],
+        "completion_logprobs": [-0.1],
+    }
     turns = [
         policy_turn("p1", 1.0, prompt=[1]),
         policy_turn("p2", -1.0, prompt=[2]),
@@ -49,9 +72,15 @@ def test_on_policy_turns_feed_rl_and_off_policy_feed_sft_only() -> None:
         # upstream turns carrying (made-up) logprobs are still off-policy
         upstream_turn("u-logprobs", 1.0, **fake_logprobs),
         # a backfilled turn claiming to be policy-served is off-policy too
-        Turn(turn_id="b1", served_by="policy", source="backfill:openai", reward=1.0,
-             request={"messages": [{"role": "user", "content": "x"}]}, completion_text="y",
-             **fake_logprobs),  # type: ignore[arg-type]
+        Turn(
+            turn_id="b1",
+            served_by="policy",
+            source="backfill:openai",
+            reward=1.0,
+            request={"messages": [{"role": "user", "content": "x"}]},
+            completion_text="y",
+            **fake_logprobs,
+        ),  # type: ignore[arg-type]
     ]
     sel = select(turns)
     kinds = {s.turn_id: s.kind for s in sel.samples}
@@ -64,18 +93,21 @@ def test_on_policy_turns_feed_rl_and_off_policy_feed_sft_only() -> None:
 
 
 def test_stale_skill_set_turns_are_excluded_and_counted() -> None:
-    sel = select([policy_turn("old", 1.0, version=1), policy_turn("new", 1.0, version=2,
-                                                                 prompt=[9])],
-                 current_skill_set_version=2)
+    sel = select(
+        [policy_turn("old", 1.0, version=1), policy_turn("new", 1.0, version=2, prompt=[9])],
+        current_skill_set_version=2,
+    )
     assert [s.turn_id for s in sel.samples] == ["new"]
     assert sel.skipped["stale_skill_set"] == 1 and sel.stale_turn_ids == ["old"]
 
 
 def test_group_centring_baseline_for_singletons_and_uniform_groups() -> None:
     turns = [
-        policy_turn("g1", 1.0, prompt=[1]), policy_turn("g2", 0.0, prompt=[1]),
+        policy_turn("g1", 1.0, prompt=[1]),
+        policy_turn("g2", 0.0, prompt=[1]),
         policy_turn("g3", -1.0, prompt=[1]),
-        policy_turn("u1", 1.0, prompt=[2]), policy_turn("u2", 1.0, prompt=[2]),
+        policy_turn("u1", 1.0, prompt=[2]),
+        policy_turn("u2", 1.0, prompt=[2]),
         policy_turn("single", 0.5, prompt=[3]),
     ]
     sel = select(turns, baseline=0.25)
@@ -89,8 +121,9 @@ def test_group_centring_baseline_for_singletons_and_uniform_groups() -> None:
 
 
 def test_a_batch_of_zero_advantages_is_never_formed() -> None:
-    sel = select([policy_turn("a", 0.5, prompt=[1]), policy_turn("b", 0.5, prompt=[2])],
-                 baseline=0.5)
+    sel = select(
+        [policy_turn("a", 0.5, prompt=[1]), policy_turn("b", 0.5, prompt=[2])], baseline=0.5
+    )
     assert sel.samples == [] and sel.skipped["zero_advantage"] == 2
     assert pack_batch(sel.samples, 1) is None
 
@@ -111,8 +144,7 @@ def test_too_long_and_unrenderable_turns_are_skipped() -> None:
     def broken(turn: Turn) -> tuple[list[int], list[int]]:
         raise RenderError("nope")
 
-    sel = select_samples([upstream_turn("u", 1.0)], SelectionPolicy("importance_sampling"),
-                         broken)
+    sel = select_samples([upstream_turn("u", 1.0)], SelectionPolicy("importance_sampling"), broken)
     assert sel.skipped == {"unrenderable": 1}
     long = select([policy_turn("p", 1.0, prompt=list(range(10)))], max_seq_len=5)
     assert long.skipped == {"too_long": 1}
@@ -120,8 +152,7 @@ def test_too_long_and_unrenderable_turns_are_skipped() -> None:
 
 def test_pack_batch_takes_oldest_whole_groups() -> None:
     turns = [policy_turn(f"g{i}", float(i), prompt=[1], ts=10 + i) for i in range(3)]
-    turns += [policy_turn("old", 1.0, prompt=[2], ts=1), policy_turn("new", 1.0, prompt=[3],
-                                                                     ts=99)]
+    turns += [policy_turn("old", 1.0, prompt=[2], ts=1), policy_turn("new", 1.0, prompt=[3], ts=99)]
     samples = select(turns, baseline=0.0).samples  # g1 has reward == group mean → dropped
     batch = pack_batch(samples, 2)
     assert batch is not None
@@ -141,10 +172,11 @@ def test_render_turn_matches_the_policy_server_and_stops_at_end_of_turn() -> Non
     from metaclaw.serving.chat import render_prompt
 
     tok = build_tokenizer()
-    messages = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]}]
-    prompt, completion, cut = render_turn(tok, {"model": "m", "messages": messages}, "Paris.",
-                                          None)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]},
+    ]
+    prompt, completion, cut = render_turn(tok, {"model": "m", "messages": messages}, "Paris.", None)
     assert cut == 0
     served = tok(render_prompt(tok, messages, None), add_special_tokens=False)["input_ids"]
     assert prompt == served  # the very ids the policy server would have generated after
@@ -155,11 +187,17 @@ def test_render_turn_matches_the_policy_server_and_stops_at_end_of_turn() -> Non
 
 def test_render_writes_tool_calls_the_way_the_server_reads_them() -> None:
     tok = build_tokenizer()  # plain ChatML: no native tools, so calls become <tool_call> text
-    calls = [{"id": "c1", "type": "function",
-              "function": {"name": "read_file", "arguments": "{\"path\": \"a.py\"}"}}]
+    calls = [
+        {
+            "id": "c1",
+            "type": "function",
+            "function": {"name": "read_file", "arguments": '{"path": "a.py"}'},
+        }
+    ]
     tools = [{"type": "function", "function": {"name": "read_file", "parameters": {}}}]
     prompt, completion, _ = render_turn(
-        tok, {"messages": [{"role": "user", "content": "read it"}], "tools": tools}, None, calls)
+        tok, {"messages": [{"role": "user", "content": "read it"}], "tools": tools}, None, calls
+    )
     assert "read_file" in tok.decode(prompt)  # tools described in the system message
     text = tok.decode(completion)
     assert text.startswith("<tool_call>") and '"name": "read_file"' in text
@@ -168,8 +206,10 @@ def test_render_writes_tool_calls_the_way_the_server_reads_them() -> None:
 
 def test_render_maps_anthropic_requests_and_names_bad_ones() -> None:
     tok = build_tokenizer()
-    request = {"system": "Be brief.", "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}
+    request = {
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+    }
     prompt, _, _ = render_turn(tok, request, "Hello", None)
     assert tok.decode(prompt).startswith("<|im_start|>system\nBe brief.<|im_end|>")
     with pytest.raises(RenderError, match="no messages"):
@@ -181,30 +221,65 @@ def test_render_maps_anthropic_requests_and_names_bad_ones() -> None:
 def test_sparkline_and_report() -> None:
     assert sparkline([0.0, 1.0, None, 0.5]) == "▁█·▅"
     assert sparkline([2.0, 2.0]) == "▅▅"
-    history = [{"step": 1, "status": "ok", "loss": 1.0, "reward_mean": 0.1, "kl": 0.0,
-                "tokens": 10, "checkpoint_id": "c1"},
-               {"step": 2, "status": "ok", "loss": 0.5, "reward_mean": 0.9, "kl": 0.0,
-                "tokens": 10, "checkpoint_id": "c2"}]
-    outcomes = [{"status": "trained", "step": 2, "checkpoint_id": "c2", "path": "/x",
-                 "reason": "", "metrics": {"n_samples": 4, "loss": 0.5},
-                 "skipped": {"too_long": 1}}]
+    history = [
+        {
+            "step": 1,
+            "status": "ok",
+            "loss": 1.0,
+            "reward_mean": 0.1,
+            "kl": 0.0,
+            "tokens": 10,
+            "checkpoint_id": "c1",
+        },
+        {
+            "step": 2,
+            "status": "ok",
+            "loss": 0.5,
+            "reward_mean": 0.9,
+            "kl": 0.0,
+            "tokens": 10,
+            "checkpoint_id": "c2",
+        },
+    ]
+    outcomes = [
+        {
+            "status": "trained",
+            "step": 2,
+            "checkpoint_id": "c2",
+            "path": "/x",
+            "reason": "",
+            "metrics": {"n_samples": 4, "loss": 0.5},
+            "skipped": {"too_long": 1},
+        }
+    ]
     text = run_markdown(outcomes, history)
     assert "step **2** trained on 4 turns" in text and "too_long 1" in text
     assert "reward mean `▁█`" in text and "| 2 | ok | 0.5 | 0.9 |" in text
 
 
-@pytest.mark.parametrize("served, requested", [
-    ({"sampling_temperature": 0.7}, {}),  # the policy's trace says T = 0.7
-    ({"sampling_temperature": 1.0, "sampling_top_p": 0.9}, {}),  # nucleus-renormalised
-    ({}, {"top_p": 0.5}),  # an older row without the trace columns: the request's value
-    ({"sampling_temperature": 1.0, "sampling_top_p": 1.0}, {"top_k": 20}),
-])
+@pytest.mark.parametrize(
+    "served, requested",
+    [
+        ({"sampling_temperature": 0.7}, {}),  # the policy's trace says T = 0.7
+        ({"sampling_temperature": 1.0, "sampling_top_p": 0.9}, {}),  # nucleus-renormalised
+        ({}, {"top_p": 0.5}),  # an older row without the trace columns: the request's value
+        ({"sampling_temperature": 1.0, "sampling_top_p": 1.0}, {"top_k": 20}),
+    ],
+)
 def test_turns_sampled_unlike_the_learner_scores_are_not_importance_weighted(
-        served: dict[str, float], requested: dict[str, float]) -> None:
-    odd = Turn(turn_id="odd", served_by="policy", source="live", prompt_token_ids=[1, 2],
-               completion_token_ids=[3], completion_logprobs=[-0.2], reward=0.9,
-               request={"messages": [{"role": "user", "content": "x"}], **requested},
-               **served)  # type: ignore[arg-type]
+    served: dict[str, float], requested: dict[str, float]
+) -> None:
+    odd = Turn(
+        turn_id="odd",
+        served_by="policy",
+        source="live",
+        prompt_token_ids=[1, 2],
+        completion_token_ids=[3],
+        completion_logprobs=[-0.2],
+        reward=0.9,
+        request={"messages": [{"role": "user", "content": "x"}], **requested},
+        **served,
+    )  # type: ignore[arg-type]
     assert odd.on_policy and not odd.sampled_as_learner_scores
     sel = select([odd, policy_turn("t1", 1.0)])
     assert {s.turn_id: s.kind for s in sel.samples} == {"odd": "sft", "t1": "rl"}
@@ -213,13 +288,20 @@ def test_turns_sampled_unlike_the_learner_scores_are_not_importance_weighted(
 
 def test_staleness_is_counted_from_the_learners_lineage() -> None:
     def by(turn_id: str, checkpoint: str | None) -> Turn:
-        return Turn(turn_id=turn_id, served_by="policy", source="live", prompt_token_ids=[1],
-                    completion_token_ids=[3], completion_logprobs=[-0.2], reward=1.0,
-                    policy_checkpoint=checkpoint)
+        return Turn(
+            turn_id=turn_id,
+            served_by="policy",
+            source="live",
+            prompt_token_ids=[1],
+            completion_token_ids=[3],
+            completion_logprobs=[-0.2],
+            reward=1.0,
+            policy_checkpoint=checkpoint,
+        )
+
     turns = [by("now", "c3"), by("two", "c1"), by("base", None), by("other", "x9")]
     sel = select(turns, lineage=("c3", "c2", "c1", None), max_staleness=2, baseline=0.5)
-    assert {s.turn_id: s.staleness for s in sel.samples if s.kind == "rl"} == \
-        {"now": 0, "two": 2}
+    assert {s.turn_id: s.staleness for s in sel.samples if s.kind == "rl"} == {"now": 0, "two": 2}
     assert sel.notes == {"stale_policy": 1, "other_lineage": 1}
 
 
@@ -230,15 +312,20 @@ def test_sft_renders_the_prompt_the_model_was_served() -> None:
 
     tok = build_tokenizer()
     block = "## Skills\n- answer in one word"
-    openai_req = {"messages": [{"role": "system", "content": "Be brief."},
-                               {"role": "user", "content": "Capital?"}]}
+    openai_req = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Capital?"},
+        ]
+    }
     served = served_request(openai_req, block, anthropic=False)
     assert served["messages"] == inject(openai_req["messages"], block)
     prompt, _, _ = render_turn(tok, served, "Paris.", None)
     assert "answer in one word" in tok.decode(prompt)
     anthropic_req = {"messages": [{"role": "user", "content": "Capital?"}]}
-    prompt, _, _ = render_turn(tok, served_request(anthropic_req, block, anthropic=True),
-                               "Paris.", None)
+    prompt, _, _ = render_turn(
+        tok, served_request(anthropic_req, block, anthropic=True), "Paris.", None
+    )
     assert tok.decode(prompt).startswith(f"<|im_start|>system\n{block}<|im_end|>")
     assert served_request(openai_req, None, anthropic=False) is openai_req
 
@@ -250,10 +337,17 @@ def test_long_prompts_are_cut_reproducibly_not_dropped() -> None:
     system = "You are a helpful assistant. " * 60  # an agent's long system prompt
     history = []
     for i in range(12):
-        history += [{"role": "user", "content": f"Question {i}: the capital of France?"},
-                    {"role": "assistant", "content": f"Paris, answer {i}."}]
-    request = {"messages": [{"role": "system", "content": system}, *history,
-                            {"role": "user", "content": "And the last question?"}]}
+        history += [
+            {"role": "user", "content": f"Question {i}: the capital of France?"},
+            {"role": "assistant", "content": f"Paris, answer {i}."},
+        ]
+    request = {
+        "messages": [
+            {"role": "system", "content": system},
+            *history,
+            {"role": "user", "content": "And the last question?"},
+        ]
+    }
     full, completion, cut = render_turn(tok, request, "Paris.", None)
     assert cut == 0
     limit = len(full) + len(completion) - 120
@@ -268,9 +362,12 @@ def test_long_prompts_are_cut_reproducibly_not_dropped() -> None:
     assert len(tight) < 200 and "truncated" in tok.decode(tight) and cut == 24 + 1
     with pytest.raises(TooLongError):
         render_turn(tok, request, "Paris.", None, 30)
-    long_turn = Turn(turn_id="long", served_by="upstream", request=request, reward=1.0,
-                     completion_text="Paris.")
-    sel = select_samples([long_turn],
-                         SelectionPolicy(loss_fn="ppo", max_seq_len=limit),
-                         lambda t: render_turn(tok, t.request or {}, "Paris.", None, limit))
+    long_turn = Turn(
+        turn_id="long", served_by="upstream", request=request, reward=1.0, completion_text="Paris."
+    )
+    sel = select_samples(
+        [long_turn],
+        SelectionPolicy(loss_fn="ppo", max_seq_len=limit),
+        lambda t: render_turn(tok, t.request or {}, "Paris.", None, limit),
+    )
     assert sel.notes == {"truncated": 1} and sel.samples[0].truncated > 0

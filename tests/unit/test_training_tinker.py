@@ -46,7 +46,8 @@ def test_results_and_errors_pass_through() -> None:
 
 
 def test_tinker_without_a_key_is_a_configuration_error(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("TINKER_API_KEY", raising=False)
     settings = Settings(home=tmp_path, training={"backend": "tinker"})
     with pytest.raises(TrainingConfigError, match="TINKER_API_KEY"):
@@ -74,14 +75,16 @@ def test_real_tinker_round_trip() -> None:
         out = backend.forward_backward([datum], "cross_entropy")
         lps = out.loss_fn_outputs[0]["logprobs"].tolist()
         assert len(lps) == 4
-        assert out.metrics["loss:sum"] == pytest.approx(-sum(lps[completion_span(3, 2)]),
-                                                        rel=1e-3)
+        assert out.metrics["loss:sum"] == pytest.approx(-sum(lps[completion_span(3, 2)]), rel=1e-3)
         backend.optim_step(types.AdamParams(learning_rate=1e-5))
         state = backend.save_state("metaclaw-test-state")
         sampler = backend.save_weights_for_sampler("metaclaw-test-sampler")
         assert state.startswith("tinker://") and sampler.startswith("tinker://")
-        res = backend.sample(types.ModelInput.from_ints([100, 200, 300]), 1,
-                             types.SamplingParams(max_tokens=4, seed=1))
+        res = backend.sample(
+            types.ModelInput.from_ints([100, 200, 300]),
+            1,
+            types.SamplingParams(max_tokens=4, seed=1),
+        )
         seq = res.sequences[0]
         assert len(seq.logprobs) == len(seq.tokens) >= 1
         saved = backend.forward([datum], "cross_entropy").loss_fn_outputs[0]["logprobs"]
