@@ -112,7 +112,8 @@ def read_candidates(
     con: duckdb.DuckDBPyConnection, *, distill: bool, held_out_sql: str = "false"
 ) -> list[dict[str, Any]]:
     """Unconsumed ok turns with a reward (or policy turns, for distillation), oldest first;
-    `held_out_sql` is a boolean SQL expression over `t.turn_id` marking evaluation turns."""
+    `held_out_sql` is a boolean SQL expression over the turn `t` (`deploy.split.held_out_sql`:
+    held-out sessions and their prompt digests) marking evaluation turns."""
     sql = CANDIDATES_SQL.replace("$distill", "true" if distill else "false")
     cur = con.execute(sql.replace("$held_out", held_out_sql))
     columns = [d[0] for d in cur.description]
