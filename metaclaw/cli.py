@@ -1,4 +1,4 @@
-"""The `metaclaw` command line (DESIGN.md, CLI contract).
+"""The `metaclaw` command line (the commands table in README.md).
 
 Commands that orchestrate flows import the `flows` package lazily, so the library itself never
 imports Prefect and `metaclaw sql` stays fast.

@@ -1,7 +1,7 @@
 """`metaclaw connect openclaw`: make OpenClaw's model provider our proxy, reversibly.
 
 OpenClaw reads one JSON file (`$OPENCLAW_CONFIG_PATH`, else `$OPENCLAW_STATE_DIR/openclaw.json`,
-else `~/.openclaw/openclaw.json`; /work/shared/reference/openclaw-client.md). We add a provider
+else `~/.openclaw/openclaw.json`, OpenClaw's documented lookup order). We add a provider
 entry `models.providers.metaclaw` (`api: openai-completions`, our base URL and key, the model with
 `compat.supportsPromptCacheKey: true` so OpenClaw sends `prompt_cache_key: "<sessionId>:0"` and
 the proxy groups turns by session) and make `metaclaw/<model>` the agents' default model.

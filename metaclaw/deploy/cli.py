@@ -1,4 +1,4 @@
-"""`metaclaw checkpoints list|show|promote|rollback|evaluate` (DESIGN.md CLI contract).
+"""`metaclaw checkpoints list|show|promote|rollback|evaluate` (docs/deploy.md, CLI).
 
 `promote ID` is the operator's decision: it skips the evaluation but never the safety checks
 (a durable path, finite weights); `--force` is needed to promote a checkpoint the gate rejected

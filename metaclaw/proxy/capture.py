@@ -2,7 +2,7 @@
 
 `TurnDraft` is filled in as the call progresses; `Recorder` makes the row durable before the
 response ends and, when the ledger fails, degrades to a counter and a loud log line instead of
-failing the chat request (DESIGN.md, proxy rules).
+failing the chat request (docs/architecture.md, "Proxy rules").
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Error shapes: OpenAI-shaped everywhere, Anthropic-shaped on /v1/messages (DESIGN.md)."""
+"""Error shapes: OpenAI-shaped everywhere, Anthropic-shaped on /v1/messages.
+
+The contract: docs/architecture.md, "Proxy rules".
+"""
 
 from __future__ import annotations
 

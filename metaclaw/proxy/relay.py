@@ -1,8 +1,8 @@
 """What every proxied call shares: reading the body, relaying upstream errors, and streaming.
 
-The streaming rule (DESIGN.md): chunks go to the client as they arrive, but the terminal event
-(`data: [DONE]` or `message_stop`) is held back until the turn is durable, because clients hang
-up right after it.
+The streaming rule (docs/architecture.md, "Proxy rules"): chunks go to the client as they
+arrive, but the terminal event (`data: [DONE]` or `message_stop`) is held back until the turn is
+durable, because clients hang up right after it.
 """
 
 from __future__ import annotations

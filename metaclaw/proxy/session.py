@@ -1,4 +1,6 @@
-"""Session identity for stock clients that send no session header (DESIGN.md, proxy rules).
+"""Session identity for stock clients that send no session header.
+
+The contract: docs/architecture.md, "Proxy rules".
 
 Order: `X-Session-Id` header, `prompt_cache_key` (OpenClaw sends `<sessionId>:<n>`), the `user`
 field, else a hash chain: a request whose earlier messages equal a previous turn's messages plus

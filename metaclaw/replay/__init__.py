@@ -1,4 +1,4 @@
-"""Backfill: import historical conversation logs into the ledger (DESIGN.md, flow backfill).
+"""Backfill: import historical conversation logs into the ledger (the `backfill` flow).
 
 Formats (auto-detected from content): OpenClaw session JSONL v3 (`openclaw`), the SQLite
 transcript store of OpenClaw 2026.x (`openclaw-sqlite`), OpenClaw trajectory exports

@@ -1,7 +1,7 @@
 """Which LoRA checkpoint to serve: read from the ledger's `checkpoints` table.
 
 The table holds one row per state change; a checkpoint's latest row is its state, and exactly
-one checkpoint is promoted at a time (DESIGN.md). The training backend writes local adapters
+one checkpoint is promoted at a time (docs/deploy.md). The training backend writes local adapters
 under `METACLAW_HOME/checkpoints/<checkpoint_id>/`; Tinker checkpoints (`tinker://…`) cannot
 be served by the local policy server.
 """

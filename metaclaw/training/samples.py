@@ -1,6 +1,6 @@
 """From rewarded ledger turns to training samples: routing, advantages, micro-batches (pure).
 
-Routing is the honest on/off-policy split of DESIGN.md:
+Routing is the honest on/off-policy split (docs/training.md, "The step"):
 - **On-policy** turns (served by our policy, carrying the exact prompt/completion token ids and
   the sampler's logprobs) feed the RL losses (importance_sampling, ppo, cispo) and on-policy
   distillation. They use the served token ids as is — nothing is re-rendered.

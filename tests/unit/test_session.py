@@ -1,4 +1,4 @@
-"""Session identity rules (DESIGN.md proxy rules), as pure functions."""
+"""Session identity rules (docs/architecture.md, "Proxy rules"), as pure functions."""
 
 from __future__ import annotations
 
