@@ -39,8 +39,11 @@ from metaclaw.config_tools import config_snapshot
 from metaclaw.deploy.split import held_out_sql
 from metaclaw.ledger import append_rows, connect
 from metaclaw.ledger.records import now_micros
+from metaclaw.scoring.hint_store import load_hints
+from metaclaw.scoring.hints import Hint
 from metaclaw.training.backend import TrainingBackend, learner_logprobs, loss_of
 from metaclaw.training.datums import completion_span
+from metaclaw.training.hint_teacher import HintTeachers
 from metaclaw.training.history import (
     TrainHistory,
     current_skill_set_version,
@@ -57,7 +60,7 @@ from metaclaw.training.samples import (
     pack_batch,
     select_samples,
 )
-from metaclaw.training.teacher import Teacher
+from metaclaw.training.teacher import BackendTeacher, Teacher
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +138,44 @@ class Trainer:
             self._teacher = make_teacher(self.settings, backend)
         return self._teacher
 
+    def _has_plain_teacher(self) -> bool:
+        """A teacher for turns without hints: injected, or configured (training.teacher_*)."""
+        return self._teacher is not None or bool(
+            self.cfg.teacher_base_url or self.cfg.teacher_model
+        )
+
+    def _distill(
+        self,
+        backend: TrainingBackend,
+        rl: list[Sample],
+        hints: dict[str, list[Hint]],
+        used: dict[str, list[str]],
+    ) -> None:
+        """Per-token advantages from the teacher: a turn the user corrected or commented on is
+        scored by the hinted teacher (the configured teacher, else the policy itself, with the
+        user's hint in context: hindsight-hint distillation); the rest by the plain teacher."""
+        plain = self.teacher(backend) if self._has_plain_teacher() else None
+        hinted = HintTeachers(
+            plain or BackendTeacher(backend),
+            backend.get_tokenizer(),
+            {turn: [h.text for h in found] for turn, found in hints.items()},
+        )
+        for s in rl:
+            teacher: Teacher | None = hinted.for_turn(s.turn_id)
+            method = "hint_distillation"
+            if teacher is None:
+                teacher, method = plain, "distillation"
+            if teacher is None:  # filtered out in step(); a programming error if reached
+                raise RuntimeError(f"no teacher for turn {s.turn_id}")
+            t_lp = teacher.completion_logprobs(s.prompt, s.completion)
+            s.token_advantages = distillation_advantages(
+                t_lp, s.sampler_logprobs or [], self.cfg.kl_coef
+            )
+            s.advantage = sum(s.token_advantages) / len(s.token_advantages)
+            s.advantage_method = method
+            if method == "hint_distillation":
+                used[s.turn_id] = [h.hint_id for h in hints[s.turn_id]]
+
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()
@@ -153,6 +194,11 @@ class Trainer:
             )
             current = current_skill_set_version(con)
             registry = read_registry(con)
+            hints = (
+                load_hints(con, [r["turn_id"] for r in rows if not r["held_out"]])
+                if self.cfg.loss_fn == "distillation"
+                else {}
+            )
         finally:
             con.close()
         self._repair(history)
@@ -169,6 +215,11 @@ class Trainer:
             return self._stall(history, resume, started)
         held_out = sum(1 for r in rows if r["held_out"])  # the deploy gate's evaluation turns
         turns = [Turn.from_row(r) for r in rows if not r["held_out"]]
+        no_hint = 0
+        if cfg.loss_fn == "distillation" and not self._has_plain_teacher():
+            # hint-only distillation: a turn nobody commented on has no teacher; leave it
+            no_hint = sum(1 for t in turns if t.turn_id not in hints)
+            turns = [t for t in turns if t.turn_id in hints]
         policy = SelectionPolicy(
             loss_fn=self.cfg.loss_fn,
             min_reward_for_sft=self.cfg.min_reward_for_sft,
@@ -183,6 +234,8 @@ class Trainer:
         rough = select_samples(turns, policy, lambda _turn: ([0], [0], 0))
         if held_out:
             rough.skipped["held_out_for_eval"] = held_out
+        if no_hint:
+            rough.skipped["no_hint"] = no_hint
         if pack_batch(rough.samples, self.cfg.batch_size) is None:
             return StepOutcome(
                 "idle",
@@ -211,6 +264,8 @@ class Trainer:
             )
         if held_out:
             selection.skipped["held_out_for_eval"] = held_out
+        if no_hint:
+            selection.skipped["no_hint"] = no_hint
         skipped = dict(selection.skipped)
         self._routed = dict(selection.notes)
         batch = pack_batch(selection.samples, self.cfg.batch_size)
@@ -221,7 +276,9 @@ class Trainer:
                 skipped=skipped,
                 candidates=len(turns),
             )
-        return self._train(backend, history, resume, batch, skipped, len(turns), current, started)
+        return self._train(
+            backend, history, resume, batch, skipped, len(turns), current, started, hints
+        )
 
     def _stall(self, history: TrainHistory, resume: Resume, started: float) -> StepOutcome:
         """Record the stall once (a stable id per cause) and take no turns: never silent."""
@@ -263,19 +320,14 @@ class Trainer:
         candidates: int,
         skill_version: int | None,
         started: float,
+        hints: dict[str, list[Hint]] | None = None,
     ) -> StepOutcome:
         cfg = self.cfg
         rl = [s for s in batch if s.kind == "rl"]
         sft = [s for s in batch if s.kind == "sft"]
+        used_hints: dict[str, list[str]] = {}
         if cfg.loss_fn == "distillation":
-            teacher = self.teacher(backend)
-            for s in rl:
-                t_lp = teacher.completion_logprobs(s.prompt, s.completion)
-                s.token_advantages = distillation_advantages(
-                    t_lp, s.sampler_logprobs or [], cfg.kl_coef
-                )
-                s.advantage = sum(s.token_advantages) / len(s.token_advantages)
-                s.advantage_method = "distillation"
+            self._distill(backend, rl, hints or {}, used_hints)
         parent = resume.state_path or f"base:{backend.base_model}"
         turn_ids = sorted(s.turn_id for s in batch)
         step = history.next_step
@@ -306,6 +358,8 @@ class Trainer:
             # the whole MetaClawConfig (secrets masked) + its hash: the run is reproducible
             "metaclaw_config": config_snapshot(self.settings),
         }
+        if used_hints:
+            metrics["hints"] = used_hints
         fb_started = time.monotonic()
         loss, kl, kl_v2 = self._losses(backend, rl, sft, metrics, backward=True)
         metrics.update(

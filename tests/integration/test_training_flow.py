@@ -23,6 +23,7 @@ from tinker import types
 from metaclaw.config import LedgerPaths, Settings
 from metaclaw.ledger import append_rows
 from metaclaw.ledger.records import now_micros
+from metaclaw.serving.chat import render_prompt
 from metaclaw.training.local import LocalBackend
 from metaclaw.training.trainer import Trainer
 from tests.helpers import rows
@@ -435,13 +436,78 @@ def test_on_policy_distillation_uses_the_teacher_logprobs(home: Path, teacher: T
     assert outcome.metrics["advantage_methods"] == {"distillation": 4}
 
 
-def test_distillation_without_a_teacher_is_a_clear_error(home: Path) -> None:
+def test_distillation_without_a_teacher_or_hints_trains_nothing(home: Path) -> None:
+    """No configured teacher: only turns a user corrected or commented on have one (the hinted
+    policy); turns nobody spoke about are left for later, counted, never trained blind."""
     fake = BigramBackend(64, checkpoint_dir=home / "checkpoints")
     Seeder(LedgerPaths(home)).policy(fake, [None] * 4)
     trainer = Trainer(settings_for(home, loss_fn="distillation"), backend_factory=lambda s: fake)
-    with pytest.raises(ValueError, match="teacher_base_url"):
-        trainer.step()
+    outcome = trainer.step()
+    assert outcome.status == "idle" and outcome.skipped == {"no_hint": 4}
     assert steps(LedgerPaths(home)) == []
+
+
+def test_corrected_turns_are_distilled_from_the_policy_with_the_users_hint(
+    home: Path, tiny_dir: Path, sampler: LocalBackend
+) -> None:
+    """Hindsight-hint distillation through the trainer: the user's correction in the next turn
+    becomes a hint; the teacher is the policy itself with that hint in context, scoring the
+    tokens it actually served."""
+    paths = LedgerPaths(home)
+    seed = Seeder(paths)
+    tokenizer = sampler.get_tokenizer()
+    corrected: list[str] = []
+    for i in range(6):
+        question = f"What is {i} plus {i}?"
+        messages = [{"role": "user", "content": question}]
+        text = render_prompt(tokenizer, messages, None)  # as the policy server renders it
+        prompt = [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
+        seq = sampler.sample(
+            types.ModelInput.from_ints(prompt), 1, types.SamplingParams(max_tokens=6, seed=i)
+        ).sequences[0]
+        reply = tokenizer.decode(seq.tokens, skip_special_tokens=True)
+        turn = seed._row(
+            served_by="policy",
+            model="policy",
+            request=json.dumps({"messages": messages}),
+            prompt_token_ids=prompt,
+            completion_token_ids=seq.tokens,
+            completion_logprobs=seq.logprobs,
+            completion_text=reply,
+            sampling_temperature=1.0,
+            sampling_top_p=1.0,
+        )
+        seed.add(turn, None)
+        if i < 4:  # the user corrects four of the six replies in the next turn
+            corrected.append(turn["turn_id"])
+            followup = [
+                *messages,
+                {"role": "assistant", "content": reply},
+                {
+                    "role": "user",
+                    "content": "No, that's wrong. Always end your answer with 'Cheers'.",
+                },
+            ]
+            nxt = seed._row(
+                served_by="upstream",
+                model="gpt",
+                request=json.dumps({"messages": followup}),
+                completion_text="Sorry. Cheers",
+            )
+            nxt.update(session_id=turn["session_id"], turn_index=1, ts_start=turn["ts_end"] + 5)
+            seed.add(nxt, None)
+    settings = settings_for(home, loss_fn="distillation", base_model=str(tiny_dir), kl_coef=1.0)
+    trainer = Trainer(settings)
+    try:
+        outcome = trainer.step()
+    finally:
+        trainer.close()
+    assert outcome.status == "trained", outcome.reason
+    assert outcome.metrics["advantage_methods"] == {"hint_distillation": 4}
+    assert sorted(outcome.metrics["hints"]) == sorted(corrected)
+    assert outcome.skipped == {"no_hint": 2}
+    # the hint changed the teacher's view of the served tokens: a real signal, not zeros
+    assert abs(outcome.metrics["advantage_mean"]) > 1e-4
 
 
 def test_a_lost_candidate_row_is_recorded_again(home: Path) -> None:
