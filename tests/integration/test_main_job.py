@@ -11,9 +11,11 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -33,6 +35,16 @@ class MainJob:
     proxy: str
     prefect: str
     paths: LedgerPaths
+
+    def api(self, path: str, body: dict[str, Any]) -> Any:
+        """POST to the Prefect API as Prefect's own client does: `up` runs the server with CSRF
+        protection on, so a write first fetches a token for this client id."""
+        client = uuid.uuid4().hex
+        token = httpx.get(f"{self.prefect}/api/csrf-token", params={"client": client}).json()
+        headers = {"Prefect-Csrf-Token": token["token"], "Prefect-Csrf-Client": client}
+        resp = httpx.post(f"{self.prefect}/api{path}", json=body, headers=headers)
+        resp.raise_for_status()
+        return resp.json()
 
 
 def _wait(url: str, deadline: float) -> None:
@@ -104,12 +116,11 @@ def _completed_ingest_run(job: MainJob, deadline: float) -> tuple[dict, dict]:
         "sort": "START_TIME_DESC",
     }
     while time.monotonic() < deadline:
-        runs = httpx.post(job.prefect + "/api/flow_runs/filter", json=body).json()
+        runs = job.api("/flow_runs/filter", body)
         for run in runs:
-            arts = httpx.post(
-                job.prefect + "/api/artifacts/filter",
-                json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}},
-            ).json()
+            arts = job.api(
+                "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}
+            )
             if arts:
                 return run, arts[0]
         time.sleep(2)
@@ -130,11 +141,11 @@ def test_chat_lands_through_scheduled_ingest(main_job: MainJob) -> None:
     assert rows(main_job.paths, "SELECT completion_text FROM turns") == [
         {"completion_text": "Echo: hello up"}
     ]
-    flows = httpx.post(main_job.prefect + "/api/flows/filter", json={}).json()
+    flows = main_job.api("/flows/filter", {})
     assert {"ingest", "score"} <= {f["name"] for f in flows}
-    deployments = httpx.post(main_job.prefect + "/api/deployments/filter", json={}).json()
+    deployments = main_job.api("/deployments/filter", {})
     assert {"ingest", "score", "train", "pipeline"} <= {d["name"] for d in deployments}
-    limits = httpx.post(main_job.prefect + "/api/v2/concurrency_limits/filter", json={}).json()
+    limits = main_job.api("/v2/concurrency_limits/filter", {})
     assert {"metaclaw-training", "metaclaw-skills-writer"} <= {c["name"] for c in limits}
 
 
