@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from metaclaw.deploy.pairwise import A_BEGIN, A_END, B_BEGIN, B_END
+from tests.stubs.upstream_server import chat_completion
 
 
 def _between(text: str, begin: str, end: str) -> str | None:
@@ -55,20 +55,7 @@ class RuleJudge:
                 prompt = "\n".join(str(m.get("content") or "") for m in body.get("messages", []))
                 rule.calls += 1
                 text = verdict(prompt, rule.complies)
-                reply = {
-                    "id": f"rule-{rule.calls}",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": body.get("model", "rule"),
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": text},
-                        }
-                    ],
-                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-                }
+                reply = chat_completion(f"rule-{rule.calls}", body.get("model", "rule"), text)
                 data = json.dumps(reply).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")

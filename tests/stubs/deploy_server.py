@@ -31,7 +31,6 @@ import itertools
 import logging
 import re
 import sys
-import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,14 @@ if __package__ in (None, ""):  # run as a script: make `tests` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.stubs.process import StubProcess
-from tests.stubs.upstream_server import _ReadyServer, _url, bind_socket, json_response, openai_error
+from tests.stubs.upstream_server import (
+    _ReadyServer,
+    _url,
+    bind_socket,
+    chat_completion,
+    json_response,
+    openai_error,
+)
 
 
 def _between(text: str, begin: str, end: str) -> str | None:
@@ -118,21 +124,9 @@ def create_app(mode: str) -> Starlette:
         if content is None:
             return openai_error(400, f"unknown stub mode {current!r}", "bad_mode")
         return json_response(
-            {
-                "id": f"chatcmpl-pw-{next(ids)}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model") or "stub-pairwise",
-                "choices": [
-                    {
-                        "index": 0,
-                        "finish_reason": "stop",
-                        "logprobs": None,
-                        "message": {"role": "assistant", "content": content},
-                    }
-                ],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            }
+            chat_completion(
+                f"chatcmpl-pw-{next(ids)}", body.get("model") or "stub-pairwise", content
+            )
         )
 
     async def set_mode(request: Request) -> Response:

@@ -32,7 +32,6 @@ import itertools
 import logging
 import re
 import sys
-import time
 from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from tests.stubs.upstream_server import (
     _ReadyServer,
     _url,
     bind_socket,
+    chat_completion,
     json_response,
     openai_error,
 )
@@ -152,21 +152,7 @@ def create_app(latency: float = 0.0, default: str = "+1") -> Starlette:
                 )
             n = next(state.ids)
             return json_response(
-                {
-                    "id": f"chatcmpl-judge-{n}",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": body.get("model") or "stub-judge",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": "stop",
-                            "logprobs": None,
-                            "message": {"role": "assistant", "content": content},
-                        }
-                    ],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                }
+                chat_completion(f"chatcmpl-judge-{n}", body.get("model") or "stub-judge", content)
             )
         finally:
             state.in_flight -= 1

@@ -273,6 +273,26 @@ def json_response(obj: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(obj), status_code=status, media_type=_JSON)
 
 
+def chat_completion(completion_id: str, model: str, content: str) -> dict[str, Any]:
+    """A non-streaming chat completion carrying one assistant message: what the judge and
+    pairwise-judge stand-ins answer."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "logprobs": None,
+                "message": {"role": "assistant", "content": content},
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
 def openai_error(status: int, message: str, code: str, kind: str = "stub_error") -> Response:
     """Error body shaped like OpenAI's."""
     return json_response({"error": {"message": message, "type": kind, "code": code}}, status)
