@@ -89,3 +89,48 @@ async def collect(req: Any) -> Result:
             raise event
         if isinstance(event, Result):
             return event
+
+
+class RoundGate:
+    """The engine's `round_hook`: holds the worker at a round boundary so a test can act in
+    the gap between two decode steps, then lets exactly n rounds run."""
+
+    def __init__(self, *, held: bool = False) -> None:
+        import threading
+
+        self._cv = threading.Condition()
+        self._allowed = 0 if held else -1  # < 0: run freely; held: stops at its first round
+        self._held = False
+        self.rounds = 0
+
+    def __call__(self) -> None:  # on the worker thread
+        with self._cv:
+            while self._allowed == 0:
+                self._held = True
+                self._cv.notify_all()
+                self._cv.wait()
+            self._held = False
+            if self._allowed > 0:
+                self._allowed -= 1
+            self.rounds += 1
+
+    def hold(self, timeout: float = 30) -> None:
+        """Stop the worker at the next round boundary (returns once it waits there)."""
+        with self._cv:
+            self._allowed = 0
+            if not self._cv.wait_for(lambda: self._held, timeout):
+                raise TimeoutError("the engine did not reach a round boundary")
+
+    def step(self, rounds: int = 1, timeout: float = 30) -> None:
+        """Let exactly `rounds` rounds run, then hold again."""
+        with self._cv:
+            self._allowed = rounds
+            self._held = False
+            self._cv.notify_all()
+            if not self._cv.wait_for(lambda: self._held and self._allowed == 0, timeout):
+                raise TimeoutError("the engine did not finish the rounds")
+
+    def release(self) -> None:
+        with self._cv:
+            self._allowed = -1
+            self._cv.notify_all()

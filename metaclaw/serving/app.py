@@ -8,11 +8,11 @@ OpenAI-shaped everywhere; a full queue answers 503 with `Retry-After` before any
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,89 +21,30 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from metaclaw.config import PolicySettings
 from metaclaw.proxy.guard import LocalGuard, Refusal
 from metaclaw.serving import responses as shapes
-from metaclaw.serving.admin_token import HEADER as ADMIN_HEADER
-from metaclaw.serving.admin_token import TOKEN_FILE, ensure_admin_token
+from metaclaw.serving import streams
+from metaclaw.serving.admin_token import ensure_admin_token
 from metaclaw.serving.chat import ChatFormatError
 from metaclaw.serving.checkpoints import CheckpointError, adapter_dir, ledger_path
-from metaclaw.serving.engine import AdapterError, Delta, EngineError, PolicyEngine, Result
+from metaclaw.serving.engine import AdapterError, EngineError, PolicyEngine
+from metaclaw.serving.middleware import (
+    AdminMiddleware,
+    KeyMiddleware,
+    error_response,
+    json_response,
+)
 from metaclaw.serving.openai_params import parse_chat, parse_completion
+from metaclaw.serving.priority import HEADER as PRIORITY_HEADER
+from metaclaw.serving.priority import Priority, parse_priority
 
 log = logging.getLogger("metaclaw.serving")
-OPEN_PATHS = frozenset({"/healthz"})
 STALL_GRACE_S = 30.0  # beyond the request timeout, before the async side gives up on the worker
 CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, logs can tell
-DISCONNECT_POLL_S = 1.0  # how often a waiting non-streamed request checks its client is there
 DEFAULT_MAX_BODY: int = PolicySettings.model_fields["max_body_bytes"].default
-
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
-    )
-
-
-def error_response(err: EngineError) -> Response:
-    headers = {"retry-after": "1"} if err.status == 503 else None
-    return json_response(err.body(), err.status, headers)
-
-
-def _sse(obj: Any) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
-class KeyMiddleware:
-    """Bearer-key auth for every path but /healthz when `policy.api_key` is set."""
-
-    def __init__(self, app: ASGIApp, key: bytes | None) -> None:
-        self.app = app
-        self.key = key
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.key is None or scope["path"] in OPEN_PATHS:
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        auth = headers.get(b"authorization", b"")
-        if auth[:7].lower() == b"bearer " and hmac.compare_digest(auth[7:].strip(), self.key):
-            await self.app(scope, receive, send)
-            return
-        err = EngineError(
-            401,
-            "missing or invalid API key: send policy.api_key as 'Authorization: Bearer <key>'",
-            "invalid_api_key",
-            "authentication_error",
-        )
-        await error_response(err)(scope, receive, send)
-
-
-class AdminMiddleware:
-    """`/admin/*` needs the admin token (`admin_token.py`) on top of any API key."""
-
-    def __init__(self, app: ASGIApp, token: bytes) -> None:
-        self.app = app
-        self.token = token
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/admin/"):
-            await self.app(scope, receive, send)
-            return
-        presented = dict(scope["headers"]).get(ADMIN_HEADER.encode(), b"")
-        if presented and hmac.compare_digest(presented, self.token):
-            await self.app(scope, receive, send)
-            return
-        err = EngineError(
-            401,
-            f"admin endpoints need the '{ADMIN_HEADER}' header with the token "
-            f"in METACLAW_HOME/{TOKEN_FILE}",
-            "invalid_admin_token",
-            "authentication_error",
-        )
-        await error_response(err)(scope, receive, send)
 
 
 def _refusal_response(scope: Scope, refusal: Refusal) -> Response:
@@ -215,37 +156,6 @@ async def _body(request: Request) -> Any:
         raise EngineError(400, "the request body is not valid JSON", "invalid_json") from None
 
 
-async def _next(req: Any, deadline: float) -> Delta | Result | EngineError:
-    try:
-        return await asyncio.wait_for(req.events.get(), max(1.0, deadline - time.monotonic()))
-    except TimeoutError:
-        req.cancel()
-        return EngineError(504, "the policy engine stopped responding", "timeout", "server_error")
-
-
-async def _result(req: Any, deadline: float, request: Request) -> Result | None:
-    """Wait for a non-streamed result; a client that hangs up frees its batch slot (None)."""
-    try:
-        while True:
-            try:
-                event = await asyncio.wait_for(req.events.get(), DISCONNECT_POLL_S)
-            except TimeoutError:
-                if await request.is_disconnected():
-                    return None
-                if time.monotonic() > deadline:
-                    raise EngineError(
-                        504, "the policy engine stopped responding", "timeout", "server_error"
-                    ) from None
-                continue
-            if isinstance(event, EngineError):
-                raise event
-            if isinstance(event, Result):
-                return event
-    finally:
-        if not req.done:
-            req.cancel()
-
-
 # ----- chat --------------------------------------------------------------------------------
 
 
@@ -259,11 +169,17 @@ async def chat_completions(request: Request) -> Response:
         raise EngineError(400, str(exc), "invalid_messages", param="messages") from None
     max_tokens = engine.check_prompt(prompt_ids, chat.params.max_tokens)
     params = _with_max(chat.params, max_tokens)
-    req = engine.submit(prompt_ids, params, stream=chat.stream, timeout_s=state.timeout_s)
+    req = engine.submit(
+        prompt_ids,
+        params,
+        stream=chat.stream,
+        timeout_s=state.timeout_s,
+        priority=_priority(request),
+    )
     deadline = time.monotonic() + state.timeout_s + STALL_GRACE_S
     rid = shapes.new_id("chatcmpl")
     if not chat.stream:
-        result = await _result(req, deadline, request)
+        result = await streams.result(req, deadline, request)
         if result is None:
             return Response(status_code=CLIENT_GONE)
         return json_response(
@@ -277,7 +193,9 @@ async def chat_completions(request: Request) -> Response:
             )
         )
     return StreamingResponse(
-        _chat_stream(req, rid, engine, chat.logprobs, chat.include_usage, params.top_p, deadline),
+        streams.chat_stream(
+            req, rid, engine, chat.logprobs, chat.include_usage, params.top_p, deadline
+        ),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache"},
     )
@@ -290,69 +208,16 @@ def _chat_prompt_ids(engine: PolicyEngine, chat: Any) -> list[int]:
     return engine.encode(text, add_special_tokens=False)
 
 
-async def _chat_stream(
-    req: Any,
-    rid: str,
-    engine: PolicyEngine,
-    logprobs: bool,
-    include_usage: bool,
-    top_p: float,
-    deadline: float,
-) -> AsyncIterator[bytes]:
-    created = shapes.now()
-    model = engine.name
-    try:
-        yield _sse(shapes.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}))
-        while True:
-            event = await _next(req, deadline)
-            if isinstance(event, EngineError):
-                yield _sse(event.body())
-                return
-            if isinstance(event, Delta):
-                lp = None
-                if logprobs and event.token_id is not None:
-                    assert event.logprob is not None
-                    lp = shapes.chat_logprob_content(
-                        engine.token_text, [event.token_id], [event.logprob], [event.top]
-                    )
-                if event.text or lp:
-                    yield _sse(
-                        shapes.chat_chunk(rid, model, created, {"content": event.text}, logprobs=lp)
-                    )
-                continue
-            for i, call in enumerate(shapes.tool_calls_with_ids(event.tool_calls, rid)):
-                yield _sse(
-                    shapes.chat_chunk(rid, model, created, {"tool_calls": [{"index": i, **call}]})
-                )
-            final = shapes.chat_chunk(
-                rid, model, created, {}, finish=event.finish_reason, checkpoint=event.checkpoint
-            )
-            final["metaclaw"] = shapes.metaclaw_field(event, top_p)
-            if include_usage:
-                final["usage"] = None
-            yield _sse(final)
-            if include_usage:
-                yield _sse(
-                    {
-                        "id": rid,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": model,
-                        "choices": [],
-                        "usage": shapes.usage(event),
-                    }
-                )
-            yield b"data: [DONE]\n\n"
-            return
-    finally:
-        if not req.done:
-            req.cancel()
-
-
 def _with_max(params: Any, max_tokens: int) -> Any:
-    from dataclasses import replace
-
     return replace(params, max_tokens=max_tokens)
+
+
+def _priority(request: Request) -> Priority:
+    """The request's class (`X-MetaClaw-Priority`); it can only lower it (see priority.py)."""
+    try:
+        return parse_priority(request.headers.get(PRIORITY_HEADER))
+    except ValueError as exc:
+        raise EngineError(400, str(exc), "invalid_priority") from None
 
 
 # ----- completions -------------------------------------------------------------------------
@@ -375,11 +240,17 @@ async def completions(request: Request) -> Response:
             400, "no room left in the context for a completion", "context_length_exceeded"
         )
     params = _with_max(comp.params, max_tokens)
-    req = engine.submit(prompt_ids, params, stream=comp.stream, timeout_s=state.timeout_s)
+    req = engine.submit(
+        prompt_ids,
+        params,
+        stream=comp.stream,
+        timeout_s=state.timeout_s,
+        priority=_priority(request),
+    )
     deadline = time.monotonic() + state.timeout_s + STALL_GRACE_S
     rid = shapes.new_id("cmpl")
     if not comp.stream:
-        result = await _result(req, deadline, request)
+        result = await streams.result(req, deadline, request)
         if result is None:
             return Response(status_code=CLIENT_GONE)
         return json_response(
@@ -395,68 +266,10 @@ async def completions(request: Request) -> Response:
             )
         )
     return StreamingResponse(
-        _completion_stream(req, rid, engine, comp, prompt_text, params.top_p, deadline),
+        streams.completion_stream(req, rid, engine, comp, prompt_text, params.top_p, deadline),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache"},
     )
-
-
-async def _completion_stream(
-    req: Any,
-    rid: str,
-    engine: PolicyEngine,
-    comp: Any,
-    prompt_text: str,
-    top_p: float,
-    deadline: float,
-) -> AsyncIterator[bytes]:
-    created = shapes.now()
-    model = engine.name
-    offset = len(prompt_text)
-    try:
-        if comp.echo:
-            yield _sse(shapes.completion_chunk(rid, model, created, prompt_text))
-        while True:
-            event = await _next(req, deadline)
-            if isinstance(event, EngineError):
-                yield _sse(event.body())
-                return
-            if isinstance(event, Delta):
-                lp = None
-                if comp.logprobs is not None and event.token_id is not None:
-                    lp = shapes.completion_logprobs(
-                        engine.token_text,
-                        [event.token_id],
-                        [event.logprob],
-                        [event.top],
-                        offset,
-                        comp.logprobs > 0,
-                    )
-                if event.text or lp:
-                    yield _sse(
-                        shapes.completion_chunk(rid, model, created, event.text, logprobs=lp)
-                    )
-                offset += len(event.text)
-                continue
-            final = shapes.completion_chunk(rid, model, created, "", finish=event.finish_reason)
-            final["metaclaw"] = shapes.metaclaw_field(event, top_p)
-            yield _sse(final)
-            if comp.include_usage:
-                yield _sse(
-                    {
-                        "id": rid,
-                        "object": "text_completion",
-                        "created": created,
-                        "model": model,
-                        "choices": [],
-                        "usage": shapes.usage(event),
-                    }
-                )
-            yield b"data: [DONE]\n\n"
-            return
-    finally:
-        if not req.done:
-            req.cancel()
 
 
 # ----- models, health, admin ---------------------------------------------------------------
@@ -495,7 +308,9 @@ async def healthz(request: Request) -> Response:
         "checkpoint": engine.policy.checkpoint_id,
         "adapter_path": engine.policy.path,
         "queued": engine.queued,
+        "queued_background": engine.queued_by(Priority.BACKGROUND),
         "active": engine.active,
+        "paused": engine.paused,
         "max_queue": engine.max_queue,
         "max_batch": engine.max_batch,
         "stats": {k: getattr(stats, k) for k in stats.__dataclass_fields__},

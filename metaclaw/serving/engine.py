@@ -8,6 +8,11 @@ admission to the policy (base weights + adapter) that was current then. The work
 every group one token per round, so streams make progress together, and a group keeps its
 adapter until its last row finishes: a swap never changes the weights under a running request.
 
+Two priority classes (`priority.py`): each has its own bounded queue, and between rounds the
+scheduler (`scheduler.py`) admits interactive requests first and pauses background groups (KV
+cache kept, resumed later where they stopped) while users are served. The adapter pool is
+`adapters.py`; the request and event types are `requests.py`.
+
 Every sampled token is reported with its untempered log-probability (see `sampling.py`), so
 the turns this engine serves are on-policy training data.
 """
@@ -16,145 +21,65 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import json
 import logging
 import os
 import threading
 import time
-import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from metaclaw.serving.constrained import Guide, Guides
+from metaclaw.serving.adapters import AdapterError, AdapterPool
+from metaclaw.serving.constrained import Guides
+from metaclaw.serving.priority import Priority
+from metaclaw.serving.requests import (
+    Delta,
+    EngineError,
+    Policy,
+    Request,
+    Result,
+    overloaded,
+    shutting_down,
+)
 from metaclaw.serving.sampling import SamplingParams, TextTracker, choose, split_tool_calls
+from metaclaw.serving.scheduler import plan
 
 log = logging.getLogger("metaclaw.serving")
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-class EngineError(Exception):
-    """A request the engine cannot serve; `status`/`code` map to an OpenAI-shaped error."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        code: str,
-        kind: str = "invalid_request_error",
-        param: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.kind = kind
-        self.param = param
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "code": self.code,
-                "param": self.param,
-            }
-        }
-
-
-def overloaded(queued: int, limit: int) -> EngineError:
-    return EngineError(
-        503,
-        f"policy server overloaded: {queued} requests already queued "
-        f"(policy.max_queue={limit}); retry shortly",
-        "overloaded",
-        "server_error",
-    )
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The weights a request runs on: the base model, plus a LoRA adapter when `adapter` is set."""
-
-    checkpoint_id: str | None = None
-    adapter: str | None = None  # the adapter's name inside the peft model
-    path: str | None = None
-
-
-@dataclass
-class Result:
-    """A finished generation."""
-
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    completion_logprobs: list[float]
-    completion_top: list[list[tuple[int, float]]]
-    prompt_logprobs: list[float | None] | None
-    prompt_top: list[list[tuple[int, float]]] | None
-    text: str
-    tool_calls: list[dict[str, Any]]
-    finish_reason: str
-    checkpoint: str | None
-    temperature: float
-
-
-@dataclass
-class Delta:
-    """One sampled token, streamed: newly releasable text (may be empty) and the token."""
-
-    text: str
-    token_id: int | None  # None: text released at the end, no new token
-    logprob: float | None
-    top: list[tuple[int, float]]
-
-
-@dataclass(eq=False)
-class Request:
-    """One generation in flight; the async side reads `events`, the worker fills it."""
-
-    prompt_ids: list[int]
-    params: SamplingParams
-    stream: bool
-    deadline: float
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[Delta | Result | EngineError] = field(default_factory=asyncio.Queue)
-    cancelled: bool = False
-    done: bool = False
-    policy: Policy | None = None
-    generator: torch.Generator | None = None
-    tracker: TextTracker | None = None
-    guide: Guide | None = None  # response_format: masks and tracks the grammar
-    completion_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    top: list[list[tuple[int, float]]] = field(default_factory=list)
-    prompt_logprobs: list[float | None] | None = None
-    prompt_top: list[list[tuple[int, float]]] | None = None
-
-    def cancel(self) -> None:
-        """Called from the async side (client gone); the worker drops the row next round."""
-        self.cancelled = True
-
-    def _send(self, event: Delta | Result | EngineError) -> None:
-        with contextlib.suppress(RuntimeError):  # the event loop is gone (shutdown)
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+# The request types live in `requests.py`, the adapter pool in `adapters.py`; they are re-exported
+# here because callers think of them as the engine's.
+__all__ = [
+    "AdapterError",
+    "Delta",
+    "EngineError",
+    "EngineStats",
+    "Policy",
+    "PolicyEngine",
+    "Request",
+    "Result",
+]
 
 
 @dataclass(eq=False)
 class _Group:
-    """Rows prefilled together: one KV cache, one policy, one left-padded attention mask."""
+    """Rows prefilled together: one KV cache, one policy, one left-padded attention mask, one
+    priority class. A paused group keeps all of it and is skipped by the decode loop."""
 
     rows: list[Request]
     policy: Policy
     cache: Any
     mask: torch.Tensor
     positions: torch.Tensor
+    priority: Priority = Priority.INTERACTIVE
+    paused: bool = False
+
+    @property
+    def size(self) -> int:
+        return sum(1 for r in self.rows if not r.done)
 
 
 @dataclass
@@ -167,6 +92,8 @@ class EngineStats:
     swaps: int = 0
     tokens_generated: int = 0
     prompt_tokens: int = 0
+    preempted: int = 0  # background groups paused for interactive requests
+    resumed: int = 0
 
 
 @dataclass
@@ -177,10 +104,6 @@ class _Command:
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
-
-
-class AdapterError(ValueError):
-    """An adapter directory that cannot be served on this model; the message says why."""
 
 
 class PolicyEngine:
@@ -197,6 +120,7 @@ class PolicyEngine:
         max_queue: int = 64,
         max_new_tokens: int = 1024,
         max_context_tokens: int = 4096,
+        background_rows_while_interactive: int = 0,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -206,13 +130,13 @@ class PolicyEngine:
         self.model_dir = Path(model_dir)
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = (
-            AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=getattr(torch, dtype))
-            .to(self.device)
-            .eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            self.model_dir, dtype=getattr(torch, dtype)
         )
+        self.model = model.to(self.device).eval()
         self.max_batch = max_batch
-        self.max_queue = max_queue
+        self.max_queue = max_queue  # per priority class: a background flood never fills users'
+        self.background_cap = max(0, min(background_rows_while_interactive, max_batch))
         self.max_new_tokens = max_new_tokens
         window = getattr(self.model.config, "max_position_embeddings", None) or max_context_tokens
         self.max_context_tokens = min(max_context_tokens, int(window))
@@ -221,17 +145,16 @@ class PolicyEngine:
             (t for t in (self.tokenizer.pad_token_id, *sorted(self.eos_ids)) if t is not None), 0
         )
         self.vocab_size = int(self.model.get_input_embeddings().weight.shape[0])
-        self._linear_shapes = _linear_shapes(self.model)
         self._tok_lock = threading.Lock()
         self._guides = Guides(self.tokenizer, self.vocab_size, self.eos_ids, self._tok_lock)
         self._cv = threading.Condition()
-        self._pending: deque[Request] = deque()
+        self._pending: dict[Priority, deque[Request]] = {p: deque() for p in Priority}
         self._groups: list[_Group] = []
         self._commands: deque[_Command] = deque()
         self._policy = Policy()
-        self._peft: Any = None
-        self._current_adapter: str | None = None
-        self._adapter_ids = itertools.count(1)
+        self._adapters = AdapterPool(self.model, name)
+        # called on the worker between rounds (tests pause the worker at a round boundary)
+        self.round_hook: Callable[[], None] | None = None
         self._closing = False
         self._thread: threading.Thread | None = None
         self.stats = EngineStats()
@@ -262,12 +185,20 @@ class PolicyEngine:
 
     @property
     def queued(self) -> int:
-        return len(self._pending)
+        return sum(len(q) for q in self._pending.values())
+
+    def queued_by(self, priority: Priority) -> int:
+        return len(self._pending[priority])
 
     @property
     def active(self) -> int:
-        """Requests generating now (admitted, not finished)."""
-        return sum(1 for g in list(self._groups) for r in list(g.rows) if not r.done)
+        """Requests generating now (admitted, not finished, not paused)."""
+        return sum(g.size for g in list(self._groups) if not g.paused)
+
+    @property
+    def paused(self) -> int:
+        """Background requests admitted but paused while interactive ones run."""
+        return sum(g.size for g in list(self._groups) if g.paused)
 
     # ----- tokenizer (shared by the event loop and the worker) -----------------------
 
@@ -275,23 +206,29 @@ class PolicyEngine:
         with self._tok_lock:
             return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
-    def decode(self, ids: list[int]) -> str:
+    def decode(self, ids: Sequence[int]) -> str:
         with self._tok_lock:
-            return self.tokenizer.decode(
-                ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+            return str(
+                self.tokenizer.decode(
+                    list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
+                )
             )
 
     def decode_all(self, ids: list[int]) -> str:
         """Text of token ids with special tokens kept (echoing a prompt given as ids)."""
         with self._tok_lock:
-            return self.tokenizer.decode(
-                ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+            return str(
+                self.tokenizer.decode(
+                    ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+                )
             )
 
     def token_text(self, token_id: int) -> str:
         with self._tok_lock:
-            return self.tokenizer.decode(
-                [token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False
+            return str(
+                self.tokenizer.decode(
+                    [token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False
+                )
             )
 
     def render_chat(self, messages: Any, tools: list[Any] | None) -> str:
@@ -325,25 +262,32 @@ class PolicyEngine:
         return max(0, min(max_tokens, self.max_new_tokens, room))
 
     def submit(
-        self, prompt_ids: list[int], params: SamplingParams, *, stream: bool, timeout_s: float
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        *,
+        stream: bool,
+        timeout_s: float,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> Request:
-        """Queue a generation (call from the event loop); raises EngineError 503 when full."""
+        """Queue a generation (call from the event loop); raises EngineError 503 when its
+        class's queue is full."""
         req = Request(
             prompt_ids=list(prompt_ids),
             params=params,
             stream=stream,
             deadline=time.monotonic() + timeout_s,
             loop=asyncio.get_running_loop(),
+            priority=priority,
         )
         with self._cv:
             if self._closing or not self.alive:
-                raise EngineError(
-                    503, "policy server is shutting down", "unavailable", "server_error"
-                )
-            if len(self._pending) >= self.max_queue:
+                raise shutting_down()
+            queue = self._pending[priority]
+            if len(queue) >= self.max_queue:
                 self.stats.rejected += 1
-                raise overloaded(len(self._pending), self.max_queue)
-            self._pending.append(req)
+                raise overloaded(len(queue), self.max_queue, priority)
+            queue.append(req)
             self._cv.notify_all()
         return req
 
@@ -351,50 +295,7 @@ class PolicyEngine:
 
     def validate_adapter(self, path: Path) -> dict[str, Any]:
         """Check a peft LoRA directory fits this model before touching the model."""
-        path = Path(path)
-        if not path.is_dir():
-            raise AdapterError(f"adapter directory {path} does not exist")
-        try:
-            config = json.loads((path / ADAPTER_CONFIG).read_text())
-        except (OSError, ValueError) as exc:
-            raise AdapterError(
-                f"{path / ADAPTER_CONFIG} is missing or not JSON ({exc}); "
-                "expected a peft save_pretrained directory"
-            ) from None
-        if str(config.get("peft_type", "")).upper() != "LORA":
-            raise AdapterError(
-                f"{path} holds a {config.get('peft_type')!r} adapter; only LoRA adapters are served"
-            )
-        weights = next((path / w for w in ADAPTER_WEIGHTS if (path / w).is_file()), None)
-        if weights is None:
-            raise AdapterError(f"{path} has no {' or '.join(ADAPTER_WEIGHTS)}")
-        if weights.suffix == ".safetensors":
-            self._check_lora_shapes(weights)
-        return config
-
-    def _check_lora_shapes(self, weights: Path) -> None:
-        from safetensors import safe_open
-
-        with safe_open(str(weights), framework="pt") as fh:
-            for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
-                for part, dim in ((".lora_A.", 1), (".lora_B.", 0)):
-                    if part not in key:
-                        continue
-                    module = key.split(part)[0].removeprefix("base_model.model.")
-                    shape = fh.get_slice(key).get_shape()
-                    if module not in self._linear_shapes:
-                        raise AdapterError(
-                            f"adapter tensor {key} targets {module!r}, which this "
-                            f"model ({self.name}) does not have: trained for a "
-                            "different base model?"
-                        )
-                    want = self._linear_shapes[module][0 if dim == 1 else 1]
-                    if shape[dim] != want:
-                        raise AdapterError(
-                            f"adapter tensor {key} has shape {shape}, but {module} in "
-                            f"{self.name} has {'in' if dim == 1 else 'out'}_features={want}: "
-                            "trained for a different base model?"
-                        )
+        return self._adapters.validate(path)
 
     async def swap(self, checkpoint_id: str | None, path: Path | None) -> Policy:
         """Make (checkpoint_id, path) the policy for new requests; None/None = base weights.
@@ -402,13 +303,13 @@ class PolicyEngine:
         Requests already running keep their weights until they finish; none fails.
         """
         if path is not None:
-            await asyncio.to_thread(self.validate_adapter, path)
+            await asyncio.to_thread(self._adapters.validate, path)
         return await self._command(lambda: self._swap_now(checkpoint_id, path))
 
     def swap_blocking(self, checkpoint_id: str | None, path: Path | None) -> Policy:
         """The same as `swap`, for callers without an event loop (startup, benchmarks)."""
         if path is not None:
-            self.validate_adapter(path)
+            self._adapters.validate(path)
         if not self.alive:
             return self._swap_now(checkpoint_id, path)
         cmd = _Command(run=lambda: self._swap_now(checkpoint_id, path), loop=None, future=None)
@@ -428,9 +329,7 @@ class PolicyEngine:
     def _enqueue(self, cmd: _Command) -> None:
         with self._cv:
             if self._closing or not self.alive:
-                raise EngineError(
-                    503, "policy server is shutting down", "unavailable", "server_error"
-                )
+                raise shutting_down()
             self._commands.append(cmd)
             self._cv.notify_all()
 
@@ -442,22 +341,7 @@ class PolicyEngine:
         elif current.path == str(path) and current.checkpoint_id == checkpoint_id:
             return current  # already serving exactly this
         else:
-            from peft import PeftModel
-
-            name = f"ckpt{next(self._adapter_ids)}"
-            if self._peft is None:
-                self._peft = PeftModel.from_pretrained(
-                    self.model, str(path), adapter_name=name, is_trainable=False
-                )
-            else:
-                try:
-                    self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
-                except Exception:  # leave no half-registered adapter behind; keep serving
-                    if name in self._peft.peft_config and len(self._peft.peft_config) > 1:
-                        self._peft.delete_adapter(name)
-                        self._current_adapter = None
-                    raise
-            self._peft.eval()
+            name = self._adapters.load(path)
             self._policy = Policy(checkpoint_id=checkpoint_id, adapter=name, path=str(path))
         self.stats.swaps += 1
         log.info(
@@ -468,50 +352,34 @@ class PolicyEngine:
         return self._policy
 
     def _drop_unused_adapters(self) -> None:
-        """Free adapters no running group uses; peft needs one adapter kept, so keep the last."""
-        if self._peft is None:
-            return
-        in_use = {g.policy.adapter for g in self._groups} | {self._policy.adapter}
-        for name in list(self._peft.peft_config):
-            if name not in in_use and len(self._peft.peft_config) > 1:
-                with warnings.catch_warnings():  # "adapter was active": we set it per pass
-                    warnings.simplefilter("ignore", UserWarning)
-                    self._peft.delete_adapter(name)
-                if self._current_adapter == name:
-                    self._current_adapter = None
-
-    @contextlib.contextmanager
-    def _weights(self, policy: Policy) -> Iterator[None]:
-        if self._peft is None:
-            yield
-        elif policy.adapter is None:
-            with self._peft.disable_adapter():
-                yield
-        else:
-            if self._current_adapter != policy.adapter:
-                self._peft.set_adapter(policy.adapter)
-                self._current_adapter = policy.adapter
-            yield
+        """Free adapters no group (running or paused) uses, nor new requests."""
+        in_use = [g.policy.adapter for g in self._groups]
+        self._adapters.drop_unused([*in_use, self._policy.adapter])
 
     # ----- the worker ----------------------------------------------------------------
 
     def _run(self) -> None:
         with torch.inference_mode():
             while True:
+                if self.round_hook is not None:
+                    self.round_hook()
                 with self._cv:
-                    while not (self._closing or self._pending or self._groups or self._commands):
+                    while not (self._closing or self.queued or self._groups or self._commands):
                         self._cv.wait()
                     if self._closing:
                         break
                     commands = list(self._commands)
                     self._commands.clear()
-                    admitted = self._admit()
+                    admitted = self._schedule()
                 for cmd in commands:
                     self._run_command(cmd)
                 self._prefill_all(admitted)
                 for group in list(self._groups):
                     try:
-                        self._step(group)
+                        if group.paused:
+                            self._prune(group)  # a paused row can still be cancelled or expire
+                        else:
+                            self._step(group)
                     except Exception as exc:  # a bug fails this group, never the others
                         log.exception("policy engine step failed")
                         self._fail_group(group, _generation_error(exc))
@@ -519,21 +387,33 @@ class PolicyEngine:
                     self._drop_unused_adapters()
                 except Exception:  # only memory is at stake; retried next round
                     log.exception("dropping unused adapters failed")
-        self._fail_all(
-            EngineError(503, "policy server is shutting down", "unavailable", "server_error"),
-            include_pending=True,
-        )
+        self._fail_all(shutting_down(), include_pending=True)
 
-    def _admit(self) -> list[Request]:
+    def _schedule(self) -> list[Request]:
+        """Between rounds, under the lock: drop dead waiting requests, pause or resume
+        background groups, and take the requests to prefill now (see `scheduler.py`)."""
         now = time.monotonic()
-        for req in [r for r in self._pending if r.cancelled or r.deadline <= now]:
-            self._pending.remove(req)
-            self._finish_dropped(req, now)
-        room = self.max_batch - self.active
-        admitted = []
-        while self._pending and room > 0:
-            admitted.append(self._pending.popleft())
-            room -= 1
+        for queue in self._pending.values():
+            for req in [r for r in queue if r.cancelled or r.deadline <= now]:
+                queue.remove(req)
+                self._finish_dropped(req, now)
+        interactive = self._pending[Priority.INTERACTIVE]
+        background = self._pending[Priority.BACKGROUND]
+        decision = plan(
+            self._groups,
+            waiting_interactive=len(interactive),
+            waiting_background=len(background),
+            max_batch=self.max_batch,
+            background_cap=self.background_cap,
+        )
+        for group in decision.pause:
+            group.paused = True
+            self.stats.preempted += 1
+        for group in decision.resume:
+            group.paused = False
+            self.stats.resumed += 1
+        admitted = [interactive.popleft() for _ in range(decision.admit_interactive)]
+        admitted += [background.popleft() for _ in range(decision.admit_background)]
         return admitted
 
     def _run_command(self, cmd: _Command) -> None:
@@ -560,8 +440,9 @@ class PolicyEngine:
         if not admitted:
             return
         plain = [r for r in admitted if not r.params.prompt_logprobs]
-        scored = [r for r in admitted if r.params.prompt_logprobs]
-        for batch in ([plain] if plain else []) + [[r] for r in scored]:
+        scored = [[r] for r in admitted if r.params.prompt_logprobs]
+        by_class = [[r for r in plain if r.priority is p] for p in Priority]  # pausable apart
+        for batch in [b for b in by_class if b] + scored:
             try:
                 self._prefill(batch)
             except Exception as exc:
@@ -571,7 +452,7 @@ class PolicyEngine:
                 for group in [g for g in self._groups if any(r in batch for r in g.rows)]:
                     self._prune(group)
 
-    def _prefill(self, rows: list[Request]) -> None:
+    def _prefill(self, rows: Sequence[Request]) -> None:
         policy = self._policy
         width = max(len(r.prompt_ids) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -586,7 +467,7 @@ class PolicyEngine:
             self.stats.prompt_tokens += n
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         full = any(r.params.prompt_logprobs for r in rows)
-        with self._weights(policy):
+        with self._adapters.weights(policy):
             out = self.model(
                 input_ids=ids.to(self.device),
                 attention_mask=mask.to(self.device),
@@ -604,6 +485,7 @@ class PolicyEngine:
             cache=_cache_of(out),
             mask=mask,
             positions=positions[:, -1].clone(),
+            priority=max(r.priority for r in rows),
         )
         self._groups.append(group)
         for i, req in enumerate(rows):
@@ -639,7 +521,7 @@ class PolicyEngine:
         )
         group.positions = group.positions + 1
         try:
-            with self._weights(group.policy):
+            with self._adapters.weights(group.policy):
                 out = self.model(
                     input_ids=last.to(self.device),
                     attention_mask=group.mask.to(self.device),
@@ -704,6 +586,7 @@ class PolicyEngine:
         req.top.append(top)
         self.stats.tokens_generated += 1
         assert req.tracker is not None
+        finish: str | None
         if token in self.eos_ids and not req.params.ignore_eos:
             text, finish = "", "stop"
         else:
@@ -721,7 +604,7 @@ class PolicyEngine:
         tail = req.tracker.flush()
         if req.stream and tail:
             req._send(Delta(text=tail, token_id=None, logprob=None, top=[]))
-        text, calls = req.tracker.text, []
+        text, calls = req.tracker.text, list[dict[str, Any]]()
         if req.params.detect_tools:
             text, calls = split_tool_calls(text)
             if calls:
@@ -774,8 +657,9 @@ class PolicyEngine:
         self._groups.clear()
         if include_pending:
             with self._cv:
-                while self._pending:
-                    self._fail(self._pending.popleft(), err)
+                for queue in self._pending.values():
+                    while queue:
+                        self._fail(queue.popleft(), err)
                 commands = list(self._commands)
                 self._commands.clear()
             for cmd in commands:
@@ -813,14 +697,3 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
         elif isinstance(value, list | tuple):
             ids.update(int(v) for v in value)
     return frozenset(ids)
-
-
-def _linear_shapes(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
-    """(in_features, out_features) of every Linear and Embedding (LoRA targets)."""
-    shapes: dict[str, tuple[int, int]] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            shapes[name] = (module.in_features, module.out_features)
-        elif isinstance(module, torch.nn.Embedding):
-            shapes[name] = (module.num_embeddings, module.embedding_dim)
-    return shapes

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from metaclaw.serving.constrained import ConstraintError, parse_response_format
-from metaclaw.serving.engine import EngineError
+from metaclaw.serving.requests import EngineError
 from metaclaw.serving.sampling import SamplingParams
 
 MAX_STOP = 4

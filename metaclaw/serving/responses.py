@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from metaclaw.serving.engine import Result
+from metaclaw.serving.requests import Result
 
 TokenText = Callable[[int], str]
 

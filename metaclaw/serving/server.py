@@ -48,6 +48,7 @@ def build_engine(
         max_queue=policy.max_queue,
         max_new_tokens=policy.max_new_tokens,
         max_context_tokens=policy.max_context_tokens,
+        background_rows_while_interactive=policy.background_rows_while_interactive,
     )
     if load_promoted:
         load_promoted_checkpoint(engine, settings, notify)
