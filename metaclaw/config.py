@@ -187,6 +187,12 @@ class JudgeSettings(_Section):
     timeout_s: float = Field(default=60.0, gt=0, description="Per-call timeout.")
     retries: int = Field(default=2, ge=0, description="Retries of a failed call (with backoff).")
     retry_backoff_s: float = Field(default=1.0, ge=0, description="First backoff; doubles.")
+    retry_max_backoff_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Longest wait before a retry (a server's Retry-After included): a busy "
+        "policy server is waited for, not hammered.",
+    )
     max_calls_per_run: int = Field(
         default=3000, ge=0, description="Cost budget: most judge calls (retries included) per run."
     )
@@ -284,6 +290,19 @@ class TrainingSettings(_Section):
         ge=0,
         lt=1,
         description="Reward baseline: EMA of each step's mean RL reward (bias-corrected).",
+    )
+    nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="OS niceness the train and deploy flows give their process while they work, "
+        "so the policy server (users first) wins the CPU (metaclaw/runtime_priority.py).",
+    )
+    threads: int = Field(
+        default=0,
+        ge=0,
+        description="torch threads while training or gating; 0: half the CPU cores (at least "
+        "1), leaving the rest to the policy server.",
     )
 
     @field_validator("temperature")
@@ -412,12 +431,21 @@ class PolicySettings(_Section):
     dtype: Literal["float32", "bfloat16"] = Field(
         default="float32", description="bfloat16 is ~1.7× faster on CPUs with avx512_bf16."
     )
-    max_queue: int = Field(default=64, ge=1, description="Waiting requests before 503s.")
+    max_queue: int = Field(
+        default=64, ge=1, description="Waiting requests per priority class before 503s."
+    )
     max_batch: int = Field(default=8, ge=1, description="Requests generating at once.")
     max_new_tokens: int = Field(default=1024, ge=1, description="Cap on tokens per completion.")
     max_context_tokens: int = Field(default=4096, ge=16, description="Prompt + completion cap.")
     request_timeout_s: float = Field(default=600.0, gt=0, description="Queue wait + generation.")
     torch_threads: int = Field(default=0, ge=0, description="0: torch's default.")
+    background_rows_while_interactive: int = Field(
+        default=0,
+        ge=0,
+        description="Background requests (X-MetaClaw-Priority: background: judge, critic, gate) "
+        "that keep generating while a user's request runs or waits; the rest pause. 0 on a "
+        "small CPU (each row slows every user token); up to max_batch on a GPU.",
+    )
     api_key: SecretStr | None = Field(default=None, description="Bearer key, when set.")
     max_body_bytes: int = Field(
         default=10 * 1024 * 1024, ge=1024, description="Largest request body; bigger ones get 413."
