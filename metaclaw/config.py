@@ -672,7 +672,7 @@ class AzureOpenAISettings(_Section):
     api_key: SecretStr | None = None
     api_version: str = Field(default="2024-10-21", description="The api-version query value.")
     use_for: list[Literal["judge", "critic", "upstream"]] = Field(
-        default_factory=lambda: ["judge", "critic"],
+        default=["judge", "critic"],  # pydantic copies a mutable default per instance
         description="Roles served by the Azure deployment when it is set.",
     )
 

@@ -168,7 +168,7 @@ def _parse_value(raw: str) -> Any:
     import tomlkit
 
     try:
-        return tomlkit.parse(f"v = {raw}")["v"].unwrap()  # type: ignore[union-attr]
+        return tomlkit.parse(f"v = {raw}")["v"].unwrap()
     except Exception:  # anything that is not a TOML literal is a plain string
         return raw
 
@@ -202,7 +202,7 @@ def set_in_toml(text: str, key: str, raw: str) -> tuple[str, str]:
         if section:
             if section not in trial:
                 trial[section] = tomlkit.table()
-            table = trial[section]  # type: ignore[assignment]
+            table = trial[section]
         table[leaf] = value
         errors = _validation_errors(trial.unwrap()) or []
         if not errors:

@@ -34,12 +34,17 @@ def policy_base_url(settings: Settings) -> str:
     return f"http://{host}:{settings.policy.port}/v1"
 
 
+def policy_model(settings: Settings) -> str:
+    """The model the local policy server serves."""
+    return settings.policy.model or settings.training.base_model
+
+
 def local_policy_endpoint(settings: Settings, role: str = "policy") -> Endpoint:
     """The local policy server as an endpoint for `role` (upstream, judge or critic)."""
     return Endpoint(
         role=role,
         base_url=policy_base_url(settings),
-        model=settings.policy.model or settings.training.base_model,
+        model=policy_model(settings),
         api_key=settings.policy.api_key,
         local_default=True,
     )

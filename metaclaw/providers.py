@@ -34,11 +34,16 @@ class ProviderConfigError(ValueError):
 
 
 class EndpointLike(Protocol):
-    """What the factory needs: the judge's and the critic's endpoint dataclasses fit it."""
+    """What the factory needs: the judge's and the critic's endpoint dataclasses fit it.
 
-    base_url: str
-    model: str
-    api_key: Any  # str | SecretStr | None
+    Read-only members, so frozen dataclasses fit."""
+
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def api_key(self) -> Any: ...  # str | SecretStr | None
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def list_(
     ckpts = sorted(
         book.checkpoints.values(), key=lambda c: (c.step or 0, c.created.ts), reverse=True
     )[:limit]
-    records = [
+    records: list[dict[str, Any]] = [
         {
             "checkpoint_id": c.checkpoint_id,
             "step": c.step,

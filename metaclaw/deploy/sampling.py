@@ -18,6 +18,7 @@ weights give identical replies, so an unchanged candidate ties exactly instead o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -73,6 +74,11 @@ class Sampler(Protocol):
     ) -> list[list[float]]: ...
 
     def close(self) -> None: ...
+
+
+def _same(value: Any) -> Any:
+    """`value` itself: handed to `_call`, which waits on an SDK future it is given back."""
+    return value
 
 
 def _decode(tokenizer: Any, tokens: list[int]) -> str:
@@ -222,7 +228,7 @@ class TinkerSampler:
         tok = self.tokenizer()
         out = []
         for future in futures:
-            done = self._call(lambda f=future: f, "sample")  # waits for the future's result
+            done = self._call(functools.partial(_same, future), "sample")  # waits for it
             out.append(
                 [
                     Reply(list(s.tokens), _decode(tok, list(s.tokens)), s.stop_reason)
@@ -235,13 +241,13 @@ class TinkerSampler:
         self, policy: PolicyRef, pairs: Sequence[tuple[list[int], list[int]]]
     ) -> list[list[float]]:
         client = self._client(policy)
-        result = []
+        result: list[list[float]] = []
         for prompt, completion in pairs:
             if not completion:
                 result.append([])
                 continue
             full = types.ModelInput.from_ints([*prompt, *completion])
-            lps = self._call(lambda full=full: client.compute_logprobs(full), "compute_logprobs")
+            lps = self._call(functools.partial(client.compute_logprobs, full), "compute_logprobs")
             result.append([float("nan") if v is None else float(v) for v in lps[len(prompt) :]])
         return result
 

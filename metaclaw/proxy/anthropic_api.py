@@ -211,9 +211,9 @@ async def messages(request: Request) -> Response:
             state, draft, resp, anthropic=True, translate=openai_error_to_anthropic
         )
     if stream:
-        relay = TranslatedStreamRelay(state, draft, resp, history, model=model)
+        translated = TranslatedStreamRelay(state, draft, resp, history, model=model)
         return RelayResponse(
-            relay.events(), media_type="text/event-stream", headers=draft.headers()
+            translated.events(), media_type="text/event-stream", headers=draft.headers()
         )
     _, data = await read_upstream_json(state, draft, resp)
     message = openai_response_to_anthropic(data, model or None)

@@ -442,7 +442,7 @@ class OpenAIToAnthropicStream:
         if self._started:
             return []
         self._started = True
-        message = {
+        message: dict[str, Any] = {
             "id": self.message_id,
             "type": "message",
             "role": "assistant",

@@ -171,12 +171,11 @@ async def read_upstream_json(
     state: ProxyState, draft: TurnDraft, resp: UpstreamResponse
 ) -> tuple[bytes, dict[str, Any]]:
     """The upstream's JSON reply; anything else is recorded and becomes a 502."""
+    failure: str | None = None
     try:
         raw = await resp.aread()
     except UpstreamStreamError as exc:
         raw, failure = b"", str(exc)
-    else:
-        failure = None
     finally:
         await resp.aclose()
     try:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -30,14 +30,14 @@ class Line:
     terminated: bool  # False only for a last line without a newline
 
 
-def open_log(path: Path) -> IO[bytes]:
+def open_log(path: Path) -> BinaryIO | gzip.GzipFile:
     """Binary handle on a log file; `.gz` files are decompressed as they are read."""
     if path.name.endswith(".gz"):
         return gzip.open(path, "rb")
     return open(path, "rb", buffering=_CHUNK)
 
 
-def read_lines(fh: IO[bytes], max_bytes: int) -> Iterator[Line]:
+def read_lines(fh: BinaryIO | gzip.GzipFile, max_bytes: int) -> Iterator[Line]:
     """Lines of a binary stream; a line over `max_bytes` is yielded with `data=None`."""
     number = 0
     while True:

@@ -123,7 +123,7 @@ def _time(obj: dict[str, Any]) -> int | None:
 
 
 def _session_id(line: dict[str, Any], digest: str) -> str:
-    meta = line.get("metadata") if isinstance(line.get("metadata"), dict) else {}
+    meta = meta if isinstance(meta := line.get("metadata"), dict) else {}
     for value in (
         line.get("session_id"),
         meta.get("session_id"),
@@ -152,7 +152,7 @@ def parse_openai_record(
     if not any(m["role"] == "assistant" for m in messages):
         yield Problem(where, "no assistant message: nothing to import; skipped")
         return
-    meta = line.get("metadata") if isinstance(line.get("metadata"), dict) else {}
+    meta = meta if isinstance(meta := line.get("metadata"), dict) else {}
     tools = line.get("tools") if isinstance(line.get("tools"), list) else None
     line_model = line.get("model") or meta.get("model")
     line_ts = _time(line) or _time(meta) or default_ts

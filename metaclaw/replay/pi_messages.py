@@ -26,7 +26,7 @@ Message = dict[str, Any]
 
 
 def _image_part(part: dict[str, Any], opts: ParseOptions) -> dict[str, Any]:
-    data = part.get("data") if isinstance(part.get("data"), str) else ""
+    data = data if isinstance(data := part.get("data"), str) else ""
     mime = part.get("mimeType") if isinstance(part.get("mimeType"), str) else "image/png"
     size = len(data) * 3 // 4
     if size > opts.max_inline_image_bytes:

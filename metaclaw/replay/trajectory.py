@@ -26,7 +26,7 @@ def unwrap(event: dict[str, Any]) -> dict[str, Any] | None:
     """The transcript record inside a trajectory event; None for runtime events."""
     if event.get("source") != "transcript" and "entryId" not in event:
         return None
-    data = event.get("data") if isinstance(event.get("data"), dict) else {}
+    data = data if isinstance(data := event.get("data"), dict) else {}
     kind = str(event.get("type") or "")
     if isinstance(data.get("message"), dict):
         record_type = "message"

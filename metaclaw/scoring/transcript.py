@@ -139,7 +139,7 @@ def _openai_calls(calls: Any) -> tuple[ToolCall, ...]:
     for call in calls if isinstance(calls, list) else []:
         if not isinstance(call, dict):
             continue
-        fn = call.get("function") if isinstance(call.get("function"), dict) else {}
+        fn = fn if isinstance(fn := call.get("function"), dict) else {}
         out.append(ToolCall(str(fn.get("name") or ""), _args_text(fn.get("arguments") or "")))
     return tuple(out)
 
@@ -287,13 +287,13 @@ def assemble(session_id: str, turns: Iterable[TurnRecord]) -> Session:
         for k, digest in enumerate(_running_digests(convo), start=1):
             if convo[k - 1].role != "assistant":
                 continue
-            i = produced.get(digest)
-            if i is None or i >= j or contexts[i].next_state is not None:
+            src = produced.get(digest)
+            if src is None or src >= j or contexts[src].next_state is not None:
                 continue
             state = _until_assistant(convo[k:])
             if state:
-                contexts[i].next_state = state
-                contexts[i].next_turn_id = contexts[j].turn.turn_id
+                contexts[src].next_state = state
+                contexts[src].next_turn_id = contexts[j].turn.turn_id
     _positional_fallback(contexts, convos)
     return Session(session_id, contexts)
 

@@ -228,9 +228,11 @@ class _Registered(TextEmbeddingFunction):
     def ndims(self) -> int:
         return DIM
 
-    def generate_embeddings(self, texts: Any) -> list[np.ndarray]:
+    def generate_embeddings(
+        self, texts: list[str] | np.ndarray, *args: Any, **kwargs: Any
+    ) -> list[np.ndarray | None]:
         embedder = get_embedder(self.kind, _runtime_cache_dir())
-        return list(embedder.embed([str(t) for t in texts]))
+        return [*embedder.embed([str(t) for t in texts])]
 
 
 @register(STATIC_NAME)

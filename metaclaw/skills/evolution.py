@@ -286,7 +286,7 @@ class Planner:
         self, proposed: ProposedSkill, base: Skill | None, ids: list[str], sessions: list[str]
     ) -> Skill:
         composes = tuple(c for c in proposed.composes if c in self.current)
-        fields = {
+        fields: dict[str, Any] = {
             "description": proposed.description,
             "when_to_use": proposed.when_to_use,
             "instructions": proposed.instructions,

@@ -125,7 +125,7 @@ def _strip_metadata_blocks(text: str) -> str:
             end = close + 2 if close >= 0 else -1
         if end >= 0:
             out.append(text[keep:start])
-            keep = _TRAILING.match(text, end).end()
+            keep = trail.end() if (trail := _TRAILING.match(text, end)) else end
     out.append(text[keep:])
     return "".join(out)
 

@@ -7,12 +7,15 @@ is therefore target position `len(prompt) - 1 + k`.
 
 Prompt positions carry weight 0 / advantage 0 / sampler logprob 0 so they add no gradient, as in
 the cookbook; no extra `mask` key is sent (Tinker rejects unknown keys) — callers keep the
-completion span from `completion_span` instead.
+completion span from `completion_span` instead. The inputs are plain lists: `Datum` converts them
+to its `TensorData` (int64 tokens, float32 values) on construction, though its annotation names
+only the converted type, hence the `dict[str, Any]`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from tinker import types
 
@@ -36,10 +39,8 @@ def sft_datum(prompt: Sequence[int], completion: Sequence[int], weight: float = 
     _check(prompt, completion)
     full = [*prompt, *completion]
     weights = [0.0] * (len(prompt) - 1) + [float(weight)] * len(completion)
-    return types.Datum(
-        model_input=types.ModelInput.from_ints(full[:-1]),
-        loss_fn_inputs={"target_tokens": full[1:], "weights": weights},
-    )
+    inputs: dict[str, Any] = {"target_tokens": full[1:], "weights": weights}
+    return types.Datum(model_input=types.ModelInput.from_ints(full[:-1]), loss_fn_inputs=inputs)
 
 
 def rl_datum(
@@ -66,14 +67,12 @@ def rl_datum(
             raise LossInputError(f"{len(per_token)} advantages for {len(completion)} tokens")
     pad = [0.0] * (len(prompt) - 1)
     full = [*prompt, *completion]
-    return types.Datum(
-        model_input=types.ModelInput.from_ints(full[:-1]),
-        loss_fn_inputs={
-            "target_tokens": full[1:],
-            "logprobs": pad + [float(x) for x in sampler_logprobs],
-            "advantages": pad + per_token,
-        },
-    )
+    inputs: dict[str, Any] = {
+        "target_tokens": full[1:],
+        "logprobs": pad + [float(x) for x in sampler_logprobs],
+        "advantages": pad + per_token,
+    }
+    return types.Datum(model_input=types.ModelInput.from_ints(full[:-1]), loss_fn_inputs=inputs)
 
 
 def datum_length(datum: types.Datum) -> int:

@@ -6,6 +6,7 @@ a pre-built tiny model) through the same seam a deployment uses.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -111,16 +112,13 @@ def make_teacher(settings: Settings, backend: TrainingBackend) -> Teacher:
         from metaclaw.training.tinker_backend import TinkerBackend, call_with_timeout
 
         assert isinstance(backend, TinkerBackend)
-        path_kw = (
-            {"model_path": cfg.teacher_model}
-            if cfg.teacher_model.startswith("tinker://")
-            else {"base_model": cfg.teacher_model}
+        service, teacher = backend.service, cfg.teacher_model
+        create = (
+            functools.partial(service.create_sampling_client, model_path=teacher)
+            if teacher.startswith("tinker://")
+            else functools.partial(service.create_sampling_client, base_model=teacher)
         )
-        client = call_with_timeout(
-            lambda: backend.service.create_sampling_client(**path_kw),
-            cfg.tinker_timeout_s,
-            "create_sampling_client",
-        )
+        client = call_with_timeout(create, cfg.tinker_timeout_s, "create_sampling_client")
         return SamplingClientTeacher(client, cfg.tinker_timeout_s)
     raise TrainingConfigError(
         "training.loss_fn=distillation needs a teacher: set training.teacher_base_url + "

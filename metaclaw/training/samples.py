@@ -40,6 +40,7 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from tinker import types
@@ -98,7 +99,7 @@ class Turn:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Turn:
         ts = row.get("ts_start")
-        ts_value = ts.timestamp() if hasattr(ts, "timestamp") else float(ts or 0)
+        ts_value = ts.timestamp() if isinstance(ts, datetime) else float(ts or 0)
         reward = row.get("reward")
         return cls(
             turn_id=row["turn_id"],
