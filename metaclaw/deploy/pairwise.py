@@ -24,6 +24,7 @@ import openai
 
 from metaclaw.config import Settings
 from metaclaw.deploy.stats import Verdict
+from metaclaw.serving.priority import BACKGROUND_HEADERS
 
 PROMPT_VERSION = "pw1"
 MAX_MESSAGE_CHARS = 2000
@@ -148,6 +149,7 @@ class PairwiseJudge:
             "api_key": api_key or PLACEHOLDER_KEY,
             "timeout": timeout_s,
             "max_retries": retries,
+            "default_headers": BACKGROUND_HEADERS,  # users first on a shared policy server
         }
         self._concurrency = concurrency
         # made inside the event loop that uses them (each evaluation runs its own loop)

@@ -31,6 +31,7 @@ from metaclaw.providers import async_openai_client, azure_endpoint
 from metaclaw.scoring.prompt import PROMPT_VERSION, JudgeCase
 from metaclaw.scoring.votes import MAX_REASON_CHARS, Verdict, Vote, majority, parse_vote
 from metaclaw.serving.constrained import response_format
+from metaclaw.serving.priority import BACKGROUND_HEADERS
 
 log = logging.getLogger("metaclaw.scoring")
 
@@ -64,7 +65,7 @@ class JudgeEndpoint:
 
 
 def judge_endpoint(settings: Settings) -> JudgeEndpoint | None:
-    from metaclaw.endpoints import local_policy_endpoint, policy_model
+    from metaclaw.endpoints import local_policy_endpoint
 
     """Which judge to call, or None for "no LLM judge" (implicit + explicit signals only).
 
@@ -95,7 +96,7 @@ def judge_endpoint(settings: Settings) -> JudgeEndpoint | None:
         )
     if judge.local_default:
         local = local_policy_endpoint(settings)
-        return JudgeEndpoint(local.base_url, policy_model(settings), local.api_key)
+        return JudgeEndpoint(local.base_url, local.model, local.api_key)
     return None
 
 
@@ -207,17 +208,14 @@ class Judge:
             self.stats.calls += 1
             # The raw response skips building the SDK's pydantic objects: a third of the
             # client's CPU per call, which is what caps throughput on a small machine.
-            # A plain JSON body: the SDK's TypedDict overloads cannot be matched from
-            # role/content dicts and an optional response_format.
-            request: dict[str, Any] = {
-                "model": self.endpoint.model,
-                "messages": list(case.messages),
-                "temperature": self.settings.temperature,
-                "max_tokens": self.settings.max_tokens,
-            }
-            if self.settings.structured_output:
-                request["response_format"] = VOTE_FORMAT
-            raw = await self._client.chat.completions.with_raw_response.create(**request)
+            raw = await self._client.chat.completions.with_raw_response.create(
+                model=self.endpoint.model,
+                messages=list(case.messages),  # type: ignore[arg-type]
+                temperature=self.settings.temperature,
+                max_tokens=self.settings.max_tokens,
+                **({"response_format": VOTE_FORMAT} if self.settings.structured_output else {}),
+                extra_headers=BACKGROUND_HEADERS,  # users first on a shared policy server
+            )
         return reply_content(raw.http_response.content)
 
     async def vote(self, case: JudgeCase, budget: CallBudget) -> Vote:
@@ -250,8 +248,7 @@ class Judge:
                         f"{type(exc).__name__}: {_short(exc)}" + (f" ({why})" if why else "")
                     ) from None
                 self.stats.retries += 1
-                delay = self.settings.retry_backoff_s * (2**attempt)
-                await asyncio.sleep(delay * (0.5 + random.random()))
+                await asyncio.sleep(self._backoff(attempt, exc))
                 attempt += 1
                 continue
             except openai.OpenAIError as exc:  # anything else the SDK raises: not retried
@@ -261,6 +258,12 @@ class Judge:
             if not vote.valid:
                 self.stats.invalid_votes += 1
             return vote
+
+    def _backoff(self, attempt: int, exc: Exception) -> float:
+        """Exponential with jitter, never shorter than the server's Retry-After (a busy policy
+        server says when to come back), never longer than `judge.retry_max_backoff_s`."""
+        delay = self.settings.retry_backoff_s * (2**attempt) * (0.5 + random.random())
+        return min(max(delay, _retry_after(exc)), self.settings.retry_max_backoff_s)
 
     # -- one turn, many turns -------------------------------------------------------------
     async def judge(self, case: JudgeCase, budget: CallBudget) -> JudgeOutcome:
@@ -303,6 +306,16 @@ def reply_content(body: bytes) -> str:
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
         return ""
     return content if isinstance(content, str) else ""
+
+
+def _retry_after(exc: Exception) -> float:
+    """Seconds a 429/503 response asked us to wait (0 when it did not say, or said a date)."""
+    if not isinstance(exc, openai.APIStatusError):
+        return 0.0
+    try:
+        return max(0.0, float(exc.response.headers.get("retry-after", "")))
+    except ValueError:
+        return 0.0
 
 
 def _short(exc: Exception, limit: int = 200) -> str:

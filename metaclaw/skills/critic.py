@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from metaclaw.serving.constrained import response_format
+from metaclaw.serving.priority import BACKGROUND_HEADERS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
@@ -70,11 +71,11 @@ def critic_endpoint(settings: Any) -> CriticEndpoint | None:
     if not critic.model:
         if not critic.local_default:
             return None
-        from metaclaw.endpoints import local_policy_endpoint, policy_model
+        from metaclaw.endpoints import local_policy_endpoint
 
         local = local_policy_endpoint(settings)
         key = local.api_key.get_secret_value() if local.api_key else "not-needed"
-        return CriticEndpoint(local.base_url, policy_model(settings), key)
+        return CriticEndpoint(local.base_url, local.model, key)
     base_url = critic.base_url or settings.upstream.base_url
     if not base_url:
         return None
@@ -194,7 +195,8 @@ class Critic:
             messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
             temperature=self.temperature,
             max_tokens=self.max_tokens,
-            response_format=(
+            extra_headers=BACKGROUND_HEADERS,  # users first on a shared policy server
+            response_format=(  # type: ignore[arg-type]
                 response_format(schema.model_json_schema(), schema.__name__, self.max_tokens)
                 if self.json_schema
                 else {"type": "json_object"}

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import openai
 import orjson
 import pytest
 from pydantic import SecretStr
@@ -15,7 +17,7 @@ from pydantic import SecretStr
 from metaclaw.config import JudgeSettings, Settings, UpstreamSettings
 from metaclaw.ledger import WalWriter
 from metaclaw.ledger.records import now_micros
-from metaclaw.scoring.judge import judge_endpoint
+from metaclaw.scoring.judge import Judge, JudgeEndpoint, judge_endpoint
 from metaclaw.scoring.scorer import ScoreReport, score, status_line
 from tests.helpers import rows
 from tests.stubs.judge_server import StubJudge
@@ -203,6 +205,37 @@ def test_server_errors_are_retried_with_backoff(home: Path, stub: StubJudge) -> 
     report = score(settings)
     assert report.totals.judged == 1 and report.totals.retries == 2
     assert report.totals.calls == 5 and rewards(settings)["flaky-0"]["value"] == 1.0
+
+
+def test_a_busy_server_is_waited_for_as_long_as_it_asks(home: Path, stub: StubJudge) -> None:
+    """A full policy server answers 503 + Retry-After: 1 (background work waits behind users).
+    The vote is retried no sooner than that, not after the 10 ms backoff configured here, and
+    is not lost."""
+    settings = _settings(home, stub, retries=2, votes=1)
+    seed(settings, chat("busy", [("busy question", "answer [[votes:busy,+1]]")]))
+    report = score(settings)
+    busy, retried = stub.stats()["busy_at"]
+    assert retried - busy >= 1.0
+    assert report.totals.judged == 1 and report.totals.retries == 1
+    assert rewards(settings)["busy-0"]["value"] == 1.0
+
+
+def test_backoff_is_capped_and_honours_retry_after(home: Path) -> None:
+    endpoint = JudgeEndpoint("http://127.0.0.1:9/v1", "m")
+    options = {"retry_backoff_s": 4.0, "retry_max_backoff_s": 5.0}
+    judge = Judge(endpoint, JudgeSettings(**options))
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+
+    def busy(after: str) -> openai.APIStatusError:
+        response = httpx.Response(503, headers={"retry-after": after}, request=request)
+        return openai.InternalServerError("busy", response=response, body=None)
+
+    timeout = openai.APITimeoutError(request=request)
+    assert all(2.0 <= judge._backoff(0, timeout) <= 5.0 for _ in range(50))
+    assert judge._backoff(6, timeout) == 5.0  # 4 s · 2^6 would be over four minutes
+    assert judge._backoff(0, busy("60")) == 5.0
+    small = Judge(endpoint, JudgeSettings(retry_backoff_s=0.01))
+    assert small._backoff(0, busy("3")) == 3.0 and small._backoff(0, busy("soon")) < 0.1
 
 
 def test_client_errors_are_not_retried(home: Path, stub: StubJudge) -> None:

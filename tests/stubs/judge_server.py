@@ -15,6 +15,7 @@ the last entry repeats. Entries:
   ``conflict`` - two different ``Score:`` lines; ``empty`` - empty content;
 * ``e400`` ``e401`` ``e404`` ``e429`` ``e500`` ``e503`` - that HTTP error, OpenAI-shaped;
 * ``hang`` - sleep 60 s before answering (a client timeout).
+* ``busy`` - 503 with ``Retry-After: 1``, as the policy server answers when its queue is full.
 
 With no directive the reply is ``--default`` (``+1``). ``--latency S`` delays every reply by S
 seconds (the benchmark's 200 ms judge). Requests are recorded: ``GET /_stub/requests``,
@@ -32,6 +33,7 @@ import itertools
 import logging
 import re
 import sys
+import time
 from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,7 @@ class JudgeStubState:
         self.cursor: defaultdict[str, int] = defaultdict(int)
         self.ids = itertools.count(1)
         self.calls = 0
+        self.busy_at: list[float] = []  # when each "busy" 503 was answered, and the next call
         self.in_flight = 0
         self.peak = 0
 
@@ -133,6 +136,8 @@ def create_app(latency: float = 0.0, default: str = "+1") -> Starlette:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return openai_error(400, "'messages' is required", "missing_required_parameter")
         state.records.append(body)
+        if len(state.busy_at) % 2:  # the call after a busy answer: how long the client waited
+            state.busy_at.append(time.monotonic())
         state.calls += 1
         state.in_flight += 1
         state.peak = max(state.peak, state.in_flight)
@@ -141,6 +146,11 @@ def create_app(latency: float = 0.0, default: str = "+1") -> Starlette:
             delay = state.latency + (HANG_S if entry == "hang" else 0.0)
             if delay:
                 await asyncio.sleep(delay)
+            if entry == "busy":
+                state.busy_at.append(time.monotonic())
+                busy = openai_error(503, "stub judge: queue full; retry shortly", "overloaded")
+                busy.headers["retry-after"] = "1"
+                return busy
             error = _ERROR.match(entry)
             if error:
                 status = int(error.group(1))
@@ -172,11 +182,17 @@ def create_app(latency: float = 0.0, default: str = "+1") -> Starlette:
         state.records.clear()
         state.cursor.clear()
         state.calls = state.peak = 0
+        state.busy_at.clear()
         return json_response({"ok": True})
 
     async def stats(request: Request) -> Response:
         return json_response(
-            {"calls": state.calls, "peak_concurrency": state.peak, "in_flight": state.in_flight}
+            {
+                "calls": state.calls,
+                "peak_concurrency": state.peak,
+                "in_flight": state.in_flight,
+                "busy_at": state.busy_at,
+            }
         )
 
     return Starlette(
