@@ -65,7 +65,7 @@ class JudgeEndpoint:
 
 
 def judge_endpoint(settings: Settings) -> JudgeEndpoint | None:
-    from metaclaw.endpoints import local_policy_endpoint
+    from metaclaw.endpoints import local_policy_endpoint, policy_model
 
     """Which judge to call, or None for "no LLM judge" (implicit + explicit signals only).
 
@@ -96,7 +96,7 @@ def judge_endpoint(settings: Settings) -> JudgeEndpoint | None:
         )
     if judge.local_default:
         local = local_policy_endpoint(settings)
-        return JudgeEndpoint(local.base_url, local.model, local.api_key)
+        return JudgeEndpoint(local.base_url, policy_model(settings), local.api_key)
     return None
 
 
@@ -208,12 +208,18 @@ class Judge:
             self.stats.calls += 1
             # The raw response skips building the SDK's pydantic objects: a third of the
             # client's CPU per call, which is what caps throughput on a small machine.
+            # A plain JSON body: the SDK's TypedDict overloads cannot be matched from
+            # role/content dicts and an optional response_format.
+            request: dict[str, Any] = {
+                "model": self.endpoint.model,
+                "messages": list(case.messages),
+                "temperature": self.settings.temperature,
+                "max_tokens": self.settings.max_tokens,
+            }
+            if self.settings.structured_output:
+                request["response_format"] = VOTE_FORMAT
             raw = await self._client.chat.completions.with_raw_response.create(
-                model=self.endpoint.model,
-                messages=list(case.messages),  # type: ignore[arg-type]
-                temperature=self.settings.temperature,
-                max_tokens=self.settings.max_tokens,
-                **({"response_format": VOTE_FORMAT} if self.settings.structured_output else {}),
+                **request,
                 extra_headers=BACKGROUND_HEADERS,  # users first on a shared policy server
             )
         return reply_content(raw.http_response.content)

@@ -71,11 +71,11 @@ def critic_endpoint(settings: Any) -> CriticEndpoint | None:
     if not critic.model:
         if not critic.local_default:
             return None
-        from metaclaw.endpoints import local_policy_endpoint
+        from metaclaw.endpoints import local_policy_endpoint, policy_model
 
         local = local_policy_endpoint(settings)
         key = local.api_key.get_secret_value() if local.api_key else "not-needed"
-        return CriticEndpoint(local.base_url, local.model, key)
+        return CriticEndpoint(local.base_url, policy_model(settings), key)
     base_url = critic.base_url or settings.upstream.base_url
     if not base_url:
         return None
@@ -196,7 +196,7 @@ class Critic:
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             extra_headers=BACKGROUND_HEADERS,  # users first on a shared policy server
-            response_format=(  # type: ignore[arg-type]
+            response_format=(
                 response_format(schema.model_json_schema(), schema.__name__, self.max_tokens)
                 if self.json_schema
                 else {"type": "json_object"}
