@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from metaclaw.config import Settings
 from metaclaw.deploy.deployer import Assessment, GateOutcome, Prepared, assess, prepare, record
 from metaclaw.deploy.reconcile import Reconciliation, reconcile
+from metaclaw.runtime_priority import background_priority
 
 
 @task(name="reconcile-policy-server", retries=1, retry_delay_seconds=[5], cache_policy=NO_CACHE)
@@ -31,7 +32,8 @@ def select_candidate(settings: Settings, checkpoint_id: str | None, actor: str) 
 def evaluate_candidate(settings: Settings, prepared: Prepared) -> Assessment:
     """Sample candidate and current policy, judge pairs both ways, apply the guards. A judge
     outage raises (and is retried); a broken candidate is a verdict, not an error."""
-    return assess(settings, prepared)
+    with background_priority(settings.training):  # users first: the policy server wins the CPU
+        return assess(settings, prepared)
 
 
 @task(name="record-decision", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)

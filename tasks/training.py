@@ -12,6 +12,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from metaclaw.config import Settings
 from metaclaw.ledger import query
+from metaclaw.runtime_priority import background_priority
 
 TRAINING_LIMIT = "metaclaw-training"
 
@@ -44,11 +45,12 @@ def train_steps(settings: Settings, max_steps: int | None = None) -> list[dict[s
     written left its turns unconsumed and resumes from the last saved state."""
     from metaclaw.training.trainer import Trainer  # torch/tinker load only when training runs
 
-    trainer = Trainer(settings)
-    try:
-        return [asdict(outcome) for outcome in trainer.run(max_steps)]
-    finally:
-        trainer.close()
+    with background_priority(settings.training):  # users first: the policy server wins the CPU
+        trainer = Trainer(settings)
+        try:
+            return [asdict(outcome) for outcome in trainer.run(max_steps)]
+        finally:
+            trainer.close()
 
 
 @task(name="train-history")
