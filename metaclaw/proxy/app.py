@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -10,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
 
+import anyio
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -25,6 +27,7 @@ from metaclaw.proxy.capture import Recorder
 from metaclaw.proxy.errors import ProxyError, error_body, is_anthropic_path
 from metaclaw.proxy.feedback_api import feedback
 from metaclaw.proxy.guard import LocalGuard, Refusal
+from metaclaw.proxy.heap import HeapGuard
 from metaclaw.proxy.openai_api import chat_completions, list_models
 from metaclaw.proxy.relay import ProxyState, error_response, json_response
 from metaclaw.proxy.session import SESSIONS_FILE, SessionTracker, presented_key
@@ -76,8 +79,14 @@ def azure_route(settings: Settings) -> AzureRoute | None:
     )
 
 
-def create_app(settings: Settings, wal: WalWriter | None = None) -> FastAPI:
-    """Build the proxy. Pass `wal` to share a writer; otherwise the app owns one."""
+def create_app(
+    settings: Settings, wal: WalWriter | None = None, *, freeze_heap: bool = False
+) -> FastAPI:
+    """Build the proxy. Pass `wal` to share a writer; otherwise the app owns one.
+
+    `freeze_heap`: the app is its process's only job (the `metaclaw proxy` server), so its
+    start-up heap is frozen out of the garbage collector's full passes (proxy/heap.py); an app
+    embedded in another process (tests) leaves that process's collector alone."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -112,9 +121,21 @@ def create_app(settings: Settings, wal: WalWriter | None = None) -> FastAPI:
             ),
             skills=skills,
         )
+        # Start-up objects out of the collector's reach: its full passes stalled the event loop
+        # (proxy/heap.py). Again once the skill library, loading in the background, is up.
+        heap = app.state.heap = HeapGuard() if freeze_heap else None
+        settled = None
+        if heap is not None:
+            heap.freeze(collect=True)
+            if skills is not None:
+                settled = asyncio.create_task(_freeze_when_loaded(heap, skills))
         try:
             yield
         finally:
+            if settled is not None:
+                settled.cancel()
+            if heap is not None:
+                heap.close()
             app.state.proxy.sessions.close()
             if skills is not None:
                 skills.close()
@@ -166,6 +187,11 @@ def create_app(settings: Settings, wal: WalWriter | None = None) -> FastAPI:
     return app
 
 
+async def _freeze_when_loaded(heap: HeapGuard, skills: SkillLibrary) -> None:
+    await anyio.to_thread.run_sync(skills.wait_refreshed, 600.0, abandon_on_cancel=True)
+    heap.freeze(collect=False)
+
+
 def _refusal_response(scope: Scope, refusal: Refusal) -> Response:
     err = ProxyError(refusal.status, refusal.message, code=refusal.code)
     return error_response(err, anthropic=is_anthropic_path(scope["path"]))
@@ -185,6 +211,7 @@ async def healthz(request: Request) -> Response:
                 "wal_errors": wal.stats.errors,
             },
             "skills": asdict(state.skills.health) if state.skills is not None else None,
+            "heap": heap.health() if (heap := request.app.state.heap) is not None else None,
             "upstream": {
                 "openai_configured": state.upstream.openai_configured,
                 "local_policy_default": state.upstream.local_default,

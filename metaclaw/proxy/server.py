@@ -41,11 +41,11 @@ def build_server(
     }
     workers = settings.proxy.workers
     if workers == 1:
-        return uvicorn.Server(uvicorn.Config(create_app(settings), **options))
+        return uvicorn.Server(uvicorn.Config(create_app(settings, freeze_heap=True), **options))
     config = uvicorn.Config(f"{__name__}:worker_app", factory=True, workers=workers, **options)
     return Multiprocess(config, sockets=[config.bind_socket()])
 
 
 def worker_app() -> FastAPI:
     """One worker's app: the settings are read again in the worker (same env and TOML)."""
-    return create_app(Settings())
+    return create_app(Settings(), freeze_heap=True)
