@@ -21,7 +21,6 @@ from metaclaw.proxy.anthropic_compat import (
     openai_error_to_anthropic,
     openai_response_to_anthropic,
 )
-from metaclaw.proxy.capture import TurnDraft
 from metaclaw.proxy.completion import (
     Completion,
     PolicyTrace,
@@ -43,8 +42,8 @@ from metaclaw.proxy.relay import (
     read_upstream_json,
     relay_upstream_error,
 )
-from metaclaw.proxy.session import client_identity, explicit_session_id, turn_index
 from metaclaw.proxy.sse import SSEEvent
+from metaclaw.proxy.turns import open_turn
 from metaclaw.proxy.validate import parse_json_object, validate_messages
 from metaclaw.skills.query import inject, inject_system
 
@@ -154,25 +153,11 @@ async def messages(request: Request) -> Response:
     validate_messages(body, model_required=not state.settings.upstream.model)
     openai_body = anthropic_request_to_openai(body, state.settings.upstream.model)
     history: list[dict[str, Any]] = openai_body["messages"]
-    stream = bool(body.get("stream"))
-    identity = client_identity(request.headers)
-    draft = TurnDraft(
-        session_id=state.sessions.resolve(
-            explicit_session_id(request.headers, body), history, identity
-        ),
-        turn_index=turn_index(history),
-        client="anthropic",
-        endpoint=ENDPOINT,
-        request=body,
-        stream=stream,
-        model=body.get("model"),
-        client_identity=identity,
+    draft, injection = await open_turn(
+        state, request, body, history, client="anthropic", endpoint=ENDPOINT
     )
+    stream = draft.stream
     model = str(openai_body.get("model") or "")
-    injection = await state.select_skills(history, draft.session_id)
-    draft.injected_skills = injection.skills
-    draft.injected_text = injection.block or None
-    draft.skill_set_version = injection.skill_set_version
     to_policy = state.to_policy(body.get("model"), draft.session_id)
     if state.upstream.anthropic_native and not to_policy:
         # upstream.model names the OpenAI-compatible upstream's model: a Claude client's own

@@ -18,6 +18,7 @@ from typing import Any
 
 from metaclaw.ledger.records import Row, now_micros
 from metaclaw.ledger.schemas import TURNS
+from metaclaw.ledger.turn_row import TurnRow
 from metaclaw.ledger.wal import WalWriter
 from metaclaw.proxy.completion import Completion
 
@@ -63,7 +64,7 @@ class TurnDraft:
         completion: Completion | None = None,
         error: str | None = None,
     ) -> Row:
-        """The complete `turns` row; every column of the schema is set explicitly."""
+        """The complete `turns` row (`TurnRow`: every column of the schema said explicitly)."""
         done = completion or Completion()
         policy = done.policy
         now = time.perf_counter()
@@ -71,40 +72,39 @@ class TurnDraft:
         ttft_ms = (self.first_token - self.started) * 1000 if self.first_token else None
         if not self.stream and status == "ok":
             ttft_ms = latency_ms
-        row: Row = {
-            "turn_id": self.turn_id,
-            "session_id": self.session_id,
-            "turn_index": self.turn_index,
-            "ts_start": self.ts_start,
-            "ts_end": now_micros(),
-            "client": self.client,
-            "endpoint": self.endpoint,
-            "request": self.request,
-            "injected_skills": self.injected_skills,
-            "skill_set_version": self.skill_set_version,
-            "served_by": "policy" if policy else "upstream",
-            "model": done.model or self.model,
-            "policy_checkpoint": policy.checkpoint if policy else None,
-            "response": response,
-            "completion_text": done.text,
-            "tool_calls": done.tool_calls or None,
-            "finish_reason": done.finish_reason,
-            "prompt_token_ids": policy.prompt_token_ids if policy else None,
-            "completion_token_ids": policy.completion_token_ids if policy else None,
-            "completion_logprobs": policy.completion_logprobs if policy else None,
-            "usage": done.usage,
-            "latency_ms": latency_ms,
-            "ttft_ms": ttft_ms,
-            "stream": self.stream,
-            "status": status,
-            "http_status": http_status,
-            "error": error,
-            "source": "live",
-            "sampling_temperature": policy.temperature if policy else None,
-            "sampling_top_p": policy.top_p if policy else None,
-            "injected_text": self.injected_text,
-        }
-        return row
+        return TurnRow(
+            turn_id=self.turn_id,
+            session_id=self.session_id,
+            turn_index=self.turn_index,
+            ts_start=self.ts_start,
+            ts_end=now_micros(),
+            client=self.client,
+            endpoint=self.endpoint,
+            request=self.request,
+            injected_skills=self.injected_skills,
+            skill_set_version=self.skill_set_version,
+            served_by="policy" if policy else "upstream",
+            model=done.model or self.model,
+            policy_checkpoint=policy.checkpoint if policy else None,
+            response=response,
+            completion_text=done.text,
+            tool_calls=done.tool_calls or None,
+            finish_reason=done.finish_reason,
+            prompt_token_ids=policy.prompt_token_ids if policy else None,
+            completion_token_ids=policy.completion_token_ids if policy else None,
+            completion_logprobs=policy.completion_logprobs if policy else None,
+            usage=done.usage,
+            latency_ms=latency_ms,
+            ttft_ms=ttft_ms,
+            stream=self.stream,
+            status=status,
+            http_status=http_status,
+            error=error,
+            source="live",
+            sampling_temperature=policy.temperature if policy else None,
+            sampling_top_p=policy.top_p if policy else None,
+            injected_text=self.injected_text,
+        ).as_row()
 
 
 @dataclass

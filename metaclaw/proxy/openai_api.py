@@ -9,7 +9,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from metaclaw.proxy.accumulate import OpenAIStreamAccumulator
-from metaclaw.proxy.capture import TurnDraft
 from metaclaw.proxy.completion import (
     POLICY_FIELD,
     Completion,
@@ -30,8 +29,8 @@ from metaclaw.proxy.relay import (
     read_upstream_json,
     relay_upstream_error,
 )
-from metaclaw.proxy.session import client_identity, explicit_session_id, turn_index
 from metaclaw.proxy.sse import SSEEvent
+from metaclaw.proxy.turns import open_turn
 from metaclaw.proxy.validate import parse_json_object, validate_chat
 from metaclaw.skills.query import inject
 
@@ -89,20 +88,10 @@ async def chat_completions(request: Request) -> Response:
     body = parse_json_object(await read_body(request, state.settings.proxy.max_body_bytes))
     validate_chat(body, model_required=not state.settings.upstream.model)
     messages: list[dict[str, Any]] = body["messages"]
-    stream = bool(body.get("stream"))
-    identity = client_identity(request.headers)
-    draft = TurnDraft(
-        session_id=state.sessions.resolve(
-            explicit_session_id(request.headers, body), messages, identity
-        ),
-        turn_index=turn_index(messages),
-        client="openai",
-        endpoint=ENDPOINT,
-        request=body,
-        stream=stream,
-        model=body.get("model"),
-        client_identity=identity,
+    draft, injection = await open_turn(
+        state, request, body, messages, client="openai", endpoint=ENDPOINT
     )
+    stream = draft.stream
     to_policy = state.to_policy(body.get("model"), draft.session_id)
     upstream_body = state.upstream_body(body, policy=to_policy)
     options = body.get("stream_options")
@@ -110,10 +99,6 @@ async def chat_completions(request: Request) -> Response:
     if stream and not client_usage:  # token counts for the ledger, even if the client won't
         extra = options if isinstance(options, dict) else {}
         upstream_body = {**upstream_body, "stream_options": {**extra, "include_usage": True}}
-    injection = await state.select_skills(messages, draft.session_id)
-    draft.injected_skills = injection.skills
-    draft.injected_text = injection.block or None
-    draft.skill_set_version = injection.skill_set_version
     if injection.block:
         upstream_body = {**upstream_body, "messages": inject(messages, injection.block)}
     resp = await open_upstream(

@@ -3,7 +3,8 @@
 The id of an imported turn is a hash of (format, source session id, source entry id), so
 importing the same log twice yields the same ids and ledger ingest drops the second copy: a
 re-import is a no-op, a crashed import can simply run again. Rows are off-policy data: no token
-ids or logprobs, `served_by = "upstream"` (someone else's model produced them).
+ids or logprobs, `served_by = "upstream"` (someone else's model produced them). Turn rows are
+built by the ledger's one `TurnRow` constructor, as the proxy's are.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from metaclaw.ledger.turn_row import TurnRow
 from metaclaw.replay.model import Row
 
 ENDPOINT = "backfill"
@@ -80,37 +82,41 @@ def turn_row(
     }
     if usage is not None:
         response["usage"] = usage
-    return {
-        "turn_id": tid,
-        "session_id": session_id,
-        "turn_index": turn_index,
-        "ts_start": ts_start,
-        "ts_end": end,
-        "client": "openai",
-        "endpoint": ENDPOINT,
-        "request": request,
-        "injected_skills": [],
-        "skill_set_version": None,
-        "served_by": "upstream",
-        "model": model,
-        "policy_checkpoint": None,
-        "response": response,
-        "completion_text": reply.get("content") if isinstance(reply.get("content"), str) else None,
-        "tool_calls": reply.get("tool_calls") or None,
-        "finish_reason": finish_reason,
-        "prompt_token_ids": None,
-        "completion_token_ids": None,
-        "completion_logprobs": None,
-        "usage": usage,
+    content = reply.get("content")
+    return TurnRow(
+        turn_id=tid,
+        session_id=session_id,
+        turn_index=turn_index,
+        ts_start=ts_start,
+        ts_end=end,
+        client="openai",
+        endpoint=ENDPOINT,
+        request=request,
+        injected_skills=[],
+        skill_set_version=None,
+        served_by="upstream",
+        model=model,
+        policy_checkpoint=None,
+        response=response,
+        completion_text=content if isinstance(content, str) else None,
+        tool_calls=reply.get("tool_calls") or None,
+        finish_reason=finish_reason,
+        prompt_token_ids=None,
+        completion_token_ids=None,
+        completion_logprobs=None,
+        usage=usage,
         # Source timestamps bound the call (request sent .. reply stored); not a measurement.
-        "latency_ms": (end - ts_start) / 1000 if ts_end is not None and end > ts_start else None,
-        "ttft_ms": None,
-        "stream": None,
-        "status": status,
-        "http_status": 200 if status == "ok" else None,
-        "error": error,
-        "source": f"backfill:{fmt}",
-    }
+        latency_ms=(end - ts_start) / 1000 if ts_end is not None and end > ts_start else None,
+        ttft_ms=None,
+        stream=None,
+        status=status,
+        http_status=200 if status == "ok" else None,
+        error=error,
+        source=f"backfill:{fmt}",
+        sampling_temperature=None,  # someone else's model sampled it, at settings unknown
+        sampling_top_p=None,
+        injected_text=None,
+    ).as_row()
 
 
 def feedback_row(turn: Row, value: float, comment: str, key: str) -> Row:
