@@ -3,8 +3,9 @@
 Every table is append-only, every row has a stable id (`TableSpec.id_column`), and every table
 is partitioned by the UTC date of its time column, so Parquet files land under
 `<table>/date=YYYY-MM-DD/`. Columns holding JSON documents are stored as UTF-8 text in Parquet
-and exposed as DuckDB `JSON` in the views. docs/architecture.md renders these schemas; the
-test `test_schemas_documented` fails when the two drift.
+and exposed as DuckDB `JSON` in the views. docs/architecture.md renders these schemas with their
+`COLUMN_NOTES` (the one place a column is explained); the test `test_schemas_documented` fails
+when the two drift.
 """
 
 from __future__ import annotations
@@ -55,32 +56,32 @@ TURNS = TableSpec(
         ("turn_index", pa.int32()),
         ("ts_start", TS, False),
         ("ts_end", TS),
-        ("client", pa.string()),  # openai | anthropic
-        ("endpoint", pa.string()),  # /v1/chat/completions | /v1/messages
-        ("request", pa.string()),  # JSON body exactly as the client sent it
-        ("injected_skills", pa.list_(pa.string())),  # skill_id@version
+        ("client", pa.string()),
+        ("endpoint", pa.string()),
+        ("request", pa.string()),
+        ("injected_skills", pa.list_(pa.string())),
         ("skill_set_version", pa.int64()),
-        ("served_by", pa.string()),  # upstream | policy
+        ("served_by", pa.string()),
         ("model", pa.string()),
-        ("policy_checkpoint", pa.string()),  # null when served by the upstream
-        ("response", pa.string()),  # JSON, the (reassembled) non-streaming response
+        ("policy_checkpoint", pa.string()),
+        ("response", pa.string()),
         ("completion_text", pa.string()),
-        ("tool_calls", pa.string()),  # JSON array, OpenAI shape
+        ("tool_calls", pa.string()),
         ("finish_reason", pa.string()),
         ("prompt_token_ids", pa.list_(pa.int32())),
         ("completion_token_ids", pa.list_(pa.int32())),
         ("completion_logprobs", pa.list_(pa.float32())),
-        ("usage", pa.string()),  # JSON
+        ("usage", pa.string()),
         ("latency_ms", pa.float64()),
         ("ttft_ms", pa.float64()),
         ("stream", pa.bool_()),
-        ("status", pa.string()),  # ok | upstream_error | client_error | disconnected
+        ("status", pa.string()),
         ("http_status", pa.int32()),
         ("error", pa.string()),
-        ("source", pa.string()),  # live | backfill:<format>
-        ("sampling_temperature", pa.float64()),  # as served by our policy (its trace)
+        ("source", pa.string()),
+        ("sampling_temperature", pa.float64()),
         ("sampling_top_p", pa.float64()),
-        ("injected_text", pa.string()),  # the skills block appended to the system prompt
+        ("injected_text", pa.string()),
     ),
 )
 
@@ -92,7 +93,7 @@ FEEDBACK = TableSpec(
         ("feedback_id", pa.string(), False),
         ("turn_id", pa.string()),
         ("session_id", pa.string()),
-        ("value", pa.float64(), False),  # -1 .. 1
+        ("value", pa.float64(), False),
         ("comment", pa.string()),
         ("ts", TS, False),
     ),
@@ -104,11 +105,11 @@ REWARDS = TableSpec(
     time_column="ts",
     json_columns=("votes",),
     schema=_schema(
-        ("reward_id", pa.string(), False),  # hash of (turn_id, signal, scorer_version)
+        ("reward_id", pa.string(), False),
         ("turn_id", pa.string(), False),
-        ("signal", pa.string(), False),  # judge | implicit:<kind> | explicit
+        ("signal", pa.string(), False),
         ("value", pa.float64(), False),
-        ("votes", pa.string()),  # JSON
+        ("votes", pa.string()),
         ("reason", pa.string()),
         ("scorer_version", pa.string()),
         ("ts", TS, False),
@@ -128,7 +129,7 @@ DIAGNOSES = TableSpec(
         ("critic_model", pa.string()),
         ("ts", TS, False),
         ("session_id", pa.string()),
-        ("evidence", pa.string()),  # JSON array of {turn_id, quote, note}
+        ("evidence", pa.string()),
         ("prompt_version", pa.string()),
     ),
 )
@@ -141,7 +142,7 @@ SKILL_EVENTS = TableSpec(
         ("event_id", pa.string(), False),
         ("skill_id", pa.string(), False),
         ("version", pa.int32()),
-        ("event", pa.string(), False),  # created | updated | retired | merged | promoted | rejected
+        ("event", pa.string(), False),
         ("diagnosis_id", pa.string()),
         ("parent_version", pa.int32()),
         ("merged_from", pa.list_(pa.string())),
@@ -163,7 +164,7 @@ TRAIN_STEPS = TableSpec(
         ("base_model", pa.string()),
         ("loss_fn", pa.string()),
         ("turn_ids", pa.list_(pa.string())),
-        ("metrics", pa.string()),  # JSON: loss, kl, reward_mean, tokens, ...
+        ("metrics", pa.string()),
         ("ts", TS, False),
     ),
 )
@@ -174,30 +175,35 @@ CHECKPOINTS = TableSpec(
     time_column="ts",
     json_columns=("eval_metrics",),
     schema=_schema(
-        ("event_id", pa.string(), False),  # one row per state change; latest row is the state
+        ("event_id", pa.string(), False),
         ("checkpoint_id", pa.string(), False),
         ("step", pa.int64()),
         ("backend", pa.string()),
-        ("path", pa.string()),  # local directory or tinker://...
-        ("status", pa.string(), False),  # candidate | promoted | rejected | rolled_back
-        ("eval_metrics", pa.string()),  # JSON
+        ("path", pa.string()),
+        ("status", pa.string(), False),
+        ("eval_metrics", pa.string()),
         ("reason", pa.string()),
         ("ts", TS, False),
-        ("actor", pa.string()),  # who made the change: deploy-flow, cli:<user>, train
-        ("previous_checkpoint_id", pa.string()),  # promoted: the one it replaced
+        ("actor", pa.string()),
+        ("previous_checkpoint_id", pa.string()),
     ),
 )
 
+# The notes of the generated docs (docs/architecture.md): the one place a column is explained.
+# tests/unit/test_schemas.py fails on a note for a column that does not exist.
 COLUMN_NOTES: dict[tuple[str, str], str] = {
     ("turns", "client"): "openai or anthropic: the API the client spoke",
-    ("turns", "request"): "the body exactly as the client sent it",
+    ("turns", "endpoint"): "/v1/chat/completions or /v1/messages; backfill for imported turns",
+    ("turns", "request"): "the body exactly as the client sent it (imported: model, messages, "
+    "tools rebuilt from the log)",
     ("turns", "injected_skills"): "skill_id@version",
     ("turns", "served_by"): "upstream or policy",
     ("turns", "policy_checkpoint"): "null when served by the upstream",
-    ("turns", "response"): "what the client received (a stream reassembled)",
-    ("turns", "tool_calls"): "OpenAI shape, whatever the client API",
+    ("turns", "response"): "what the client received (a stream reassembled), in its API's shape",
+    ("turns", "tool_calls"): "an array in OpenAI shape, whatever the client API",
     ("turns", "finish_reason"): "OpenAI vocabulary (stop, length, tool_calls, ...)",
     ("turns", "prompt_token_ids"): "only for turns served by our policy",
+    ("turns", "usage"): "token counts under OpenAI's names (prompt_tokens, completion_tokens, ...)",
     ("turns", "status"): "ok, upstream_error, client_error or disconnected",
     ("turns", "http_status"): "status sent to the client (499: client hung up)",
     ("turns", "source"): "live or backfill:<format>",
@@ -208,9 +214,10 @@ COLUMN_NOTES: dict[tuple[str, str], str] = {
     ("feedback", "value"): "-1 .. 1",
     ("rewards", "reward_id"): "hash of (turn_id, signal, scorer_version)",
     ("rewards", "signal"): "judge, implicit:<kind> or explicit",
-    ("skill_events", "event"): "created, updated, retired, merged, promoted or rejected",
+    ("skill_events", "event"): "created, updated, retired, restored, merged, promoted or rejected",
     ("diagnoses", "diagnosis_id"): "hash of (sorted turn_ids, critic_model, prompt_version)",
     ("diagnoses", "evidence"): "JSON array of {turn_id, quote, note}",
+    ("train_steps", "metrics"): "loss, kl, reward_mean, tokens, ..., config (the settings used)",
     ("checkpoints", "event_id"): "one row per state change; the latest row is the state",
     ("checkpoints", "status"): "candidate, promoted, superseded, rejected or rolled_back",
     ("checkpoints", "actor"): "who changed the state: deploy-flow, cli:<user>, ...",
