@@ -1,15 +1,22 @@
 """What the capture proxy adds: the same load against the stub upstream directly and through the
-proxy, in the same run.
+proxy, in the same run, with one proxy process and with several (`proxy.workers`).
 
     .venv/bin/python bench/proxy_overhead.py            # full run (2,000 requests per config)
     .venv/bin/python bench/proxy_overhead.py --quick    # smoke run (300 requests per config)
+    .venv/bin/python bench/proxy_overhead.py --tail     # the tail-latency case (issue 16)
 
-Three processes: the stub upstream (tests/stubs/upstream_server.py), the proxy
-(`python -m metaclaw proxy`, its ledger in a temp METACLAW_HOME), and this one, the load
-generator. On a small machine the load generator competes with both servers for the same
-cores; the CPU each process used is printed so the figures can be read with that in mind.
+Three kinds of processes: the stub upstream (tests/stubs/upstream_server.py), the proxy
+(`python -m metaclaw proxy`, its ledger in a temp METACLAW_HOME; with `--workers 1 2` once per
+worker count, each with its own home), and this one, the load generator. On a small machine the
+load generator competes with the servers for the same cores; the CPU each process used (the
+proxy's: all its worker processes) and the load average are printed beside the figures.
 
-Targets (issue): added p50 <= 2 ms, added p99 <= 10 ms, proxy throughput >= 0.9x direct.
+`--tail`: a 100 ms upstream, 32 concurrent clients, 1,500 non-streaming requests each way,
+direct/proxy/proxy/direct (A B B A), for 1 and 2 workers: added p50/p99, throughput and proxy
+CPU per request.
+
+Targets (issue): added p50 <= 2 ms, added p99 <= 10 ms, proxy throughput >= 0.9x direct,
+proxy CPU <= 0.3 ms per non-streaming request.
 Exit status 1 only on a correctness failure (errors, lost or doubled turns); a missed
 performance target shows in the verdict line.
 """
@@ -20,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,11 +87,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its live descendants (from /proc)."""
+    total = proc_cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    total += tree_cpu_seconds(int(child))
+    return total
+
+
 class Proxy:
     """`python -m metaclaw proxy` as a real subprocess with its own METACLAW_HOME."""
 
-    def __init__(self, home: Path, upstream_base: str) -> None:
+    def __init__(self, home: Path, upstream_base: str, workers: int = 1) -> None:
         self.home = home
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = clean_child_env(
@@ -91,6 +111,7 @@ class Proxy:
                 "METACLAW_HOME": str(home),
                 "METACLAW_CONFIG": str(home / "none.toml"),
                 "METACLAW_UPSTREAM__BASE_URL": upstream_base,
+                "METACLAW_PROXY__WORKERS": str(workers),
             }
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -117,6 +138,22 @@ class Proxy:
         self.stop()
         raise RuntimeError("proxy did not answer /healthz in time")
 
+    def settle(self, timeout: float = 180.0) -> float:
+        """Wait until every worker is past start-up (skill library loaded, heap frozen: what a
+        proxy serving for a while looks like); the seconds it took."""
+        began = time.monotonic()
+        settled: set[int] = set()
+        while len(settled) < self.workers:
+            if time.monotonic() - began > timeout:
+                raise RuntimeError(f"only {len(settled)} of {self.workers} workers settled")
+            health = self.health()  # a new connection each time: any worker may answer
+            skills, heap = health.get("skills"), health.get("heap")
+            if (skills is None or skills["ready"]) and (heap is None or heap["freezes"] >= 2):
+                settled.add(int(health["pid"]))
+            else:
+                time.sleep(0.2)
+        return time.monotonic() - began
+
     def health_response(self) -> httpx.Response:
         return httpx.get(self.url + "/healthz", timeout=2, trust_env=False)
 
@@ -127,6 +164,10 @@ class Proxy:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        """CPU of the proxy's processes: the server, or the supervisor and its workers."""
+        return tree_cpu_seconds(self.pid)
 
     def stop(self) -> int | None:
         """SIGTERM (in-flight turns finish, the WAL is flushed); SIGKILL after 30 s."""
@@ -159,6 +200,8 @@ class RunResult:
     cpu_s: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds in the run
     first_error: str | None = None
     other_cores: float = 0.0  # cores busy with processes other than ours during the run
+    loadavg: float = 0.0  # 1-minute load average at the end of the run
+    workers: int = 1  # proxy processes serving
 
     @property
     def rps(self) -> float:
@@ -417,9 +460,9 @@ class Bench:
     ) -> RunResult:
         url = self.stub.base_url if target == "direct" else self.proxy.url
         runner = run_raw if self.args.client == "raw" else run_httpx
-        pids = {"stub": self.stub.proc.pid, "proxy": self.proxy.pid}  # type: ignore[union-attr]
+        stub_pid = self.stub.proc.pid  # type: ignore[union-attr]
         others = OtherLoad()
-        cpu0 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+        cpu0 = {"stub": proc_cpu_seconds(stub_pid), "proxy": self.proxy.cpu_seconds()}
         load0 = time.process_time()
         out = self.loop_runner.run(
             asyncio.wait_for(
@@ -427,8 +470,11 @@ class Bench:
                 self.args.run_timeout,
             )
         )
-        cpu = {name: proc_cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
-        cpu["loadgen"] = time.process_time() - load0
+        cpu = {
+            "stub": proc_cpu_seconds(stub_pid) - cpu0["stub"],
+            "proxy": self.proxy.cpu_seconds() - cpu0["proxy"],
+            "loadgen": time.process_time() - load0,
+        }
         other_cores = others.cores(sum(cpu.values()))
         if target == "proxy":
             self.proxied_ok += out.requests - out.errors + out.warmup_ok
@@ -444,6 +490,8 @@ class Bench:
             cpu,
             out.first_error,
             other_cores,
+            os.getloadavg()[0],
+            self.proxy.workers,
         )
 
 
@@ -473,13 +521,26 @@ def aggregate(runs: list[RunResult]) -> dict[str, float]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per run")
     parser.add_argument("--quick", action="store_true", help="smoke run: 300 requests, 1 repeat")
+    parser.add_argument(
+        "--tail",
+        action="store_true",
+        help="the tail-latency case: --upstream-delay 0.1 --concurrency 32 --mode nonstream "
+        "--requests 1500 --repeats 2 --lowload-requests 0 --workers 1 2",
+    )
     parser.add_argument("--warmup", type=int, default=100, help="warm-up requests per run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 200])
     parser.add_argument("--mode", choices=["both", "nonstream", "stream"], default="both")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="proxy processes (proxy.workers); each count is measured with a proxy of its own",
+    )
     parser.add_argument(
         "--repeats",
         type=int,
@@ -512,13 +573,136 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--keep-home", action="store_true", help="keep the proxy's ledger dir")
     args = parser.parse_args(argv)
+    if args.tail:
+        args.upstream_delay = 0.1
+        args.concurrency = [32]
+        args.mode = "nonstream"
+        args.requests = 1500
+        args.repeats = 2
+        args.lowload_requests = 0
+        args.workers = [1, 2]
     if args.quick:
         args.requests = min(args.requests, 300)
         args.repeats = 1
         args.warmup = min(args.warmup, 50)
         args.lowload_requests = min(args.lowload_requests, 100)
+    return args
 
+
+def measure(
+    args: argparse.Namespace,
+    stub: StubUpstream,
+    workers: int,
+    home: Path,
+    runs_all: list[RunResult],
+) -> dict[str, Any]:
+    """Every configuration against one proxy of `workers` processes; then its ledger check."""
     modes = {"both": [False, True], "nonstream": [False], "stream": [True]}[args.mode]
+    proxy = Proxy(home, stub.base_url + "/v1", workers).start()
+    settle_s = proxy.settle()
+    print(
+        f"proxy with {workers} worker(s): settled (skills loaded, heap frozen) in {settle_s:.1f} s"
+    )
+    bench = Bench(args, stub, proxy)
+    try:
+        for target in ("direct", "proxy"):  # sanity: one request each way
+            r = bench.run(target, False, 1, 1, 0)
+            if r.errors:
+                raise RuntimeError(f"{target} sanity request failed: {r.first_error}")
+
+        def low_load(when: str) -> dict[str, Any]:
+            print(f"  low load, {when}: concurrency 1, non-streaming", flush=True)
+            low_runs: dict[str, RunResult] = {}
+            for target in ("direct", "proxy"):
+                r = bench.run(target, False, 1, args.lowload_requests, min(args.warmup, 50))
+                runs_all.append(r)
+                low_runs[target] = r
+            d, p = low_runs["direct"], low_runs["proxy"]
+            return {
+                "when": when,
+                "workers": workers,
+                "requests": args.lowload_requests,
+                "direct": d.summary(),
+                "proxy": p.summary(),
+                "added_p50_ms": p.p(50) - d.p(50),
+                "added_p99_ms": p.p(99) - d.p(99),
+            }
+
+        lows: list[dict[str, Any]] = []
+        if args.lowload_requests:
+            lows.append(low_load("fresh proxy"))
+        rows = []
+        for stream in modes:
+            for conc in args.concurrency:
+                name = f"{'stream' if stream else 'non-stream'} c={conc} w={workers}"
+                direct_runs: list[RunResult] = []
+                proxy_runs: list[RunResult] = []
+                for rep in range(args.repeats):
+                    order = ("direct", "proxy") if rep % 2 == 0 else ("proxy", "direct")
+                    for target in order:
+                        r = bench.run(target, stream, conc, args.requests, args.warmup)
+                        runs_all.append(r)
+                        (direct_runs if target == "direct" else proxy_runs).append(r)
+                        print(
+                            f"  {name:<22} {target:<6} rep {rep + 1}: "
+                            f"p50 {r.p(50):7.2f} ms  p99 {r.p(99):7.2f} ms  "
+                            f"{r.rps:8.1f} req/s  proxy CPU "
+                            f"{r.cpu_s['proxy'] * 1000 / r.requests:5.3f} ms/req  errors "
+                            f"{r.errors}  other load {r.other_cores:.2f} cores  "
+                            f"loadavg {r.loadavg:.2f}"
+                            + (f"  ({r.first_error})" if r.first_error else ""),
+                            flush=True,
+                        )
+                d, p = aggregate(direct_runs), aggregate(proxy_runs)
+                rows.append(
+                    {
+                        "config": name,
+                        "stream": stream,
+                        "concurrency": conc,
+                        "workers": workers,
+                        "direct": d,
+                        "proxy": p,
+                        "added_p50_ms": p["p50_ms"] - d["p50_ms"],
+                        "added_p99_ms": p["p99_ms"] - d["p99_ms"],
+                        "throughput_ratio": p["rps"] / d["rps"],
+                        "other_cores": max(r.other_cores for r in direct_runs + proxy_runs),
+                        "loadavg": median([r.loadavg for r in direct_runs + proxy_runs]),
+                        "runs": [r.summary() for r in direct_runs + proxy_runs],
+                    }
+                )
+        if args.lowload_requests:
+            lows.append(low_load("after the bursts (upstream pool full of idle connections)"))
+        health = proxy.health()
+    finally:
+        bench.close()
+        proxy_rc = proxy.stop()
+    _, counted = query(LedgerPaths(home), "select count(*) from turns")
+    turns = int(counted[0][0])
+    ledger = {
+        "turns": turns,
+        "proxied": bench.proxied_ok,
+        "ok": turns == bench.proxied_ok,
+        "health": health["ledger"],
+        "heap": health.get("heap"),
+        "proxy_exit_code": proxy_rc,
+    }
+    print(
+        f"ledger (w={workers}): {turns:,} turns recorded, {bench.proxied_ok:,} requests proxied "
+        f"-> {'OK' if ledger['ok'] else 'MISMATCH'}  (one worker's /healthz before stop: "
+        f"recorded={health['ledger']['recorded']}, failed={health['ledger']['failed']}, "
+        f"heap={health.get('heap')}; exit code {proxy_rc})\n"
+    )
+    return {
+        "workers": workers,
+        "settle_s": settle_s,
+        "configs": rows,
+        "low_load": lows,
+        "ledger": ledger,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     machine = machine_summary()
     print(
         f"proxy overhead benchmark — {machine['cores']} cores ({machine['cpu']}), "
@@ -526,8 +710,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"load: {args.requests} requests per run after {args.warmup} warm-up, "
-        f"concurrency {args.concurrency}, {args.repeats} direct/proxy pair(s) per config "
-        f"(alternating order, median reported), client={args.client}/{args.loop}"
+        f"concurrency {args.concurrency}, proxy workers {args.workers}, {args.repeats} "
+        f"direct/proxy pair(s) per config (alternating order, median reported), "
+        f"client={args.client}/{args.loop}"
     )
     print(
         f"prompt {prompt(args.upstream_delay)!r} (stub replies with 20 words; streaming = "
@@ -537,91 +722,79 @@ def main(argv: list[str] | None = None) -> int:
     warning = load_warning()
     if warning:
         print(warning)
+    print(f"load average at start: {' / '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min)")
     print(
         "NOTE: stub, proxy and this load generator share the same "
         f"{machine['cores']} cores; at high concurrency the run is CPU-bound and the "
         "throughput ratio mostly measures the proxy's CPU cost per request.\n"
     )
 
-    home_dir = tempfile.mkdtemp(prefix="metaclaw-bench-proxy-")
-    home = Path(home_dir)
-    results: dict[str, Any] = {"machine": machine, "args": vars(args), "configs": []}
+    home_root = Path(tempfile.mkdtemp(prefix="metaclaw-bench-proxy-"))
+    results: dict[str, Any] = {"machine": machine, "args": vars(args), "proxies": []}
     runs_all: list[RunResult] = []
-    rc = 0
     with StubUpstream() as stub:
-        proxy = Proxy(home, stub.base_url + "/v1").start()
-        bench = Bench(args, stub, proxy)
-        try:
-            # sanity: one request each way
-            for target in ("direct", "proxy"):
-                r = bench.run(target, False, 1, 1, 0)
-                if r.errors:
-                    raise RuntimeError(f"{target} sanity request failed: {r.first_error}")
+        for workers in args.workers:
+            results["proxies"].append(
+                measure(args, stub, workers, home_root / f"w{workers}", runs_all)
+            )
+    proxies = results["proxies"]
+    rows = [e for m in proxies for e in m["configs"]]
+    lows = [low for m in proxies for low in m["low_load"]]
+    results["configs"] = rows
+    results["low_load"] = lows
+    report(rows, lows)
 
-            def low_load(when: str) -> dict[str, Any]:
-                print(f"  low load, {when}: concurrency 1, non-streaming", flush=True)
-                low_runs: dict[str, RunResult] = {}
-                for target in ("direct", "proxy"):
-                    r = bench.run(target, False, 1, args.lowload_requests, min(args.warmup, 50))
-                    runs_all.append(r)
-                    low_runs[target] = r
-                d, p = low_runs["direct"], low_runs["proxy"]
-                return {
-                    "when": when,
-                    "requests": args.lowload_requests,
-                    "direct": d.summary(),
-                    "proxy": p.summary(),
-                    "added_p50_ms": p.p(50) - d.p(50),
-                    "added_p99_ms": p.p(99) - d.p(99),
-                }
+    noisiest = max((r.other_cores for r in runs_all), default=0.0)
+    results["max_other_load_cores"] = noisiest
+    results["loadavg_end"] = os.getloadavg()
+    print(
+        f"other processes' CPU during the runs: at most {noisiest:.2f} cores; load average "
+        f"now {' / '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        + ("  (NOISY: rerun on an idle machine)" if noisiest > 0.25 else "")
+    )
 
-            lows: list[dict[str, Any]] = []
-            if args.lowload_requests:
-                lows.append(low_load("fresh proxy"))
-            rows = []
-            for stream in modes:
-                for conc in args.concurrency:
-                    name = f"{'stream' if stream else 'non-stream'} c={conc}"
-                    direct_runs: list[RunResult] = []
-                    proxy_runs: list[RunResult] = []
-                    for rep in range(args.repeats):
-                        order = ("direct", "proxy") if rep % 2 == 0 else ("proxy", "direct")
-                        for target in order:
-                            r = bench.run(target, stream, conc, args.requests, args.warmup)
-                            runs_all.append(r)
-                            (direct_runs if target == "direct" else proxy_runs).append(r)
-                            print(
-                                f"  {name:<18} {target:<6} rep {rep + 1}: "
-                                f"p50 {r.p(50):7.2f} ms  p99 {r.p(99):7.2f} ms  "
-                                f"{r.rps:8.1f} req/s  errors {r.errors}  "
-                                f"other load {r.other_cores:.2f} cores"
-                                + (f"  ({r.first_error})" if r.first_error else ""),
-                                flush=True,
-                            )
-                    d, p = aggregate(direct_runs), aggregate(proxy_runs)
-                    entry = {
-                        "config": name,
-                        "stream": stream,
-                        "concurrency": conc,
-                        "direct": d,
-                        "proxy": p,
-                        "added_p50_ms": p["p50_ms"] - d["p50_ms"],
-                        "added_p99_ms": p["p99_ms"] - d["p99_ms"],
-                        "throughput_ratio": p["rps"] / d["rps"],
-                        "runs": [r.summary() for r in direct_runs + proxy_runs],
-                    }
-                    results["configs"].append(entry)
-                    rows.append(entry)
+    # -- verdict ----------------------------------------------------------------------------
+    errors = sum(r.errors for r in runs_all)
+    ledger_ok = all(m["ledger"]["ok"] for m in proxies)
+    fails = []
+    for e in rows:
+        if e["added_p50_ms"] > 2.0:
+            fails.append(f"{e['config']} added p50 {e['added_p50_ms']:.2f} ms > 2")
+        if e["added_p99_ms"] > 10.0:
+            fails.append(f"{e['config']} added p99 {e['added_p99_ms']:.2f} ms > 10")
+        if e["throughput_ratio"] < 0.9:
+            fails.append(f"{e['config']} throughput {e['throughput_ratio']:.2f}x < 0.9x")
+        cpu = e["proxy"]["cpu_ms_per_req"]["proxy"]
+        if not e["stream"] and cpu > 0.3:
+            fails.append(f"{e['config']} proxy CPU {cpu:.3f} ms/req > 0.3")
+    for low in lows:
+        label = f"c=1 w={low['workers']} {low['when'].split(' (')[0]}"
+        if low["added_p50_ms"] > 2.0:
+            fails.append(f"{label} added p50 {low['added_p50_ms']:.2f} ms > 2")
+        if low["added_p99_ms"] > 10.0:
+            fails.append(f"{label} added p99 {low['added_p99_ms']:.2f} ms > 10")
+    if errors:
+        fails.append(f"{errors} request errors")
+    if not ledger_ok:
+        fails.append("ledger count mismatch")
+    verdict = "PASS" if not fails else "FAIL: " + "; ".join(fails)
+    print(
+        f"\nVERDICT (added p50 <= 2 ms, p99 <= 10 ms, throughput >= 0.9x, proxy CPU <= 0.3 ms "
+        f"per non-streaming request, 0 errors, ledger complete; on {machine['cores']} shared "
+        f"cores): {verdict}"
+    )
+    results["verdict"] = verdict
+    if args.json:
+        write_json(args.json, results)
+    if args.keep_home:
+        print(f"proxy homes kept under {home_root}")
+    else:
+        shutil.rmtree(home_root, ignore_errors=True)
+    return 1 if errors or not ledger_ok else 0
 
-            if args.lowload_requests:
-                lows.append(low_load("after the bursts (upstream pool full of idle connections)"))
-            results["low_load"] = lows
-            health = proxy.health()
-        finally:
-            bench.close()
-            proxy_rc = proxy.stop()
 
-    # -- report ----------------------------------------------------------------------------
+def report(rows: list[dict[str, Any]], lows: list[dict[str, Any]]) -> None:
+    """The tables: latency and throughput, TTFT, CPU per request, scaling with workers."""
     print("\nresults (median over repeats; latency = full response incl. whole SSE body)\n")
     headers = [
         "config",
@@ -634,6 +807,8 @@ def main(argv: list[str] | None = None) -> int:
         "direct rps",
         "proxy rps",
         "ratio",
+        "proxy CPU ms/req",
+        "loadavg",
         "errors d/p",
     ]
     table = []
@@ -651,14 +826,17 @@ def main(argv: list[str] | None = None) -> int:
                 d["rps"],
                 p["rps"],
                 e["throughput_ratio"],
+                p["cpu_ms_per_req"]["proxy"],
+                e["loadavg"],
                 f"{d['errors']}/{p['errors']}",
             ]
         )
-    for low, label in zip(lows, ("c=1 fresh", "c=1 after bursts"), strict=False):
+    for low in lows:
         d, p = low["direct"], low["proxy"]
+        label = "fresh" if low["when"] == "fresh proxy" else "after bursts"
         table.append(
             [
-                f"non-stream {label}",
+                f"non-stream c=1 w={low['workers']} {label}",
                 d["p50_ms"],
                 d["p99_ms"],
                 p["p50_ms"],
@@ -668,11 +846,13 @@ def main(argv: list[str] | None = None) -> int:
                 d["rps"],
                 p["rps"],
                 p["rps"] / d["rps"],
+                p["cpu_s"]["proxy"] * 1000 / p["requests"],
+                float("nan"),
                 f"{d['errors']}/{p['errors']}",
             ]
         )
     print_table(headers, table)
-    print("(latencies in ms; rps = successful requests per second)")
+    print("(latencies in ms; rps = successful requests per second; loadavg: 1-minute, median)")
 
     stream_rows = [e for e in rows if e["stream"]]
     if stream_rows:
@@ -690,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
 
-    print("\nCPU per request (ms of CPU time, median over repeats)")
+    print("\nCPU per request (ms of CPU time, median over repeats; proxy = all its processes)")
     print_table(
         ["config", "target", "loadgen", "stub", "proxy", "total"],
         [
@@ -708,69 +888,37 @@ def main(argv: list[str] | None = None) -> int:
         digits=3,
     )
 
-    # -- ledger check -----------------------------------------------------------------------
-    paths = LedgerPaths(home)
-    _, counted = query(paths, "select count(*) from turns")
-    turns = int(counted[0][0])
-    expected = bench.proxied_ok
-    ledger_ok = turns == expected
-    print(
-        f"\nledger: {turns:,} turns recorded, {expected:,} requests proxied -> "
-        f"{'OK' if ledger_ok else 'MISMATCH'}  (proxy /healthz before stop: "
-        f"recorded={health['ledger']['recorded']}, failed={health['ledger']['failed']}, "
-        f"wal_errors={health['ledger']['wal_errors']}; exit code {proxy_rc})"
-    )
-    results["ledger"] = {
-        "turns": turns,
-        "proxied": expected,
-        "ok": ledger_ok,
-        "health": health["ledger"],
-        "proxy_exit_code": proxy_rc,
-    }
-
-    noisiest = max((r.other_cores for r in runs_all), default=0.0)
-    results["max_other_load_cores"] = noisiest
-    print(
-        f"other processes' CPU during the runs: at most {noisiest:.2f} cores"
-        + ("  (NOISY: rerun on an idle machine)" if noisiest > 0.25 else "")
-    )
-
-    # -- verdict ----------------------------------------------------------------------------
-    errors = sum(r.errors for r in runs_all)
-    fails = []
-    for e in rows:
-        if e["added_p50_ms"] > 2.0:
-            fails.append(f"{e['config']} added p50 {e['added_p50_ms']:.2f} ms > 2")
-        if e["added_p99_ms"] > 10.0:
-            fails.append(f"{e['config']} added p99 {e['added_p99_ms']:.2f} ms > 10")
-        if e["throughput_ratio"] < 0.9:
-            fails.append(f"{e['config']} throughput {e['throughput_ratio']:.2f}x < 0.9x")
-    for low, label in zip(lows, ("fresh", "after bursts"), strict=False):
-        if low["added_p50_ms"] > 2.0:
-            fails.append(f"c=1 {label} added p50 {low['added_p50_ms']:.2f} ms > 2")
-        if low["added_p99_ms"] > 10.0:
-            fails.append(f"c=1 {label} added p99 {low['added_p99_ms']:.2f} ms > 10")
-    if errors:
-        fails.append(f"{errors} request errors")
-    if not ledger_ok:
-        fails.append("ledger count mismatch")
-    verdict = "PASS" if not fails else "FAIL: " + "; ".join(fails)
-    print(
-        f"\nVERDICT (added p50 <= 2 ms, p99 <= 10 ms, throughput >= 0.9x, 0 errors, ledger "
-        f"complete; on {machine['cores']} shared cores): {verdict}"
-    )
-    results["verdict"] = verdict
-    if errors or not ledger_ok:
-        rc = 1
-    if args.json:
-        write_json(args.json, results)
-    if args.keep_home:
-        print(f"proxy home kept at {home}")
-    else:
-        import shutil
-
-        shutil.rmtree(home, ignore_errors=True)
-    return rc
+    counts = sorted({e["workers"] for e in rows})
+    if len(counts) > 1:
+        print("\nscaling with proxy workers (proxied requests/s; same load, same run)")
+        base = counts[0]
+        by_key = {(e["stream"], e["concurrency"], e["workers"]): e for e in rows}
+        scale_rows = []
+        for (stream, conc, _workers), e in sorted(by_key.items()):
+            first = by_key.get((stream, conc, base))
+            scale_rows.append(
+                [
+                    e["config"],
+                    e["proxy"]["rps"],
+                    e["proxy"]["rps"] / first["proxy"]["rps"] if first else float("nan"),
+                    e["direct"]["rps"],
+                    e["added_p50_ms"],
+                    e["added_p99_ms"],
+                    e["proxy"]["cpu_ms_per_req"]["proxy"],
+                ]
+            )
+        print_table(
+            [
+                "config",
+                "proxy rps",
+                f"vs w={base}",
+                "direct rps",
+                "added p50",
+                "added p99",
+                "proxy CPU ms/req",
+            ],
+            scale_rows,
+        )
 
 
 if __name__ == "__main__":
