@@ -8,13 +8,13 @@ e.g. `METACLAW_UPSTREAM__BASE_URL`). Secrets are `SecretStr` so they never print
 `MetaClawConfig` is the public name of `Settings` (one object, two names). The one precedence
 rule, highest first: Python keyword arguments > `METACLAW_*` environment > the standard Azure
 variables (`AZURE_OPENAI_API_KEY`, `AZURE_OPENAI_ENDPOINT`, `OPENAI_API_VERSION`) > the TOML
-file > defaults. Flat keywords (`use_skills`, `lora_rank`, … see `FRIENDLY_KEYS`) map onto the
-sections; an unknown key is an error naming the closest valid key.
+file > defaults. Flat keywords (`use_skills`, `lora_rank`, … see `config_keys.FRIENDLY_KEYS`)
+map onto the sections; an unknown key is an error naming the closest valid key
+(metaclaw/config_keys.py).
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 from functools import cached_property
 from pathlib import Path
@@ -34,6 +34,14 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
+)
+
+from metaclaw.config_keys import (
+    expand_friendly,
+    mask_secrets_in_place,
+    unknown_key_error,
+    unknown_keys,
+    valid_keys,
 )
 
 CONFIG_FILE_ENV = "METACLAW_CONFIG"
@@ -698,98 +706,6 @@ class AzureStandardEnvSource(PydanticBaseSettingsSource):
         return {"azure": values} if values else {}
 
 
-# Flat keywords of MetaClawConfig(...) (and top-level TOML keys) → (section, key).
-FRIENDLY_KEYS: dict[str, tuple[str, str]] = {
-    "use_skills": ("skills", "enabled"),
-    "enable_skill_evolution": ("flows", "evolve_enabled"),
-    "azure_openai_deployment": ("azure", "deployment"),
-    "model_name": ("training", "base_model"),
-    "lora_rank": ("training", "lora_rank"),
-    "batch_size": ("training", "batch_size"),
-    "loss_fn": ("training", "loss_fn"),
-    "learning_rate": ("training", "learning_rate"),
-    "training_backend": ("training", "backend"),
-}
-
-
-def expand_friendly(data: dict[str, Any]) -> dict[str, Any]:
-    """`{"lora_rank": 8}` → `{"training": {"lora_rank": 8}}` (a flat keyword beats the same
-    key given inside its section in the same layer)."""
-    out = dict(data)
-    for flat, (section, key) in FRIENDLY_KEYS.items():
-        if flat in out:
-            value = out.pop(flat)
-            current = out.get(section)
-            if isinstance(current, BaseModel):
-                current = current.model_dump(exclude_unset=True)
-            out[section] = {**(current or {}), key: value}
-    return out
-
-
-def valid_keys() -> list[str]:
-    """Every settable dotted key (`home`, `proxy.port`, …)."""
-    keys: list[str] = []
-    for name, info in Settings.model_fields.items():
-        section = info.annotation
-        if isinstance(section, type) and issubclass(section, _Section):
-            keys.extend(f"{name}.{sub}" for sub in section.model_fields)
-        else:
-            keys.append(name)
-    return keys
-
-
-def closest_key(key: str) -> str | None:
-    """The valid key a typo most likely meant (same leaf name first, then difflib)."""
-    keys = valid_keys()
-    if key in FRIENDLY_KEYS:
-        return ".".join(FRIENDLY_KEYS[key])
-    leaf = key.rsplit(".", 1)[-1]
-    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
-    if len(same_leaf) == 1:
-        return same_leaf[0]
-    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-    if close:
-        return close[0]
-    leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
-    close = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.7)
-    return leaves[close[0]] if close else None
-
-
-def unknown_key_error(key: str) -> str:
-    hint = closest_key(key)
-    return f"unknown configuration key {key!r}" + (f" (did you mean {hint!r}?)" if hint else "")
-
-
-def _unknown_keys(data: dict[str, Any]) -> list[str]:
-    unknown: list[str] = []
-    for name, value in data.items():
-        info = Settings.model_fields.get(name)
-        if info is None:
-            unknown.append(name)
-            continue
-        section = info.annotation
-        if isinstance(value, dict) and isinstance(section, type) and issubclass(section, _Section):
-            unknown.extend(f"{name}.{k}" for k in value if k not in section.model_fields)
-    return unknown
-
-
-_SECRET_WORDS = ("key", "token", "secret", "password")
-
-
-def _mask_secrets_in_place(data: Any) -> None:
-    if isinstance(data, dict):
-        for name, value in data.items():
-            if isinstance(value, dict):
-                _mask_secrets_in_place(value)
-            elif any(w in str(name).lower() for w in _SECRET_WORDS) and value is not None:
-                data[name] = "**********"
-            elif isinstance(value, list):
-                _mask_secrets_in_place(value)
-    elif isinstance(data, list):
-        for item in data:
-            _mask_secrets_in_place(item)
-
-
 class Settings(BaseSettings):
     """MetaClaw's configuration; build it with `Settings()` (reads file + environment)."""
 
@@ -822,10 +738,11 @@ class Settings(BaseSettings):
         if not isinstance(data, dict):
             return data
         expanded = expand_friendly(data)
-        unknown = _unknown_keys(expanded)
+        unknown = unknown_keys(cls, expanded)
         if unknown:
-            _mask_secrets_in_place(data)  # pydantic quotes the input in the error it prints
-            raise ValueError("; ".join(unknown_key_error(k) for k in unknown))
+            mask_secrets_in_place(data)  # pydantic quotes the input in the error it prints
+            keys = valid_keys(cls)
+            raise ValueError("; ".join(unknown_key_error(k, keys) for k in unknown))
         return expanded
 
     @classmethod

@@ -20,16 +20,8 @@ from typing import Any
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import EnvSettingsSource, TomlConfigSettingsSource
 
-from metaclaw.config import (
-    FRIENDLY_KEYS,
-    AzureStandardEnvSource,
-    Settings,
-    closest_key,
-    config_file_path,
-    expand_friendly,
-    unknown_key_error,
-    valid_keys,
-)
+from metaclaw.config import AzureStandardEnvSource, Settings, config_file_path
+from metaclaw.config_keys import FRIENDLY_KEYS, expand_friendly, unknown_key_error, valid_keys
 
 MASK = "**********"
 # Highest precedence first: the one rule documented in metaclaw/config.py.
@@ -158,8 +150,9 @@ def canonical_key(key: str) -> str:
     """A dotted key as written in the file; flat keywords map to their section's key."""
     if key in FRIENDLY_KEYS:
         return ".".join(FRIENDLY_KEYS[key])
-    if key not in valid_keys():
-        raise ConfigKeyError(unknown_key_error(key))
+    keys = valid_keys(Settings)
+    if key not in keys:
+        raise ConfigKeyError(unknown_key_error(key, keys))
     return key
 
 
@@ -227,7 +220,6 @@ __all__ = [
     "ConfigKeyError",
     "ConfigRow",
     "canonical_key",
-    "closest_key",
     "config_snapshot",
     "describe",
     "effective",

@@ -13,7 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 import metaclaw
-from metaclaw.config import MetaClawConfig, Settings, closest_key
+from metaclaw.config import MetaClawConfig, Settings
+from metaclaw.config_keys import closest_key, valid_keys
 from metaclaw.config_tools import (
     ConfigKeyError,
     config_snapshot,
@@ -113,7 +114,7 @@ def test_provenance_names_each_source(toml: Path, monkeypatch: pytest.MonkeyPatc
     ],
 )
 def test_closest_key(given: str, closest: str) -> None:
-    assert closest_key(given) == closest
+    assert closest_key(given, valid_keys(Settings)) == closest
 
 
 def test_unknown_keys_are_errors_naming_the_closest(
