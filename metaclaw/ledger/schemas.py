@@ -214,7 +214,8 @@ COLUMN_NOTES: dict[tuple[str, str], str] = {
     ("feedback", "value"): "-1 .. 1",
     ("rewards", "reward_id"): "hash of (turn_id, signal, scorer_version)",
     ("rewards", "signal"): "judge, implicit:<kind> or explicit",
-    ("skill_events", "event"): "created, updated, retired, restored, merged, promoted or rejected",
+    ("skill_events", "event"): "created, updated (a restore too), retired, merged, promoted or "
+    "rejected",
     ("diagnoses", "diagnosis_id"): "hash of (sorted turn_ids, critic_model, prompt_version)",
     ("diagnoses", "evidence"): "JSON array of {turn_id, quote, note}",
     ("train_steps", "metrics"): "loss, kl, reward_mean, tokens, ..., config (the settings used)",

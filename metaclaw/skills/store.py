@@ -11,7 +11,8 @@ Tables:
 
 `state.json` mirrors the two counters (skill set, stats) so the proxy can notice a change with
 one `stat()` instead of a LanceDB query. Writes are serialized by an exclusive file lock: LanceDB
-gives duplicate ids when processes `merge_insert` concurrently (stack-notes §5).
+gives duplicate ids when processes `merge_insert` concurrently (stack-notes §5). What a row of each
+table holds, and its conversion to and from `Skill`, is `metaclaw/skills/tables.py`.
 """
 
 from __future__ import annotations
@@ -29,117 +30,33 @@ from typing import Any
 
 import lancedb
 import pyarrow as pa
-from lancedb.embeddings import get_registry
 from lancedb.index import FTS
-from lancedb.pydantic import LanceModel, Vector
 
-from metaclaw.skills import embedding as _embedding  # registers the embedding functions
+from metaclaw.skills import embedding as _embedding
 from metaclaw.skills.model import Skill, SkillValidationError, parse_ref
+from metaclaw.skills.tables import (
+    ADDED_COLUMNS,
+    CHANGES,
+    CHANGES_SCHEMA,
+    EVOLVE_LOG,
+    EVOLVE_LOG_SCHEMA,
+    ROW_COLUMNS,
+    SKILLS,
+    STATE_FILE,
+    STATS,
+    STATS_SCHEMA,
+    row_to_skill,
+    skill_model,
+    skill_to_row,
+    sql_literal,
+)
 
-SKILLS = "skills"
-CHANGES = "skill_changes"
-STATS = "skill_stats"
-EVOLVE_LOG = "evolve_log"
-STATE_FILE = "state.json"
 EVENTS = ("created", "updated", "retired", "restored", "merged", "promoted", "rejected")
 LIVE = ("active", "proposed")  # statuses the proxy may inject (a proposal only in its scope)
-_ROW_COLUMNS = (
-    "row_id",
-    "skill_id",
-    "name",
-    "version",
-    "description",
-    "instructions",
-    "when_to_use",
-    "category",
-    "composes",
-    "status",
-    "pinned",
-    "diagnosis_ids",
-    "parent_version",
-    "merged_from",
-    "author",
-    "content_hash",
-    "set_version",
-    "created_at",
-    "updated_at",
-    "origin_sessions",
-    "scan",
-)
-# columns added after the first release: (name, type) added all-null to an older library
-_ADDED_COLUMNS = (("origin_sessions", pa.list_(pa.string())), ("scan", pa.string()))
 
 
 class SkillNotFoundError(LookupError):
     pass
-
-
-def _skill_model(kind: str) -> type[LanceModel]:
-    func = get_registry().get(_embedding.REGISTRY_NAMES[kind]).create()
-
-    class SkillRow(LanceModel):
-        row_id: str
-        skill_id: str
-        name: str
-        version: int
-        description: str
-        instructions: str
-        when_to_use: str
-        category: str
-        composes: list[str]
-        status: str
-        pinned: bool
-        diagnosis_ids: list[str]
-        parent_version: int | None
-        merged_from: list[str]
-        author: str
-        content_hash: str
-        set_version: int
-        created_at: datetime
-        updated_at: datetime
-        origin_sessions: list[str] | None = None
-        scan: str | None = None
-        search_text: str = func.SourceField()
-        vector: Vector(_embedding.DIM) = func.VectorField()  # type: ignore[valid-type]
-
-    return SkillRow
-
-
-CHANGES_SCHEMA = pa.schema(
-    [
-        ("set_version", pa.int64()),
-        ("ts", pa.timestamp("us", tz="UTC")),
-        ("event", pa.string()),
-        ("skill_id", pa.string()),
-        ("version", pa.int32()),
-        ("reason", pa.string()),
-    ]
-)
-STATS_SCHEMA = pa.schema(
-    [
-        ("ref", pa.string()),
-        ("skill_id", pa.string()),
-        ("version", pa.int32()),
-        ("uses", pa.int64()),
-        ("successes", pa.float64()),
-        ("failures", pa.float64()),
-        ("mean_with", pa.float64()),
-        ("n_without", pa.int64()),
-        ("mean_without", pa.float64()),
-        ("effect", pa.float64()),
-        ("effect_se", pa.float64()),
-        ("updated_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-EVOLVE_LOG_SCHEMA = pa.schema(
-    [
-        ("diagnosis_id", pa.string()),
-        ("critic_model", pa.string()),
-        ("prompt_version", pa.string()),
-        ("outcome", pa.string()),
-        ("ts", pa.timestamp("us", tz="UTC")),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -182,39 +99,6 @@ class CommitResult:
         return rows
 
 
-def _sql(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def row_to_skill(row: dict[str, Any]) -> Skill:
-    def ts(value: Any) -> datetime:
-        if isinstance(value, datetime):
-            return value if value.tzinfo else value.replace(tzinfo=UTC)
-        return datetime.now(UTC)
-
-    return Skill(
-        skill_id=row["skill_id"],
-        name=row["name"],
-        version=int(row["version"]),
-        description=row["description"],
-        instructions=row["instructions"],
-        when_to_use=row["when_to_use"] or "",
-        category=row["category"] or "general",
-        composes=tuple(row["composes"] or ()),
-        status=row["status"],
-        pinned=bool(row["pinned"]),
-        diagnosis_ids=tuple(row["diagnosis_ids"] or ()),
-        parent_version=row["parent_version"],
-        merged_from=tuple(row["merged_from"] or ()),
-        author=row["author"] or "",
-        created_at=ts(row["created_at"]),
-        updated_at=ts(row["updated_at"]),
-        set_version=int(row["set_version"] or 0),
-        origin_sessions=tuple(row.get("origin_sessions") or ()),
-        scan=row.get("scan") or "",
-    )
-
-
 class SkillStore:
     """Reads and serialized writes of the LanceDB skill library."""
 
@@ -238,7 +122,7 @@ class SkillStore:
             embedding, embeddings_dir or self.root.parent / "embeddings"
         )
         self.db = lancedb.connect(self.uri, storage_options=storage_options or None)
-        self._model = _skill_model(embedding)
+        self._model = skill_model(embedding)
         existing = set(self.db.list_tables().tables)
         if SKILLS not in existing:
             self.db.create_table(SKILLS, schema=self._model, exist_ok=True)
@@ -251,11 +135,11 @@ class SkillStore:
 
     def _migrate(self) -> None:
         """Add the lifecycle columns to a library written before they existed (null there)."""
-        if all(n in self.skills.schema.names for n, _ in _ADDED_COLUMNS):
+        if all(n in self.skills.schema.names for n, _ in ADDED_COLUMNS):
             return
         with self.writing():
             names = set(self.skills.schema.names)
-            missing = [pa.field(n, t) for n, t in _ADDED_COLUMNS if n not in names]
+            missing = [pa.field(n, t) for n, t in ADDED_COLUMNS if n not in names]
             if missing:
                 self.skills.add_columns(missing)
 
@@ -357,7 +241,7 @@ class SkillStore:
 
     # -- reads -------------------------------------------------------------------------------
     def _rows(
-        self, where: str | None = None, columns: Sequence[str] = _ROW_COLUMNS, table: Any = None
+        self, where: str | None = None, columns: Sequence[str] = ROW_COLUMNS, table: Any = None
     ) -> list[dict[str, Any]]:
         tbl = table if table is not None else self.skills
         tbl.checkout_latest()
@@ -382,20 +266,22 @@ class SkillStore:
     def live(self) -> list[Skill]:
         """Every row the proxy may inject: the active version of each skill and any proposed
         one (a proposal stands beside the active version it would replace until promoted)."""
-        where = "status IN (" + ", ".join(_sql(s) for s in LIVE) + ")"
+        where = "status IN (" + ", ".join(sql_literal(s) for s in LIVE) + ")"
         return sorted(self.all_versions(where), key=lambda s: (s.name, s.version))
 
     def history(self, skill_id: str) -> list[Skill]:
-        return sorted(self.all_versions(f"skill_id = {_sql(skill_id)}"), key=lambda s: s.version)
+        return sorted(
+            self.all_versions(f"skill_id = {sql_literal(skill_id)}"), key=lambda s: s.version
+        )
 
     def get(self, key: str) -> Skill:
         """A skill by `skill_id@version`, skill id, or name (the current version of the last
         two); SkillNotFoundError names what was looked for."""
         if "@" in key:
             skill_id, version = parse_ref(key)
-            rows = self.all_versions(f"skill_id = {_sql(skill_id)} AND version = {version}")
+            rows = self.all_versions(f"skill_id = {sql_literal(skill_id)} AND version = {version}")
         else:
-            rows = self.all_versions(f"skill_id = {_sql(key)} OR name = {_sql(key)}")
+            rows = self.all_versions(f"skill_id = {sql_literal(key)} OR name = {sql_literal(key)}")
             if rows:
                 top = max(rows, key=lambda s: s.version)
                 rows = [top]
@@ -413,7 +299,7 @@ class SkillStore:
         """Stored vectors of some skill versions (ref → numpy array)."""
         if not refs:
             return {}
-        where = "row_id IN (" + ", ".join(_sql(r) for r in refs) + ")"
+        where = "row_id IN (" + ", ".join(sql_literal(r) for r in refs) + ")"
         rows = self._rows(where, columns=("row_id", "vector"))
         import numpy as np
 
@@ -422,8 +308,8 @@ class SkillStore:
     def active_arrow(self) -> pa.Table:
         """Every live (active or proposed) row with its vector, for the retrieval index."""
         self.skills.checkout_latest()
-        cols = [*_ROW_COLUMNS, "vector"]
-        where = "status IN (" + ", ".join(_sql(s) for s in LIVE) + ")"
+        cols = [*ROW_COLUMNS, "vector"]
+        where = "status IN (" + ", ".join(sql_literal(s) for s in LIVE) + ")"
         return self.skills.search().where(where).select(cols).limit(None).to_arrow()
 
     def stats_rows(self) -> list[dict[str, Any]]:
@@ -448,12 +334,12 @@ class SkillStore:
         if where:
             query = query.where(where, prefilter=True)
         try:
-            rows = query.select([*_ROW_COLUMNS]).limit(limit).to_arrow().to_pylist()
+            rows = query.select([*ROW_COLUMNS]).limit(limit).to_arrow().to_pylist()
         except Exception:
             rows = (
                 self.skills.search(vec)
                 .where(where or "true", prefilter=True)
-                .select([*_ROW_COLUMNS])
+                .select([*ROW_COLUMNS])
                 .limit(limit)
                 .to_arrow()
                 .to_pylist()
@@ -467,32 +353,6 @@ class SkillStore:
         return out
 
     # -- writes ------------------------------------------------------------------------------
-    def _row(self, skill: Skill) -> dict[str, Any]:
-        return {
-            "row_id": skill.ref,
-            "skill_id": skill.skill_id,
-            "name": skill.name,
-            "version": skill.version,
-            "description": skill.description,
-            "instructions": skill.instructions,
-            "when_to_use": skill.when_to_use,
-            "category": skill.category,
-            "composes": list(skill.composes),
-            "status": skill.status,
-            "pinned": skill.pinned,
-            "diagnosis_ids": list(skill.diagnosis_ids),
-            "parent_version": skill.parent_version,
-            "merged_from": list(skill.merged_from),
-            "author": skill.author,
-            "content_hash": skill.content_hash,
-            "set_version": skill.set_version,
-            "created_at": skill.created_at,
-            "updated_at": skill.updated_at,
-            "origin_sessions": list(skill.origin_sessions),
-            "scan": skill.scan,
-            "search_text": skill.search_text,
-        }
-
     def commit(self, changes: Sequence[Change]) -> CommitResult:
         """Apply changes under the writer lock as one new skill-set version.
 
@@ -541,7 +401,7 @@ class SkillStore:
                             f"{skill.name}: next version must be {expected}, got {skill.version}"
                         )
                     end(skill.skill_id, LIVE if skill.status == "active" else ("proposed",))
-                    new_rows.append(self._row(skill))
+                    new_rows.append(skill_to_row(skill))
                     rows_of.setdefault(skill.skill_id, []).append(
                         {
                             "row_id": skill.ref,
@@ -610,7 +470,7 @@ class SkillStore:
             values: dict[str, Any] = {"status": status, "updated_at": stamp}
             if pinned is not None:
                 values["pinned"] = pinned
-            where = "row_id IN (" + ", ".join(_sql(r) for r in row_ids) + ")"
+            where = "row_id IN (" + ", ".join(sql_literal(r) for r in row_ids) + ")"
             self.skills.update(where=where, values=values)
 
     def _ensure_fts(self) -> None:
@@ -629,7 +489,10 @@ class SkillStore:
         """Diagnoses the evolve flow has already put to this critic and prompt version."""
         if EVOLVE_LOG not in set(self.db.list_tables().tables):
             return set()
-        where = f"critic_model = {_sql(critic_model)} AND prompt_version = {_sql(prompt_version)}"
+        where = (
+            f"critic_model = {sql_literal(critic_model)} "
+            f"AND prompt_version = {sql_literal(prompt_version)}"
+        )
         rows = self._rows(where, columns=("diagnosis_id",), table=self.db.open_table(EVOLVE_LOG))
         return {r["diagnosis_id"] for r in rows}
 
