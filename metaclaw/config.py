@@ -354,6 +354,16 @@ class TrainingSettings(_Section):
         default=None, description="distillation: teacher model (a Tinker name/path on tinker)."
     )
     teacher_api_key: SecretStr | None = None
+    hint_rollouts: int = Field(
+        default=2,
+        ge=0,
+        description="Replies the local policy server writes, held to the user's rule, per "
+        "corrected turn whose hint states a reply shape (context distillation; 0 disables). "
+        "See docs/training.md.",
+    )
+    hint_rollout_max_tokens: int = Field(
+        default=64, ge=1, description="Longest rule-holding reply; an unfinished one is dropped."
+    )
     tinker_base_url: str | None = Field(default=None, description="Else $TINKER_BASE_URL.")
     tinker_api_key: SecretStr | None = Field(default=None, description="Else $TINKER_API_KEY.")
     tinker_timeout_s: float = Field(default=600.0, gt=0, description="Deadline per Tinker call.")

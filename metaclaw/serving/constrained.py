@@ -57,7 +57,7 @@ class ConstraintError(ValueError):
 class Constraint:
     """What a reply must match: an llguidance grammar compiled from a JSON schema."""
 
-    kind: str  # "json_schema" | "json_object"
+    kind: str  # "json_schema" | "json_object" | "regex"
     grammar: str  # llguidance's serialized grammar (model-independent)
     name: str | None = None
 
@@ -80,11 +80,32 @@ def json_constraint(schema: dict[str, Any] | None, name: str | None = None) -> C
     return Constraint("json_schema" if schema is not None else "json_object", grammar, name)
 
 
+def regex_constraint(pattern: str) -> Constraint:
+    """A constraint for replies that match `pattern` as a whole (llguidance's regex dialect).
+
+    Why a regex and not only JSON: a user's rule about the shape of a reply ("under 15 words",
+    "end with …", `scoring/hint_rules.py`) is a regex, and the hint teacher asks for replies
+    that keep it (`training/hint_rollouts.py`)."""
+    from llguidance import LLMatcher
+
+    if not isinstance(pattern, str) or not pattern:
+        raise ConstraintError("'response_format.regex' must be a non-empty string")
+    try:
+        grammar = LLMatcher.grammar_from_regex(pattern)
+    except (ValueError, TypeError) as exc:
+        raise ConstraintError(f"the regex cannot be used: {exc}") from None
+    problem = LLMatcher.validate_grammar(grammar)
+    if problem:
+        raise ConstraintError(f"the regex cannot be enforced: {problem}")
+    return Constraint("regex", grammar)
+
+
 def parse_response_format(value: Any) -> Constraint | None:
     """OpenAI's `response_format` → a Constraint (None for `{"type": "text"}` or absent).
 
-    Accepted: `{"type": "json_object"}` and `{"type": "json_schema", "json_schema": {"name":
-    …, "schema": {…}, "strict"?: bool}}`. Errors name the field to fix.
+    Accepted: `{"type": "json_object"}`, `{"type": "json_schema", "json_schema": {"name":
+    …, "schema": {…}, "strict"?: bool}}`, and MetaClaw's extension `{"type": "regex",
+    "regex": "…"}`. Errors name the field to fix.
     """
     if value is None:
         return None
@@ -97,9 +118,12 @@ def parse_response_format(value: Any) -> Constraint | None:
         return None
     if kind == "json_object":
         return json_constraint(None)
+    if kind == "regex":
+        return regex_constraint(value.get("regex"))
     if kind != "json_schema":
         raise ConstraintError(
-            f"'response_format.type' must be 'text', 'json_object' or 'json_schema', got {kind!r}"
+            "'response_format.type' must be 'text', 'json_object', 'json_schema' or 'regex', "
+            f"got {kind!r}"
         )
     spec = value.get("json_schema")
     if not isinstance(spec, dict):

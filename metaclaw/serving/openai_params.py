@@ -3,8 +3,9 @@
 Pure functions over the decoded JSON body. Limits the server enforces (one choice per request,
 a cap on new tokens) are applied here so every endpoint enforces them the same way; a
 `max_tokens` above the cap is clamped (agents routinely send large values) and the response's
-finish_reason says "length" when the cap cut the answer. A chat `response_format` (JSON object
-or JSON schema) becomes a `Constraint` the engine enforces while sampling (`constrained.py`).
+finish_reason says "length" when the cap cut the answer. A `response_format` (JSON object, JSON
+schema, or MetaClaw's regex extension; chat and completions alike) becomes a `Constraint` the
+engine enforces while sampling (`constrained.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from metaclaw.serving.constrained import ConstraintError, parse_response_format
+from metaclaw.serving.constrained import Constraint, ConstraintError, parse_response_format
 from metaclaw.serving.requests import EngineError
 from metaclaw.serving.sampling import SamplingParams
 
@@ -135,10 +136,7 @@ def parse_chat(body: Any, max_new_tokens: int) -> ChatRequest:
         raise bad("'tools' must be a list", "tools")
     if body.get("tool_choice") == "none":
         tools = None
-    try:
-        constraint = parse_response_format(body.get("response_format"))
-    except ConstraintError as exc:
-        raise bad(str(exc), "response_format") from None
+    constraint = _constraint(body)
     params = SamplingParams(
         max_tokens=max_tokens if max_tokens is not None else max_new_tokens,
         temperature=common["temperature"],
@@ -183,6 +181,7 @@ def parse_completion(body: Any) -> CompletionRequest:
         top_logprobs=logprobs or 0,
         prompt_logprobs=echo and logprobs is not None,
         ignore_eos=common["ignore_eos"],
+        constraint=_constraint(body),
     )
     return CompletionRequest(
         prompt=prompt,
@@ -192,6 +191,13 @@ def parse_completion(body: Any) -> CompletionRequest:
         echo=echo,
         logprobs=logprobs,
     )
+
+
+def _constraint(body: dict[str, Any]) -> Constraint | None:
+    try:
+        return parse_response_format(body.get("response_format"))
+    except ConstraintError as exc:
+        raise bad(str(exc), "response_format") from None
 
 
 def _prompt(value: Any) -> str | list[int]:

@@ -37,12 +37,15 @@ from tinker import types
 from metaclaw.config import Settings
 from metaclaw.config_tools import config_snapshot
 from metaclaw.deploy.split import held_out_sql
+from metaclaw.endpoints import local_policy_endpoint
 from metaclaw.ledger import append_rows, connect
 from metaclaw.ledger.records import now_micros
+from metaclaw.scoring.hint_rules import rule_for
 from metaclaw.scoring.hint_store import load_hints
 from metaclaw.scoring.hints import Hint
 from metaclaw.training.backend import TrainingBackend, learner_logprobs, loss_of
 from metaclaw.training.datums import completion_span
+from metaclaw.training.hint_rollouts import HintRolloutClient, RolloutRequest
 from metaclaw.training.hint_teacher import HintTeachers
 from metaclaw.training.history import (
     TrainHistory,
@@ -112,6 +115,7 @@ class Trainer:
         self._backend: TrainingBackend | None = None
         self._loaded: str | None = None  # state path the backend holds; "" = fresh base model
         self._teacher = teacher
+        self._rollout_client: HintRolloutClient | None = None
         self._routed: dict[str, int] = {}
 
     # -- backend lifecycle ----------------------------------------------------------------
@@ -176,6 +180,56 @@ class Trainer:
             if method == "hint_distillation":
                 used[s.turn_id] = [h.hint_id for h in hints[s.turn_id]]
 
+    def _rule_rollouts(
+        self,
+        backend: TrainingBackend,
+        batch: list[Sample],
+        hints: dict[str, list[Hint]],
+        used: dict[str, list[str]],
+    ) -> tuple[list[Sample], dict[str, Any]]:
+        """Context distillation: for each turn of the batch whose hints state a reply shape,
+        replies the serving policy wrote held to that shape (hint_rollouts.py), as SFT samples
+        on the turn's own prompt."""
+        if not self.cfg.hint_rollouts or not hints:
+            return [], {}
+        requests = []
+        for s in batch:
+            rule = rule_for(h.text for h in hints.get(s.turn_id, []))
+            if rule is not None and s.prompt:
+                requests.append(RolloutRequest(s.turn_id, s.prompt, rule))
+        if not requests:
+            return [], {}
+        if self._rollout_client is None:
+            endpoint = local_policy_endpoint(self.settings, "hint_teacher")
+            self._rollout_client = HintRolloutClient(
+                endpoint.base_url,
+                endpoint.model or "",
+                backend.get_tokenizer(),
+                api_key=endpoint.api_key.get_secret_value() if endpoint.api_key else None,
+            )
+        rollouts, skipped = self._rollout_client.rollouts(
+            requests,
+            samples=self.cfg.hint_rollouts,
+            temperature=self.cfg.temperature,
+            max_tokens=self.cfg.hint_rollout_max_tokens,
+        )
+        samples = []
+        for r in rollouts:
+            if len(r.prompt) + len(r.completion) > self.cfg.max_seq_len:
+                skipped["too_long"] += 1
+                continue
+            samples.append(
+                Sample(r.turn_id, "sft", r.prompt, r.completion, advantage_method="hint_rollout")
+            )
+        for req in requests:
+            used.setdefault(req.turn_id, [h.hint_id for h in hints[req.turn_id]])
+        return samples, {
+            "turns": len(requests),
+            "samples": len(samples),
+            "skipped": dict(skipped),
+            "rules": dict(Counter(req.rule.describe() for req in requests)),
+        }
+
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()
@@ -196,7 +250,7 @@ class Trainer:
             registry = read_registry(con)
             hints = (
                 load_hints(con, [r["turn_id"] for r in rows if not r["held_out"]])
-                if self.cfg.loss_fn == "distillation"
+                if self.cfg.loss_fn == "distillation" or self.cfg.hint_rollouts
                 else {}
             )
         finally:
@@ -324,10 +378,11 @@ class Trainer:
     ) -> StepOutcome:
         cfg = self.cfg
         rl = [s for s in batch if s.kind == "rl"]
-        sft = [s for s in batch if s.kind == "sft"]
         used_hints: dict[str, list[str]] = {}
         if cfg.loss_fn == "distillation":
             self._distill(backend, rl, hints or {}, used_hints)
+        rollouts, rollout_report = self._rule_rollouts(backend, batch, hints or {}, used_hints)
+        sft = [s for s in batch if s.kind == "sft"] + rollouts
         parent = resume.state_path or f"base:{backend.base_model}"
         turn_ids = sorted(s.turn_id for s in batch)
         step = history.next_step
@@ -335,11 +390,11 @@ class Trainer:
         checkpoint_id = f"ckpt-{step:06d}-{step_id[:10]}"
         rewards = [s.reward for s in batch if s.reward is not None]
         metrics: dict[str, Any] = {
-            "n_samples": len(batch),
+            "n_samples": len(rl) + len(sft),
             "n_rl": len(rl),
             "n_sft": len(sft),
-            "tokens": sum(s.tokens for s in batch),
-            "completion_tokens": sum(len(s.completion) for s in batch),
+            "tokens": sum(s.tokens for s in [*rl, *sft]),
+            "completion_tokens": sum(len(s.completion) for s in [*rl, *sft]),
             "reward_mean": sum(rewards) / len(rewards) if rewards else None,
             "rl_reward_sum": sum(s.reward or 0.0 for s in rl if s.reward is not None),
             "rl_n": sum(1 for s in rl if s.reward is not None),
@@ -360,6 +415,8 @@ class Trainer:
         }
         if used_hints:
             metrics["hints"] = used_hints
+        if rollout_report:
+            metrics["hint_rollouts"] = rollout_report
         fb_started = time.monotonic()
         loss, kl, kl_v2 = self._losses(backend, rl, sft, metrics, backward=True)
         metrics.update(

@@ -591,3 +591,118 @@ def test_sft_trains_on_the_prompt_that_was_served(home: Path) -> None:
     prompts = [tok.decode(d.model_input.to_ints()) for d in call.data]
     assert sum(block in p for p in prompts) == 2
     assert all(p.startswith(f"<|im_start|>system\n{block}<|im_end|>") for p in prompts[:2])
+
+
+# -- context distillation: replies the serving policy writes held to the user's rule ---------
+
+
+@pytest.fixture(scope="module")
+def policy_server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """The real policy server app on the tiny model (the same weights the trainer loads)."""
+    from metaclaw.serving.app import create_app
+    from metaclaw.serving.engine import PolicyEngine
+    from tests.served_app import ServedApp
+
+    engine = PolicyEngine(tiny_dir, name="tiny").start()
+    app = create_app(engine, home=tmp_path_factory.mktemp("policy-home"), request_timeout_s=120)
+    with ServedApp(app) as served:
+        yield served.port
+
+
+def test_rollouts_hold_the_rule_and_end_with_its_suffix(
+    policy_server: int, sampler: LocalBackend
+) -> None:
+    """Through real HTTP to the policy server: every reply matches the rule's regex, then the
+    suffix, then end-of-turn; a rule the decoder cannot finish in max_tokens is dropped."""
+    import re
+
+    from metaclaw.scoring.hint_rules import HintRule
+    from metaclaw.training.hint_rollouts import HintRolloutClient, RolloutRequest
+
+    tok = sampler.get_tokenizer()
+    client = HintRolloutClient(f"http://127.0.0.1:{policy_server}/v1", "tiny", tok)
+    rule = HintRule(body=r"[a-z]{1,6}[.]", prefix="Ok ", suffix=" Cheers!")
+    prompts = [[1, 20 + i, 3, 4] for i in range(3)]
+    got, skipped = client.rollouts(
+        [RolloutRequest(f"t{i}", p, rule) for i, p in enumerate(prompts)],
+        samples=2,
+        temperature=1.0,
+        max_tokens=16,
+    )
+    assert len(got) == 6 and not skipped
+    suffix = tok(" Cheers!", add_special_tokens=False)["input_ids"]
+    for r in got:
+        assert r.prompt == prompts[int(r.turn_id[1:])]
+        assert r.completion[-1] == tok.eos_token_id
+        body = r.completion[: -1 - len(suffix)]
+        assert r.completion[-1 - len(suffix) : -1] == suffix
+        assert re.fullmatch(re.escape("Ok ") + r"[a-z]{1,6}[.]", tok.decode(body))
+    unbounded = HintRule(body=r"[a-z]{40,60}[.]")  # cannot finish in 4 tokens
+    got, skipped = client.rollouts(
+        [RolloutRequest("t", prompts[0], unbounded)], samples=1, temperature=1.0, max_tokens=4
+    )
+    assert got == [] and skipped == {"teacher_unfinished": 1}
+
+
+def test_corrected_turns_with_a_rule_train_on_rule_holding_replies(
+    home: Path, tiny_dir: Path, sampler: LocalBackend, policy_server: int
+) -> None:
+    """The trainer asks the policy server for replies held to the rule the user's correction
+    states and adds them to the step as cross-entropy samples on the turn's own prompt."""
+    paths = LedgerPaths(home)
+    seed = Seeder(paths)
+    tokenizer = sampler.get_tokenizer()
+    corrected = []
+    for i in range(4):
+        messages = [{"role": "user", "content": f"What is {i} plus {i}?"}]
+        prompt = [
+            int(t)
+            for t in tokenizer(render_prompt(tokenizer, messages, None), add_special_tokens=False)[
+                "input_ids"
+            ]
+        ]
+        seq = sampler.sample(
+            types.ModelInput.from_ints(prompt), 1, types.SamplingParams(max_tokens=6, seed=i)
+        ).sequences[0]
+        reply = tokenizer.decode(seq.tokens, skip_special_tokens=True)
+        turn = seed._row(
+            served_by="policy",
+            model="policy",
+            request=json.dumps({"messages": messages}),
+            prompt_token_ids=prompt,
+            completion_token_ids=seq.tokens,
+            completion_logprobs=seq.logprobs,
+            completion_text=reply,
+            sampling_temperature=1.0,
+            sampling_top_p=1.0,
+        )
+        seed.add(turn, -1.0)
+        if i < 3:  # three of the four replies are corrected with a rule
+            corrected.append(turn["turn_id"])
+            followup = [
+                *messages,
+                {"role": "assistant", "content": reply},
+                {"role": "user", "content": "Too long. Keep it under 2 words, please."},
+            ]
+            nxt = seed._row(
+                served_by="upstream",
+                model="gpt",
+                request=json.dumps({"messages": followup}),
+                completion_text="Four.",
+            )
+            nxt.update(session_id=turn["session_id"], turn_index=1, ts_start=turn["ts_end"] + 5)
+            seed.add(nxt, None)
+    settings = settings_for(home, base_model=str(tiny_dir), hint_rollout_max_tokens=256)
+    settings.policy.port = policy_server
+    trainer = Trainer(settings)
+    try:
+        outcome = trainer.step()
+    finally:
+        trainer.close()
+    assert outcome.status == "trained", outcome.reason
+    report = outcome.metrics["hint_rollouts"]
+    # "under 2 words" is a one-word reply; a word is bounded, so every rollout finishes
+    assert report == {"turns": 3, "samples": 6, "skipped": {}, "rules": {"at most 1 words": 3}}
+    assert outcome.metrics["n_rl"] == 4 and outcome.metrics["n_sft"] == 6
+    assert sorted(outcome.metrics["hints"]) == sorted(corrected)
+    assert outcome.metrics["loss_sft"] > 0
