@@ -7,6 +7,7 @@ durable, because clients hang up right after it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -205,12 +206,18 @@ async def finish_turn(
     response: dict[str, Any],
     messages: list[dict[str, Any]],
 ) -> None:
-    """Make a successful turn durable and remember the conversation for session chaining."""
+    """Make a successful turn durable and remember the conversation for session chaining.
+
+    The chain link is in the shared store before the client has the reply, so its next turn
+    continues the session on any worker; it is written off the event loop, during the WAL's
+    fsync."""
     row = draft.finish(status="ok", http_status=200, response=response, completion=completion)
-    await state.recorder.record(row)
-    state.sessions.remember(
+    linked = state.sessions.remember(
         messages, completion.reply_message(), draft.session_id, draft.client_identity
     )
+    await state.recorder.record(row)
+    if linked is not None:
+        await asyncio.wrap_future(linked)
 
 
 class RelayResponse(StreamingResponse):

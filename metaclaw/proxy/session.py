@@ -12,7 +12,8 @@ reply stay apart. The system prompt is compared without digits (clients refresh 
 a counter in it every turn); all texts are compared without whitespace (clients re-join
 Anthropic text blocks with newlines, or re-indent). The chain lives in
 a small SQLite file under METACLAW_HOME (WAL mode), with an in-memory LRU in front, so a
-restarted proxy, or a second proxy process on the same home, continues running sessions.
+restarted proxy, or a second proxy process on the same home, continues running sessions; its
+writes run on a thread of their own (`ChainStore`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -132,27 +134,26 @@ def prefix_digests(messages: list[Message], identity: str = "") -> Iterator[tupl
 class ChainStore:
     """digest → session id in SQLite, shared by every proxy process on one METACLAW_HOME.
 
-    Failures (a locked or full disk) are logged and the chain degrades to memory: session
-    identity is a convenience, serving must not wait on it.
+    Lookups run on the caller's thread (the event loop): in WAL mode a read never waits for a
+    writer. Writes run on the store's own thread: with several proxy processes a write waits
+    for whichever holds SQLite's write lock, up to the busy timeout, and the event loop must
+    keep serving meanwhile. Failures (a lock held too long, a full disk) are logged and the
+    chain degrades to memory: session identity is a convenience, serving must not fail on it.
     """
 
     def __init__(self, path: Path, max_size: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.max_size = max_size
         self._writes = 0
-        # a writer of another process holds the lock for microseconds; never wait long on it
-        self._db = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=0.25
-        )
+        self._db = _connect(path)  # lookups
         self._db.execute("PRAGMA journal_mode=WAL")
-        # no fsync on the event loop: a crash of the process loses nothing (the OS has the
-        # pages); a power cut may lose the last links, which only splits a session
-        self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS chain (digest BLOB PRIMARY KEY, "
             "session TEXT NOT NULL, seen INTEGER NOT NULL)"
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS chain_seen ON chain (seen)")
+        self._writer = _connect(path)  # used on the writer thread only
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="metaclaw-chain")
 
     def find(self, digests: list[bytes]) -> dict[bytes, str]:
         try:
@@ -165,15 +166,23 @@ class ChainStore:
             return {}
         return {bytes(d): s for d, s in found}
 
-    def put(self, digest: bytes, session_id: str) -> None:
+    def put(self, digest: bytes, session_id: str) -> Future[None] | None:
+        """Queue the link's write; the future resolves once it is visible to other processes
+        (or has failed, which is logged). None when the store is closed."""
         try:
-            self._db.execute(
+            return self._pool.submit(self._put, digest, session_id)
+        except RuntimeError:  # shut down: the proxy is stopping
+            return None
+
+    def _put(self, digest: bytes, session_id: str) -> None:
+        try:
+            self._writer.execute(
                 "INSERT OR REPLACE INTO chain VALUES (?, ?, ?)",
                 (digest, session_id, time.time_ns()),
             )
             self._writes += 1
             if self._writes % _PRUNE_EVERY == 0:
-                self._db.execute(
+                self._writer.execute(
                     "DELETE FROM chain WHERE seen < (SELECT seen FROM chain ORDER BY seen DESC "
                     "LIMIT 1 OFFSET ?)",
                     (self.max_size - 1,),
@@ -182,7 +191,18 @@ class ChainStore:
             log.warning("session chain write failed (%s); using memory only", exc)
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._writer.close()
         self._db.close()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # another process holds the write lock for microseconds; never wait long on it
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0.25)
+    # no fsync: a crash of the process loses nothing (the OS has the pages); a power cut may
+    # lose the last links, which only splits a session
+    db.execute("PRAGMA synchronous=OFF")
+    return db
 
 
 class SessionTracker:
@@ -216,15 +236,16 @@ class SessionTracker:
 
     def remember(
         self, messages: list[Message], reply: Message, session_id: str, identity: str = ""
-    ) -> None:
+    ) -> Future[None] | None:
+        """Link the conversation so far to its session: in this process at once; the returned
+        future resolves once the link is in the shared store too (None: nothing to wait for)."""
         last = None
         for _, digest in prefix_digests([*messages, reply], identity):
             last = digest
         if last is None:
-            return
+            return None
         self._cache(last, session_id)
-        if self._store is not None:
-            self._store.put(last, session_id)
+        return self._store.put(last, session_id) if self._store is not None else None
 
     def _cache(self, digest: bytes, session_id: str) -> None:
         self._sessions[digest] = session_id
