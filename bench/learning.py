@@ -120,7 +120,9 @@ def measure(user: ScriptedUser, label: str) -> Round:
     return user.ask(label, HELD_OUT_QUESTIONS, teach=False)
 
 
-def run_arm(pref: Preference, arm: str, args: argparse.Namespace, root: Path) -> ArmResult:
+def run_arm(
+    pref: Preference, arm: str, args: argparse.Namespace, root: Path, max_rounds: int
+) -> ArmResult:
     from metaclaw.cli_support import load_settings
     from metaclaw.serving.launch import start_policy_server
     from metaclaw.supervisor import start_proxy
@@ -155,7 +157,7 @@ def run_arm(pref: Preference, arm: str, args: argparse.Namespace, root: Path) ->
             result = ArmResult(
                 pref.kind, arm, before.rate, before.rate, replies_before=before.replies
             )
-            teach(result, args, settings, teacher)
+            teach(result, args, settings, teacher, max_rounds)
             after = measure(greedy, "after")
             result.after, result.replies_after = after.rate, after.replies
         finally:
@@ -166,10 +168,14 @@ def run_arm(pref: Preference, arm: str, args: argparse.Namespace, root: Path) ->
 
 
 def teach(
-    result: ArmResult, args: argparse.Namespace, settings: Any, teacher: ScriptedUser
+    result: ArmResult,
+    args: argparse.Namespace,
+    settings: Any,
+    teacher: ScriptedUser,
+    max_rounds: int,
 ) -> None:
-    """Teaching rounds until the time budget (from the first question) is spent; the learn arm
-    trains and gates after each round."""
+    """Teaching rounds until the time budget (from the first question) or `max_rounds` is
+    spent; the learn arm trains and gates after each round."""
     from metaclaw.deploy.deployer import run_gate
     from metaclaw.training.trainer import Trainer
 
@@ -177,7 +183,7 @@ def teach(
     first_feedback: float | None = None
     deadline = time.monotonic() + args.minutes * 60
     try:
-        while time.monotonic() < deadline and result.rounds < args.max_rounds:
+        while time.monotonic() < deadline and result.rounds < max_rounds:
             taught = teacher.ask(f"teach{result.rounds}", TEACHING_QUESTIONS, teach=True)
             first_feedback = first_feedback or time.monotonic()
             result.rounds += 1
@@ -236,9 +242,14 @@ def main() -> None:
                 resolve_model_dir(Settings().training.base_model, root, notify=print)
             )
         for kind in args.kinds:
-            for arm in args.arms:
+            rounds = args.max_rounds
+            for arm in args.arms:  # learn first: the control then gets as many rounds (the same
+                # ratings and corrections), not the same minutes (it spends none training)
                 print(f"{kind} / {arm} …", flush=True)
-                results.append(run_arm(PREFERENCES[kind], arm, args, root))
+                result = run_arm(PREFERENCES[kind], arm, args, root, rounds)
+                results.append(result)
+                if arm == "learn":
+                    rounds = result.rounds
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -35,6 +35,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from metaclaw.config import Settings
+from metaclaw.deploy.curve import curve_markdown, load_curve
 from metaclaw.deploy.deployer import FLOW_ACTOR, GateOutcome
 from metaclaw.deploy.reconcile import Reconciliation
 from tasks.deploy import (
@@ -167,6 +168,11 @@ def deploy_flow(checkpoint_id: str | None = None) -> dict[str, Any]:
             key="deploy-comparison",
             description="candidate vs current policy, pair by pair",
         )
+    create_markdown_artifact(
+        curve_markdown(load_curve(settings.paths)),
+        key="learning-curve",
+        description="users' mean reward per served policy, with the gate's verdicts",
+    )
     return {**outcome.summary(), "reconciliation": reconciled}
 
 

@@ -115,15 +115,21 @@ class HintRolloutClient:
         temperature: float,
         max_tokens: int,
     ) -> tuple[list[Rollout], Counter[str]]:
-        """`samples` replies per request (seeded by position, so a rerun asks the same); the
-        counter says why any were dropped."""
+        """`samples` replies per request: the first greedy (the policy's most likely reply that
+        keeps the rule), the rest at `temperature`, seeded by position so a rerun asks the same.
+        The counter says why any were dropped."""
         jobs = [(req, k) for req in requests for k in range(samples)]
         skipped: Counter[str] = Counter()
         if not jobs:
             return [], skipped
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(jobs))) as pool:
             results = list(
-                pool.map(lambda job: self._one(job[0], temperature, max_tokens, job[1]), jobs)
+                pool.map(
+                    lambda job: self._one(
+                        job[0], temperature if job[1] else 0.0, max_tokens, job[1]
+                    ),
+                    jobs,
+                )
             )
         out = []
         for rollout, reason in results:

@@ -84,7 +84,9 @@ def test_deploy_flow_promotes_publishes_and_is_idempotent(
         async with get_client() as client:
             found = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(
-                    key=ArtifactFilterKey(any_=["deploy-report", "deploy-comparison"])
+                    key=ArtifactFilterKey(
+                        any_=["deploy-report", "deploy-comparison", "learning-curve"]
+                    )
                 )
             )
         return {a.key: a for a in sorted(found, key=lambda a: a.created)}
@@ -94,6 +96,7 @@ def test_deploy_flow_promotes_publishes_and_is_idempotent(
     assert "| kl_from_base | no |" in found["deploy-report"].data
     assert found["deploy-comparison"].type == "table"
     assert "candidate as A" in found["deploy-comparison"].data
+    assert "Learning curve" in found["learning-curve"].data
 
     rows = sum(len(c.events) for c in book.checkpoints.values())
     again = deploy_flow()
