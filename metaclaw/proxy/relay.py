@@ -209,8 +209,8 @@ async def finish_turn(
     """Make a successful turn durable and remember the conversation for session chaining.
 
     The chain link is in the shared store before the client has the reply, so its next turn
-    continues the session on any worker; it is written off the event loop, during the WAL's
-    fsync."""
+    continues the session on any worker; when another worker holds the store's lock, the link
+    is written on the store's thread during the WAL's fsync, never waiting on the event loop."""
     row = draft.finish(status="ok", http_status=200, response=response, completion=completion)
     linked = state.sessions.remember(
         messages, completion.reply_message(), draft.session_id, draft.client_identity

@@ -12,8 +12,8 @@ reply stay apart. The system prompt is compared without digits (clients refresh 
 a counter in it every turn); all texts are compared without whitespace (clients re-join
 Anthropic text blocks with newlines, or re-indent). The chain lives in
 a small SQLite file under METACLAW_HOME (WAL mode), with an in-memory LRU in front, so a
-restarted proxy, or a second proxy process on the same home, continues running sessions; its
-writes run on a thread of their own (`ChainStore`).
+restarted proxy, or a second proxy process on the same home, continues running sessions; a
+write never waits for another process's lock on the event loop (`ChainStore`).
 """
 
 from __future__ import annotations
@@ -134,25 +134,28 @@ def prefix_digests(messages: list[Message], identity: str = "") -> Iterator[tupl
 class ChainStore:
     """digest → session id in SQLite, shared by every proxy process on one METACLAW_HOME.
 
-    Lookups run on the caller's thread (the event loop): in WAL mode a read never waits for a
-    writer. Writes run on the store's own thread: with several proxy processes a write waits
-    for whichever holds SQLite's write lock, up to the busy timeout, and the event loop must
-    keep serving meanwhile. Failures (a lock held too long, a full disk) are logged and the
-    chain degrades to memory: session identity is a convenience, serving must not fail on it.
+    The event loop looks links up (in WAL mode a read never waits for a writer) and writes them
+    when nobody else is writing: its connection never waits for a lock, so it costs one INSERT
+    (~60 µs). When another process holds the write lock, the write goes to the store's own
+    thread, which waits for the lock up to the busy timeout while the loop keeps serving; so
+    do the periodic trim and WAL checkpoint. Failures (a lock held too long, a full disk) are
+    logged and the chain degrades to memory: session identity is a convenience, serving must
+    not fail on it.
     """
 
     def __init__(self, path: Path, max_size: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.max_size = max_size
         self._writes = 0
-        self._db = _connect(path)  # lookups
+        self._db = _connect(path, timeout=0)  # the event loop's: never waits for a lock
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on the thread
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS chain (digest BLOB PRIMARY KEY, "
             "session TEXT NOT NULL, seen INTEGER NOT NULL)"
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS chain_seen ON chain (seen)")
-        self._writer = _connect(path)  # used on the writer thread only
+        self._writer = _connect(path, timeout=0.25)  # used on the writer thread only
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="metaclaw-chain")
 
     def find(self, digests: list[bytes]) -> dict[bytes, str]:
@@ -167,26 +170,35 @@ class ChainStore:
         return {bytes(d): s for d, s in found}
 
     def put(self, digest: bytes, session_id: str) -> Future[None] | None:
-        """Queue the link's write; the future resolves once it is visible to other processes
-        (or has failed, which is logged). None when the store is closed."""
+        """Store a link. None: it is stored (or failed, logged); a future: it is being written
+        on the store's thread, and is visible to other processes once that resolves."""
+        self._writes += 1
+        if self._writes % _PRUNE_EVERY:
+            try:
+                self._db.execute(_INSERT, (digest, session_id, time.time_ns()))
+                return None
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    log.warning("session chain write failed (%s); using memory only", exc)
+                    return None
+            except sqlite3.Error as exc:
+                log.warning("session chain write failed (%s); using memory only", exc)
+                return None
         try:
-            return self._pool.submit(self._put, digest, session_id)
+            return self._pool.submit(self._put, digest, session_id, self._writes)
         except RuntimeError:  # shut down: the proxy is stopping
             return None
 
-    def _put(self, digest: bytes, session_id: str) -> None:
+    def _put(self, digest: bytes, session_id: str, count: int) -> None:
         try:
-            self._writer.execute(
-                "INSERT OR REPLACE INTO chain VALUES (?, ?, ?)",
-                (digest, session_id, time.time_ns()),
-            )
-            self._writes += 1
-            if self._writes % _PRUNE_EVERY == 0:
+            self._writer.execute(_INSERT, (digest, session_id, time.time_ns()))
+            if count % _PRUNE_EVERY == 0:
                 self._writer.execute(
                     "DELETE FROM chain WHERE seen < (SELECT seen FROM chain ORDER BY seen DESC "
                     "LIMIT 1 OFFSET ?)",
                     (self.max_size - 1,),
                 )
+                self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:
             log.warning("session chain write failed (%s); using memory only", exc)
 
@@ -196,13 +208,20 @@ class ChainStore:
         self._db.close()
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    # another process holds the write lock for microseconds; never wait long on it
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0.25)
+_INSERT = "INSERT OR REPLACE INTO chain VALUES (?, ?, ?)"
+
+
+def _connect(path: Path, timeout: float) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
     # no fsync: a crash of the process loses nothing (the OS has the pages); a power cut may
     # lose the last links, which only splits a session
     db.execute("PRAGMA synchronous=OFF")
     return db
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Another connection holds the write lock (SQLITE_BUSY / SQLITE_LOCKED)."""
+    return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class SessionTracker:

@@ -160,8 +160,8 @@ def test_the_chain_outlives_the_process_and_is_shared(tmp_path: Path) -> None:
     before = SessionTracker(path=tmp_path / "sessions.sqlite")
     sid = before.resolve(None, first, "k")
     linked = before.remember(first, reply, sid, "k")
-    assert linked is not None
-    linked.result(5)  # the link is in the shared file once this resolves (written off-thread)
+    if linked is not None:  # queued because the file was busy: in it once this resolves
+        linked.result(5)
     other = SessionTracker(path=tmp_path / "sessions.sqlite")  # opened while `before` runs
     assert other.resolve(None, [*first, reply, {"role": "user", "content": "more"}], "k") == sid
     before.close()
