@@ -6,8 +6,9 @@
 
 The real policy server (`metaclaw policy-server` as a child process, as `metaclaw up` runs it)
 on the embedded model (SmolLM2-135M-Instruct), with its default settings. A scripted user sends
-a chat request (48 new tokens, greedy, ignore_eos) every `--user-interval-s` seconds, on a fixed
-schedule whether or not the previous one has finished (open loop, like people), through the
+a chat request (48 new tokens, greedy, ignore_eos) every `--user-interval-s` seconds (at least
+1.25× one idle reply, measured first, so a loaded machine does not queue users behind each
+other), on a fixed schedule whether or not the previous one has finished (open loop), through the
 official `openai` client; its latency is the whole non-streamed response. Three conditions:
 
 - idle: the user alone;
@@ -232,7 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
 
         async def everything() -> None:
-            await run_phase(url, "idle", argparse.Namespace(**{**vars(args), "phase_s": 6.0}))
+            warm = await run_phase(
+                url, "idle", argparse.Namespace(**{**vars(args), "phase_s": 0.1})
+            )
+            # Open loop at a rate the idle server sustains: on a machine other work slows
+            # down, a fixed rate faster than one reply would queue users behind each other.
+            args.user_interval_s = max(args.user_interval_s, 1.25 * max(warm.latencies))
+            print(f"user interval {args.user_interval_s:.1f} s", flush=True)
             for r in range(args.rounds):
                 for condition in CONDITIONS:
                     phase = await run_phase(url, condition, args)

@@ -464,6 +464,12 @@ class PolicySettings(_Section):
         "that keep generating while a user's request runs or waits; the rest pause. 0 on a "
         "small CPU (each row slows every user token); up to max_batch on a GPU.",
     )
+    background_prefill_tokens: int = Field(
+        default=512,
+        ge=0,
+        description="Most background prompt tokens prefilled per decode round (at least one "
+        "request; 0: no limit): a user arriving during a prefill waits for it.",
+    )
     api_key: SecretStr | None = Field(default=None, description="Bearer key, when set.")
     max_body_bytes: int = Field(
         default=10 * 1024 * 1024, ge=1024, description="Largest request body; bigger ones get 413."

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -46,7 +47,7 @@ from metaclaw.serving.requests import (
     shutting_down,
 )
 from metaclaw.serving.sampling import SamplingParams, TextTracker, choose, split_tool_calls
-from metaclaw.serving.scheduler import plan
+from metaclaw.serving.scheduler import plan, within_budget
 
 log = logging.getLogger("metaclaw.serving")
 
@@ -121,6 +122,7 @@ class PolicyEngine:
         max_new_tokens: int = 1024,
         max_context_tokens: int = 4096,
         background_rows_while_interactive: int = 0,
+        background_prefill_tokens: int = 0,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -137,6 +139,7 @@ class PolicyEngine:
         self.max_batch = max_batch
         self.max_queue = max_queue  # per priority class: a background flood never fills users'
         self.background_cap = max(0, min(background_rows_while_interactive, max_batch))
+        self.background_prefill_tokens = background_prefill_tokens  # per round; 0: no limit
         self.max_new_tokens = max_new_tokens
         window = getattr(self.model.config, "max_position_embeddings", None) or max_context_tokens
         self.max_context_tokens = min(max_context_tokens, int(window))
@@ -413,7 +416,10 @@ class PolicyEngine:
             group.paused = False
             self.stats.resumed += 1
         admitted = [interactive.popleft() for _ in range(decision.admit_interactive)]
-        admitted += [background.popleft() for _ in range(decision.admit_background)]
+        most = decision.admit_background
+        lengths = [len(r.prompt_ids) for r in itertools.islice(background, most)]
+        take = within_budget(lengths, most, self.background_prefill_tokens)
+        admitted += [background.popleft() for _ in range(take)]
         return admitted
 
     def _run_command(self, cmd: _Command) -> None:

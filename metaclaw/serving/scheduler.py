@@ -17,6 +17,10 @@ Rules, applied every round:
    closer to done); under it, paused groups resume oldest first, and new background requests are
    admitted only once nothing paused is left (FIFO within the class, so nothing starves once
    interactive load stops).
+4. A round prefills at most `background_prefill_tokens` of background prompt (at least one
+   request). A prefill cannot be paused, and on a CPU it is most of a judge call's cost: eight
+   ~300-token judge prompts prefilled together take seconds, and a user arriving meanwhile waits
+   for all of them. Split over rounds, a user waits for at most one such slice.
 """
 
 from __future__ import annotations
@@ -86,3 +90,16 @@ def plan(
     if len(out.resume) == len(paused):
         out.admit_background = min(waiting_background, max(0, limit - used))
     return out
+
+
+def within_budget(prompt_lengths: Sequence[int], most: int, budget: int) -> int:
+    """How many of the next waiting background requests (their prompt lengths, in queue order)
+    to prefill this round: at most `most`, and no more prompt tokens than `budget` beyond the
+    first (which is always taken, or a long prompt would never start). 0 = no budget."""
+    taken = tokens = 0
+    for n in prompt_lengths[:most]:
+        if taken and budget and tokens + n > budget:
+            break
+        taken += 1
+        tokens += n
+    return taken

@@ -49,6 +49,7 @@ def build_engine(
         max_new_tokens=policy.max_new_tokens,
         max_context_tokens=policy.max_context_tokens,
         background_rows_while_interactive=policy.background_rows_while_interactive,
+        background_prefill_tokens=policy.background_prefill_tokens,
     )
     if load_promoted:
         load_promoted_checkpoint(engine, settings, notify)

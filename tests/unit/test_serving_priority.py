@@ -22,7 +22,7 @@ from metaclaw.serving.app import create_app
 from metaclaw.serving.engine import Delta, PolicyEngine, Request, Result
 from metaclaw.serving.priority import BACKGROUND_HEADERS, HEADER, Priority, parse_priority
 from metaclaw.serving.sampling import SamplingParams
-from metaclaw.serving.scheduler import plan
+from metaclaw.serving.scheduler import plan, within_budget
 from tests.served_app import ServedApp
 from tests.serving_helpers import RoundGate, collect, tiny_model_dir
 
@@ -68,6 +68,14 @@ def test_no_background_is_admitted_while_users_run_beyond_the_cap() -> None:
         [G(USER, 7)], waiting_interactive=3, waiting_background=0, max_batch=8, background_cap=0
     )
     assert p.admit_interactive == 1
+
+
+def test_background_prefill_is_split_by_the_token_budget() -> None:
+    assert within_budget([300, 300, 300], 3, 512) == 1  # one judge prompt per round
+    assert within_budget([100, 200, 300], 3, 512) == 2
+    assert within_budget([900, 10], 2, 512) == 1  # a long prompt still starts, alone
+    assert within_budget([300, 300, 300], 2, 0) == 2  # 0: no budget, only the count
+    assert within_budget([10, 10, 10], 0, 512) == 0
 
 
 def test_the_header_only_lowers_priority() -> None:
@@ -198,6 +206,35 @@ def test_each_class_has_its_own_queue(model_dir: Path) -> None:
         gate.release()
         engine.close()
     assert status == 503 and user.done
+
+
+def test_background_prompts_are_prefilled_a_budget_per_round(model_dir: Path) -> None:
+    """Three background requests waiting together are prefilled over three rounds when one
+    prompt fills the budget (a user arriving meanwhile waits for one prefill, not three), and
+    all of them still finish."""
+    engine = PolicyEngine(model_dir, name="tiny", max_batch=8, background_prefill_tokens=8)
+    gate = RoundGate(held=True)
+    engine.round_hook = gate
+    engine.start()
+
+    async def scenario() -> tuple[list[int], list[Result]]:
+        ids = _ids(engine, "a prompt longer than the budget")
+        assert len(ids) > 8
+        bg = [_submit(engine, ids, 30, BG) for _ in range(3)]
+        admitted = []
+        for _ in range(3):
+            await asyncio.to_thread(gate.step, 1)
+            admitted.append(engine.active)
+        gate.release()
+        return admitted, [await collect(r) for r in bg]
+
+    try:
+        admitted, done = asyncio.run(scenario())
+    finally:
+        gate.release()
+        engine.close()
+    assert admitted == [1, 2, 3]
+    assert [len(r.completion_ids) for r in done] == [30] * 3
 
 
 def _submit(
