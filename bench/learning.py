@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -230,6 +231,8 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="Write the full report here.")
     parser.add_argument("--keep", action="store_true", help="Keep the homes (ledgers, logs).")
     args = parser.parse_args()
+    # a stopped run still stops its policy servers and proxies (the `finally` blocks run)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     root = Path(tempfile.mkdtemp(prefix="metaclaw-learning-"))
     results: list[ArmResult] = []

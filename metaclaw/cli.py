@@ -338,7 +338,11 @@ app.add_typer(connect_app, name="connect")
 
 @app.command()
 def demo(
-    questions: Annotated[int, typer.Option(help="Questions the scripted user asks.")] = 6,
+    questions: Annotated[
+        int, typer.Option(help="Teaching questions per round (the gate's prompts too).")
+    ] = 8,
+    rounds: Annotated[int, typer.Option(help="Teaching rounds, each followed by the loop.")] = 2,
+    held_out: Annotated[int, typer.Option(help="Held-out questions measured before/after.")] = 6,
     max_tokens: Annotated[int, typer.Option(help="Reply length cap (CPU time).")] = 48,
     proxy_port: Annotated[int | None, typer.Option(help="Proxy port.")] = None,
     preference: Annotated[
@@ -348,11 +352,12 @@ def demo(
         ),
     ] = "sign_off",
 ) -> None:
-    """A scripted user with a preference, the whole loop once, behaviour before and after."""
+    """A scripted user teaches a preference; held-out compliance before and after the loop."""
     import os
     import time
 
     from metaclaw import demo as script
+    from metaclaw.deploy.curve import load_curve
     from metaclaw.serving.defaults import needs_policy_server
     from metaclaw.serving.launch import start_policy_server
     from metaclaw.supervisor import apply_env, prefect_env, start_proxy
@@ -366,9 +371,11 @@ def demo(
         os.environ.setdefault(key, value)
     settings = load_settings()
     paths = settings.paths
-    prompts = paths.home / "demo-eval-prompts.jsonl"
+    taught = script.QUESTIONS[:questions]
+    measured = script.EVAL_QUESTIONS[:held_out]
+    prompts = paths.home / "demo-gate-prompts.jsonl"
     paths.home.mkdir(parents=True, exist_ok=True)
-    prompts.write_text(script.eval_prompts_jsonl(pref))
+    prompts.write_text(script.gate_prompts_jsonl(taught))
     os.environ.setdefault("METACLAW_DEPLOY__PROMPTS_FILE", str(prompts.resolve()))
     paths.prefect.mkdir(parents=True, exist_ok=True)
     apply_env(prefect_env(paths.prefect, _prefect_url(None)))
@@ -383,31 +390,32 @@ def demo(
                 )
         with console.status("starting the proxy …"):
             children.append(start_proxy(paths, port))
-        user = script.ScriptedUser(
-            f"http://{settings.proxy.host}:{port}", max_tokens, settings.training.temperature, pref
+        url = f"http://{settings.proxy.host}:{port}"
+        teacher = script.ScriptedUser(
+            url, max_tokens, settings.training.temperature, pref, restate=False
         )
-        asked = script.QUESTIONS[:questions]
-        with console.status("the scripted user asks, corrects and rates …"):
-            before = user.ask("before", asked, teach=True)
-        for question, reply, ok in zip(asked, before.replies, before.complied, strict=True):
+        greedy = script.ScriptedUser(url, max_tokens, 0.0, pref, restate=False)
+        with console.status("held-out questions, before …"):
+            before = greedy.ask("before", measured, teach=False)
+        _print_round(before, measured)
+        pipeline = importlib.import_module("flows.pipeline").pipeline_flow
+        results: dict[str, Any] = {}
+        for n in range(1, rounds + 1):
+            with console.status(f"round {n}: the scripted user asks, corrects and rates …"):
+                round_ = teacher.ask(f"teach{n}", taught, teach=True)
+            with console.status(f"round {n}: ingest → score → diagnose → evolve → train → deploy"):
+                results = pipeline()
             console.print(
-                f"[bold]{question}[/bold] → {reply.strip()[:90]!r} "
-                f"{'[green]✓[/green]' if ok else '[red]✗[/red]'}"
+                f"round {n}: teaching compliance {round_.rate:.0%} "
+                f"({sum(round_.complied)}/{len(round_.complied)}); train: "
+                f"{_train_line(results.get('train'))}; {script.deploy_line(results.get('deploy'))}"
             )
-        with console.status(
-            "running the pipeline: ingest → score → diagnose → evolve → train → deploy …"
-        ):
-            results = importlib.import_module("flows.pipeline").pipeline_flow()
-        with console.status("asking again …"):
-            after = user.ask("after", asked, teach=False)
-        for question, reply, ok in zip(asked, after.replies, after.complied, strict=True):
-            console.print(
-                f"[bold]{question}[/bold] → {reply.strip()[:90]!r} "
-                f"{'[green]✓[/green]' if ok else '[red]✗[/red]'}"
-            )
+        with console.status("held-out questions, after …"):
+            after = greedy.ask("after", measured, teach=False)
+        _print_round(after, measured)
         for line in script.outcome_lines(paths, before, after):
             console.print(line)
-        console.print(script.deploy_line(results.get("deploy")))
+        console.print(curve_table(load_curve(paths)))
         console.print(f"demo wall time: {time.monotonic() - started:.0f} s")
     except RuntimeError as exc:
         err_console.print(f"[red]{exc}[/red]")
@@ -415,6 +423,36 @@ def demo(
     finally:
         for child in reversed(children):
             child.stop()
+
+
+def _print_round(measured: Any, questions: tuple[str, ...]) -> None:
+    for question, reply, ok in zip(questions, measured.replies, measured.complied, strict=True):
+        console.print(
+            f"[bold]{question}[/bold] → {reply.strip()[:90]!r} "
+            f"{'[green]✓[/green]' if ok else '[red]✗[/red]'}"
+        )
+
+
+def _train_line(result: Any) -> str:
+    if not isinstance(result, dict):
+        return str(result)
+    return f"{result.get('status', '?')} {result.get('reason') or ''}".strip()[:120]
+
+
+def curve_table(points: list[Any]) -> Table:
+    """The learning curve (users' mean reward per served policy) as a rich table."""
+    from metaclaw.deploy.curve import bar
+
+    table = Table(title="users' mean reward per served policy (oldest first)")
+    for column in ("policy", "turns (rated)", "mean reward", "", "gate"):
+        table.add_column(column)
+    for p in points:
+        gate = p.status or "-"
+        if p.wins is not None:
+            gate += f" ({p.wins}–{p.losses}–{p.ties})"
+        mean = "-" if p.mean_reward is None else f"{p.mean_reward:+.2f}"
+        table.add_row(p.checkpoint, f"{p.turns} ({p.rated})", mean, bar(p.mean_reward), gate)
+    return table
 
 
 def main() -> None:

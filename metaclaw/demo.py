@@ -1,15 +1,16 @@
-"""`metaclaw demo`: a scripted user with a stated preference, the whole loop, before and after.
+"""`metaclaw demo`: a scripted user teaches a preference through the proxy; the loop learns it.
 
 The user has one preference from `metaclaw.learning.preferences` (by default: every answer ends
-with the sign-off "Cheers!"). It says so at the start of each conversation, asks a few
-questions through the proxy; when a reply ignores the preference it corrects the agent and rates
-the turn −1 (+1 when it complies) through `POST /v1/feedback`. Then the pipeline runs once
-(ingest → score → diagnose → evolve → train → deploy) and the same questions are asked again.
+with the sign-off "Cheers!"). It asks questions plainly through the proxy; when a reply ignores
+the preference it corrects the agent as a person would ("No, you forgot to end with 'Cheers!'")
+and rates the turn −1 (+1 when it complies) through `POST /v1/feedback`. After each teaching
+round the pipeline runs once (ingest → score → diagnose → evolve → train → deploy).
 
-Honesty: every figure printed is measured in this run — compliance is counted by the same rule
-before and after, the deploy verdict and win rate come from the `checkpoints` row the deploy step
-wrote, and nothing is promoted unless the gate measured it better. With the embedded 135M model
-the gate usually (correctly) refuses: a weak judge cannot separate two nearly identical policies.
+What is measured: held-out questions (never asked while teaching) asked plainly at temperature
+0 before the first round and after the last, counted by the preference's rule — whether the
+agent adopted the preference without being told again. Every figure printed is measured in this
+run: the deploy verdicts come from the `checkpoints` rows the deploy step wrote, the curve from
+the ledger (`metaclaw.deploy.curve`), and nothing is promoted unless the gate measured it better.
 """
 
 from __future__ import annotations
@@ -140,8 +141,8 @@ DEMO_ENV = {
     "METACLAW_DEPLOY__EVAL_FRACTION": "0",
     "METACLAW_DEPLOY__MAX_NEW_TOKENS": "48",
 }
-QUESTIONS = TEACHING_QUESTIONS[:6]
-EVAL_QUESTIONS = HELD_OUT_QUESTIONS[:4]
+QUESTIONS = TEACHING_QUESTIONS
+EVAL_QUESTIONS = HELD_OUT_QUESTIONS
 
 
 def preference(kind: str) -> Preference:
@@ -153,13 +154,13 @@ def preference(kind: str) -> Preference:
         ) from None
 
 
-def eval_prompts_jsonl(pref: Preference) -> str:
-    """The fixed held-out prompts for the deploy gate (never asked during teaching)."""
+def gate_prompts_jsonl(questions: tuple[str, ...]) -> str:
+    """The deploy gate's prompts: the teaching questions asked plainly, as users ask them. Never
+    the held-out questions: the gate must not select on the set the result is measured on."""
     import json
 
     return "".join(
-        json.dumps({"messages": [{"role": "user", "content": pref.ask(q)}]}) + "\n"
-        for q in EVAL_QUESTIONS
+        json.dumps({"messages": [{"role": "user", "content": q}]}) + "\n" for q in questions
     )
 
 
@@ -180,7 +181,7 @@ def deploy_line(result: Any) -> str:
 
 
 def outcome_lines(paths: Any, before: Round, after: Round) -> list[str]:
-    """What the run measured, read back from the ledger."""
+    """What the run measured (held-out compliance), and the ledger's counts."""
     from metaclaw.ledger import query
 
     counts = ", ".join(
@@ -195,7 +196,7 @@ def outcome_lines(paths: Any, before: Round, after: Round) -> list[str]:
         "ORDER BY ts DESC LIMIT 1",
     )
     lines = [
-        f"compliance with the preference: before {before.rate:.0%} "
+        f"held-out compliance (asked plainly, T = 0): before {before.rate:.0%} "
         f"({sum(before.complied)}/{len(before.complied)}), after {after.rate:.0%} "
         f"({sum(after.complied)}/{len(after.complied)})",
         f"ledger: {turns} turns, {feedback} explicit ratings, {rewards} reward signals, "

@@ -55,6 +55,10 @@ def test_demo_runs_the_loop_and_reports_what_it_measured(
             "demo",
             "--questions",
             "3",
+            "--rounds",
+            "1",
+            "--held-out",
+            "2",
             "--proxy-port",
             str(free_port()),
         ],
@@ -65,10 +69,14 @@ def test_demo_runs_the_loop_and_reports_what_it_measured(
         timeout=600,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "compliance with the preference: before 0% (0/3), after 0% (0/3)" in out.stdout
+    assert "held-out compliance (asked plainly, T = 0): before 0% (0/2), after 0% (0/2)" in (
+        out.stdout
+    )
+    assert "round 1: teaching compliance 0% (0/3)" in out.stdout
     paths = LedgerPaths(home)
-    # 3 questions + 3 corrections while teaching, 3 questions after
-    assert rows(paths, "SELECT count(*) AS n FROM turns") == [{"n": 9}]
+    # 2 held-out questions before, 3 questions + 3 corrections while teaching, 2 after
+    assert rows(paths, "SELECT count(*) AS n FROM turns") == [{"n": 10}]
     assert rows(paths, "SELECT count(*) AS n FROM feedback WHERE value = -1") == [{"n": 3}]
-    assert "ledger: 9 turns, 3 explicit ratings" in out.stdout
+    assert "ledger: 10 turns, 3 explicit ratings" in out.stdout
+    assert "users' mean reward per served policy" in out.stdout
     assert "demo wall time" in out.stdout and "deploy: " in out.stdout
