@@ -135,5 +135,7 @@ def prefect_server_guard_env(port: int) -> dict[str, str]:
 def start_proxy(paths: LedgerPaths, port: int) -> Child:
     argv = [sys.executable, "-m", "metaclaw", "proxy", "--port", str(port)]
     child = Child("proxy", argv, dict(OFFLINE_ENV), paths.logs / "proxy.log")
-    wait_healthy(f"http://127.0.0.1:{port}/healthz", child, 30, lambda r: r.status_code == 200)
+    # a loaded 2-core machine takes 5-40 s to start it, longer with `proxy.workers` > 1 (each
+    # worker imports the whole stack at once); one worker answering means the port serves
+    wait_healthy(f"http://127.0.0.1:{port}/healthz", child, 60, lambda r: r.status_code == 200)
     return child

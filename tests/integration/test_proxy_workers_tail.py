@@ -48,6 +48,7 @@ def _full_pass_cpu_ms() -> float:
     return (time.thread_time() - began) * 1000
 
 
+@pytest.mark.slow  # the skill library's first load takes most of it
 def test_a_full_collection_skips_the_proxys_start_up_heap(
     stub: StubUpstream, tmp_path: Path, unfrozen: None
 ) -> None:
