@@ -97,6 +97,8 @@ def arm_env(
         "METACLAW_SKILLS__ENABLED": "false",
         "METACLAW_TRAINING__BATCH_SIZE": str(args.batch_size),
         "METACLAW_TRAINING__LEARNING_RATE": str(args.learning_rate),
+        # a round's turns are trained in that round (not one batch per round)
+        "METACLAW_TRAINING__MAX_STEPS_PER_RUN": str(args.steps_per_round),
         "METACLAW_DEPLOY__JUDGE_BASE_URL": judge_url,
         "METACLAW_DEPLOY__JUDGE_MODEL": "rule",
         "METACLAW_DEPLOY__PROMPTS_FILE": str(prompts),
@@ -221,7 +223,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--parallel", type=int, default=4, help="Users asking at once.")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--steps-per-round", type=int, default=3)
     parser.add_argument(
         "--base-model",
         default=None,
