@@ -147,15 +147,17 @@ class ChainStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.max_size = max_size
         self._writes = 0
-        self._db = _connect(path, timeout=0)  # the event loop's: never waits for a lock
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on the thread
-        self._db.execute(
+        # set up by the thread's connection, patient at start: workers start together
+        self._writer = _connect(path, timeout=_SETUP_WAIT_S)
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        self._writer.execute(
             "CREATE TABLE IF NOT EXISTS chain (digest BLOB PRIMARY KEY, "
             "session TEXT NOT NULL, seen INTEGER NOT NULL)"
         )
-        self._db.execute("CREATE INDEX IF NOT EXISTS chain_seen ON chain (seen)")
-        self._writer = _connect(path, timeout=0.25)  # used on the writer thread only
+        self._writer.execute("CREATE INDEX IF NOT EXISTS chain_seen ON chain (seen)")
+        self._writer.execute(f"PRAGMA busy_timeout={_WRITE_WAIT_MS}")
+        self._db = _connect(path, timeout=0)  # the event loop's: never waits for a lock
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on the thread
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="metaclaw-chain")
 
     def find(self, digests: list[bytes]) -> dict[bytes, str]:
@@ -209,6 +211,8 @@ class ChainStore:
 
 
 _INSERT = "INSERT OR REPLACE INTO chain VALUES (?, ?, ?)"
+_SETUP_WAIT_S = 10.0  # creating the file and table, once per process start
+_WRITE_WAIT_MS = 250  # another process holds the write lock for microseconds; never wait long
 
 
 def _connect(path: Path, timeout: float) -> sqlite3.Connection:
