@@ -85,6 +85,7 @@ class Phase:
     condition: str
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    timeouts: int = 0  # users who gave up (--user-timeout-s): measured, not a failure
     background_done: int = 0
     background_tokens: int = 0
     background_errors: int = 0
@@ -106,6 +107,8 @@ async def user_load(
             )
             assert reply.usage is not None and reply.usage.completion_tokens == USER_TOKENS
             phase.latencies.append(time.monotonic() - t0)
+        except openai.APITimeoutError:
+            phase.timeouts += 1
         except Exception as exc:  # reported, and a correctness failure of the run
             phase.errors.append(f"{type(exc).__name__}: {exc}"[:200])
 
@@ -155,7 +158,7 @@ async def drain(url: str) -> None:
 async def run_phase(url: str, condition: str, args: argparse.Namespace) -> Phase:
     phase = Phase(condition)
     common: dict[str, Any] = {"base_url": f"{url}/v1", "api_key": "unused", "max_retries": 0}
-    user = openai.AsyncOpenAI(**common, timeout=600)
+    user = openai.AsyncOpenAI(**common, timeout=args.user_timeout_s)
     headers = BACKGROUND_HEADERS if condition == "priority" else None
     judge = openai.AsyncOpenAI(**common, timeout=600, default_headers=headers)
     stop = asyncio.Event()
@@ -185,6 +188,7 @@ def summarise(phases: list[Phase]) -> dict[str, dict[str, Any]]:
         out[condition] = {
             "requests": len(lat),
             "errors": sum(len(p.errors) for p in mine),
+            "user_timeouts": sum(p.timeouts for p in mine),
             "p50_s": percentile(lat, 50) if lat else float("nan"),
             "p99_s": percentile(lat, 99) if lat else float("nan"),
             "max_s": max(lat) if lat else float("nan"),
@@ -204,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user-interval-s", type=float, default=4.0)
     parser.add_argument("--flood", type=int, default=16, help="concurrent background callers")
     parser.add_argument("--warm-s", type=float, default=3.0)
+    parser.add_argument(
+        "--user-timeout-s", type=float, default=600.0, help="a user gives up (counted) after this"
+    )
     parser.add_argument(
         "--server-env",
         action="append",
@@ -247,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"  round {r + 1} {condition:<11} users {len(phase.latencies):>3}  "
                         f"p50 {percentile(phase.latencies, 50) if phase.latencies else 0:.2f} s  "
-                        f"background {phase.background_done} done",
+                        f"timed out {phase.timeouts}  background {phase.background_done} done"
+                        + (f"  errors: {phase.errors}" if phase.errors else ""),
                         flush=True,
                     )
 
@@ -265,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 condition,
                 t["requests"],
+                t["user_timeouts"],
                 t["p50_s"],
                 t["p99_s"],
                 t["max_s"],
@@ -279,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             "condition",
             "user reqs",
+            "timed out",
             "p50 s",
             "p99 s",
             "max s",
