@@ -20,7 +20,8 @@ replies under 15 words at temperature 0, measured), so restating it would measur
 following, not learning; the "before" column is the base rate when asked plainly.
 
 The gate judges its own prompts (the teaching questions, never the held-out ones) with a rule
-judge (`bench/_rule_judge.py`): a stand-in for a capable judge that reads the user's preference.
+judge (`tests/stubs/rule_judge.py`): a stand-in for a capable judge that reads the user's
+preference.
 Every figure is measured in the run; the JSON report keeps every reply.
 
     .venv/bin/python bench/learning.py --kinds brevity one_sentence --minutes 10
@@ -49,7 +50,6 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from bench._common import REPO, machine_summary, print_table, write_json
-from bench._rule_judge import RuleJudge
 from metaclaw.demo import Round, ScriptedUser
 from metaclaw.learning.preferences import (
     HELD_OUT_QUESTIONS,
@@ -57,6 +57,7 @@ from metaclaw.learning.preferences import (
     TEACHING_QUESTIONS,
     Preference,
 )
+from tests.stubs.rule_judge import RuleJudge
 
 ARMS = ("learn", "control")
 
@@ -99,6 +100,11 @@ def arm_env(
         "METACLAW_TRAINING__LEARNING_RATE": str(args.learning_rate),
         # a round's turns are trained in that round (not one batch per round)
         "METACLAW_TRAINING__MAX_STEPS_PER_RUN": str(args.steps_per_round),
+        # between promotions the learner runs ahead of the served policy by whole rounds of
+        # large steps; the guards' defaults are sized for the default learning rate (1e-4)
+        "METACLAW_TRAINING__MAX_KL": str(args.max_kl),
+        "METACLAW_TRAINING__MAX_UPDATE_KL": str(args.max_update_kl),
+        "METACLAW_TRAINING__MAX_UNPROMOTED_STEPS": str(args.max_unpromoted_steps),
         "METACLAW_DEPLOY__JUDGE_BASE_URL": judge_url,
         "METACLAW_DEPLOY__JUDGE_MODEL": "rule",
         "METACLAW_DEPLOY__PROMPTS_FILE": str(prompts),
@@ -225,6 +231,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--steps-per-round", type=int, default=3)
+    parser.add_argument("--max-kl", type=float, default=1.0, help="training.max_kl")
+    parser.add_argument("--max-update-kl", type=float, default=2.0, help="training.max_update_kl")
+    parser.add_argument(
+        "--max-unpromoted-steps", type=int, default=12, help="training.max_unpromoted_steps"
+    )
     parser.add_argument(
         "--base-model",
         default=None,

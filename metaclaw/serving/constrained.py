@@ -80,7 +80,7 @@ def json_constraint(schema: dict[str, Any] | None, name: str | None = None) -> C
     return Constraint("json_schema" if schema is not None else "json_object", grammar, name)
 
 
-def regex_constraint(pattern: str) -> Constraint:
+def regex_constraint(pattern: object) -> Constraint:
     """A constraint for replies that match `pattern` as a whole (llguidance's regex dialect).
 
     Why a regex and not only JSON: a user's rule about the shape of a reply ("under 15 words",

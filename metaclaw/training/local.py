@@ -158,7 +158,7 @@ class LocalBackend:
         for i, d in enumerate(data):
             ids[i, : lengths[i]] = torch.tensor(d.model_input.to_ints(), dtype=torch.long)
             mask[i, : lengths[i]] = 1
-        base = self.model.get_base_model()
+        base: Any = self.model.get_base_model()  # nn.Module's __getattr__ hides its methods
         hidden = base.get_decoder()(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
         ).last_hidden_state
@@ -354,7 +354,7 @@ class LocalBackend:
         tmp = self.checkpoint_dir / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         tmp.mkdir(parents=True)
         try:
-            self.model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
+            self.model.save_pretrained(str(tmp))  # adapter_config.json + adapter_model.safetensors
             if with_optimizer:
                 torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
             (tmp / STATE_FILE).write_text(

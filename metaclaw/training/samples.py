@@ -30,7 +30,8 @@ are all equal, where centring would silently give zero — `A = r − baseline`,
 being an EMA of the steps' mean RL rewards (`TrainHistory.baseline`; 0 before the first
 step). A turn whose advantage is still exactly 0 carries no signal; it is skipped as
 `zero_advantage` and left unconsumed, so a batch of only such turns never becomes a silent
-zero-gradient step.
+zero-gradient step — unless its hint states a rule (`SelectionPolicy.keep_turns`): the step then
+trains on rule-holding replies to its prompt, the signal a flat reward cannot give.
 """
 
 from __future__ import annotations
@@ -216,6 +217,9 @@ class SelectionPolicy:
     # importance-weighted only when it was served by one of the first max_staleness + 1
     lineage: tuple[str | None, ...] = (None,)
     max_staleness: int = 4
+    # turns whose zero-advantage RL sample still goes into a batch: their hint states a rule,
+    # so the step trains on rule-holding replies to their prompt (trainer._rule_rollouts)
+    keep_turns: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -328,7 +332,11 @@ def select_samples(
         assign_advantages(selection.samples, policy.baseline)
         kept = []
         for s in selection.samples:
-            if s.kind == "rl" and abs(s.advantage or 0.0) < ZERO:
+            if (
+                s.kind == "rl"
+                and abs(s.advantage or 0.0) < ZERO
+                and s.turn_id not in policy.keep_turns
+            ):
                 selection.skipped["zero_advantage"] += 1
             else:
                 kept.append(s)

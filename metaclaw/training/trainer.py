@@ -274,7 +274,13 @@ class Trainer:
             # hint-only distillation: a turn nobody commented on has no teacher; leave it
             no_hint = sum(1 for t in turns if t.turn_id not in hints)
             turns = [t for t in turns if t.turn_id in hints]
+        rule_turns = (
+            frozenset(t for t, found in hints.items() if rule_for(h.text for h in found))
+            if cfg.hint_rollouts
+            else frozenset()
+        )
         policy = SelectionPolicy(
+            keep_turns=rule_turns,
             loss_fn=self.cfg.loss_fn,
             min_reward_for_sft=self.cfg.min_reward_for_sft,
             current_skill_set_version=current,
@@ -619,6 +625,6 @@ class Trainer:
                 m["checkpoint_id"],
                 record.step,
                 (m.get("config") or {}).get("backend_impl", "local"),
-                m.get("sampler_path") or m.get("state_path"),
+                str(m.get("sampler_path") or m.get("state_path") or ""),
                 m,
             )

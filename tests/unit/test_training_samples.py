@@ -128,6 +128,15 @@ def test_a_batch_of_zero_advantages_is_never_formed() -> None:
     assert pack_batch(sel.samples, 1) is None
 
 
+def test_a_zero_advantage_turn_with_a_rule_hint_stays_in_the_batch() -> None:
+    """All rejected, baseline caught up: no RL signal left, but the user's rule still teaches
+    (the trainer adds rule-holding replies for these turns), so they are not dropped."""
+    turns = [policy_turn("ruled", -1.0, prompt=[1]), policy_turn("plain", -1.0, prompt=[2])]
+    sel = select(turns, baseline=-1.0, keep_turns=frozenset({"ruled"}))
+    assert [(s.turn_id, s.advantage) for s in sel.samples] == [("ruled", 0.0)]
+    assert sel.skipped["zero_advantage"] == 1
+
+
 def test_first_step_baseline_is_zero_so_n1_gets_its_reward() -> None:
     sel = select([policy_turn("only", -0.5)])
     assert sel.samples[0].advantage == pytest.approx(-0.5)
