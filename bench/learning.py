@@ -105,6 +105,7 @@ def arm_env(
         "METACLAW_TRAINING__MAX_KL": str(args.max_kl),
         "METACLAW_TRAINING__MAX_UPDATE_KL": str(args.max_update_kl),
         "METACLAW_TRAINING__MAX_UNPROMOTED_STEPS": str(args.max_unpromoted_steps),
+        "METACLAW_TRAINING__MAX_STALENESS": str(args.max_unpromoted_steps - 1),
         "METACLAW_DEPLOY__JUDGE_BASE_URL": judge_url,
         "METACLAW_DEPLOY__JUDGE_MODEL": "rule",
         "METACLAW_DEPLOY__PROMPTS_FILE": str(prompts),
@@ -234,7 +235,7 @@ def main() -> None:
     parser.add_argument("--max-kl", type=float, default=1.0, help="training.max_kl")
     parser.add_argument("--max-update-kl", type=float, default=2.0, help="training.max_update_kl")
     parser.add_argument(
-        "--max-unpromoted-steps", type=int, default=12, help="training.max_unpromoted_steps"
+        "--max-unpromoted-steps", type=int, default=9, help="training.max_unpromoted_steps"
     )
     parser.add_argument(
         "--base-model",
