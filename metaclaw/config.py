@@ -215,6 +215,50 @@ class JudgeSettings(_Section):
     )
 
 
+class RewardModelSettings(_Section):
+    """The adaptive reward model that triages the judge (metaclaw/scoring, docs/scoring.md).
+
+    Retrained by the `score` flow from the ledger's labels (explicit feedback first, then judge
+    verdicts, then implicit signals, each with its weight); a turn it is confident about gets a
+    `reward_model` reward instead of m judge calls. Nothing changes until `min_labels` labels
+    exist: every turn is judged, which is where the first labels come from.
+    """
+
+    enabled: bool = Field(default=True, description="Train the model and let it triage.")
+    confidence: float = Field(
+        default=0.9,
+        ge=0.5,
+        le=1.0,
+        description="The model scores a turn when its posterior-averaged P(good) or P(bad) "
+        "reaches this; below it the judge is called.",
+    )
+    audit_share: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Share of confident turns judged anyway (agreement audit and new labels).",
+    )
+    min_labels: int = Field(default=200, ge=10, description="Labels before the first model.")
+    retrain_new_labels: int = Field(
+        default=200, ge=1, description="New labels since the current model that trigger a retrain."
+    )
+    retrain_interval_s: float = Field(
+        default=3600.0, ge=0, description="Retrain at least this often while new labels land."
+    )
+    max_labels: int = Field(default=20_000, ge=10, description="Most recent labels trained on.")
+    holdout_share: float = Field(
+        default=0.2, gt=0.0, lt=1.0, description="Labels held out for the model's figures."
+    )
+    l2: float = Field(
+        default=100.0, gt=0, description="L2 penalty (the Gaussian prior's precision)."
+    )
+    explicit_weight: float = Field(default=1.0, ge=0, description="Weight of a user's label.")
+    judge_weight: float = Field(default=0.5, ge=0, description="Weight of a judge verdict.")
+    implicit_weight: float = Field(
+        default=0.25, ge=0, description="Weight of an implicit-signal label."
+    )
+
+
 class TrainingSettings(_Section):
     """LoRA training of the `train` flow (metaclaw/training): backend, loss, optimiser, guards.
 
@@ -737,6 +781,7 @@ class Settings(BaseSettings):
     proxy: ProxySettings = Field(default_factory=ProxySettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    reward_model: RewardModelSettings = Field(default_factory=RewardModelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     flows: FlowSettings = Field(default_factory=FlowSettings)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
@@ -818,6 +863,7 @@ class LedgerPaths:
         self.skills = self.home / "skills"  # LanceDB skill library
         self.skills_uri = str(skills_root) if skills_root else str(self.skills)  # or s3://…
         self.embeddings = self.home / "embeddings"  # cached static embedding tables
+        self.reward_models = self.home / "reward_models"  # reward model versions (.npz + .json)
         self.checkpoints = self.home / "checkpoints"  # LoRA adapters: checkpoints/<id>/
         self.dead_letters = self.home / "dead_letters"  # rows ingest could not store (JSONL)
 

@@ -213,7 +213,9 @@ COLUMN_NOTES: dict[tuple[str, str], str] = {
     "(served messages = skills.query.inject(request messages, injected_text))",
     ("feedback", "value"): "-1 .. 1",
     ("rewards", "reward_id"): "hash of (turn_id, signal, scorer_version)",
-    ("rewards", "signal"): "judge, implicit:<kind> or explicit",
+    ("rewards", "scorer_version"): "what produced the value: judge/<model>/<prompt>/m<votes>, "
+    "the implicit version, or rm/<features>/<digest> (the reward model version)",
+    ("rewards", "signal"): "judge, reward_model, implicit:<kind> or explicit",
     ("skill_events", "event"): "created, updated (a restore too), retired, merged, promoted or "
     "rejected",
     ("diagnoses", "diagnosis_id"): "hash of (sorted turn_ids, critic_model, prompt_version)",

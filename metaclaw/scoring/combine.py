@@ -8,12 +8,14 @@ The rule (configured by the constants below and the implicit weights registered 
      feedback posted with only a session id belongs to the session's latest turn completed
      before the feedback arrived (view `turn_feedback`);
    - judge: the majority of the latest judge run on the turn (-1, 0 or +1);
+   - reward_model: the adaptive reward model's expected reward (2 P(good) - 1) on a turn it
+     was confident about, in place of the judge (`triage.py`); the latest version's;
    - implicit: Σ weight(kind) × value over the turn's implicit signals of its newest implicit
      version, clipped to [-1, 1]. Kinds with weight 0 are recorded for diagnosis only.
 2. The reward is the value of the first source present in `REWARD_PRIORITY`
-   (default explicit > judge > implicit); `reward_source` names it.
-3. `n_signals` counts everything behind the row: feedback rows + judge (0/1) + weighted implicit
-   signals. Turns with no signal at all have no row.
+   (default explicit > judge > reward_model > implicit); `reward_source` names it.
+3. `n_signals` counts everything behind the row: feedback rows + judge (0/1) + model (0/1) +
+   weighted implicit signals. Turns with no signal at all have no row.
 
 Why priority rather than a blend: a user's explicit verdict is ground truth for that turn, and a
 judge that read the user's follow-up already folds the implicit evidence in; blending would let a
@@ -28,8 +30,9 @@ from collections.abc import Mapping, Sequence
 
 from metaclaw.scoring.implicit import WEIGHTS
 
-SOURCES = ("explicit", "judge", "implicit")
-REWARD_PRIORITY: tuple[str, ...] = ("explicit", "judge", "implicit")
+SOURCES = ("explicit", "judge", "reward_model", "implicit")
+REQUIRED_SOURCES = ("explicit", "judge", "implicit")  # a rule may leave the reward model out
+REWARD_PRIORITY: tuple[str, ...] = ("explicit", "judge", "reward_model", "implicit")
 
 IMPLICIT_WEIGHTS: Mapping[str, float] = WEIGHTS  # one registry: implicit.DETECTORS
 
@@ -66,8 +69,12 @@ def turn_rewards_sql(
 ) -> str:
     """The `turn_rewards` view for a rule (the registered view uses the module's constants)."""
     order = list(priority)
-    if sorted(order) != sorted(SOURCES):
-        raise ValueError(f"reward priority must order exactly {SOURCES}, got {tuple(order)}")
+    known = sorted(s for s in order if s != "reward_model")
+    if known != sorted(REQUIRED_SOURCES) or order.count("reward_model") > 1:
+        raise ValueError(
+            f"reward priority must order exactly {REQUIRED_SOURCES} (and optionally "
+            f"reward_model), got {tuple(order)}"
+        )
     bad = {k: w for k, w in implicit_weights.items() if not 0.0 <= float(w) <= 1.0}
     if bad:
         raise ValueError(f"implicit weights must be within [0, 1]: {bad}")
@@ -78,11 +85,13 @@ def turn_rewards_sql(
         )
         or "(NULL, 0.0)"
     )
-    alias = {"explicit": "e", "judge": "j", "implicit": "i"}
+    alias = {"explicit": "e", "judge": "j", "reward_model": "m", "implicit": "i"}
     reward = "coalesce(" + ", ".join(f"{alias[s]}.value" for s in order) + ")"
     source = (
         "CASE " + " ".join(f"WHEN {alias[s]}.value IS NOT NULL THEN '{s}'" for s in order) + " END"
     )
+    model_n = "CASE WHEN m.value IS NULL THEN 0 ELSE 1 END" if "reward_model" in order else "0"
+    present = " OR ".join(f"{alias[s]}.value IS NOT NULL" for s in order)
     return f"""
 WITH explicit AS (
     SELECT turn_id, arg_max(value, ts) AS value, count(*) AS n
@@ -91,6 +100,10 @@ WITH explicit AS (
 judge AS (
     SELECT turn_id, arg_max(value, ts) AS value, arg_max(scorer_version, ts) AS version
     FROM rewards WHERE signal = 'judge' GROUP BY turn_id
+),
+model AS (
+    SELECT turn_id, arg_max(value, ts) AS value, arg_max(scorer_version, ts) AS version
+    FROM rewards WHERE signal = 'reward_model' GROUP BY turn_id
 ),
 implicit_version AS (
     SELECT turn_id, arg_max(scorer_version, ts) AS version
@@ -108,18 +121,21 @@ implicit AS (
 SELECT t.turn_id, t.session_id,
        CAST(greatest(-1.0, least(1.0, {reward})) AS DOUBLE) AS reward,
        {source} AS reward_source,
-       CAST(coalesce(e.n, 0) + CASE WHEN j.value IS NULL THEN 0 ELSE 1 END + coalesce(i.n, 0)
-            AS INTEGER) AS n_signals,
+       CAST(coalesce(e.n, 0) + CASE WHEN j.value IS NULL THEN 0 ELSE 1 END + {model_n}
+            + coalesce(i.n, 0) AS INTEGER) AS n_signals,
        CAST(e.value AS DOUBLE) AS explicit_value,
        CAST(j.value AS DOUBLE) AS judge_value,
        j.version AS judge_version,
        CAST(i.value AS DOUBLE) AS implicit_value,
-       i.kinds AS implicit_kinds
+       i.kinds AS implicit_kinds,
+       CAST(m.value AS DOUBLE) AS model_value,
+       m.version AS model_version
 FROM turns t
 LEFT JOIN explicit e ON e.turn_id = t.turn_id
 LEFT JOIN judge j ON j.turn_id = t.turn_id
+LEFT JOIN model m ON m.turn_id = t.turn_id
 LEFT JOIN implicit i ON i.turn_id = t.turn_id
-WHERE e.value IS NOT NULL OR j.value IS NOT NULL OR i.value IS NOT NULL
+WHERE {present}
 """
 
 

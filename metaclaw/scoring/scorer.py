@@ -24,6 +24,7 @@ import openai
 from metaclaw.config import Settings
 from metaclaw.ledger.reader import connect
 from metaclaw.ledger.records import Row, now_micros
+from metaclaw.scoring.adaptive import Refresh, predict_contexts, refresh
 from metaclaw.scoring.combine import reward_id
 from metaclaw.scoring.implicit import IMPLICIT_VERSION, detect
 from metaclaw.scoring.judge import (
@@ -36,6 +37,7 @@ from metaclaw.scoring.judge import (
     scorer_version,
 )
 from metaclaw.scoring.prompt import build_case
+from metaclaw.scoring.reward_store import ModelInfo, current_info
 from metaclaw.scoring.store import (
     Agreement,
     KnownReward,
@@ -47,6 +49,7 @@ from metaclaw.scoring.store import (
     write_rewards,
 )
 from metaclaw.scoring.transcript import Session, TurnContext, assemble
+from metaclaw.scoring.triage import Decision, triage
 from metaclaw.scoring.votes import majority_reason
 
 BATCH_SESSIONS = 200
@@ -63,6 +66,7 @@ class ScorePlan:
     rescore: bool
     now: float
     implicit_pending: set[str] = field(default_factory=set)
+    reward_model: ModelInfo | None = None  # the model that triages the judge, if any
 
     @property
     def sessions(self) -> int:
@@ -86,6 +90,9 @@ class BatchReport:
     judge_failed: int = 0  # attempted, no verdict (errors or no valid vote): retried next run
     judge_skipped: int = 0  # not attempted (budget spent or judge misconfigured)
     judge_waiting: int = 0  # not judgeable yet (no next state, session still active)
+    model_scored: int = 0  # turns the reward model scored instead of the judge
+    model_uncertain: int = 0  # turns the model sent to the judge (below its confidence)
+    model_audited: int = 0  # confident turns judged anyway (the audit sample)
     agreement_sum: float = 0.0  # Σ share of votes backing each verdict (inter-vote agreement)
     unanimous: int = 0
     ties: int = 0
@@ -117,6 +124,7 @@ class ScoreReport:
     agreement: Agreement | None = None
     rewards_by_source: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    reward_model: dict[str, Any] | None = None  # the model in force and its held-out figures
 
     def to_dict(self) -> dict[str, Any]:
         t = self.totals
@@ -137,6 +145,7 @@ class ScoreReport:
             "judge_human_turns": self.agreement.turns if self.agreement else 0,
             "rewards_by_source": self.rewards_by_source,
             "seconds": round(self.seconds, 3),
+            "reward_model": self.reward_model,
         }
 
 
@@ -170,6 +179,7 @@ def plan(
         rescore,
         time.time() if now is None else now,
         {sid for sid, imp in pending if imp},
+        current_info(settings.paths.reward_models) if settings.reward_model.enabled else None,
     )
 
 
@@ -211,11 +221,13 @@ def implicit_rows(sessions: list[Session], now: float, idle_s: float, ts: int) -
 def judge_ready(
     sessions: list[Session], known: list[KnownReward], plan: ScorePlan, idle_s: float
 ) -> tuple[list[TurnContext], int]:
-    """Turns to judge now, oldest first; and how many must wait for their next state."""
+    """Turns to judge now, oldest first; and how many must wait for their next state.
+    A turn the reward model scored counts as judged (unless re-scoring)."""
     done = {
         k.turn_id
         for k in known
-        if k.signal == "judge" and (not plan.rescore or k.scorer_version == plan.judge_version)
+        if (k.signal == "judge" and (not plan.rescore or k.scorer_version == plan.judge_version))
+        or (k.signal == "reward_model" and not plan.rescore)
     }
     ready: list[TurnContext] = []
     waiting = 0
@@ -263,6 +275,45 @@ def judge_rows(
             )
         )
     return rows
+
+
+def model_rows(decisions: list[Decision], version: str, ts: int) -> list[Row]:
+    """`reward_model` rows for the turns the model takes (value: the expected reward 2p - 1)."""
+    return [
+        _row(
+            d.turn_id,
+            "reward_model",
+            2.0 * d.p - 1.0,
+            version,
+            f"reward model: P(good) = {d.p:.2f}, confident",
+            d.details(version),
+            ts,
+        )
+        for d in decisions
+        if d.route == "model"
+    ]
+
+
+def triage_ready(
+    settings: Settings,
+    info: ModelInfo,
+    ready: list[TurnContext],
+    ts: int,
+    report: BatchReport,
+) -> tuple[list[TurnContext], list[Row], dict[str, Decision]]:
+    """Split the ready turns: the model scores the confident ones, the judge gets the rest."""
+    rm = settings.reward_model
+    predictions = predict_contexts(settings, info, ready)
+    decisions = triage([c.turn.turn_id for c in ready], predictions, rm.confidence, rm.audit_share)
+    report.model_scored += sum(d.route == "model" for d in decisions)
+    report.model_uncertain += sum(d.route == "uncertain" for d in decisions)
+    report.model_audited += sum(d.route == "audit" for d in decisions)
+    to_judge = {d.turn_id: d for d in decisions if d.to_judge}
+    return (
+        [c for c in ready if c.turn.turn_id in to_judge],
+        model_rows(decisions, info.version, ts),
+        to_judge,
+    )
 
 
 # -- one batch ------------------------------------------------------------------------------
@@ -318,12 +369,22 @@ def score_batch(
     endpoint, _ = current_judge(settings)
     if endpoint is not None and plan.judge_version is not None:
         ready, report.judge_waiting = judge_ready(sessions, known, plan, idle_s)
+        routed: dict[str, Decision] = {}
+        if ready and plan.reward_model is not None:
+            ready, scored, routed = triage_ready(settings, plan.reward_model, ready, ts, report)
+            rows += scored
         affordable = budget_left // settings.judge.votes
         report.judge_skipped += max(0, len(ready) - affordable)
         ready = ready[:affordable]
         if ready:
             budget = CallBudget(budget_left)
-            rows += asyncio.run(_judge(endpoint, settings, ready, budget, client, ts, report))
+            judged = asyncio.run(_judge(endpoint, settings, ready, budget, client, ts, report))
+            if plan.reward_model is not None:  # what the model said of the turns it passed on
+                for row in judged:
+                    row["votes"]["reward_model"] = routed[row["turn_id"]].details(
+                        plan.reward_model.version
+                    )
+            rows += judged
     report.rewards_written = write_rewards(settings.paths, rows)
     return report
 
@@ -348,6 +409,7 @@ def score(
 ) -> ScoreReport:
     """A whole scoring pass (what the `score` flow does, without Prefect)."""
     start = time.perf_counter()
+    refreshed = refresh(settings, now=now)
     the_plan = plan(settings, rescore=rescore, now=now, batch_sessions=batch_sessions)
     budget = settings.judge.max_calls_per_run if max_calls is None else max_calls
     totals = BatchReport()
@@ -364,7 +426,20 @@ def score(
         agreement,
         by_source,
         time.perf_counter() - start,
+        model_summary(refreshed),
     )
+
+
+def model_summary(refreshed: Refresh) -> dict[str, Any] | None:
+    """The reward model part of a run's report: the model in force and whether it is new."""
+    if refreshed.info is None:
+        return None
+    return {
+        **refreshed.info.to_dict(),
+        "retrained": refreshed.retrained,
+        "why": refreshed.why,
+        "labels_in_ledger": refreshed.labels,
+    }
 
 
 def status_line(settings: Settings) -> str:

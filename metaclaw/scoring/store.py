@@ -4,7 +4,8 @@ Why a separate module: everything else in `metaclaw/scoring` is pure or talks to
 SQL that decides *what is left to score* lives here, in one place, so idempotence is easy to
 audit: a session is pending while its last turn lacks the `implicit:session_length` marker of the
 current implicit version, or while it holds a judgeable turn without a judge score (of the
-current judge version when re-scoring; of any version otherwise).
+current judge version when re-scoring; of any version otherwise) or a reward model score
+(which stands in for the judge's, except when re-scoring).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ judge_pending AS (
       AND (coalesce(trim(completion_text), '') <> ''
            OR coalesce(json_array_length(tool_calls), 0) > 0)
       AND turn_id NOT IN (SELECT turn_id FROM rewards
-                          WHERE signal = 'judge' AND (NOT $rescore OR scorer_version = $jv))
+                          WHERE (signal = 'judge' AND (NOT $rescore OR scorer_version = $jv))
+                             OR (signal = 'reward_model' AND NOT $rescore))
 ),
 pending AS (
     SELECT session_id, bool_or(implicit) AS implicit FROM (

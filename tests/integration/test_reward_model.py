@@ -1,0 +1,293 @@
+"""The adaptive reward model on a real ledger (WAL + DuckDB views), the real static MiniLM table
+and a real judge server process (tests/stubs/judge_server.py): it learns a rule from users'
+labels and generalises to replies it never saw, and triage sends the judge exactly the turns
+the model is unsure of (plus the audit sample)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from metaclaw.config import JudgeSettings, RewardModelSettings, Settings
+from metaclaw.ledger import WalWriter
+from metaclaw.ledger.reader import connect
+from metaclaw.ledger.records import now_micros
+from metaclaw.scoring.adaptive import (
+    label_contexts,
+    load_labels,
+    predict_contexts,
+    refresh,
+)
+from metaclaw.scoring.adaptive import status_line as model_status
+from metaclaw.scoring.reward_store import current_info
+from metaclaw.scoring.scorer import score, status_line
+from metaclaw.scoring.triage import audited
+from tests.helpers import rows
+from tests.stubs.judge_server import StubJudge
+
+S = 1_000_000
+QUESTIONS = [
+    "How do I reverse a list in Python?",
+    "What is the capital of Australia?",
+    "Can you summarise the meeting notes?",
+    "How long should I boil an egg?",
+    "What does HTTP 404 mean?",
+    "How do I undo my last git commit?",
+    "Which planet is closest to the sun?",
+    "How do I convert Celsius to Fahrenheit?",
+    "What is a good name for a cat?",
+    "How many bytes are in a kilobyte?",
+    "Can you suggest a title for my essay on rivers?",
+    "What time zone is Tokyo in?",
+]
+BODIES = [
+    "Use slicing: items[::-1] returns a reversed copy, or call items.reverse() in place.",
+    "The capital of Australia is Canberra, not Sydney.",
+    "The meeting agreed on the budget, moved the launch to May and assigned the review to Kim.",
+    "About seven minutes for a firm yolk, nine for hard-boiled.",
+    "It means the server could not find the requested resource.",
+    "Run git reset --soft HEAD~1 to undo the commit and keep your changes staged.",
+    "Mercury is the closest planet to the sun.",
+    "Multiply by 9/5 and add 32: 20 °C is 68 °F.",
+    "Miso, Pepper or Juniper are popular choices.",
+    "A kilobyte is 1,000 bytes in SI units, or 1,024 in the binary convention.",
+    "How about 'Where the Water Goes: Rivers and the Land They Shape'.",
+    "Tokyo uses Japan Standard Time, UTC+9, with no daylight saving.",
+]
+SIGN_OFFS = [
+    "Cheers, Sam",
+    "Best regards, Alex",
+    "Kind regards, the assistant",
+    "Warm wishes, Jo",
+    "All the best, Robin",
+    "Cheers!",
+    "Best wishes, Kim",
+    "Yours sincerely, the helper",
+]
+PLAIN_ENDS = [
+    "Let me know if you need anything else.",
+    "Hope that helps.",
+    "",
+    "Is there anything more you want to know?",
+    "That is the usual approach.",
+    "Feel free to ask a follow-up question.",
+]
+
+
+def _turn(sid: str, question: str, reply: str, ago_s: float) -> dict[str, Any]:
+    t0 = now_micros() - int(ago_s * S)
+    return {
+        "turn_id": f"{sid}-0",
+        "session_id": sid,
+        "turn_index": 0,
+        "ts_start": t0,
+        "ts_end": t0 + S // 2,
+        "request": {"model": "m", "messages": [{"role": "user", "content": question}]},
+        "completion_text": reply,
+        "status": "ok",
+        "finish_reason": "stop",
+    }
+
+
+def corpus(
+    prefix: str, n: int, seed: int, bodies: list[str], ends: list[str], signs: list[str]
+) -> list[tuple[dict[str, Any], bool]]:
+    """Single-turn sessions; half the replies end with a sign-off line (the users' rule)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        k = rng.randrange(len(bodies))
+        signed = i % 2 == 0
+        end = rng.choice(signs) if signed else rng.choice(ends)
+        reply = bodies[k] + (f"\n\n{end}" if end else "")
+        q = QUESTIONS[k % len(QUESTIONS)]
+        out.append((_turn(f"{prefix}{i}", q, reply, 3600 + i), signed))
+    return out
+
+
+def seed_labelled(settings: Settings, data: list[tuple[dict[str, Any], bool]]) -> None:
+    """The turns, and each user's thumbs up (signed) or down (not) as explicit feedback."""
+    with WalWriter(settings.paths.wal) as wal:
+        wal.append("turns", [t for t, _ in data])
+        wal.append(
+            "feedback",
+            [
+                {
+                    "feedback_id": f"fb-{t['turn_id']}",
+                    "turn_id": t["turn_id"],
+                    "value": 1.0 if signed else -1.0,
+                    "ts": t["ts_end"] + S,
+                }
+                for t, signed in data
+            ],
+        )
+
+
+def _settings(home: Path, stub: StubJudge | None = None, **rm: Any) -> Settings:
+    judge: dict[str, Any] = {"retry_backoff_s": 0.01, "timeout_s": 10.0}
+    if stub is not None:
+        judge.update(base_url=stub.base_url, model="stub-judge")
+    else:
+        judge["local_default"] = False
+    options = {"min_labels": 40, "audit_share": 0.0, **rm}
+    return Settings(
+        home=home, judge=JudgeSettings(**judge), reward_model=RewardModelSettings(**options)
+    )
+
+
+@pytest.fixture(scope="module")
+def judge_stub() -> Iterator[StubJudge]:
+    with StubJudge() as stub:
+        yield stub
+
+
+def _contexts(settings: Settings, turns: list[dict[str, Any]]) -> list[Any]:
+    con = connect(settings.paths)
+    try:
+        labels = load_labels(con, 10_000)
+        ids = {t["turn_id"] for t in turns}
+        return [c for c in label_contexts(con, labels) if c.turn.turn_id in ids]
+    finally:
+        con.close()
+
+
+def test_learns_a_sign_off_rule_and_generalises(home: Path) -> None:
+    settings = _settings(home)
+    train = corpus("tr", 160, 1, BODIES[:8], PLAIN_ENDS[:4], SIGN_OFFS[:6])
+    seed_labelled(settings, train)
+    before = refresh(settings)  # 160 labels in the ledger: the first model is due
+    assert before.retrained and before.info is not None
+    info = before.info
+    assert info.version.startswith("rm/f1/") and info.sources == {"explicit": info.train_turns}
+    assert info.holdout is not None and info.holdout.human_turns == info.holdout.turns
+    assert info.holdout.auc is not None and info.holdout.auc >= 0.9, info.holdout
+    assert info.holdout.human_accuracy is not None and info.holdout.human_accuracy >= 0.85
+    assert current_info(settings.paths.reward_models) == info  # stored, and current
+
+    # replies on topics the model never saw, labelled only after it was trained
+    unseen = corpus("ho", 40, 2, BODIES[8:], PLAIN_ENDS[:4], SIGN_OFFS[:6])
+    seed_labelled(settings, unseen)
+    contexts = _contexts(settings, [t for t, _ in unseen])
+    truth = {t["turn_id"]: signed for t, signed in unseen}
+    p = predict_contexts(settings, info, contexts).p
+    right = sum((pi >= 0.5) == truth[c.turn.turn_id] for c, pi in zip(contexts, p, strict=True))
+    assert len(contexts) == 40 and right / len(contexts) >= 0.9, right
+
+    again = refresh(settings)  # 40 new labels, fewer than retrain_new_labels: not due
+    assert not again.retrained and again.info == info and again.why == "not due"
+    assert refresh(settings, force=True).retrained
+    assert "reward model: rm/f1/" in model_status(settings)
+
+
+def test_labels_follow_trust_order_and_never_the_models_own(home: Path) -> None:
+    settings = _settings(home)
+    data = corpus("lb", 4, 3, BODIES, PLAIN_ENDS, SIGN_OFFS)
+    turns = [t for t, _ in data]
+    ts = now_micros()
+
+    def reward(turn: str, signal: str, value: float) -> dict[str, Any]:
+        return {
+            "reward_id": f"{turn}-{signal}",
+            "turn_id": turn,
+            "signal": signal,
+            "value": value,
+            "scorer_version": "v",
+            "ts": ts,
+        }
+
+    with WalWriter(settings.paths.wal) as wal:
+        wal.append("turns", turns)
+        wal.append("feedback", [{"feedback_id": "f0", "turn_id": "lb0-0", "value": -1, "ts": ts}])
+        wal.append(
+            "rewards",
+            [
+                reward("lb0-0", "judge", 1.0),  # the user's word beats the judge's
+                reward("lb1-0", "judge", 1.0),
+                reward("lb1-0", "implicit:correction", -1.0),  # the judge's beats implicit
+                reward("lb2-0", "implicit:correction", -1.0),
+                reward("lb3-0", "reward_model", 0.9),  # the model's own: never a label
+            ],
+        )
+    con = connect(settings.paths)
+    try:
+        got = {lb.turn_id: (lb.value, lb.source) for lb in load_labels(con, 100)}
+    finally:
+        con.close()
+    assert got == {
+        "lb0-0": (-1.0, "explicit"),
+        "lb1-0": (1.0, "judge"),
+        "lb2-0": (-1.0, "implicit"),
+    }
+
+
+def test_triage_judges_only_uncertain_and_audited_turns(home: Path, judge_stub: StubJudge) -> None:
+    judge_stub.reset()
+    settings = _settings(home, judge_stub, confidence=0.9, audit_share=0.25)
+    train = corpus("tr", 160, 1, BODIES[:8], PLAIN_ENDS[:4], SIGN_OFFS[:6])
+    seed_labelled(settings, train)
+    first = refresh(settings)
+    assert first.info is not None
+    # new, unlabelled turns: familiar ones, and replies unlike anything labelled
+    fresh = [t for t, _ in corpus("new", 40, 5, BODIES[:8], PLAIN_ENDS[:4], SIGN_OFFS[:6])]
+    odd = [
+        _turn(f"odd{i}", q, reply, 4000 + i)
+        for i, (q, reply) in enumerate(
+            [
+                ("Write a haiku about rain.", "Grey silk on the roofs / the gutters learn to sing"),
+                ("Translate 'hello' to French.", "Bonjour"),
+                ("Print the numbers 1 to 3.", "```\n1\n2\n3\n```"),
+                ("Say nothing.", "..."),
+            ]
+        )
+    ]
+    with WalWriter(settings.paths.wal) as wal:
+        wal.append("turns", fresh + odd)
+
+    report = score(settings)
+    judged = {
+        r["turn_id"]: r
+        for r in rows(settings.paths, "SELECT * FROM rewards WHERE signal = 'judge'")
+    }
+    scored = {
+        r["turn_id"]: r
+        for r in rows(settings.paths, "SELECT * FROM rewards WHERE signal = 'reward_model'")
+    }
+    everything = {t["turn_id"] for t, _ in train} | {t["turn_id"] for t in fresh + odd}
+    assert set(judged) | set(scored) == everything and not set(judged) & set(scored)
+    assert judge_stub.stats()["calls"] == 3 * len(judged) == report.totals.calls
+    assert report.totals.model_scored == len(scored) and len(scored) > 0
+    for turn_id, row in scored.items():
+        details = orjson.loads(row["votes"])
+        assert details["confidence"] >= 0.9 and not audited(turn_id, 0.25)
+        assert row["scorer_version"] == first.info.version == details["model_version"]
+        assert row["value"] == pytest.approx(2 * details["p_good"] - 1, abs=1e-3)
+    routes = {"uncertain": 0, "audit": 0}
+    for turn_id, row in judged.items():
+        seen = orjson.loads(row["votes"])["reward_model"]
+        routes[seen["route"]] += 1
+        if seen["route"] == "audit":
+            assert seen["confidence"] >= 0.9 and audited(turn_id, 0.25)
+        else:
+            assert seen["confidence"] < 0.9
+    assert routes["uncertain"] > 0 and routes["audit"] > 0, routes
+    assert routes["uncertain"] == report.totals.model_uncertain
+    assert routes["audit"] == report.totals.model_audited
+
+    sources = {
+        r["reward_source"]: r["n"]
+        for r in rows(
+            settings.paths, "SELECT reward_source, count(*) AS n FROM turn_rewards GROUP BY 1"
+        )
+    }
+    # the labelled turns keep their users' reward; the model's count only where nothing beats it
+    new_scored = len(set(scored) - {t["turn_id"] for t, _ in train})
+    assert sources.get("reward_model", 0) == new_scored
+    assert "judge–human agreement" in status_line(settings)
+
+    again = score(settings)  # nothing left: no call, no row
+    assert again.totals.calls == 0 and again.totals.rewards_written == 0
