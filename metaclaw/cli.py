@@ -288,7 +288,8 @@ def policy_server(
     host: Annotated[str | None, typer.Option(help="Bind address (default policy.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default policy.port).")] = None,
 ) -> None:
-    """Run the local policy server (packaged model + promoted LoRA, OpenAI-compatible)."""
+    """Run the policy server (OpenAI-compatible): the packaged model + promoted LoRA, or, with
+    policy.engine=tinker, a Tinker sampler on the promoted sampler weights."""
     from metaclaw.models import ModelNotAvailableError
     from metaclaw.proxy.guard import OpenBindError
     from metaclaw.serving.server import (
@@ -297,6 +298,7 @@ def policy_server(
         check_policy_bind,
         policy_model_name,
     )
+    from metaclaw.training.factory import TrainingConfigError
 
     settings = load_settings()
     try:
@@ -307,7 +309,7 @@ def policy_server(
     try:
         with err_console.status(f"loading {policy_model_name(settings)} …") as spinner:
             engine = build_engine(settings, notify=lambda m: spinner.update(m))
-    except ModelNotAvailableError as exc:
+    except (ModelNotAvailableError, TrainingConfigError) as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     bind = f"{host or settings.policy.host}:{port or settings.policy.port}"

@@ -484,6 +484,17 @@ class PolicySettings(_Section):
 
     host: str = "127.0.0.1"
     port: int = 30001
+    engine: Literal["local", "tinker"] | None = Field(
+        default=None,
+        description="What generates: local (the embedded model + LoRA, torch) or tinker (a "
+        "Tinker SamplingClient on the promoted sampler weights). Default: training.backend.",
+    )
+    tinker_sample_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="tinker engine: most seconds one sample call may take before the request "
+        "fails with an OpenAI-shaped 503 (a user waits on it).",
+    )
     model: str | None = Field(
         default=None,
         description="Model served (default training.base_model): a packaged model, an HF "

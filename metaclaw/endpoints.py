@@ -39,6 +39,12 @@ def policy_model(settings: Settings) -> str:
     return settings.policy.model or settings.training.base_model
 
 
+def policy_engine(settings: Settings) -> str:
+    """What generates behind the policy server: `policy.engine`, else the training backend's
+    kind, so the weights the trainer writes are the ones users get (local LoRA or Tinker)."""
+    return settings.policy.engine or settings.training.backend
+
+
 def local_policy_endpoint(settings: Settings, role: str = "policy") -> Endpoint:
     """The local policy server as an endpoint for `role` (upstream, judge or critic)."""
     return Endpoint(

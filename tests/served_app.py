@@ -16,8 +16,8 @@ from tests.helpers import free_port
 
 
 class ServedApp:
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
         config = uvicorn.Config(
             app,
             host="127.0.0.1",

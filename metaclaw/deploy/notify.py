@@ -4,8 +4,9 @@ The ledger is the source of truth; this call only makes a running server act at 
 server's `POST /admin/adapter` validates the adapter, then swaps between forward passes:
 requests already generating finish on the old weights, new ones get the new weights, none
 fails. When the server is not running the promotion stands and the server loads it from the
-ledger at its next start. Tinker checkpoints are not served by the local server (the proxy
-routes those to Tinker), so no call is made for them.
+ledger at its next start. A Tinker checkpoint is sent only to a server running the Tinker engine
+(`policy.engine`, default the training backend), which switches its sampling client to the
+checkpoint's sampler path; the local engine cannot load one, so no call is made then.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import httpx
 
 from metaclaw.config import Settings
 from metaclaw.deploy.durable import is_tinker
-from metaclaw.endpoints import policy_base_url
+from metaclaw.endpoints import policy_base_url, policy_engine
 from metaclaw.serving.admin_token import HEADER as ADMIN_HEADER
 from metaclaw.serving.admin_token import read_admin_token
 
@@ -82,9 +83,11 @@ def notify_policy_server(
     settings: Settings, checkpoint_id: str | None, path: str | None
 ) -> SwapNotice:
     """Ask the policy server to serve (checkpoint_id, path); (None, None) = the base model."""
-    if is_tinker(path):
+    if is_tinker(path) and policy_engine(settings) != "tinker":
         return SwapNotice(
-            "skipped", f"{checkpoint_id} lives on Tinker; the local policy server does not serve it"
+            "skipped",
+            f"{checkpoint_id} lives on Tinker; the policy server runs the local engine "
+            "(policy.engine=tinker serves it)",
         )
     url = admin_url(settings)
     started = time.monotonic()

@@ -8,8 +8,8 @@ the server (`GET /admin/adapter`) what it serves, and when that is not the promo
 (or the base model, when none is) it sends the swap again and reports the mismatch.
 
 The ledger stays the source of truth: nothing here writes to it. A server that is not running
-is not a mismatch (it loads the promoted checkpoint at its next start); Tinker checkpoints are
-not served by the local server, so there is nothing to compare.
+is not a mismatch (it loads the promoted checkpoint at its next start); a Tinker checkpoint is
+compared only when the server runs the Tinker engine (the local engine cannot serve one).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from metaclaw.config import Settings
 from metaclaw.deploy.durable import NotServableError, check_servable, is_tinker
 from metaclaw.deploy.notify import notify_policy_server, served_adapter
 from metaclaw.deploy.store import read_book
+from metaclaw.endpoints import policy_engine
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,12 @@ def reconcile(settings: Settings) -> Reconciliation:
     promoted = read_book(settings.paths).promoted
     expected = promoted.checkpoint_id if promoted else None
     recorded = promoted.path if promoted else None
-    if is_tinker(recorded):
+    if is_tinker(recorded) and policy_engine(settings) != "tinker":
         return Reconciliation(
             "skipped",
             expected,
             None,
-            f"{expected} lives on Tinker; the local policy server does not serve it",
+            f"{expected} lives on Tinker; the policy server runs the local engine",
         )
     served = served_adapter(settings)
     if not served.reachable:

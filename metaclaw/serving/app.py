@@ -1,7 +1,8 @@
-"""The local policy server's HTTP face: an OpenAI-compatible API over `PolicyEngine`.
+"""The policy server's HTTP face: an OpenAI-compatible API over an engine (`protocol.Engine`:
+the embedded model's `PolicyEngine` or Tinker's `TinkerEngine`).
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`, `GET /healthz`,
-and `GET|POST /admin/adapter` (which LoRA checkpoint new requests run on). Errors are
+and `GET|POST /admin/adapter` (which checkpoint new requests run on). Errors are
 OpenAI-shaped everywhere; a full queue answers 503 with `Retry-After` before any work is done.
 """
 
@@ -27,10 +28,10 @@ from metaclaw.config import PolicySettings
 from metaclaw.proxy.guard import LocalGuard, Refusal
 from metaclaw.serving import responses as shapes
 from metaclaw.serving import streams
+from metaclaw.serving.adapters import AdapterError
 from metaclaw.serving.admin_token import ensure_admin_token
 from metaclaw.serving.chat import ChatFormatError
-from metaclaw.serving.checkpoints import CheckpointError, adapter_dir, ledger_path
-from metaclaw.serving.engine import AdapterError, EngineError, PolicyEngine
+from metaclaw.serving.checkpoints import CheckpointError, ledger_path
 from metaclaw.serving.middleware import (
     AdminMiddleware,
     KeyMiddleware,
@@ -40,6 +41,8 @@ from metaclaw.serving.middleware import (
 from metaclaw.serving.openai_params import parse_chat, parse_completion
 from metaclaw.serving.priority import HEADER as PRIORITY_HEADER
 from metaclaw.serving.priority import Priority, parse_priority
+from metaclaw.serving.protocol import Engine
+from metaclaw.serving.requests import EngineError
 
 log = logging.getLogger("metaclaw.serving")
 STALL_GRACE_S = 30.0  # beyond the request timeout, before the async side gives up on the worker
@@ -52,9 +55,7 @@ def _refusal_response(scope: Scope, refusal: Refusal) -> Response:
 
 
 class ServerState:
-    def __init__(
-        self, engine: PolicyEngine, home: Path, timeout_s: float, max_body_bytes: int
-    ) -> None:
+    def __init__(self, engine: Engine, home: Path, timeout_s: float, max_body_bytes: int) -> None:
         self.engine = engine
         self.home = home
         self.timeout_s = timeout_s
@@ -63,7 +64,7 @@ class ServerState:
 
 
 def create_app(
-    engine: PolicyEngine,
+    engine: Engine,
     *,
     home: Path,
     request_timeout_s: float,
@@ -201,7 +202,7 @@ async def chat_completions(request: Request) -> Response:
     )
 
 
-def _chat_prompt_ids(engine: PolicyEngine, chat: Any) -> list[int]:
+def _chat_prompt_ids(engine: Engine, chat: Any) -> list[int]:
     """Template + tokenizer, off the event loop: a long prompt takes milliseconds under the
     tokenizer lock, and other requests' streams must not wait on it."""
     text = engine.render_chat(chat.messages, chat.tools)
@@ -304,9 +305,8 @@ async def healthz(request: Request) -> Response:
     body = {
         "status": "ok" if engine.alive else "down",
         "model": engine.name,
-        "model_dir": str(engine.model_dir),
+        **engine.health(),
         "checkpoint": engine.policy.checkpoint_id,
-        "adapter_path": engine.policy.path,
         "queued": engine.queued,
         "queued_background": engine.queued_by(Priority.BACKGROUND),
         "active": engine.active,
@@ -341,16 +341,17 @@ async def set_adapter(request: Request) -> Response:
             raise EngineError(
                 400, f"'{key}' must be a non-empty string or null", "invalid_value", param=key
             )
-    target: Path | None = None
+    target: Any = None
     try:
-        if path is not None:
-            target = adapter_dir(state.home, checkpoint_id, path)
-            checkpoint_id = checkpoint_id or target.name
-        elif checkpoint_id is not None:
-            from metaclaw.config import LedgerPaths
+        if path is not None or checkpoint_id is not None:
+            recorded = path
+            if recorded is None:
+                from metaclaw.config import LedgerPaths
 
-            recorded = await asyncio.to_thread(ledger_path, LedgerPaths(state.home), checkpoint_id)
-            target = adapter_dir(state.home, checkpoint_id, recorded)
+                recorded = await asyncio.to_thread(
+                    ledger_path, LedgerPaths(state.home), str(checkpoint_id)
+                )
+            checkpoint_id, target = state.engine.locate(state.home, checkpoint_id, recorded)
     except CheckpointError as exc:
         raise EngineError(400, str(exc), "invalid_checkpoint") from None
     try:

@@ -35,19 +35,22 @@ from typing import Any
 import torch
 
 from metaclaw.serving.adapters import AdapterError, AdapterPool
+from metaclaw.serving.checkpoints import adapter_dir
 from metaclaw.serving.constrained import Guides
 from metaclaw.serving.priority import Priority
+from metaclaw.serving.progress import advance, conclude
+from metaclaw.serving.queues import PriorityQueues
 from metaclaw.serving.requests import (
     Delta,
     EngineError,
     Policy,
     Request,
     Result,
-    overloaded,
     shutting_down,
 )
-from metaclaw.serving.sampling import SamplingParams, TextTracker, choose, split_tool_calls
+from metaclaw.serving.sampling import SamplingParams, TextTracker, choose
 from metaclaw.serving.scheduler import plan, within_budget
+from metaclaw.serving.tokens import TokenizerFace
 
 log = logging.getLogger("metaclaw.serving")
 
@@ -107,7 +110,7 @@ class _Command:
     error: BaseException | None = None
 
 
-class PolicyEngine:
+class PolicyEngine(TokenizerFace, PriorityQueues):
     """Serves one causal LM (+ optional LoRA) to many concurrent requests from one thread."""
 
     def __init__(
@@ -131,7 +134,7 @@ class PolicyEngine:
         self.name = name
         self.model_dir = Path(model_dir)
         self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        super().__init__(AutoTokenizer.from_pretrained(self.model_dir))
         model: Any = AutoModelForCausalLM.from_pretrained(
             self.model_dir, dtype=getattr(torch, dtype)
         )
@@ -148,10 +151,9 @@ class PolicyEngine:
             (t for t in (self.tokenizer.pad_token_id, *sorted(self.eos_ids)) if t is not None), 0
         )
         self.vocab_size = int(self.model.get_input_embeddings().weight.shape[0])
-        self._tok_lock = threading.Lock()
         self._guides = Guides(self.tokenizer, self.vocab_size, self.eos_ids, self._tok_lock)
         self._cv = threading.Condition()
-        self._pending: dict[Priority, deque[Request]] = {p: deque() for p in Priority}
+        PriorityQueues.__init__(self)
         self._groups: list[_Group] = []
         self._commands: deque[_Command] = deque()
         self._policy = Policy()
@@ -187,13 +189,6 @@ class PolicyEngine:
         return self._policy
 
     @property
-    def queued(self) -> int:
-        return sum(len(q) for q in self._pending.values())
-
-    def queued_by(self, priority: Priority) -> int:
-        return len(self._pending[priority])
-
-    @property
     def active(self) -> int:
         """Requests generating now (admitted, not finished, not paused)."""
         return sum(g.size for g in list(self._groups) if not g.paused)
@@ -203,66 +198,14 @@ class PolicyEngine:
         """Background requests admitted but paused while interactive ones run."""
         return sum(g.size for g in list(self._groups) if g.paused)
 
-    # ----- tokenizer (shared by the event loop and the worker) -----------------------
-
-    def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
-        with self._tok_lock:
-            return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
-
-    def decode(self, ids: Sequence[int]) -> str:
-        with self._tok_lock:
-            return str(
-                self.tokenizer.decode(
-                    list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
-                )
-            )
-
-    def decode_all(self, ids: list[int]) -> str:
-        """Text of token ids with special tokens kept (echoing a prompt given as ids)."""
-        with self._tok_lock:
-            return str(
-                self.tokenizer.decode(
-                    ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
-                )
-            )
-
-    def token_text(self, token_id: int) -> str:
-        with self._tok_lock:
-            return str(
-                self.tokenizer.decode(
-                    [token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False
-                )
-            )
-
-    def render_chat(self, messages: Any, tools: list[Any] | None) -> str:
-        from metaclaw.serving.chat import render_prompt
-
-        with self._tok_lock:
-            return render_prompt(self.tokenizer, messages, tools)
+    def health(self) -> dict[str, Any]:
+        return {
+            "engine": "local",
+            "model_dir": str(self.model_dir),
+            "adapter_path": self._policy.path,
+        }
 
     # ----- requests ------------------------------------------------------------------
-
-    def check_prompt(self, prompt_ids: list[int], max_tokens: int) -> int:
-        """Validate a prompt against the limits; returns max_tokens clamped to what fits."""
-        if not prompt_ids:
-            raise EngineError(400, "the prompt is empty", "empty_prompt")
-        bad = next((t for t in prompt_ids if not 0 <= t < self.vocab_size), None)
-        if bad is not None:
-            raise EngineError(
-                400,
-                f"token id {bad} is outside the vocabulary [0, {self.vocab_size})",
-                "invalid_token_id",
-            )
-        room = self.max_context_tokens - len(prompt_ids)
-        if room < 0 or (room == 0 and max_tokens > 0):
-            raise EngineError(
-                400,
-                f"the prompt has {len(prompt_ids)} tokens; this policy server accepts at "
-                f"most {self.max_context_tokens} tokens of prompt + completion "
-                "(policy.max_context_tokens)",
-                "context_length_exceeded",
-            )
-        return max(0, min(max_tokens, self.max_new_tokens, room))
 
     def submit(
         self,
@@ -275,26 +218,23 @@ class PolicyEngine:
     ) -> Request:
         """Queue a generation (call from the event loop); raises EngineError 503 when its
         class's queue is full."""
-        req = Request(
-            prompt_ids=list(prompt_ids),
-            params=params,
-            stream=stream,
-            deadline=time.monotonic() + timeout_s,
-            loop=asyncio.get_running_loop(),
-            priority=priority,
-        )
+        req = self.new_request(prompt_ids, params, stream, timeout_s, priority)
         with self._cv:
             if self._closing or not self.alive:
                 raise shutting_down()
-            queue = self._pending[priority]
-            if len(queue) >= self.max_queue:
-                self.stats.rejected += 1
-                raise overloaded(len(queue), self.max_queue, priority)
-            queue.append(req)
+            self.enqueue(req)
             self._cv.notify_all()
         return req
 
     # ----- adapters ------------------------------------------------------------------
+
+    def locate(
+        self, home: Path, checkpoint_id: str | None, recorded: str | None
+    ) -> tuple[str | None, Path]:
+        """(label, adapter directory): the recorded path, else the conventional one; a
+        Tinker-hosted checkpoint is a `CheckpointError` (this engine serves local LoRA)."""
+        target = adapter_dir(home, checkpoint_id, recorded)
+        return checkpoint_id or target.name, target
 
     def validate_adapter(self, path: Path) -> dict[str, Any]:
         """Check a peft LoRA directory fits this model before touching the model."""
@@ -587,51 +527,14 @@ class PolicyEngine:
         if req.guide is None and req.params.constraint is not None:  # here: fails only this row
             req.guide = self._guides.start(req.params.constraint)
         token, logprob, top = choose(logits.float().cpu(), req.params, req.generator, req.guide)
-        req.completion_ids.append(token)
-        req.logprobs.append(logprob)
-        req.top.append(top)
         self.stats.tokens_generated += 1
-        assert req.tracker is not None
-        finish: str | None
-        if token in self.eos_ids and not req.params.ignore_eos:
-            text, finish = "", "stop"
-        else:
-            text = req.tracker.push(token)
-            finish = "stop" if req.tracker.stopped_by is not None else None
-        if finish is None and len(req.completion_ids) >= req.params.max_tokens:
-            finish = "length"
-        if req.stream:
-            req._send(Delta(text=text, token_id=token, logprob=logprob, top=top))
+        finish = advance(req, token, logprob, top, self.eos_ids)
         if finish is not None:
             self._complete(req, finish)
 
     def _complete(self, req: Request, finish: str) -> None:
-        assert req.tracker is not None and req.policy is not None
-        tail = req.tracker.flush()
-        if req.stream and tail:
-            req._send(Delta(text=tail, token_id=None, logprob=None, top=[]))
-        text, calls = req.tracker.text, list[dict[str, Any]]()
-        if req.params.detect_tools:
-            text, calls = split_tool_calls(text)
-            if calls:
-                finish = "tool_calls"
-        req.done = True
         self.stats.completed += 1
-        req._send(
-            Result(
-                prompt_ids=req.prompt_ids,
-                completion_ids=req.completion_ids,
-                completion_logprobs=req.logprobs,
-                completion_top=req.top,
-                prompt_logprobs=req.prompt_logprobs,
-                prompt_top=req.prompt_top,
-                text=text,
-                tool_calls=calls,
-                finish_reason=finish,
-                checkpoint=req.policy.checkpoint_id,
-                temperature=req.params.temperature,
-            )
-        )
+        conclude(req, finish)
 
     def _finish_dropped(self, req: Request, now: float) -> None:
         if req.cancelled:

@@ -14,7 +14,7 @@ import orjson
 from starlette.requests import Request
 
 from metaclaw.serving import responses as shapes
-from metaclaw.serving.engine import PolicyEngine
+from metaclaw.serving.protocol import Engine
 from metaclaw.serving.requests import Delta, EngineError, Result
 
 DISCONNECT_POLL_S = 1.0  # how often a waiting non-streamed request checks its client is there
@@ -58,7 +58,7 @@ async def result(req: Any, deadline: float, request: Request) -> Result | None:
 async def chat_stream(
     req: Any,
     rid: str,
-    engine: PolicyEngine,
+    engine: Engine,
     logprobs: bool,
     include_usage: bool,
     top_p: float,
@@ -117,7 +117,7 @@ async def chat_stream(
 async def completion_stream(
     req: Any,
     rid: str,
-    engine: PolicyEngine,
+    engine: Engine,
     comp: Any,
     prompt_text: str,
     top_p: float,

@@ -67,17 +67,24 @@ def tinker_base_model(settings: Settings, api_key: str | None) -> str:
     return choice.model
 
 
+def tinker_api_key(settings: Settings) -> str | None:
+    """The configured key (None: the SDK reads $TINKER_API_KEY); neither is a configuration
+    error, raised before any Tinker call (a call without a key hangs, then fails)."""
+    cfg = settings.training
+    key = cfg.tinker_api_key.get_secret_value() if cfg.tinker_api_key else None
+    if not (key or os.environ.get("TINKER_API_KEY")):
+        raise TrainingConfigError(
+            "training.backend=tinker needs TINKER_API_KEY (or METACLAW_TRAINING__TINKER_API_KEY)"
+        )
+    return key
+
+
 def make_backend(settings: Settings) -> TrainingBackend:
     cfg = settings.training
     if cfg.backend == "tinker":
         from metaclaw.training.tinker_backend import TinkerBackend
 
-        key = cfg.tinker_api_key.get_secret_value() if cfg.tinker_api_key else None
-        if not (key or os.environ.get("TINKER_API_KEY")):
-            raise TrainingConfigError(
-                "training.backend=tinker needs TINKER_API_KEY "
-                "(or METACLAW_TRAINING__TINKER_API_KEY)"
-            )
+        key = tinker_api_key(settings)
         return TinkerBackend(
             tinker_base_model(settings, key),
             lora_rank=cfg.lora_rank,

@@ -1,4 +1,5 @@
-"""An in-process training backend with no transformers: a bigram "model" under the same protocol.
+"""An in-process training backend with no transformers: a bigram "model" under the same protocol,
+and the Tinker service's sampling surface on the same bigram weights (`FakeTinkerService`).
 
 It stands in for the hosted trainer (Tinker) in tests. It is a real, independent implementation
 of the protocol's semantics — shifted targets, summed losses, gradient accumulation until
@@ -190,3 +191,124 @@ class BigramBackend:
 
     def close(self) -> None:
         pass
+
+
+# ----- the Tinker service's sampling surface, for the policy server's Tinker engine ----------
+
+
+class Done:
+    """An SDK future that has already resolved (`APIFuture.result(timeout)`)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self.value
+
+
+class FakeSamplingClient:
+    """`tinker.SamplingClient`'s surface the Tinker engine calls: `sample` (a future of a real
+    `types.SampleResponse`), `get_tokenizer`, and the SDK's `on_queue_state_change` hook.
+
+    Tokens and logprobs are real: drawn by `BigramBackend.sample` from this client's weights. A
+    `reply` set on the service for this client's path is produced instead (its tokens, then the
+    end of turn), with the logprobs the same weights give those tokens at the request's
+    temperature, as a sampler would report them.
+    """
+
+    def __init__(self, service: FakeTinkerService, weights: BigramBackend, label: str) -> None:
+        self.service, self.weights, self.label = service, weights, label
+        self.queue_states: list[tuple[Any, str | None]] = []
+
+    def sample(
+        self,
+        prompt: types.ModelInput,
+        num_samples: int,
+        sampling_params: types.SamplingParams,
+        **_: Any,
+    ) -> Done:
+        service = self.service
+        service.sample_calls.append((self.label, prompt.to_ints(), sampling_params))
+        if service.queue_state is not None:
+            self.on_queue_state_change(*service.queue_state)
+        if service.hold is not None and not service.hold.wait(service.hold_limit_s):
+            raise TimeoutError("the stand-in was held past its limit")
+        if service.fail_with is not None:
+            raise service.fail_with
+        reply = service.replies.get(self.label)
+        if reply is None:
+            return Done(self.weights.sample(prompt, num_samples, sampling_params))
+        tokens = [*service.tokenizer(reply, add_special_tokens=False)["input_ids"]]
+        tokens.append(service.tokenizer.eos_token_id)
+        previous = [prompt.to_ints()[-1], *tokens[:-1]]
+        scale = max(sampling_params.temperature, 1e-6)
+        with torch.no_grad():
+            logp = torch.log_softmax(self.weights.table[previous] / scale, dim=-1)
+        lps = [float(logp[i, t]) for i, t in enumerate(tokens)]
+        seq = types.SampledSequence(
+            stop_reason="stop", sequence_id="scripted", _tokens_list=tokens, _logprobs_list=lps
+        )
+        return Done(types.SampleResponse(sequences=[seq] * num_samples))
+
+    def get_tokenizer(self) -> Any:
+        return self.service.tokenizer
+
+    def on_queue_state_change(self, queue_state: Any, queue_state_reason: str | None) -> None:
+        self.queue_states.append((queue_state, queue_state_reason))
+
+
+class FakeTinkerService:
+    """`tinker.ServiceClient`'s sampling surface: `create_sampling_client(model_path=… |
+    base_model=…)`, on the base weights or on sampler checkpoints saved with
+    `save_weights_for_sampler(backend, name)` (a persistent `tinker://…/sampler_weights/…` path).
+
+    Faults, as the service shows them: `fail_with` (every call raises it), `hold` (sample calls
+    wait on the event: a slow or hung service, or a test holding requests in flight),
+    `queue_state` (reported to the client on every sample call, as the SDK's poller does).
+    """
+
+    RUN = "tinker://fake-run:train:0"
+
+    def __init__(self, tokenizer: Any, *, base_model: str = "fake/base", seed: int = 0) -> None:
+        self.tokenizer = tokenizer
+        self.base_model = base_model
+        self.base = self.new_weights(seed)
+        self.checkpoints: dict[str, BigramBackend] = {}
+        self.replies: dict[str, str] = {}
+        self.created: list[dict[str, str | None]] = []
+        self.sample_calls: list[tuple[str, list[int], types.SamplingParams]] = []
+        self.fail_with: Exception | None = None
+        self.hold: Any = None  # a threading.Event while held
+        self.hold_limit_s = 60.0
+        self.queue_state: tuple[Any, str | None] | None = None
+
+    def new_weights(self, seed: int) -> BigramBackend:
+        return BigramBackend(
+            len(self.tokenizer),
+            checkpoint_dir=Path("unused"),
+            seed=seed,
+            eos_token_id=self.tokenizer.eos_token_id,
+            tokenizer=self.tokenizer,
+        )
+
+    def save_weights_for_sampler(self, weights: BigramBackend, name: str) -> str:
+        path = f"{self.RUN}/sampler_weights/{name}"
+        snapshot = self.new_weights(0)
+        with torch.no_grad():
+            snapshot.table.copy_(weights.table)
+        self.checkpoints[path] = snapshot
+        return path
+
+    def create_sampling_client(
+        self, model_path: str | None = None, base_model: str | None = None, **_: Any
+    ) -> Done:
+        self.created.append({"model_path": model_path, "base_model": base_model})
+        if self.fail_with is not None:
+            raise self.fail_with
+        if model_path is not None:
+            if model_path not in self.checkpoints:
+                raise ValueError(f"no sampler checkpoint at {model_path}")
+            return Done(FakeSamplingClient(self, self.checkpoints[model_path], model_path))
+        if base_model != self.base_model:
+            raise ValueError(f"unknown base model {base_model!r}")
+        return Done(FakeSamplingClient(self, self.base, "base"))

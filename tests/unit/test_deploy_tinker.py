@@ -18,17 +18,10 @@ from metaclaw.deploy.durable import (
 )
 from metaclaw.deploy.notify import notify_policy_server
 from metaclaw.deploy.sampling import BASE, PolicyRef, TinkerSampler
+from tests.stubs.training_fake import Done as Future
 from tests.tiny_model import build_tokenizer
 
 SAMPLER = "tinker://run-1:train:0/sampler_weights/ckpt-000003"
-
-
-class Future:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def result(self, timeout: float | None = None) -> Any:
-        return self.value
 
 
 class FakeSamplingClient:
