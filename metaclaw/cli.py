@@ -141,7 +141,7 @@ def run(
 
 @app.command()
 def status() -> None:
-    """Ledger counts and proxy health."""
+    """Ledger counts, proxy health, and the policy server (engine, queue, Tinker state)."""
     from metaclaw.ledger import TABLES
     from metaclaw.ledger import query as run_query
 
@@ -167,6 +167,9 @@ def status() -> None:
         console.print(f"proxy {url}: [green]{health['status']}[/green] {health['ledger']}")
     except (httpx.HTTPError, ValueError):
         console.print(f"proxy {url}: [yellow]not running[/yellow]")
+    from metaclaw.serving.health import policy_status_line
+
+    console.print(policy_status_line(settings), markup=False, highlight=False)
 
 
 def _dead_letters_status(settings: Any) -> None:
@@ -361,7 +364,7 @@ def demo(
     from metaclaw import demo as script
     from metaclaw.deploy.curve import load_curve
     from metaclaw.serving.defaults import needs_policy_server
-    from metaclaw.serving.launch import start_policy_server
+    from metaclaw.serving.launch import start_configured_policy_server
     from metaclaw.supervisor import apply_env, prefect_env, start_proxy
 
     try:
@@ -387,9 +390,7 @@ def demo(
     try:
         if needs_policy_server(settings):
             with console.status("starting the local policy server …"):
-                children.append(
-                    start_policy_server(paths, settings.policy.port, host=settings.policy.host)
-                )
+                children.append(start_configured_policy_server(settings))
         with console.status("starting the proxy …"):
             children.append(start_proxy(paths, port))
         url = f"http://{settings.proxy.host}:{port}"

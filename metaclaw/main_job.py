@@ -66,7 +66,7 @@ class StatusTicker:
 
 def run_main_job(settings: Settings, proxy_port: int, prefect_port: int, console: Console) -> None:
     from metaclaw.serving.defaults import describe_defaults, needs_policy_server
-    from metaclaw.serving.launch import start_policy_server
+    from metaclaw.serving.launch import start_configured_policy_server
 
     paths = settings.paths
     paths.prefect.mkdir(parents=True, exist_ok=True)
@@ -81,9 +81,7 @@ def run_main_job(settings: Settings, proxy_port: int, prefect_port: int, console
                 "starting the local policy server (the first start converts "
                 "the packaged model; about a minute) …"
             ):
-                children.append(
-                    start_policy_server(paths, settings.policy.port, host=settings.policy.host)
-                )
+                children.append(start_configured_policy_server(settings))
         with console.status("starting the proxy …"):
             children.append(start_proxy(paths, proxy_port))
         console.print(f"[bold]proxy[/bold]      http://{settings.proxy.host}:{proxy_port}/v1")

@@ -26,6 +26,7 @@ from tinker.lib.api_future_impl import QueueState
 from metaclaw.config import Settings
 from metaclaw.deploy import deployer
 from metaclaw.serving.app import create_app
+from metaclaw.serving.health import policy_status_line
 from metaclaw.serving.server import build_engine
 from metaclaw.serving.tinker_engine import TinkerEngine
 from metaclaw.training.backend import learner_logprobs
@@ -283,13 +284,42 @@ def test_a_hung_sample_call_times_out_with_a_503(served: Tinkered) -> None:
     served.service.hold.set()
 
 
-def test_a_paused_tinker_queue_shows_in_healthz(served: Tinkered) -> None:
+def test_a_paused_tinker_queue_and_failures_show_in_healthz_and_status(served: Tinkered) -> None:
     assert served.health()["tinker"]["queue_state"] == "active"
+    assert "tinker queue" not in policy_status_line(served.settings)
     served.service.queue_state = (QueueState.PAUSED_RATE_LIMIT, "concurrent sampler limit")
     served.chat()
     tinker = served.health()["tinker"]
     assert tinker["queue_state"] == "paused_rate_limit"
     assert tinker["queue_reason"] == "concurrent sampler limit"
+    served.service.fail_with = ConnectionError("service down")
+    with pytest.raises(openai.InternalServerError):
+        served.chat()
+    line = policy_status_line(served.settings)
+    assert line.startswith(f"policy server {served.url}/healthz: ok · engine tinker")
+    assert "tinker queue paused_rate_limit (concurrent sampler limit)" in line
+    assert "tinker failures 1 (timeouts 0); last: ConnectionError: service down" in line
+
+
+def test_text_completions_are_sampled_by_tinker_too(served: Tinkered) -> None:
+    prompt_text = "The capital of France is"
+    resp = served.client.completions.create(
+        model="policy", prompt=prompt_text, max_tokens=6, seed=3, temperature=1.0
+    )
+    meta = trace(resp)
+    tok = served.service.tokenizer
+    prompt = tok(prompt_text)["input_ids"]
+    assert meta["prompt_token_ids"] == prompt == served.service.sample_calls[-1][1]
+    completion = meta["completion_token_ids"]
+    assert resp.choices[0].text == tok.decode(completion, skip_special_tokens=True)
+    assert meta["completion_logprobs"] == pytest.approx(
+        bigram_logprobs(served.service.base, prompt, completion, 1.0), abs=1e-5
+    )
+    with pytest.raises(openai.BadRequestError) as err:  # prompt scoring needs the local engine
+        served.client.completions.create(
+            model="policy", prompt=prompt_text, max_tokens=0, echo=True, logprobs=0
+        )
+    assert err.value.body["param"] == "logprobs"
 
 
 def test_the_server_starts_on_the_promoted_tinker_checkpoint(tmp_path: Any) -> None:
