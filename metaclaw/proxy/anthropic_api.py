@@ -7,6 +7,7 @@ Code, the `anthropic` SDK) work against any OpenAI-compatible model.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -31,6 +32,7 @@ from metaclaw.proxy.completion import (
     pop_policy_trace,
 )
 from metaclaw.proxy.errors import ProxyError, anthropic_error_body
+from metaclaw.proxy.fallback import open_policy_or_upstream
 from metaclaw.proxy.relay import (
     ProxyState,
     RelayResponse,
@@ -44,6 +46,7 @@ from metaclaw.proxy.relay import (
 )
 from metaclaw.proxy.sse import SSEEvent
 from metaclaw.proxy.turns import open_turn
+from metaclaw.proxy.upstream import UpstreamResponse
 from metaclaw.proxy.validate import parse_json_object, validate_messages
 from metaclaw.skills.query import inject, inject_system
 
@@ -184,13 +187,16 @@ async def messages(request: Request) -> Response:
 
     if injection.block:
         openai_body = {**openai_body, "messages": inject(history, injection.block)}
-    resp = await open_upstream(
-        state,
-        draft,
-        lambda: state.upstream.open_openai(
-            "/chat/completions", openai_body, request.headers, policy=to_policy
-        ),
-    )
+
+    def opener(policy: bool) -> Awaitable[UpstreamResponse]:
+        return state.upstream.open_openai(
+            "/chat/completions", openai_body, request.headers, policy=policy
+        )
+
+    if state.upstream.anthropic_native:  # a fallback there would need the Anthropic body
+        resp = await open_upstream(state, draft, lambda: opener(to_policy))
+    else:  # the policy server's 503 falls back to the OpenAI-compatible upstream
+        resp = await open_policy_or_upstream(state, draft, to_policy, opener)
     if resp.status_code >= 400:
         return await relay_upstream_error(
             state, draft, resp, anthropic=True, translate=openai_error_to_anthropic

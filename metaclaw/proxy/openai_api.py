@@ -18,13 +18,13 @@ from metaclaw.proxy.completion import (
     pop_policy_trace,
 )
 from metaclaw.proxy.errors import ProxyError, openai_error_body
+from metaclaw.proxy.fallback import open_policy_or_upstream
 from metaclaw.proxy.relay import (
     ProxyState,
     RelayResponse,
     StreamRelay,
     finish_turn,
     json_response,
-    open_upstream,
     read_body,
     read_upstream_json,
     relay_upstream_error,
@@ -93,19 +93,24 @@ async def chat_completions(request: Request) -> Response:
     )
     stream = draft.stream
     to_policy = state.to_policy(body.get("model"), draft.session_id)
-    upstream_body = state.upstream_body(body, policy=to_policy)
     options = body.get("stream_options")
     client_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-    if stream and not client_usage:  # token counts for the ledger, even if the client won't
-        extra = options if isinstance(options, dict) else {}
-        upstream_body = {**upstream_body, "stream_options": {**extra, "include_usage": True}}
-    if injection.block:
-        upstream_body = {**upstream_body, "messages": inject(messages, injection.block)}
-    resp = await open_upstream(
+
+    def outgoing(policy: bool) -> dict[str, Any]:
+        sent = state.upstream_body(body, policy=policy)
+        if stream and not client_usage:  # token counts for the ledger, even if the client won't
+            extra = options if isinstance(options, dict) else {}
+            sent = {**sent, "stream_options": {**extra, "include_usage": True}}
+        if injection.block:
+            sent = {**sent, "messages": inject(messages, injection.block)}
+        return sent
+
+    resp = await open_policy_or_upstream(
         state,
         draft,
-        lambda: state.upstream.open_openai(
-            "/chat/completions", upstream_body, request.headers, policy=to_policy
+        to_policy,
+        lambda policy: state.upstream.open_openai(
+            "/chat/completions", outgoing(policy), request.headers, policy=policy
         ),
     )
     if resp.status_code >= 400:

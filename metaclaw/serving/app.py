@@ -193,9 +193,10 @@ async def chat_completions(request: Request) -> Response:
                 token_text=engine.token_text,
             )
         )
+    first = await streams.first_event(req, deadline) if engine.answers_whole else None
     return StreamingResponse(
         streams.chat_stream(
-            req, rid, engine, chat.logprobs, chat.include_usage, params.top_p, deadline
+            req, rid, engine, chat.logprobs, chat.include_usage, params.top_p, deadline, first
         ),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache"},
@@ -266,8 +267,11 @@ async def completions(request: Request) -> Response:
                 token_text=engine.token_text,
             )
         )
+    first = await streams.first_event(req, deadline) if engine.answers_whole else None
     return StreamingResponse(
-        streams.completion_stream(req, rid, engine, comp, prompt_text, params.top_p, deadline),
+        streams.completion_stream(
+            req, rid, engine, comp, prompt_text, params.top_p, deadline, first
+        ),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache"},
     )

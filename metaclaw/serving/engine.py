@@ -113,6 +113,8 @@ class _Command:
 class PolicyEngine(TokenizerFace, PriorityQueues):
     """Serves one causal LM (+ optional LoRA) to many concurrent requests from one thread."""
 
+    answers_whole = False  # tokens stream as they are generated
+
     def __init__(
         self,
         model_dir: Path,

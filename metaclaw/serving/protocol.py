@@ -23,6 +23,9 @@ class Engine(Protocol):
     max_queue: int
     max_batch: int
     stats: Any  # a dataclass of counters, shown as is in /healthz
+    # True: a reply arrives whole, so a stream waits for it before answering 200 and a failure
+    # is a plain HTTP error (the proxy can then fall back); False: tokens stream as generated
+    answers_whole: bool
 
     def start(self) -> Any: ...
 

@@ -32,6 +32,26 @@ async def _next(req: Any, deadline: float) -> Delta | Result | EngineError:
         return EngineError(504, "the policy engine stopped responding", "timeout", "server_error")
 
 
+async def first_event(req: Any, deadline: float) -> Delta | Result:
+    """The first event of a stream, before any byte is sent; a failure is raised, so the client
+    gets a plain HTTP error (a 503 it, or the proxy, can act on) instead of a 200 stream that
+    carries an error. Used by engines whose replies arrive whole (`Engine.answers_whole`)."""
+    event = await _next(req, deadline)
+    if isinstance(event, EngineError):
+        raise event
+    return event
+
+
+async def _events(
+    req: Any, deadline: float, first: Delta | Result | None
+) -> AsyncIterator[Delta | Result | EngineError]:
+    """The stream's events: `first` (already read by `first_event`), then the rest."""
+    if first is not None:
+        yield first
+    while True:
+        yield await _next(req, deadline)
+
+
 async def result(req: Any, deadline: float, request: Request) -> Result | None:
     """Wait for a non-streamed result; a client that hangs up frees its batch slot (None)."""
     try:
@@ -63,13 +83,13 @@ async def chat_stream(
     include_usage: bool,
     top_p: float,
     deadline: float,
+    first: Delta | Result | None = None,
 ) -> AsyncIterator[bytes]:
     created = shapes.now()
     model = engine.name
     try:
         yield sse(shapes.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}))
-        while True:
-            event = await _next(req, deadline)
+        async for event in _events(req, deadline, first):
             if isinstance(event, EngineError):
                 yield sse(event.body())
                 return
@@ -122,6 +142,7 @@ async def completion_stream(
     prompt_text: str,
     top_p: float,
     deadline: float,
+    first: Delta | Result | None = None,
 ) -> AsyncIterator[bytes]:
     created = shapes.now()
     model = engine.name
@@ -129,8 +150,7 @@ async def completion_stream(
     try:
         if comp.echo:
             yield sse(shapes.completion_chunk(rid, model, created, prompt_text))
-        while True:
-            event = await _next(req, deadline)
+        async for event in _events(req, deadline, first):
             if isinstance(event, EngineError):
                 yield sse(event.body())
                 return

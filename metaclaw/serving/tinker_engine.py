@@ -82,6 +82,8 @@ class QueueReport:
 class TinkerEngine(TokenizerFace, PriorityQueues):
     """Serves chat and text completions from a Tinker sampling client, swappable at runtime."""
 
+    answers_whole = True  # a sample call returns the whole sequence
+
     def __init__(
         self,
         service: Any,

@@ -13,91 +13,39 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import torch
 from tinker import types
 from tinker.lib.api_future_impl import QueueState
 
-from metaclaw.config import Settings
 from metaclaw.deploy import deployer
-from metaclaw.serving.app import create_app
 from metaclaw.serving.health import policy_status_line
 from metaclaw.serving.server import build_engine
-from metaclaw.serving.tinker_engine import TinkerEngine
 from metaclaw.training.backend import learner_logprobs
 from metaclaw.training.datums import completion_span, sft_datum
 from tests.deploy_helpers import add_candidates, candidate_row
 from tests.helpers import free_port
-from tests.served_app import ServedApp
-from tests.stubs.training_fake import BigramBackend, FakeTinkerService
+from tests.stubs.training_fake import FakeTinkerService
+from tests.tinker_helpers import (
+    MESSAGES,
+    TOOLS,
+    Tinkered,
+    bigram_logprobs,
+    tinker_server,
+    tinker_settings,
+    trace,
+)
 from tests.tiny_model import build_tokenizer
-
-MESSAGES = [{"role": "user", "content": "Hello! How can I help you today?"}]
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "read_file",
-            "description": "Read a file",
-            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}},
-        },
-    }
-]
-
-
-@dataclass
-class Tinkered:
-    service: FakeTinkerService
-    engine: TinkerEngine
-    settings: Settings
-    url: str
-    client: openai.OpenAI
-
-    def health(self) -> dict[str, Any]:
-        return dict(httpx.get(self.url + "/healthz", timeout=10).json())
-
-    def chat(self, **kwargs: Any) -> Any:
-        body = {"model": "policy", "messages": MESSAGES, "max_tokens": 12, "seed": 7}
-        return self.client.chat.completions.create(**{**body, **kwargs})
-
-
-def tinker_settings(home: Any, port: int, **policy: Any) -> Settings:
-    return Settings(
-        home=home,
-        policy={"engine": "tinker", "model": "fake/base", "port": port, **policy},
-    )
 
 
 @pytest.fixture
-def served(tmp_path: Any) -> Iterator[Tinkered]:
-    service = FakeTinkerService(build_tokenizer())
-    port = free_port()
-    settings = tinker_settings(tmp_path / "home", port, tinker_sample_timeout_s=1.5)
-    engine = build_engine(settings, tinker_service=service)
-    assert isinstance(engine, TinkerEngine)
-    app = create_app(engine, home=settings.home, request_timeout_s=30)
-    with ServedApp(app, port) as server:
-        client = openai.OpenAI(base_url=server.url + "/v1", api_key="k", max_retries=0)
-        yield Tinkered(service, engine, settings, server.url, client)
-
-
-def bigram_logprobs(
-    weights: BigramBackend, prompt: list[int], completion: list[int], temperature: float
-) -> list[float]:
-    """What the weights give each completion token after the previous one, computed here."""
-    previous = [prompt[-1], *completion[:-1]]
-    with torch.no_grad():
-        logp = torch.log_softmax(weights.table[previous] / max(temperature, 1e-6), dim=-1)
-    return [float(logp[i, t]) for i, t in enumerate(completion)]
-
-
-def trace(resp: Any) -> dict[str, Any]:
-    return dict(resp.model_extra["metaclaw"])
+def served(tmp_path: Path) -> Iterator[Tinkered]:
+    with tinker_server(tmp_path / "home", tinker_sample_timeout_s=1.5) as server:
+        yield server
 
 
 def test_chat_is_sampled_by_tinker_with_the_local_engines_trace(served: Tinkered) -> None:
@@ -275,11 +223,9 @@ def test_a_hung_sample_call_times_out_with_a_503(served: Tinkered) -> None:
         served.chat()
     assert time.monotonic() - started < 10  # tinker_sample_timeout_s = 1.5
     assert err.value.status_code == 503 and err.value.body["code"] == "tinker_timeout"
-    chunks = served.client.chat.completions.create(
-        model="policy", messages=MESSAGES, max_tokens=4, stream=True
-    )
-    with pytest.raises(openai.APIError, match="did not answer in time"):
-        list(chunks)
+    with pytest.raises(openai.InternalServerError) as streamed:  # a plain 503, not a 200 stream
+        served.chat(stream=True)
+    assert streamed.value.body["code"] == "tinker_timeout"
     assert served.health()["stats"]["tinker_timeouts"] == 2
     served.service.hold.set()
 
