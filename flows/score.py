@@ -8,7 +8,9 @@ turns not yet scored by the current scorer versions, and for each batch of sessi
 2. writes the **implicit** signals whose evidence is final (correction, re-ask, continuation,
    tool/upstream error, abandonment, session length);
 3. asks the **judge** (when one is configured) for m votes on each turn that is ready — it has a
-   next state, or its session has been idle long enough — within the run's call budget.
+   next state, or its session has been idle long enough — within the run's call budget; once
+   the **reward model** exists (retrained here first when enough new labels landed), it scores
+   the turns it is confident about and the judge gets the rest plus an audit share.
 
 Explicit feedback needs no step: `turn_rewards` reads the `feedback` table directly and ranks it
 first. Re-running writes nothing new (stable reward ids); turns whose judge calls failed stay
@@ -26,8 +28,14 @@ from prefect.events import emit_event
 
 from flows.runners import ConfiguredTaskRunner, budget_shares
 from metaclaw.config import Settings
-from metaclaw.scoring.scorer import BatchReport, ScoreReport
-from tasks.scoring import plan_scoring, score_session_batch, summarise_rewards
+from metaclaw.scoring.reward_store import ModelInfo
+from metaclaw.scoring.scorer import BatchReport, ScoreReport, model_summary
+from tasks.scoring import (
+    plan_scoring,
+    refresh_reward_model,
+    score_session_batch,
+    summarise_rewards,
+)
 
 
 def _report_markdown(report: ScoreReport) -> str:
@@ -52,6 +60,8 @@ def _report_markdown(report: ScoreReport) -> str:
         f"{t.judge_failed}; waiting for a next state: {t.judge_waiting}; over budget: "
         f"{t.judge_skipped}",
         f"- implicit signals: **{t.implicit_rows}** ({kinds})",
+        f"- reward model: **{t.model_scored}** turns scored without the judge; to the judge: "
+        f"{t.model_uncertain} uncertain, {t.model_audited} audited",
         f"- judge agreement between votes: {inter}",
         f"- judge–human agreement: {human}",
         f"- cost: **{t.calls}** judge calls of a budget of {report.budget} ({t.retries} retries, "
@@ -63,6 +73,39 @@ def _report_markdown(report: ScoreReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _model_markdown(info: ModelInfo, retrained: bool, why: str) -> str:
+    """The reward model's held-out figures and calibration curve (artifact `reward-model`)."""
+    h = info.holdout
+    state = f"retrained this run ({why})" if retrained else "unchanged"
+    lines = [
+        "## Reward model",
+        "",
+        f"- version: `{info.version}` ({state}); trained on {info.train_turns} labels "
+        f"({', '.join(f'{k}: {v}' for k, v in sorted(info.sources.items()))}) in "
+        f"{info.seconds:.1f} s",
+    ]
+    if h is None:
+        return "\n".join([*lines, "- no held-out labels yet", ""])
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    lines += [
+        f"- held out: {h.turns} labels; AUC {f(h.auc)}, accuracy {f(h.accuracy)}; vs humans "
+        f"{f(h.human_accuracy)} ({h.human_turns}), vs the judge {f(h.judge_accuracy)} "
+        f"({h.judge_turns}); expected calibration error {f(h.ece)}",
+        f"- at the triage confidence: {f(h.coverage)} of turns, {f(h.confident_accuracy)} right",
+        "",
+        "| predicted P(good) | turns | mean predicted | observed good |",
+        "|---|---|---|---|",
+        *(
+            f"| {b.low:.1f}–{b.high:.1f} | {b.turns} | {b.mean_p:.3f} | {b.observed:.3f} |"
+            for b in h.bins
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 REWARDS_LANDED = "metaclaw.rewards.landed"
 
 
@@ -70,6 +113,7 @@ REWARDS_LANDED = "metaclaw.rewards.landed"
 def score_flow(rescore: bool = False, max_calls: int | None = None) -> dict[str, Any]:
     """Score unscored turns (judge + implicit signals); publishes a report artifact."""
     settings = Settings()
+    refreshed = refresh_reward_model(settings)
     plan = plan_scoring(settings, rescore)
     budget = settings.judge.max_calls_per_run if max_calls is None else max_calls
     totals = BatchReport()
@@ -90,7 +134,14 @@ def score_flow(rescore: bool = False, max_calls: int | None = None) -> dict[str,
         budget,
         agreement,
         by_source,
+        reward_model=model_summary(refreshed),
     )
+    if refreshed.info is not None:
+        create_markdown_artifact(
+            _model_markdown(refreshed.info, refreshed.retrained, refreshed.why),
+            key="reward-model",
+            description="Reward model: held-out accuracy, AUC and calibration",
+        )
     create_markdown_artifact(
         _report_markdown(report),
         key="score-report",

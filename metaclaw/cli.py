@@ -155,6 +155,9 @@ def status() -> None:
     from metaclaw.scoring.scorer import status_line  # scoring: judge–human agreement
 
     console.print(status_line(settings))
+    from metaclaw.scoring.adaptive import status_line as reward_model_status
+
+    console.print(reward_model_status(settings))
     from metaclaw.training.report import status_line as training_status
 
     _, latest = run_query(

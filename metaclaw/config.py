@@ -226,11 +226,13 @@ class RewardModelSettings(_Section):
 
     enabled: bool = Field(default=True, description="Train the model and let it triage.")
     confidence: float = Field(
-        default=0.9,
+        default=0.7,
         ge=0.5,
         le=1.0,
         description="The model scores a turn when its posterior-averaged P(good) or P(bad) "
-        "reaches this; below it the judge is called.",
+        "reaches this; below it the judge is called. It learns from noisy verdicts, so even a "
+        "model that is always right is only as sure as the judge is reliable (~0.9 for three "
+        "votes each right 80% of the time): keep this below that.",
     )
     audit_share: float = Field(
         default=0.1,
@@ -250,7 +252,7 @@ class RewardModelSettings(_Section):
         default=0.2, gt=0.0, lt=1.0, description="Labels held out for the model's figures."
     )
     l2: float = Field(
-        default=100.0, gt=0, description="L2 penalty (the Gaussian prior's precision)."
+        default=10.0, gt=0, description="L2 penalty (the Gaussian prior's precision)."
     )
     explicit_weight: float = Field(default=1.0, ge=0, description="Weight of a user's label.")
     judge_weight: float = Field(default=0.5, ge=0, description="Weight of a judge verdict.")

@@ -13,8 +13,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from metaclaw.config import Settings
+from metaclaw.scoring.adaptive import Refresh, refresh
 from metaclaw.scoring.scorer import BatchReport, ScorePlan, plan, score_batch, score_summary
 from metaclaw.scoring.store import Agreement
+
+
+@task(name="refresh-reward-model", retries=1, retry_delay_seconds=[5], cache_policy=NO_CACHE)
+def refresh_reward_model(settings: Settings) -> Refresh:
+    """Retrain the reward model when enough new labels landed (or on its schedule)."""
+    return refresh(settings)
 
 
 @task(name="plan-scoring", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)

@@ -31,6 +31,7 @@ from tests.helpers import rows
 from tests.stubs.judge_server import StubJudge
 
 S = 1_000_000
+SURE = 0.8  # the triage confidence of the triage test
 QUESTIONS = [
     "How do I reverse a list in Python?",
     "What is the capital of Australia?",
@@ -227,7 +228,7 @@ def test_labels_follow_trust_order_and_never_the_models_own(home: Path) -> None:
 
 def test_triage_judges_only_uncertain_and_audited_turns(home: Path, judge_stub: StubJudge) -> None:
     judge_stub.reset()
-    settings = _settings(home, judge_stub, confidence=0.9, audit_share=0.25)
+    settings = _settings(home, judge_stub, confidence=SURE, audit_share=0.25)
     train = corpus("tr", 160, 1, BODIES[:8], PLAIN_ENDS[:4], SIGN_OFFS[:6])
     seed_labelled(settings, train)
     first = refresh(settings)
@@ -263,7 +264,7 @@ def test_triage_judges_only_uncertain_and_audited_turns(home: Path, judge_stub: 
     assert report.totals.model_scored == len(scored) and len(scored) > 0
     for turn_id, row in scored.items():
         details = orjson.loads(row["votes"])
-        assert details["confidence"] >= 0.9 and not audited(turn_id, 0.25)
+        assert details["confidence"] >= SURE and not audited(turn_id, 0.25)
         assert row["scorer_version"] == first.info.version == details["model_version"]
         assert row["value"] == pytest.approx(2 * details["p_good"] - 1, abs=1e-3)
     routes = {"uncertain": 0, "audit": 0}
@@ -271,9 +272,9 @@ def test_triage_judges_only_uncertain_and_audited_turns(home: Path, judge_stub: 
         seen = orjson.loads(row["votes"])["reward_model"]
         routes[seen["route"]] += 1
         if seen["route"] == "audit":
-            assert seen["confidence"] >= 0.9 and audited(turn_id, 0.25)
+            assert seen["confidence"] >= SURE and audited(turn_id, 0.25)
         else:
-            assert seen["confidence"] < 0.9
+            assert seen["confidence"] < SURE
     assert routes["uncertain"] > 0 and routes["audit"] > 0, routes
     assert routes["uncertain"] == report.totals.model_uncertain
     assert routes["audit"] == report.totals.model_audited
