@@ -15,7 +15,7 @@ import json
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from metaclaw.deploy.pairwise import A_BEGIN, A_END, B_BEGIN, B_END
 from tests.stubs.upstream_server import chat_completion
@@ -40,11 +40,13 @@ def verdict(prompt: str, complies: Callable[[str], bool]) -> str:
     )
 
 
-class RuleJudge:
-    """`with RuleJudge(rule) as judge:` serves on 127.0.0.1; `judge.base_url` ends with /v1."""
+class ChatJudge:
+    """An OpenAI-compatible chat-completions server whose reply is `answer(prompt)` (the
+    request's messages joined): `with ChatJudge(answer) as judge:` serves on 127.0.0.1;
+    `judge.base_url` ends with /v1."""
 
-    def __init__(self, complies: Callable[[str], bool]) -> None:
-        self.complies = complies
+    def __init__(self, answer: Callable[[str], str]) -> None:
+        self.answer = answer
         self.calls = 0
         rule = self
 
@@ -54,7 +56,7 @@ class RuleJudge:
                 body: dict[str, Any] = json.loads(self.rfile.read(length) or b"{}")
                 prompt = "\n".join(str(m.get("content") or "") for m in body.get("messages", []))
                 rule.calls += 1
-                text = verdict(prompt, rule.complies)
+                text = rule.answer(prompt)
                 reply = chat_completion(f"rule-{rule.calls}", body.get("model", "rule"), text)
                 data = json.dumps(reply).encode()
                 self.send_response(200)
@@ -71,13 +73,20 @@ class RuleJudge:
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://127.0.0.1:{self._server.server_port}/v1"
 
-    def __enter__(self) -> RuleJudge:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class RuleJudge(ChatJudge):
+    """The gate's pairwise judge for a rule: `with RuleJudge(rule) as judge:`."""
+
+    def __init__(self, complies: Callable[[str], bool]) -> None:
+        self.complies = complies
+        super().__init__(lambda prompt: verdict(prompt, complies))
