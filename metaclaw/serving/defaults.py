@@ -16,7 +16,7 @@ These functions only *describe* the endpoints (the addresses themselves live in
 from __future__ import annotations
 
 from metaclaw.config import Settings
-from metaclaw.endpoints import Endpoint, policy_base_url, upstream_endpoint
+from metaclaw.endpoints import Endpoint, policy_base_url, policy_engine, upstream_endpoint
 
 
 def _role_endpoint(settings: Settings, role: str) -> Endpoint | None:
@@ -54,6 +54,9 @@ def describe_defaults(settings: Settings) -> list[str]:
     model = settings.policy.model or settings.training.base_model
     packaged = find_packaged(model)
     origin = f"packaged in {packaged.distribution}" if packaged else "local"
+    if policy_engine(settings) == "tinker":  # the model is the one the Tinker trainer trains
+        model = settings.policy.model or "the Tinker base model the trainer uses"
+        origin = "Tinker engine: a SamplingClient on the promoted sampler weights"
     lines = []
     judge = _role_endpoint(settings, "judge")
     for role, e in (

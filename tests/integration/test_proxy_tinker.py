@@ -43,7 +43,7 @@ def _turns(proxy: ProxyProcess, marker: str) -> list[dict[str, Any]]:
 def test_the_proxy_serves_tinker_and_falls_back_to_the_upstream(
     stub: StubUpstream, tmp_path: Path
 ) -> None:
-    with tinker_server(tmp_path / "policy", tinker_sample_timeout_s=2) as policy:
+    with tinker_server(tmp_path / "policy", tinker_sample_timeout_s=10) as policy:
         env = {
             "METACLAW_UPSTREAM__BASE_URL": stub.base_url + "/v1",
             "METACLAW_UPSTREAM__MODEL": "upstream-model",

