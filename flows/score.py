@@ -76,7 +76,7 @@ def _report_markdown(report: ScoreReport) -> str:
 def _model_markdown(info: ModelInfo, retrained: bool, why: str) -> str:
     """The reward model's held-out figures and calibration curve (artifact `reward-model`)."""
     h = info.holdout
-    state = f"retrained this run ({why})" if retrained else "unchanged"
+    state = f"retrained this run: {why}" if retrained else "unchanged this run"
     lines = [
         "## Reward model",
         "",
