@@ -106,12 +106,17 @@ def arm_env(
         "METACLAW_TRAINING__MAX_UPDATE_KL": str(args.max_update_kl),
         "METACLAW_TRAINING__MAX_UNPROMOTED_STEPS": str(args.max_unpromoted_steps),
         "METACLAW_TRAINING__MAX_STALENESS": str(args.max_unpromoted_steps - 1),
+        "METACLAW_TRAINING__HINT_ROLLOUTS": str(args.hint_rollouts),
         "METACLAW_DEPLOY__JUDGE_BASE_URL": judge_url,
         "METACLAW_DEPLOY__JUDGE_MODEL": "rule",
         "METACLAW_DEPLOY__PROMPTS_FILE": str(prompts),
         "METACLAW_DEPLOY__EVAL_FRACTION": "0",  # the gate's prompts are the file's, below
         "METACLAW_DEPLOY__MIN_EVAL_PROMPTS": str(min(8, len(TEACHING_QUESTIONS))),
         "METACLAW_DEPLOY__MAX_NEW_TOKENS": str(args.max_tokens),
+        # the gate compares the two policies' greedy replies, as the held-out measure does: at
+        # T = 1 the 135M model's replies are mostly noise ("Mutt's have heard Oberkbomoen's…"),
+        # which a rule judge mostly ties whatever the policies' modal behaviour
+        "METACLAW_DEPLOY__TEMPERATURE": "0",
     }
     if args.base_model:
         env["METACLAW_TRAINING__BASE_MODEL"] = args.base_model
@@ -160,9 +165,9 @@ def run_arm(
                 restate=False,
                 parallel=args.parallel,
             )
-            greedy = ScriptedUser(
-                url, args.max_tokens, 0.0, pref, restate=False, parallel=args.parallel
-            )
+            # one at a time: a reply decoded alone is the same reply every time, whereas a
+            # batch's shape changes the float sums and can flip a near-tie in greedy decoding
+            greedy = ScriptedUser(url, args.max_tokens, 0.0, pref, restate=False, parallel=1)
             before = measure(greedy, "before")
             result = ArmResult(
                 pref.kind, arm, before.rate, before.rate, replies_before=before.replies
@@ -232,6 +237,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--steps-per-round", type=int, default=3)
+    parser.add_argument(
+        "--hint-rollouts", type=int, default=6, help="training.hint_rollouts per corrected turn"
+    )
     parser.add_argument("--max-kl", type=float, default=1.0, help="training.max_kl")
     parser.add_argument("--max-update-kl", type=float, default=2.0, help="training.max_update_kl")
     parser.add_argument(

@@ -410,6 +410,14 @@ class TrainingSettings(_Section):
     hint_rollout_max_tokens: int = Field(
         default=64, ge=1, description="Longest rule-holding reply; an unfinished one is dropped."
     )
+    hint_rollout_temperature: float = Field(
+        default=0.3,
+        ge=0.0,
+        le=2.0,
+        description="Sampling temperature of the rule-holding replies after the first (greedy) "
+        "one: low, so they stay close to the policy's own most likely reply and the update "
+        "moves what the rule asks for, not the wording. See docs/training.md.",
+    )
     tinker_base_url: str | None = Field(default=None, description="Else $TINKER_BASE_URL.")
     tinker_api_key: SecretStr | None = Field(default=None, description="Else $TINKER_API_KEY.")
     tinker_timeout_s: float = Field(default=600.0, gt=0, description="Deadline per Tinker call.")

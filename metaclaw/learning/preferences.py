@@ -63,12 +63,27 @@ def ends_with(sign_off: str) -> Callable[[str], bool]:
     return check
 
 
+def starts_with(opener: str) -> Callable[[str], bool]:
+    """The reply's first words are the opener (punctuation and emphasis ignored), and an
+    answer follows it."""
+    target = [w.lower() for w in words(opener)]
+
+    def check(reply: str) -> bool:
+        head = [w.lower() for w in words(reply)][: len(target)]
+        return bool(target) and head == target and word_count(reply) > len(target)
+
+    return check
+
+
 def one_sentence(reply: str) -> bool:
-    """A single sentence: no list lines, no line breaks inside, at most one sentence end."""
+    """A single finished sentence: no list lines, no line breaks inside, exactly one sentence
+    end, and it ends the reply (a reply cut off by the token limit is not a sentence: counted
+    as one, 11 of 12 greedy replies of the embedded model passed, most of them cut mid-way)."""
     text = (reply or "").strip()
     if not text or _LIST_LINE.search(text) or "\n" in text:
         return False
-    return len(_SENTENCE_END.findall(text)) <= 1
+    ends = list(_SENTENCE_END.finditer(text))
+    return len(ends) == 1 and ends[0].end() == len(text)
 
 
 def in_french(reply: str) -> bool:
@@ -95,6 +110,7 @@ class Preference:
 
 
 SIGN_OFF = "Cheers!"
+OPENER = "Sure!"
 
 PREFERENCES: dict[str, Preference] = {
     p.kind: p
@@ -104,6 +120,13 @@ PREFERENCES: dict[str, Preference] = {
             "Please keep every answer under 15 words. I read on my phone.",
             "Too long. Keep it under 15 words, please.",
             at_most_words(15),
+            True,
+        ),
+        Preference(
+            "terse",
+            "Please answer in at most five words. I read on my phone.",
+            "Too long. At most five words, please.",
+            at_most_words(5),
             True,
         ),
         Preference(
@@ -118,6 +141,13 @@ PREFERENCES: dict[str, Preference] = {
             f"Please always end every answer with the word '{SIGN_OFF}'. It matters to me.",
             f"No, you forgot to end with '{SIGN_OFF}'. Please always end with it.",
             ends_with(SIGN_OFF),
+            False,
+        ),
+        Preference(
+            "opener",
+            f"Please always start every answer with '{OPENER}'. It matters to me.",
+            f"No, you forgot to start with '{OPENER}'. Please always start with it.",
+            starts_with(OPENER),
             False,
         ),
         Preference(

@@ -210,7 +210,7 @@ class Trainer:
         rollouts, skipped = self._rollout_client.rollouts(
             requests,
             samples=self.cfg.hint_rollouts,
-            temperature=self.cfg.temperature,
+            temperature=self.cfg.hint_rollout_temperature,
             max_tokens=self.cfg.hint_rollout_max_tokens,
         )
         samples = []

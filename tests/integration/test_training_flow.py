@@ -128,6 +128,58 @@ class Seeder:
             out.append(self.add(row, reward))
         return out
 
+    def conversations(
+        self,
+        backend: Any,
+        n: int,
+        *,
+        correct: int,
+        correction: str,
+        reward: float | None = None,
+    ) -> list[str]:
+        """`n` one-question sessions whose replies `backend` sampled (rendered as the policy
+        server renders them, rated `reward`); the user corrects the first `correct` of them in
+        the next turn with `correction`. Returns the corrected turns' ids."""
+        tokenizer = backend.get_tokenizer()
+        corrected = []
+        for i in range(n):
+            messages = [{"role": "user", "content": f"What is {i} plus {i}?"}]
+            text = render_prompt(tokenizer, messages, None)
+            prompt = [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
+            seq = backend.sample(
+                types.ModelInput.from_ints(prompt), 1, types.SamplingParams(max_tokens=6, seed=i)
+            ).sequences[0]
+            reply = tokenizer.decode(seq.tokens, skip_special_tokens=True)
+            turn = self._row(
+                served_by="policy",
+                model="policy",
+                request=json.dumps({"messages": messages}),
+                prompt_token_ids=prompt,
+                completion_token_ids=seq.tokens,
+                completion_logprobs=seq.logprobs,
+                completion_text=reply,
+                sampling_temperature=1.0,
+                sampling_top_p=1.0,
+            )
+            self.add(turn, reward)
+            if i >= correct:
+                continue
+            corrected.append(turn["turn_id"])
+            followup = [
+                *messages,
+                {"role": "assistant", "content": reply},
+                {"role": "user", "content": correction},
+            ]
+            nxt = self._row(
+                served_by="upstream",
+                model="gpt",
+                request=json.dumps({"messages": followup}),
+                completion_text="Sorry.",
+            )
+            nxt.update(session_id=turn["session_id"], turn_index=1, ts_start=turn["ts_end"] + 5)
+            self.add(nxt, None)
+        return corrected
+
     def add(self, row: dict[str, Any], reward: float | None) -> str:
         append_rows(self.paths.wal, "turns", [row])
         if reward is not None:
@@ -453,50 +505,12 @@ def test_corrected_turns_are_distilled_from_the_policy_with_the_users_hint(
     """Hindsight-hint distillation through the trainer: the user's correction in the next turn
     becomes a hint; the teacher is the policy itself with that hint in context, scoring the
     tokens it actually served."""
-    paths = LedgerPaths(home)
-    seed = Seeder(paths)
-    tokenizer = sampler.get_tokenizer()
-    corrected: list[str] = []
-    for i in range(6):
-        question = f"What is {i} plus {i}?"
-        messages = [{"role": "user", "content": question}]
-        text = render_prompt(tokenizer, messages, None)  # as the policy server renders it
-        prompt = [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
-        seq = sampler.sample(
-            types.ModelInput.from_ints(prompt), 1, types.SamplingParams(max_tokens=6, seed=i)
-        ).sequences[0]
-        reply = tokenizer.decode(seq.tokens, skip_special_tokens=True)
-        turn = seed._row(
-            served_by="policy",
-            model="policy",
-            request=json.dumps({"messages": messages}),
-            prompt_token_ids=prompt,
-            completion_token_ids=seq.tokens,
-            completion_logprobs=seq.logprobs,
-            completion_text=reply,
-            sampling_temperature=1.0,
-            sampling_top_p=1.0,
-        )
-        seed.add(turn, None)
-        if i < 4:  # the user corrects four of the six replies in the next turn
-            corrected.append(turn["turn_id"])
-            followup = [
-                *messages,
-                {"role": "assistant", "content": reply},
-                {
-                    "role": "user",
-                    "content": "No, that's wrong. Always end your answer with 'Cheers'.",
-                },
-            ]
-            nxt = seed._row(
-                served_by="upstream",
-                model="gpt",
-                request=json.dumps({"messages": followup}),
-                completion_text="Sorry. Cheers",
-            )
-            nxt.update(session_id=turn["session_id"], turn_index=1, ts_start=turn["ts_end"] + 5)
-            seed.add(nxt, None)
-    settings = settings_for(home, loss_fn="distillation", base_model=str(tiny_dir), kl_coef=1.0)
+    corrected = Seeder(LedgerPaths(home)).conversations(
+        sampler, 6, correct=4, correction="No, that's wrong. Always end your answer with 'Cheers'."
+    )
+    settings = settings_for(
+        home, loss_fn="distillation", base_model=str(tiny_dir), kl_coef=1.0, hint_rollouts=0
+    )
     trainer = Trainer(settings)
     try:
         outcome = trainer.step()
@@ -649,49 +663,9 @@ def test_corrected_turns_with_a_rule_train_on_rule_holding_replies(
 ) -> None:
     """The trainer asks the policy server for replies held to the rule the user's correction
     states and adds them to the step as cross-entropy samples on the turn's own prompt."""
-    paths = LedgerPaths(home)
-    seed = Seeder(paths)
-    tokenizer = sampler.get_tokenizer()
-    corrected = []
-    for i in range(4):
-        messages = [{"role": "user", "content": f"What is {i} plus {i}?"}]
-        prompt = [
-            int(t)
-            for t in tokenizer(render_prompt(tokenizer, messages, None), add_special_tokens=False)[
-                "input_ids"
-            ]
-        ]
-        seq = sampler.sample(
-            types.ModelInput.from_ints(prompt), 1, types.SamplingParams(max_tokens=6, seed=i)
-        ).sequences[0]
-        reply = tokenizer.decode(seq.tokens, skip_special_tokens=True)
-        turn = seed._row(
-            served_by="policy",
-            model="policy",
-            request=json.dumps({"messages": messages}),
-            prompt_token_ids=prompt,
-            completion_token_ids=seq.tokens,
-            completion_logprobs=seq.logprobs,
-            completion_text=reply,
-            sampling_temperature=1.0,
-            sampling_top_p=1.0,
-        )
-        seed.add(turn, -1.0)
-        if i < 3:  # three of the four replies are corrected with a rule
-            corrected.append(turn["turn_id"])
-            followup = [
-                *messages,
-                {"role": "assistant", "content": reply},
-                {"role": "user", "content": "Too long. Keep it under 2 words, please."},
-            ]
-            nxt = seed._row(
-                served_by="upstream",
-                model="gpt",
-                request=json.dumps({"messages": followup}),
-                completion_text="Four.",
-            )
-            nxt.update(session_id=turn["session_id"], turn_index=1, ts_start=turn["ts_end"] + 5)
-            seed.add(nxt, None)
+    corrected = Seeder(LedgerPaths(home)).conversations(
+        sampler, 4, correct=3, correction="Too long. Keep it under 2 words, please.", reward=-1.0
+    )
     settings = settings_for(home, base_model=str(tiny_dir), hint_rollout_max_tokens=256)
     settings.policy.port = policy_server
     trainer = Trainer(settings)

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from metaclaw.learning.preferences import ends_with, one_sentence, word_count
+from metaclaw.learning.preferences import PREFERENCES, ends_with, one_sentence, word_count
 from metaclaw.scoring.hint_rules import (
     ONE_SENTENCE,
     PARAGRAPH,
@@ -122,3 +122,18 @@ def test_suffix_rule_output_obeys_the_sign_off_rule() -> None:
 def test_words_body_needs_a_positive_limit() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         words_body(0)
+
+
+def test_each_benchmark_correction_states_its_rule_and_the_rule_yields_compliant_replies() -> None:
+    """What the scripted user says when correcting compiles to a shape whose replies the
+    benchmark then counts as compliant; a language is not a shape, so `french` has no rule."""
+    body = "Paris is lovely."
+    with_rule = set()
+    for kind, pref in PREFERENCES.items():
+        rule = rule_for([pref.correction])
+        if rule is None:
+            continue
+        with_rule.add(kind)
+        assert re.fullmatch(rule.body, body), kind
+        assert pref.complies(rule.prefix + body + rule.suffix), kind
+    assert with_rule == set(PREFERENCES) - {"french"}

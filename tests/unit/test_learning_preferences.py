@@ -38,6 +38,15 @@ def test_word_count_ignores_punctuation_and_markup() -> None:
         ("one_sentence", "Spiders have eight legs. Insects have six.", False),
         ("one_sentence", "Spiders have:\n- eight legs", False),
         ("one_sentence", "1. Eight", False),
+        ("one_sentence", "It is -18. This is a fundamental property of water and", False),
+        ("one_sentence", "The freezing point of water is 0 degrees and it", False),  # cut off
+        ("one_sentence", "There are 7.5 billion people.", True),  # a decimal point is no end
+        ("terse", "Seven days.", True),
+        ("terse", "A week has seven days in it.", False),
+        ("opener", "Sure! A week has seven days.", True),
+        ("opener", "**Sure**, a week has seven days.", True),
+        ("opener", "A week has seven days. Sure!", False),  # at the end, not the start
+        ("opener", "Sure!", False),  # no answer after it
         ("french", "La capitale de la France est Paris, et c'est une belle ville.", True),
         ("french", "The capital of France is Paris, and it is a lovely city.", False),
         ("french", "Paris.", False),  # too little to tell
