@@ -49,7 +49,9 @@ def test_the_learn_arm_trains_on_rule_holding_replies_and_the_control_does_not_m
         batch_size=8,
         learning_rate=3e-2,  # a random 99k-parameter model: large steps or nothing moves
         steps_per_round=3,
-        max_kl=1.0,  # the benchmark's bounds (bench/learning.py)
+        # the random model's 3e-2 steps move it ~1 nat/token a step, so the staleness bound is
+        # widened (CI measured 1.18 before step 2); test_training_lineage.py tests the bound
+        max_kl=10.0,
         max_update_kl=5.0,
         max_unpromoted_steps=9,
         hint_rollouts=2,
