@@ -22,11 +22,14 @@ import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tinker import types
 
 from metaclaw.config import Settings
+
+if TYPE_CHECKING:
+    from metaclaw.training.local import LocalBackend
 
 LOGPROB_CHUNK = 8
 
@@ -81,16 +84,23 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _decode(tokenizer: Any, tokens: list[int]) -> str:
-    return str(tokenizer.decode(tokens, skip_special_tokens=True))
+def _replies(tokenizer: Any, response: types.SampleResponse) -> list[Reply]:
+    return [
+        Reply(
+            list(s.tokens),
+            str(tokenizer.decode(list(s.tokens), skip_special_tokens=True)),
+            s.stop_reason,
+        )
+        for s in response.sequences
+    ]
 
 
 class BackendSampler:
     """Samples and scores through a `TrainingBackend` built by `factory` (a fresh one = base)."""
 
-    def __init__(self, factory: Callable[[], Any]) -> None:
+    def __init__(self, factory: Callable[[], LocalBackend]) -> None:
         self._factory = factory
-        self._backend: Any | None = None
+        self._backend: LocalBackend | None = None
         self._loaded: PolicyRef | None = None
         self._tokenizer: Any | None = None
         self.model_loads = 0
@@ -121,20 +131,19 @@ class BackendSampler:
     def sample(
         self, policy: PolicyRef, prompt: list[int], n: int, params: types.SamplingParams
     ) -> list[Reply]:
-        backend = self._use(policy)
-        out = backend.sample(types.ModelInput.from_ints(prompt), n, params)
-        tok = self.tokenizer()
-        return [
-            Reply(list(s.tokens), _decode(tok, list(s.tokens)), s.stop_reason)
-            for s in out.sequences
-        ]
+        return self.sample_many(policy, [(prompt, n, params)])[0]
 
     def sample_many(
         self, policy: PolicyRef, requests: Sequence[tuple[list[int], int, types.SamplingParams]]
     ) -> list[list[Reply]]:
-        """One prompt at a time: the backend decodes a prompt's n samples together, and each
-        prompt keeps its own seeded generator (common random numbers need it)."""
-        return [self.sample(policy, prompt, n, params) for prompt, n, params in requests]
+        """The whole chunk decoded as one batch; each prompt keeps its own seeded generator
+        (common random numbers need it)."""
+        backend = self._use(policy)
+        out = backend.sample_batch(
+            [(types.ModelInput.from_ints(prompt), n, params) for prompt, n, params in requests]
+        )
+        tok = self.tokenizer()
+        return [_replies(tok, response) for response in out]
 
     def logprobs(
         self, policy: PolicyRef, pairs: Sequence[tuple[list[int], list[int]]]
@@ -204,11 +213,7 @@ class TinkerSampler:
             ),
             "sample",
         )
-        tok = self.tokenizer()
-        return [
-            Reply(list(s.tokens), _decode(tok, list(s.tokens)), s.stop_reason)
-            for s in out.sequences
-        ]
+        return _replies(self.tokenizer(), out)
 
     def sample_many(
         self, policy: PolicyRef, requests: Sequence[tuple[list[int], int, types.SamplingParams]]
@@ -229,12 +234,7 @@ class TinkerSampler:
         out = []
         for future in futures:
             done = self._call(functools.partial(_same, future), "sample")  # waits for it
-            out.append(
-                [
-                    Reply(list(s.tokens), _decode(tok, list(s.tokens)), s.stop_reason)
-                    for s in done.sequences
-                ]
-            )
+            out.append(_replies(tok, done))
         return out
 
     def logprobs(
@@ -271,6 +271,6 @@ def make_sampler(settings: Settings) -> Sampler:
             )
         service = tinker.ServiceClient(base_url=cfg.tinker_base_url, api_key=key)
         return TinkerSampler(service, cfg.base_model, cfg.tinker_timeout_s)
-    from metaclaw.training.factory import make_backend
+    from metaclaw.training.factory import make_local_backend
 
-    return BackendSampler(lambda: make_backend(settings))
+    return BackendSampler(lambda: make_local_backend(settings))

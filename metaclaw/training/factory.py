@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metaclaw.config import Settings
 from metaclaw.training.backend import TrainingBackend
@@ -18,6 +19,9 @@ from metaclaw.training.teacher import (
     SamplingClientTeacher,
     Teacher,
 )
+
+if TYPE_CHECKING:
+    from metaclaw.training.local import LocalBackend
 
 log = logging.getLogger("metaclaw.training")
 
@@ -94,8 +98,14 @@ def make_backend(settings: Settings) -> TrainingBackend:
             base_url=cfg.tinker_base_url,
             api_key=key,
         )
+    return make_local_backend(settings)
+
+
+def make_local_backend(settings: Settings) -> LocalBackend:
+    """The transformers + peft backend (also what the local gate samples through)."""
     from metaclaw.training.local import LocalBackend
 
+    cfg = settings.training
     return LocalBackend(
         resolve_base_model_dir(settings),
         checkpoint_dir=settings.paths.checkpoints,

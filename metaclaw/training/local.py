@@ -58,6 +58,18 @@ def _fsync_tree(path: Path) -> None:
     _fsync_path(path)
 
 
+def _left_padded(prompts: Sequence[list[int]], pad_id: int | None) -> tuple[torch.Tensor, ...]:
+    """Prompts right-aligned in one tensor, and the mask of their real tokens: left padding
+    puts every row's next token in the last column, so a batch decodes in lockstep."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), int(pad_id or 0), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        mask[i, width - len(prompt) :] = 1
+    return ids, mask
+
+
 def _first_loss_position(datum: types.Datum) -> int:
     """The first target position any loss input (weights, advantages, sampler logprobs) is
     non-zero at; every loss in metaclaw.training.losses is zero before it."""
@@ -268,57 +280,98 @@ class LocalBackend:
             return set(stop), []
         return set(), [str(s) for s in stop]
 
-    @torch.no_grad()
     def sample(
         self, prompt: types.ModelInput, num_samples: int, params: types.SamplingParams
     ) -> types.SampleResponse:
-        """Ancestral sampling with a KV cache; logprobs are of the distribution sampled from
-        (logits / T, after top-k/top-p), which is what importance sampling divides by."""
+        return self.sample_batch([(prompt, num_samples, params)])[0]
+
+    @torch.no_grad()
+    def sample_batch(
+        self, requests: Sequence[tuple[types.ModelInput, int, types.SamplingParams]]
+    ) -> list[types.SampleResponse]:
+        """Ancestral sampling with a KV cache, every request's samples decoded as one batch
+        (prompts left-padded): the gate's evaluation set costs one decode per token position,
+        not one per prompt. Each request keeps its own generator, seeded from its params, so
+        the same request draws the same way whichever batch it shares (common random numbers
+        hold as long as both policies are sampled alike). Logprobs are of the distribution
+        sampled from (logits / T, after top-k/top-p), which is what importance sampling
+        divides by."""
+        owner: list[int] = [j for j, (_, n, _) in enumerate(requests) for _ in range(n)]
+        rows = len(owner)
+        if rows == 0:
+            return [types.SampleResponse(sequences=[]) for _ in requests]
         self.model.eval()
-        stop_ids, stop_strings = self._stop_ids(params.stop)
-        max_tokens = params.max_tokens or DEFAULT_MAX_TOKENS
-        generator = torch.Generator(device=self.device)
-        if params.seed is not None:
-            generator.manual_seed(params.seed)
-        else:
-            generator.seed()
-        ids = torch.tensor([prompt.to_ints()] * num_samples, dtype=torch.long, device=self.device)
-        tokens: list[list[int]] = [[] for _ in range(num_samples)]
-        logprobs: list[list[float]] = [[] for _ in range(num_samples)]
-        reasons = ["length"] * num_samples
-        done = [False] * num_samples
+        prompts = [requests[j][0].to_ints() for j in owner]
+        stops = [self._stop_ids(params.stop) for _, _, params in requests]
+        limits = [params.max_tokens or DEFAULT_MAX_TOKENS for _, _, params in requests]
+        generators = []
+        for _, _, params in requests:
+            generator = torch.Generator(device=self.device)
+            if params.seed is not None:
+                generator.manual_seed(params.seed)
+            else:
+                generator.seed()
+            generators.append(generator)
+        members = [[i for i in range(rows) if owner[i] == j] for j in range(len(requests))]
+        pad = self.tokenizer.pad_token_id
+        ids, mask = _left_padded(prompts, self.tokenizer.eos_token_id if pad is None else pad)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        logprobs: list[list[float]] = [[] for _ in range(rows)]
+        reasons = ["length"] * rows
+        done = [False] * rows
         cache = None
-        step_input = ids
-        for _ in range(max_tokens):
-            out = self.model(input_ids=step_input, cache=cache, use_cache=True, logits_to_keep=1)
+        step_input, step_positions = ids, positions
+        for position in range(max(limits)):
+            out = self.model(
+                input_ids=step_input,
+                attention_mask=mask,
+                position_ids=step_positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
             cache = out.cache
             logits = out.logits[:, -1, :].float()
-            chosen, chosen_lp = self._draw(logits, params, generator)
-            for i in range(num_samples):
-                if done[i]:
+            chosen = torch.zeros(rows, dtype=torch.long, device=self.device)
+            for j, (_, _, params) in enumerate(requests):
+                if not members[j]:
                     continue
-                tok = int(chosen[i])
-                tokens[i].append(tok)
-                logprobs[i].append(float(chosen_lp[i]))
-                if tok in stop_ids or (stop_strings and self._hit(tokens[i], stop_strings)):
-                    done[i] = True
-                    reasons[i] = "stop"
+                stop_ids, stop_strings = stops[j]
+                rows_j = torch.tensor(members[j], device=self.device)
+                picked, picked_lp = self._draw(logits[rows_j], params, generators[j])
+                chosen[rows_j] = picked
+                for i, tok, lp in zip(members[j], picked.tolist(), picked_lp.tolist(), strict=True):
+                    if done[i]:
+                        continue
+                    tokens[i].append(tok)
+                    logprobs[i].append(lp)
+                    if tok in stop_ids or (stop_strings and self._hit(tokens[i], stop_strings)):
+                        done[i], reasons[i] = True, "stop"
+                    elif position + 1 >= limits[j]:
+                        done[i] = True
             if all(done):
                 break
             step_input = chosen[:, None]
+            mask = torch.cat([mask, mask.new_ones((rows, 1))], dim=1)
+            step_positions = step_positions[:, -1:] + 1
         self.model.train()
-        sequences = []
-        for i in range(num_samples):
-            self._sample_counter += 1
-            sequences.append(
-                types.SampledSequence(
-                    stop_reason=reasons[i],  # type: ignore[arg-type]
-                    sequence_id=f"local-{self._sample_counter}",
-                    _tokens_list=tokens[i],
-                    _logprobs_list=logprobs[i],
+        responses = []
+        for j in range(len(requests)):
+            sequences = []
+            for i in members[j]:
+                self._sample_counter += 1
+                sequences.append(
+                    types.SampledSequence(
+                        stop_reason=reasons[i],  # type: ignore[arg-type]
+                        sequence_id=f"local-{self._sample_counter}",
+                        _tokens_list=tokens[i],
+                        _logprobs_list=logprobs[i],
+                    )
                 )
-            )
-        return types.SampleResponse(sequences=sequences)
+            responses.append(types.SampleResponse(sequences=sequences))
+        return responses
 
     @staticmethod
     def _draw(

@@ -53,3 +53,37 @@ def test_importance_sampling_raises_the_reward_of_a_toy_objective(tmp_path: Path
     assert p_before < 0.1
     assert sum(means[-3:]) / 3 > 0.8 > means[0]
     assert p_target() > 0.8
+
+
+def test_a_batch_of_prompts_samples_as_each_prompt_alone(tmp_path: Path) -> None:
+    """The gate decodes its prompts as one left-padded batch; each prompt's replies must be
+    what it gets alone (greedy: the same tokens; seeded: the same draws), with its own
+    max_tokens and stop, whatever its length and neighbours."""
+    model, tok = build_tiny_model(seed=3)
+    backend = LocalBackend(model, tok, checkpoint_dir=tmp_path, lora_rank=8, seed=0)
+    prompts = [
+        types.ModelInput.from_ints(tok(text, add_special_tokens=False)["input_ids"])
+        for text in ["Hi", "The capital of France is a city", "Count: one two three four five"]
+    ]
+    greedy = types.SamplingParams(max_tokens=7, temperature=0.0)
+    seeded = types.SamplingParams(max_tokens=5, temperature=1.0, seed=11)
+    requests = [(prompts[0], 1, greedy), (prompts[1], 3, seeded), (prompts[2], 2, greedy)]
+    alone = [backend.sample(p, n, params) for p, n, params in requests]
+    stop_at = alone[2].sequences[0].tokens[2]  # the third greedy token of prompt 2 stops it
+    requests.append(
+        (prompts[2], 1, types.SamplingParams(max_tokens=9, temperature=0.0, stop=[stop_at]))
+    )
+    alone.append(backend.sample(*requests[-1]))
+
+    batched = backend.sample_batch(requests)
+
+    for one, many in zip(alone, batched, strict=True):
+        assert [s.tokens for s in many.sequences] == [s.tokens for s in one.sequences]
+        assert [s.stop_reason for s in many.sequences] == [s.stop_reason for s in one.sequences]
+        for a, b in zip(one.sequences, many.sequences, strict=True):
+            assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+    assert [len(s.tokens) for s in batched[0].sequences] == [7]  # each its own max_tokens
+    assert [len(s.tokens) for s in batched[1].sequences] == [5, 5, 5]
+    assert batched[3].sequences[0].tokens[-1] == stop_at
+    assert batched[3].sequences[0].stop_reason == "stop"
+    assert backend.sample_batch([]) == []
