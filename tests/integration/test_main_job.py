@@ -156,6 +156,7 @@ def test_chat_lands_through_scheduled_ingest(main_job: MainJob) -> None:
 )
 def test_prefect_ui_shows_the_run_and_its_artifact(main_job: MainJob, tmp_path: Path) -> None:
     from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -180,9 +181,13 @@ def test_prefect_ui_shows_the_run_and_its_artifact(main_job: MainJob, tmp_path: 
     try:
         wait = WebDriverWait(driver, 90)
         driver.get(f"{main_job.prefect}/runs/flow-run/{run['id']}")
-        wait.until(lambda d: run["name"] in d.find_element("tag name", "body").text)
-        body = driver.find_element("tag name", "body").text
-        assert "ingest" in body and "Completed" in body
+        # the page fills in piece by piece (the run's name first, its flow and state after)
+        shown = (run["name"], "ingest", "Completed")
+        try:
+            wait.until(lambda d: all(s in d.find_element("tag name", "body").text for s in shown))
+        except TimeoutException:
+            body = driver.find_element("tag name", "body").text
+            raise AssertionError(f"the run page never showed all of {shown}: {body!r}") from None
         driver.get(f"{main_job.prefect}/artifacts/artifact/{artifact['id']}")
         wait.until(lambda d: "rows landed" in d.find_element("tag name", "body").text)
         assert "Ingest" in driver.find_element("tag name", "body").text
