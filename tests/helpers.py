@@ -103,3 +103,14 @@ class ProxyProcess:
 def rows(paths: LedgerPaths, sql: str) -> list[dict[str, Any]]:
     columns, values = query(paths, sql)
     return [dict(zip(columns, v, strict=True)) for v in values]
+
+
+def gate_record(tripped: list[str]) -> dict[str, Any]:
+    """The `guards` part of a verdict as the gate records it (`Evaluation.metrics()`), built
+    from the gate's own `Guard`, so readers are tested against the writer's shape."""
+    from dataclasses import asdict
+
+    from metaclaw.deploy.guards import Guard
+
+    names = ["non_finite", "kl_from_base", "degenerate", "length_blowup"]
+    return {"guards": [asdict(Guard(n, n in tripped, 0.0, 1.0, "")) for n in names]}

@@ -101,16 +101,21 @@ class Resume:
 
 
 def _guards(eval_metrics: Any) -> tuple[str, ...]:
-    """Tripped guard names of a gate verdict (tolerant: absent or unreadable → none)."""
+    """Tripped guard names of a gate verdict, read from what the gate records
+    (`Evaluation.metrics()`: `"guards": [{"name", "tripped", …}]`); tolerant: absent or
+    unreadable → none."""
     if isinstance(eval_metrics, str):
         try:
             eval_metrics = json.loads(eval_metrics)
         except json.JSONDecodeError:
             return ()
-    if not isinstance(eval_metrics, dict):
+    if not isinstance(eval_metrics, dict) or not isinstance(eval_metrics.get("guards"), list):
         return ()
-    names = eval_metrics.get("guards_tripped") or []
-    return tuple(str(n) for n in names) if isinstance(names, list) else ()
+    return tuple(
+        str(g.get("name"))
+        for g in eval_metrics["guards"]
+        if isinstance(g, dict) and g.get("tripped") is True
+    )
 
 
 def registry_from_rows(rows: Sequence[tuple[str, str, Any, int]]) -> Registry:

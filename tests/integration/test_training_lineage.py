@@ -18,7 +18,7 @@ from metaclaw.config import LedgerPaths, Settings
 from metaclaw.ledger import append_rows
 from metaclaw.ledger.records import now_micros
 from metaclaw.training.trainer import StepOutcome, Trainer
-from tests.helpers import rows
+from tests.helpers import gate_record, rows
 from tests.integration.test_training_flow import Seeder, settings_for, steps
 from tests.stubs.training_fake import BigramBackend
 from tests.tiny_model import build_tokenizer
@@ -108,7 +108,7 @@ def test_a_guard_rejection_resets_and_a_plain_one_keeps_accumulating(home: Path)
         loop.paths,
         c1.checkpoint_id,
         "rejected",
-        eval_metrics=json.dumps({"win_rate": 0.5, "guards_tripped": []}),
+        eval_metrics=json.dumps({"win": {"win_rate": 0.5}, **gate_record([])}),
     )  # a tie: not worse, just not better
     c2 = loop.trained()
     assert c2.metrics["parent_state_path"] == state_of(c1)
@@ -117,7 +117,7 @@ def test_a_guard_rejection_resets_and_a_plain_one_keeps_accumulating(home: Path)
         loop.paths,
         c2.checkpoint_id,
         "rejected",
-        eval_metrics=json.dumps({"win_rate": 0.2, "guards_tripped": ["kl_from_base"]}),
+        eval_metrics=json.dumps({"win": {"win_rate": 0.2}, **gate_record(["kl_from_base"])}),
     )
     c3 = loop.trained()
     assert c3.metrics["parent_state_path"].startswith("base:"), "reset to the base model"

@@ -11,6 +11,7 @@ from metaclaw.proxy.capture import TurnDraft
 from metaclaw.proxy.completion import Completion, PolicyTrace
 from metaclaw.training.history import StepRecord, TrainHistory
 from metaclaw.training.lineage import Registry, registry_from_rows, resume_point
+from tests.helpers import gate_record
 
 
 def ok(step: int, parent: int | None) -> StepRecord:
@@ -42,10 +43,18 @@ def failed(step: int, parent: int | None, sha: str = "cfg") -> StepRecord:
     )
 
 
+def test_only_tripped_guards_of_a_recorded_verdict_count() -> None:
+    reg = registry(("c1", "rejected", ["kl_from_base"]), ("c2", "rejected", []))
+    assert reg.states["c1"].guards_tripped == ("kl_from_base",)
+    assert reg.states["c2"].guards_tripped == ()
+    odd = registry_from_rows([("c3", "rejected", {"guards": [{"name": "x", "tripped": "yes"}]}, 0)])
+    assert odd.states["c3"].guards_tripped == ()  # only a real `true` counts
+
+
 def registry(*events: tuple[str, str] | tuple[str, str, list[str]]) -> Registry:
     rows = []
     for ts, event in enumerate(events):
-        metrics = {"guards_tripped": event[2]} if len(event) == 3 else None
+        metrics = gate_record(event[2]) if len(event) == 3 else None
         rows.append((event[0], event[1], metrics, ts))
     return registry_from_rows(rows)
 
