@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from metaclaw.models.decoding import left_padded, seeded_generator
 from metaclaw.serving.adapters import AdapterError, AdapterPool
 from metaclaw.serving.checkpoints import adapter_dir
 from metaclaw.serving.constrained import Guides
@@ -402,18 +402,13 @@ class PolicyEngine(TokenizerFace, PriorityQueues):
 
     def _prefill(self, rows: Sequence[Request]) -> None:
         policy = self._policy
-        width = max(len(r.prompt_ids) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, req in enumerate(rows):
-            n = len(req.prompt_ids)
-            ids[i, width - n :] = torch.tensor(req.prompt_ids, dtype=torch.long)
-            mask[i, width - n :] = 1
+        ids, mask, positions = left_padded([r.prompt_ids for r in rows], self.pad_id)
+        width = ids.shape[1]
+        for req in rows:
             req.policy = policy
-            req.generator = _generator(req.params.seed)
+            req.generator = seeded_generator(req.params.seed)
             req.tracker = TextTracker(self.decode, req.params.stop, req.params.detect_tools)
-            self.stats.prompt_tokens += n
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            self.stats.prompt_tokens += len(req.prompt_ids)
         full = any(r.params.prompt_logprobs for r in rows)
         with self._adapters.weights(policy):
             out = self.model(
@@ -592,12 +587,6 @@ def _raiser(err: Exception) -> Callable[[], Any]:
 def _cache_of(out: Any) -> Any:
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
-
-
-def _generator(seed: int | None) -> torch.Generator:
-    gen = torch.Generator()
-    gen.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
-    return gen
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

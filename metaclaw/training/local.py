@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from tinker import types
 
+from metaclaw.models.decoding import left_padded, seeded_generator
 from metaclaw.training.losses import check_inputs, loss_sum
 
 log = logging.getLogger(__name__)
@@ -56,18 +57,6 @@ def _fsync_tree(path: Path) -> None:
         if file.is_file():
             _fsync_path(file)
     _fsync_path(path)
-
-
-def _left_padded(prompts: Sequence[list[int]], pad_id: int | None) -> tuple[torch.Tensor, ...]:
-    """Prompts right-aligned in one tensor, and the mask of their real tokens: left padding
-    puts every row's next token in the last column, so a batch decodes in lockstep."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), int(pad_id or 0), dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        mask[i, width - len(prompt) :] = 1
-    return ids, mask
 
 
 def _first_loss_position(datum: types.Datum) -> int:
@@ -296,27 +285,25 @@ class LocalBackend:
         hold as long as both policies are sampled alike). Logprobs are of the distribution
         sampled from (logits / T, after top-k/top-p), which is what importance sampling
         divides by."""
-        owner: list[int] = [j for j, (_, n, _) in enumerate(requests) for _ in range(n)]
-        rows = len(owner)
+        members: list[range] = []  # each request's rows of the batch
+        for _, n, _ in requests:
+            start = members[-1].stop if members else 0
+            members.append(range(start, start + n))
+        rows = members[-1].stop if members else 0
         if rows == 0:
             return [types.SampleResponse(sequences=[]) for _ in requests]
         self.model.eval()
-        prompts = [requests[j][0].to_ints() for j in owner]
         stops = [self._stop_ids(params.stop) for _, _, params in requests]
         limits = [params.max_tokens or DEFAULT_MAX_TOKENS for _, _, params in requests]
-        generators = []
-        for _, _, params in requests:
-            generator = torch.Generator(device=self.device)
-            if params.seed is not None:
-                generator.manual_seed(params.seed)
-            else:
-                generator.seed()
-            generators.append(generator)
-        members = [[i for i in range(rows) if owner[i] == j] for j in range(len(requests))]
+        generators = [seeded_generator(params.seed, self.device) for _, _, params in requests]
         pad = self.tokenizer.pad_token_id
-        ids, mask = _left_padded(prompts, self.tokenizer.eos_token_id if pad is None else pad)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = (
+            t.to(self.device)
+            for t in left_padded(
+                [prompt.to_ints() for prompt, n, _ in requests for _ in range(n)],
+                self.tokenizer.eos_token_id if pad is None else pad,
+            )
+        )
         tokens: list[list[int]] = [[] for _ in range(rows)]
         logprobs: list[list[float]] = [[] for _ in range(rows)]
         reasons = ["length"] * rows
@@ -339,7 +326,7 @@ class LocalBackend:
                 if not members[j]:
                     continue
                 stop_ids, stop_strings = stops[j]
-                rows_j = torch.tensor(members[j], device=self.device)
+                rows_j = torch.tensor(list(members[j]), device=self.device)
                 picked, picked_lp = self._draw(logits[rows_j], params, generators[j])
                 chosen[rows_j] = picked
                 for i, tok, lp in zip(members[j], picked.tolist(), picked_lp.tolist(), strict=True):
