@@ -24,7 +24,8 @@ from metaclaw.deploy.durable import NotServableError
 from metaclaw.deploy.evalset import build_eval_set
 from metaclaw.deploy.pairwise import JudgeUnavailableError
 from metaclaw.deploy.store import read_book
-from metaclaw.training.lineage import REGISTRY_SQL, registry_from_rows
+from metaclaw.ledger import connect
+from metaclaw.training.lineage import read_registry
 from tests.deploy_helpers import (
     MANY_QUESTIONS,
     aa_sequence,
@@ -39,7 +40,6 @@ from tests.deploy_helpers import (
     train_toward,
 )
 from tests.helpers import REPO, free_port
-from tests.helpers import rows as ledger_rows
 from tests.stubs.deploy_server import PairwiseJudgeStub
 from tests.tiny_model import save_tiny_model
 
@@ -222,13 +222,12 @@ def test_the_kl_guard_vetoes_a_winner_that_drifted_too_far(
     assert outcome.status == "rejected" and outcome.reason.startswith("guard tripped: kl_from")
     assert outcome.evaluation is not None and outcome.evaluation.test.significant  # it did win
     # the learner reads the verdict the gate recorded and resets to the promoted policy
-    # (training/lineage.py `reset_guard`): the writer's record, through the reader's SQL
-    registry = registry_from_rows(
-        [
-            (r["checkpoint_id"], r["status"], r["eval_metrics"], r["ts"])
-            for r in ledger_rows(settings.paths, REGISTRY_SQL)
-        ]
-    )
+    # (training/lineage.py `reset_guard`): the writer's record, read as the trainer reads it
+    con = connect(settings.paths)
+    try:
+        registry = read_registry(con)
+    finally:
+        con.close()
     assert registry.states["ckpt-good"].guards_tripped == ("kl_from_base",)
 
 
