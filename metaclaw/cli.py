@@ -348,15 +348,17 @@ app.add_typer(connect_app, name="connect")
 def demo(
     questions: Annotated[
         int, typer.Option(help="Teaching questions per round (the gate's prompts too).")
-    ] = 8,
+    ] = 24,
     rounds: Annotated[int, typer.Option(help="Teaching rounds, each followed by the loop.")] = 2,
-    held_out: Annotated[int, typer.Option(help="Held-out questions measured before/after.")] = 6,
-    max_tokens: Annotated[int, typer.Option(help="Reply length cap (CPU time).")] = 48,
+    held_out: Annotated[int, typer.Option(help="Held-out questions measured before/after.")] = 12,
+    max_tokens: Annotated[int, typer.Option(help="Reply length cap (room for a sign-off).")] = 64,
+    parallel: Annotated[int, typer.Option(help="Scripted users asking at once.")] = 6,
     proxy_port: Annotated[int | None, typer.Option(help="Proxy port.")] = None,
     preference: Annotated[
         str,
         typer.Option(
-            help="What the scripted user wants: brevity, one_sentence, sign_off or french.",
+            help="What the scripted user wants: sign_off, opener, terse, brevity, "
+            "one_sentence or french.",
         ),
     ] = "sign_off",
 ) -> None:
@@ -398,7 +400,7 @@ def demo(
             children.append(start_proxy(paths, port))
         url = f"http://{settings.proxy.host}:{port}"
         teacher = script.ScriptedUser(
-            url, max_tokens, settings.training.temperature, pref, restate=False
+            url, max_tokens, settings.training.temperature, pref, restate=False, parallel=parallel
         )
         greedy = script.ScriptedUser(url, max_tokens, 0.0, pref, restate=False)
         with console.status("held-out questions, before …"):

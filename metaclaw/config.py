@@ -720,6 +720,20 @@ class DeploySettings(_Section):
         default=None, description="The gate judge's model (required with judge_base_url)."
     )
     judge_api_key: SecretStr | None = None
+    stated_rules: bool = Field(
+        default=True,
+        description="Rules users keep stating in corrections and feedback ('always end with "
+        "…', 'at most N words') decide a pair when exactly one reply keeps them; the judge "
+        "decides the rest (docs/deploy.md).",
+    )
+    stated_rule_support: int = Field(
+        default=2,
+        ge=1,
+        description="A rule counts once users stated it about this many distinct turns.",
+    )
+    stated_rule_turns: int = Field(
+        default=500, ge=1, description="How many of the newest turns are read for stated rules."
+    )
     max_kl: float = Field(
         default=1.0,
         gt=0,

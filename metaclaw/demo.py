@@ -127,19 +127,31 @@ class ScriptedUser:
 
 
 DEMO_ENV = {
-    # small enough to finish in minutes on two CPU cores, and honest about it
-    "METACLAW_TRAINING__BATCH_SIZE": "4",
+    # small enough to finish on two CPU cores, and honest about it
     "METACLAW_JUDGE__VOTES": "1",
     "METACLAW_JUDGE__MAX_TOKENS": "96",
     "METACLAW_CRITIC__MAX_TOKENS": "256",
     "METACLAW_CRITIC__RETRIES": "0",
+    "METACLAW_CRITIC__MAX_CALLS_PER_RUN": "4",  # the skills path runs; it does not set the pace
     "METACLAW_JUDGE__SESSION_IDLE_S": "0",
     "METACLAW_DEPLOY__MIN_EVAL_PROMPTS": "4",
     # the gate's yardstick is the fixed prompts file below: holding out a share of the
     # teaching sessions (and, by prompt digest, every repeat of their questions) would only
     # take teaching data away from a run this short
     "METACLAW_DEPLOY__EVAL_FRACTION": "0",
-    "METACLAW_DEPLOY__MAX_NEW_TOKENS": "48",
+    "METACLAW_DEPLOY__MAX_NEW_TOKENS": "64",
+    # what bench/learning.py measured to teach the embedded model a sign-off in two rounds
+    # (docs/learning.md "Figures"): large steps, a round's turns trained in that round,
+    # rule-holding replies from the users' corrections, and a gate that compares the two
+    # policies' greedy replies (at T = 1 the 135M model's replies are mostly noise)
+    "METACLAW_TRAINING__BATCH_SIZE": "8",
+    "METACLAW_TRAINING__LEARNING_RATE": "5e-3",
+    "METACLAW_TRAINING__MAX_STEPS_PER_RUN": "3",
+    "METACLAW_TRAINING__MAX_UPDATE_KL": "5",
+    "METACLAW_TRAINING__MAX_UNPROMOTED_STEPS": "9",
+    "METACLAW_TRAINING__MAX_STALENESS": "8",
+    "METACLAW_TRAINING__HINT_ROLLOUTS": "3",
+    "METACLAW_DEPLOY__TEMPERATURE": "0",
 }
 QUESTIONS = TEACHING_QUESTIONS
 EVAL_QUESTIONS = HELD_OUT_QUESTIONS

@@ -36,8 +36,10 @@ from metaclaw.deploy.registry import (
 )
 from metaclaw.deploy.replycache import ReplyCache
 from metaclaw.deploy.sampling import BASE, PolicyRef, Sampler, make_sampler
+from metaclaw.deploy.stated_rules import users_rule
 from metaclaw.deploy.store import append, read_book, registry_lock
 from metaclaw.ledger.records import now_micros
+from metaclaw.scoring.hint_rules import HintRule
 
 FLOW_ACTOR = "deploy-flow"
 
@@ -180,6 +182,7 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     promoted_id: str | None = None  # what was promoted when the comparison was set up
     prior_decisions: dict[str, int] = field(default_factory=dict)  # per current policy
+    stated_rule: HintRule | None = None  # decides pairs first (`deploy.stated_rules`)
 
 
 @dataclass
@@ -294,6 +297,7 @@ def prepare(
         notes,
         book.promoted.checkpoint_id if book.promoted else None,
         book.decisions_against(),
+        users_rule(settings),
     )
 
 
@@ -325,6 +329,8 @@ def assess(
             "no judge configured: set METACLAW_JUDGE__BASE_URL and "
             "METACLAW_JUDGE__MODEL (any OpenAI-compatible model)",
         )
+    if judge.rule is None:
+        judge.rule = prepared.stated_rule
     eval_set = prepared.eval_set or build_eval_set(settings)
     if len(eval_set.prompts) < cfg.min_eval_prompts:
         return Assessment(

@@ -110,6 +110,8 @@ class Evaluation:
     invalid_verdicts: int
     prompts_used: int
     current_cached: int = 0  # prompts whose current-policy replies came from the reply cache
+    stated_rule: str | None = None  # the users' rule that decided pairs first (described)
+    rule_decided: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     turn_ids: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -156,6 +158,8 @@ class Evaluation:
                     "prompt_version": PROMPT_VERSION,
                     "calls": self.judge_calls,
                     "invalid_verdicts": self.invalid_verdicts,
+                    "stated_rule": self.stated_rule,
+                    "rule_decided": self.rule_decided,
                 },
                 "eval_set": {
                     "split": self.eval_split,
@@ -387,6 +391,8 @@ def evaluate(
         invalid_verdicts=judge.stats.invalid,
         prompts_used=len(encoded),
         current_cached=cached,
+        stated_rule=judge.rule.describe() if judge.rule else None,
+        rule_decided=judge.stats.rule_decided,
         skipped=skipped,
         turn_ids=[p.prompt_id for p, _ in encoded if p.source == "ledger"],
         seconds=seconds,

@@ -24,6 +24,7 @@ import openai
 
 from metaclaw.config import Settings
 from metaclaw.deploy.stats import Verdict
+from metaclaw.scoring.hint_rules import HintRule
 from metaclaw.serving.priority import BACKGROUND_HEADERS
 
 PROMPT_VERSION = "pw1"
@@ -121,11 +122,16 @@ class JudgeUnavailableError(RuntimeError):
 class JudgeStats:
     calls: int = 0
     invalid: int = 0
+    rule_decided: int = 0  # pairs the stated rule decided without a call
     errors: list[str] = field(default_factory=list)
 
 
 class PairwiseJudge:
-    """Asks an OpenAI-compatible judge for pairwise verdicts (bounded concurrency, SDK retries)."""
+    """Asks an OpenAI-compatible judge for pairwise verdicts (bounded concurrency, SDK retries).
+
+    `rule`: the rule users keep stating (`deploy.stated_rules`), checked first: a pair where
+    exactly one reply keeps it is decided by it, both orders agreeing, with no call.
+    """
 
     def __init__(
         self,
@@ -144,6 +150,7 @@ class PairwiseJudge:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.stats = JudgeStats()
+        self.rule: HintRule | None = None
         self._client_kw = {
             "base_url": base_url,
             "api_key": api_key or PLACEHOLDER_KEY,
@@ -221,6 +228,11 @@ class PairwiseJudge:
         self, conversation: str, candidate: str, current: str
     ) -> tuple[Verdict | None, Verdict | None]:
         """(verdict with the candidate as A, verdict with the candidate as B)."""
+        if self.rule is not None:
+            kept = self.rule.holds(candidate)
+            if kept != self.rule.holds(current):
+                self.stats.rule_decided += 1
+                return ("A", "B") if kept else ("B", "A")
         first, second = await asyncio.gather(
             self.verdict(conversation, candidate, current),
             self.verdict(conversation, current, candidate),

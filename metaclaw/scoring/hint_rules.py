@@ -98,6 +98,30 @@ class HintRule:
             parts.append(f"ends with {self.suffix.strip()!r}")
         return ", ".join(parts) or "one paragraph"
 
+    def holds(self, reply: str) -> bool:
+        """Whether a reply keeps the parts of the rule the user stated.
+
+        Checked part by part, not with `grammar_regex`: the regex also bounds a generated body's
+        length (so a decoder finishes), which is not what the user asked for. Words are compared
+        case-blind and without punctuation or markup ("**Cheers!**" ends with "Cheers!"), and a
+        stated prefix or suffix needs an answer beside it: "Cheers!" alone is no answer.
+        """
+        text = (reply or "").strip()
+        found = _rule_words(text)
+        head, tail = _rule_words(self.prefix), _rule_words(self.suffix)
+        if not found or len(found) <= len(head) + len(tail):
+            return False
+        if head and found[: len(head)] != head:
+            return False
+        if tail and found[-len(tail) :] != tail:
+            return False
+        if self.max_words is not None and len(text.split()) > self.max_words:
+            return False
+        if self.body == ONE_SENTENCE and self.max_words is None:
+            body = _strip_literal(text, self.prefix, self.suffix)
+            return _SENTENCE.fullmatch(body) is not None
+        return True
+
 
 def words_body(limit: int) -> str:
     """At most `limit` space-separated words on one line, ending a sentence. A word is at most
@@ -106,6 +130,24 @@ def words_body(limit: int) -> str:
         raise ValueError(f"a word limit must be at least 1, got {limit}")
     w = MAX_WORD_CHARS
     return rf"([^\s]{{1,{w}}} ){{0,{limit - 1}}}[^\s]{{0,{w - 1}}}[^\s.!?][.!?]"
+
+
+_RULE_WORD = re.compile(r"\w+(?:['’]\w+)*")
+_SENTENCE = re.compile(r"[^\n.!?]+[.!?]+")  # ONE_SENTENCE without the decoder's length bound
+
+
+def _rule_words(text: str) -> list[str]:
+    return [w.lower() for w in _RULE_WORD.findall(text)]
+
+
+def _strip_literal(text: str, prefix: str, suffix: str) -> str:
+    """The reply without its stated prefix and suffix (compared case-blind), for the body check."""
+    prefix, suffix = prefix.strip(), suffix.strip()
+    if prefix and text.lower().startswith(prefix.lower()):
+        text = text[len(prefix) :]
+    if suffix and text.lower().endswith(suffix.lower()):
+        text = text[: -len(suffix)]
+    return text.strip()
 
 
 def _count(text: str) -> int:
@@ -153,3 +195,27 @@ def rule_for(hints: Iterable[str]) -> HintRule | None:
         suffix=f" {suffix}" if suffix else "",
         max_words=limit,
     )
+
+
+def standing_rule(stated: Iterable[tuple[str, str]], min_support: int) -> HintRule | None:
+    """The rule users keep stating: the shapes asked for about at least `min_support` turns.
+
+    `stated`: (turn id, hint text) pairs. Why a support threshold: one stray correction ("under
+    5 words" said once about one reply) is a remark about that reply, not a standing preference,
+    and a rule that decides the deploy gate's pairs must be one users hold. Support counts
+    distinct turns, so a correction repeated as a feedback comment on the same turn counts once.
+    Each hint is parsed alone and grouped by the shape it states; the shapes that clear the
+    threshold combine as in `rule_for` (the tightest word limit), and a contradictory
+    combination yields None.
+    """
+    if min_support < 1:
+        raise ValueError(f"min_support must be at least 1, got {min_support}")
+    turns: dict[HintRule, set[str]] = {}
+    said: dict[HintRule, str] = {}
+    for turn_id, text in stated:
+        rule = rule_for([text])
+        if rule is not None:
+            turns.setdefault(rule, set()).add(turn_id)
+            said.setdefault(rule, text)
+    held = [said[rule] for rule, seen in turns.items() if len(seen) >= min_support]
+    return rule_for(held) if held else None

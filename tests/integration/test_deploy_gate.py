@@ -24,7 +24,8 @@ from metaclaw.deploy.durable import NotServableError
 from metaclaw.deploy.evalset import build_eval_set
 from metaclaw.deploy.pairwise import JudgeUnavailableError
 from metaclaw.deploy.store import read_book
-from metaclaw.ledger import connect
+from metaclaw.ledger import WalWriter, connect
+from metaclaw.ledger.records import now_micros
 from metaclaw.training.lineage import read_registry
 from tests.deploy_helpers import (
     MANY_QUESTIONS,
@@ -42,6 +43,8 @@ from tests.deploy_helpers import (
 from tests.helpers import REPO, free_port
 from tests.stubs.deploy_server import PairwiseJudgeStub
 from tests.tiny_model import save_tiny_model
+
+THREE_WORDS = "Too long. At most three words, please."
 
 torch.set_num_threads(1)
 # trains LoRA checkpoints (and starts processes) once per module: ~15-25 s
@@ -77,6 +80,17 @@ def stub(judge: PairwiseJudgeStub) -> PairwiseJudgeStub:
     judge.set_mode("prefer:Paris")
     judge.reset()
     return judge
+
+
+def comment_row(feedback_id: str, turn_id: str, comment: str) -> dict[str, object]:
+    return {
+        "feedback_id": feedback_id,
+        "turn_id": turn_id,
+        "session_id": None,
+        "value": -1.0,
+        "comment": comment,
+        "ts": now_micros(),
+    }
 
 
 def setup(home: Path, tiny: Path, judge: PairwiseJudgeStub | None, **deploy: object) -> Settings:
@@ -159,6 +173,42 @@ def test_a_position_biased_judge_cannot_promote_anything(
     outcome = deployer.run_gate(settings)
     assert outcome.status == "rejected" and outcome.evaluation is not None
     assert outcome.evaluation.win.win_rate == 0.5 and outcome.evaluation.win.wins == 0
+
+
+@pytest.mark.parametrize("rules_on", [True, False])
+def test_a_rule_users_keep_stating_decides_the_pairs_a_biased_judge_cannot(
+    home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub, rules_on: bool
+) -> None:
+    """Users said "at most three words" about two turns; the candidate answers "Paris" and the
+    base rambles. The judge is position-biased (decides nothing), so only the users' rule can
+    promote, and only while `deploy.stated_rules` is on."""
+    stub.set_mode("always-a")
+    settings = deploy_settings(
+        home, tiny, stub.base_url, free_port(), stated_rules=rules_on, max_new_tokens=16
+    )
+    turns = eval_turn_ids(settings, 8)
+    seed_turns(settings.paths, turns)
+    with WalWriter(settings.paths.wal) as wal:
+        wal.append(
+            "feedback", [comment_row(f"c{i}", tid, THREE_WORDS) for i, tid in enumerate(turns[:2])]
+        )
+    add_candidates(settings.paths, candidate_row("ckpt-good", ckpts["good"], 1))
+
+    outcome = deployer.run_gate(settings)
+
+    ev = outcome.evaluation
+    assert ev is not None
+    if not rules_on:
+        assert outcome.status == "rejected" and ev.stated_rule is None and ev.rule_decided == 0
+        return
+    assert outcome.status == "promoted", outcome.reason
+    assert ev.stated_rule == "at most 3 words" and ev.rule_decided == ev.test.wins >= 7
+    # the rule decided those pairs without asking; the judge got only the rest
+    judged = sum(1 for p in ev.pairs if not p.identical)
+    assert stub.stats()["calls"] == 2 * (judged - ev.rule_decided)
+    recorded = read_book(settings.paths).get("ckpt-good").latest.eval_metrics
+    assert recorded["judge"]["stated_rule"] == "at most 3 words"
+    assert recorded["judge"]["rule_decided"] == ev.rule_decided
 
 
 def test_repeated_aa_candidates_are_not_promoted_and_a_better_one_still_is(

@@ -14,6 +14,7 @@ from metaclaw.scoring.hint_rules import (
     PARAGRAPH,
     max_words,
     rule_for,
+    standing_rule,
     words_body,
 )
 
@@ -137,3 +138,58 @@ def test_each_benchmark_correction_states_its_rule_and_the_rule_yields_compliant
         assert re.fullmatch(rule.body, body), kind
         assert pref.complies(rule.prefix + body + rule.suffix), kind
     assert with_rule == set(PREFERENCES) - {"french"}
+
+
+# `HintRule.holds`: what the deploy gate checks a reply against (`deploy.stated_rules`)
+CASES = [
+    "Paris is the capital of France. Cheers!",
+    "Paris. **Cheers!**",
+    "Cheers!",
+    "Sure! Paris is the capital of France.",
+    "sure!  Paris.",
+    "Sure!",
+    "Paris is the capital.",
+    "Paris is the capital. It is in France.",
+    "It is Paris\nin France.",
+    "- Paris\n- Lyon",
+    "Four.",
+    "The answer is clearly four, of course, my friend.",
+    "Surely Paris. Cheers",
+    "Paris is lovely, cheers!",
+    "",
+]
+
+
+def test_holds_agrees_with_the_benchmark_rule_for_each_stated_preference() -> None:
+    """The gate's check and the benchmark's independent scorer agree reply by reply."""
+    for kind in ("sign_off", "opener", "terse", "brevity", "one_sentence"):
+        pref = PREFERENCES[kind]
+        rule = rule_for([pref.correction])
+        assert rule is not None
+        for reply in CASES:
+            assert rule.holds(reply) == pref.complies(reply), (kind, reply)
+
+
+def test_holds_checks_every_stated_part_together() -> None:
+    rule = rule_for(["Start with 'Sure!' and end with 'Cheers!', at most 6 words."])
+    assert rule is not None
+    assert rule.holds("Sure! Paris, in France. Cheers!")
+    assert rule.holds("Sure! Paris. cheers")  # words count, case and punctuation do not
+    assert not rule.holds("Paris, in France. Cheers!")  # no opener
+    assert not rule.holds("Sure! Paris is in the north of France. Cheers!")  # 9 words
+
+
+def test_a_rule_users_keep_stating_stands_and_a_stray_remark_does_not() -> None:
+    said = [
+        ("t1", "No, you forgot to end with 'Cheers!'. Please always end with it."),
+        ("t1", "No, you forgot to end with 'Cheers!'. Please always end with it."),  # same turn
+        ("t2", "please keep it under 5 words"),
+    ]
+    assert standing_rule(said, min_support=2) is None  # each shape is about one turn only
+    rule = standing_rule([*said, ("t3", "always sign off with 'Cheers!'")], min_support=2)
+    assert rule is not None and rule.describe() == "ends with 'Cheers!'"
+    both = standing_rule([*said, ("t3", "sign off with 'Cheers!'"), ("t4", "under 5 words")], 2)
+    assert both is not None and both.describe() == "at most 4 words, ends with 'Cheers!'"
+    assert standing_rule(said, min_support=1) == rule_for([s for _, s in said])
+    with pytest.raises(ValueError, match="min_support"):
+        standing_rule(said, min_support=0)
