@@ -184,10 +184,10 @@ def test_a_rule_users_keep_stating_decides_the_pairs_a_biased_judge_cannot(
     promote, and only while `deploy.stated_rules` is on."""
     stub.set_mode("always-a")
     settings = deploy_settings(
-        home, tiny, stub.base_url, free_port(), stated_rules=rules_on, max_new_tokens=16
+        home, tiny, stub.base_url, free_port(), stated_rules=rules_on, eval_size=16
     )
-    turns = eval_turn_ids(settings, 8)
-    seed_turns(settings.paths, turns)
+    turns = eval_turn_ids(settings, 16)
+    seed_turns(settings.paths, turns, MANY_QUESTIONS[:16])
     with WalWriter(settings.paths.wal) as wal:
         wal.append(
             "feedback", [comment_row(f"c{i}", tid, THREE_WORDS) for i, tid in enumerate(turns[:2])]
@@ -201,8 +201,8 @@ def test_a_rule_users_keep_stating_decides_the_pairs_a_biased_judge_cannot(
     if not rules_on:
         assert outcome.status == "rejected" and ev.stated_rule is None and ev.rule_decided == 0
         return
-    assert outcome.status == "promoted", outcome.reason
-    assert ev.stated_rule == "at most 3 words" and ev.rule_decided == ev.test.wins >= 7
+    assert outcome.status == "promoted", (outcome.reason, [p.current.text for p in ev.pairs])
+    assert ev.stated_rule == "at most 3 words" and ev.rule_decided == ev.test.wins >= 6
     # the rule decided those pairs without asking; the judge got only the rest
     judged = sum(1 for p in ev.pairs if not p.identical)
     assert stub.stats()["calls"] == 2 * (judged - ev.rule_decided)
