@@ -646,6 +646,63 @@ class CriticSettings(_Section):
     max_calls_per_run: int = Field(default=50, ge=0, description="Cost budget per flow run.")
 
 
+class ModelPrice(_Section):
+    """A model's price in USD per million tokens."""
+
+    input: float = Field(ge=0, description="USD per 1M input (prompt) tokens.")
+    output: float = Field(ge=0, description="USD per 1M output (completion) tokens.")
+
+
+# List prices (USD per 1M tokens, standard tier, no caching or batch discounts) as published by
+# OpenAI and Anthropic on 2025-06-15. Providers change them and you may pay something else
+# (Azure, negotiated rates): override them in `[costs.prices]`. A model name matches its exact
+# entry, else the longest entry it starts with ("gpt-4o-2024-08-06" -> "gpt-4o").
+DEFAULT_PRICES: dict[str, ModelPrice] = {
+    "gpt-4o": ModelPrice(input=2.50, output=10.00),
+    "gpt-4o-mini": ModelPrice(input=0.15, output=0.60),
+    "gpt-4.1": ModelPrice(input=2.00, output=8.00),
+    "gpt-4.1-mini": ModelPrice(input=0.40, output=1.60),
+    "gpt-4.1-nano": ModelPrice(input=0.10, output=0.40),
+    "o3-mini": ModelPrice(input=1.10, output=4.40),
+    "o4-mini": ModelPrice(input=1.10, output=4.40),
+    "claude-opus-4": ModelPrice(input=15.00, output=75.00),
+    "claude-sonnet-4": ModelPrice(input=3.00, output=15.00),
+    "claude-3-7-sonnet": ModelPrice(input=3.00, output=15.00),
+    "claude-3-5-sonnet": ModelPrice(input=3.00, output=15.00),
+    "claude-3-5-haiku": ModelPrice(input=0.80, output=4.00),
+}
+
+
+class CostSettings(_Section):
+    """What LLM calls cost (metaclaw/costs, docs/scoring.md "Costs") and the pipeline's daily
+    budget: as the judge and critic spend approach it, the pipeline degrades instead of
+    overspending (one judge vote, then no judge or critic calls until the next UTC day)."""
+
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="Per-model prices (USD per 1M tokens) merged over the built-in list prices; "
+        "a model with no price has an unknown cost, never 0. Calls to the local policy server "
+        "cost 0.",
+    )
+    daily_budget_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Most the judge and critic may spend per UTC day; none: no limit. Users' own "
+        "calls are counted in the totals but not against it.",
+    )
+    degrade_share: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Share of the daily budget from which the judge casts one vote per turn "
+        "instead of judge.votes.",
+    )
+
+    @property
+    def price_table(self) -> dict[str, ModelPrice]:
+        return {**DEFAULT_PRICES, **self.prices}
+
+
 class DeploySettings(_Section):
     """The gate of the `deploy` flow (metaclaw/deploy, docs/deploy.md): a candidate checkpoint is
     promoted only when it beats the promoted policy (or the base model) on held-out prompts in a
@@ -824,6 +881,7 @@ class Settings(BaseSettings):
     skills: SkillsSettings = Field(default_factory=SkillsSettings)
     critic: CriticSettings = Field(default_factory=CriticSettings)
     deploy: DeploySettings = Field(default_factory=DeploySettings)
+    costs: CostSettings = Field(default_factory=CostSettings)
     azure: AzureOpenAISettings = Field(default_factory=AzureOpenAISettings)
 
     @model_validator(mode="before")
@@ -874,7 +932,12 @@ class Settings(BaseSettings):
 
     @cached_property
     def paths(self) -> LedgerPaths:
-        return LedgerPaths(self.home, root=self.ledger.root, skills_root=self.ledger.skills_root)
+        return LedgerPaths(
+            self.home,
+            root=self.ledger.root,
+            skills_root=self.ledger.skills_root,
+            prices=self.costs.price_table,
+        )
 
 
 MetaClawConfig = Settings  # the public name (`from metaclaw import MetaClawConfig`)
@@ -883,8 +946,17 @@ MetaClawConfig = Settings  # the public name (`from metaclaw import MetaClawConf
 class LedgerPaths:
     """Where each part of the data directory lives (one place, so nothing hard-codes a path)."""
 
-    def __init__(self, home: Path, root: str | None = None, skills_root: str | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        root: str | None = None,
+        skills_root: str | None = None,
+        prices: dict[str, ModelPrice] | None = None,
+    ) -> None:
         self.home = Path(home)
+        # The price table every ledger connection's `costs` view reads (`costs.prices` over the
+        # defaults): it travels with the paths so `metaclaw sql` and the flows agree on it.
+        self.prices = DEFAULT_PRICES if prices is None else prices
         self.wal = self.home / "wal"
         # `root`: the ledger's Parquet + manifest, a path or a URL (metaclaw/ledger/storage.py).
         # For a URL, `ledger` stays a local directory holding only this machine's ingest lock.

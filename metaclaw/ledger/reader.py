@@ -17,7 +17,7 @@ from metaclaw.ledger.coerce import coerce_rows
 from metaclaw.ledger.records import Row, decode_lines, rows_to_table, unique_by_id
 from metaclaw.ledger.schemas import TABLES, TableSpec
 from metaclaw.ledger.storage import open_storage
-from metaclaw.ledger.views import DERIVED_VIEWS
+from metaclaw.ledger.views import CONNECTION_SETUPS, DERIVED_VIEWS
 from metaclaw.ledger.wal import list_segments
 
 
@@ -87,6 +87,8 @@ def connect(paths: LedgerPaths, *, include_wal: bool = True) -> duckdb.DuckDBPyC
             wal_view = f"_{spec.name}_wal"
             con.register(wal_view, _dedupe(spec, rows))
         con.execute(f"CREATE VIEW {spec.name} AS {_view_sql(spec, parquet, wal_view)}")
+    for setup in CONNECTION_SETUPS:
+        setup(con, paths)
     for name, sql in DERIVED_VIEWS.items():
         con.execute(f"CREATE VIEW {name} AS {sql}")
     return con

@@ -189,6 +189,22 @@ CHECKPOINTS = TableSpec(
     ),
 )
 
+MODEL_CALLS = TableSpec(
+    name="model_calls",
+    id_column="call_id",
+    time_column="ts",
+    schema=_schema(
+        ("call_id", pa.string(), False),
+        ("ts", TS, False),
+        ("role", pa.string(), False),
+        ("model", pa.string()),
+        ("turn_id", pa.string()),
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("local", pa.bool_()),
+    ),
+)
+
 # The notes of the generated docs (docs/architecture.md): the one place a column is explained.
 # tests/unit/test_schemas.py fails on a note for a column that does not exist.
 COLUMN_NOTES: dict[tuple[str, str], str] = {
@@ -226,11 +242,25 @@ COLUMN_NOTES: dict[tuple[str, str], str] = {
     ("checkpoints", "actor"): "who changed the state: deploy-flow, cli:<user>, ...",
     ("checkpoints", "previous_checkpoint_id"): "on a promotion: the checkpoint it replaced",
     ("checkpoints", "path"): "local directory or tinker://...",
+    ("model_calls", "role"): "judge or critic: the pipeline's own calls (users' are `turns`)",
+    ("model_calls", "turn_id"): "the turn the call was about (a critic call about several: the "
+    "first); null for a call about no turn (a skill's intent scan)",
+    ("model_calls", "input_tokens"): "from the response's usage; null when it gave none usable",
+    ("model_calls", "local"): "answered by our own policy server: costs 0",
 }
 
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
-    for spec in (TURNS, FEEDBACK, REWARDS, DIAGNOSES, SKILL_EVENTS, TRAIN_STEPS, CHECKPOINTS)
+    for spec in (
+        TURNS,
+        FEEDBACK,
+        REWARDS,
+        DIAGNOSES,
+        SKILL_EVENTS,
+        TRAIN_STEPS,
+        CHECKPOINTS,
+        MODEL_CALLS,
+    )
 }
 
 
