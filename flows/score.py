@@ -15,7 +15,9 @@ turns not yet scored by the current scorer versions, and for each batch of sessi
 Explicit feedback needs no step: `turn_rewards` reads the `feedback` table directly and ranks it
 first. Re-running writes nothing new (stable reward ids); turns whose judge calls failed stay
 pending and are retried next run. `rescore=True` re-judges history scored by an older judge
-version. Each run publishes a markdown report and a table of the reward distribution.
+version. Each run publishes a markdown report, a table of the reward distribution and a chart of
+the daily cost. Near `costs.daily_budget_usd` the judge casts one vote per turn, and at it none
+(the reward model and explicit feedback still score); the report says so.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from metaclaw.config import Settings
 from metaclaw.scoring.reward_store import ModelInfo
 from metaclaw.scoring.scorer import BatchReport, ScoreReport, model_summary
 from tasks.scoring import (
+    daily_cost,
     plan_scoring,
     refresh_reward_model,
     score_session_batch,
@@ -68,6 +71,8 @@ def _report_markdown(report: ScoreReport) -> str:
         f"{t.failed_calls} failed calls, {t.invalid_votes} unreadable votes), "
         f"{t.judge_seconds:.1f} s judging",
     ]
+    if report.budget_note:
+        lines.append(f"- {report.budget_note}")
     if t.errors:
         lines += ["", "### Judge errors (first few)", ""] + [f"- {e}" for e in t.errors]
     return "\n".join(lines) + "\n"
@@ -121,7 +126,7 @@ def score_flow(rescore: bool = False, max_calls: int | None = None) -> dict[str,
     futures = [
         score_session_batch.submit(settings, plan, index, share)
         for index, share in enumerate(budget_shares(budget, len(plan.batches)))
-        if plan.worth_loading(index, share, settings.judge.votes)
+        if plan.worth_loading(index, share)
     ]
     for future in futures:
         totals.merge(future.result())
@@ -135,6 +140,7 @@ def score_flow(rescore: bool = False, max_calls: int | None = None) -> dict[str,
         agreement,
         by_source,
         reward_model=model_summary(refreshed),
+        budget_note=plan.budget_note,
     )
     if refreshed.info is not None:
         create_markdown_artifact(
@@ -146,6 +152,11 @@ def score_flow(rescore: bool = False, max_calls: int | None = None) -> dict[str,
         _report_markdown(report),
         key="score-report",
         description="Rewards written, judge agreement and cost",
+    )
+    create_markdown_artifact(
+        daily_cost(settings),
+        key="daily-cost",
+        description="USD per day: judge, critic and users' calls, and the daily budget",
     )
     if by_source:
         create_table_artifact(

@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from metaclaw.config import Settings
+from metaclaw.costs.overview import cost_chart
 from metaclaw.scoring.adaptive import Refresh, refresh
 from metaclaw.scoring.scorer import BatchReport, ScorePlan, plan, score_batch, score_summary
 from metaclaw.scoring.store import Agreement
@@ -48,3 +49,9 @@ def score_session_batch(
 def summarise_rewards(settings: Settings) -> tuple[Agreement, list[dict[str, Any]]]:
     """Judge–human agreement and the reward distribution, read back from the ledger."""
     return score_summary(settings)
+
+
+@task(name="daily-cost", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
+def daily_cost(settings: Settings) -> str:
+    """The last days' spend per role as markdown, read back from the ledger."""
+    return cost_chart(settings)

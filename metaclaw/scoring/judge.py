@@ -27,6 +27,9 @@ import orjson
 from pydantic import SecretStr
 
 from metaclaw.config import JudgeSettings, Settings
+from metaclaw.costs.calls import call_row
+from metaclaw.costs.usage import Usage, of_response
+from metaclaw.ledger.records import Row
 from metaclaw.providers import async_openai_client, azure_endpoint
 from metaclaw.scoring.prompt import PROMPT_VERSION, JudgeCase
 from metaclaw.scoring.votes import MAX_REASON_CHARS, Verdict, Vote, majority, parse_vote
@@ -59,6 +62,7 @@ class JudgeEndpoint:
     model: str
     api_key: SecretStr | None = None
     azure_api_version: str | None = None  # set: Azure OpenAI (base_url = resource endpoint)
+    local: bool = False  # the local policy server: its calls cost nothing
 
     def __repr__(self) -> str:  # never print the key
         return f"JudgeEndpoint(base_url={self.base_url!r}, model={self.model!r})"
@@ -96,7 +100,7 @@ def judge_endpoint(settings: Settings) -> JudgeEndpoint | None:
         )
     if judge.local_default:
         local = local_policy_endpoint(settings)
-        return JudgeEndpoint(local.base_url, policy_model(settings), local.api_key)
+        return JudgeEndpoint(local.base_url, policy_model(settings), local.api_key, local=True)
     return None
 
 
@@ -184,6 +188,7 @@ class Judge:
         self.settings = settings
         self.version = scorer_version(endpoint, settings)
         self.stats = JudgeStats()
+        self.call_rows: list[Row] = []  # `model_calls`: one per answered call, for the ledger
         self.broken: str | None = None
         self._owns_client = client is None
         self._client = client or async_openai_client(  # OpenAI-compatible or Azure OpenAI
@@ -222,7 +227,11 @@ class Judge:
                 **request,
                 extra_headers=BACKGROUND_HEADERS,  # users first on a shared policy server
             )
-        return reply_content(raw.http_response.content)
+        text, usage = parse_reply(raw.http_response.content)
+        self.call_rows.append(
+            call_row("judge", self.endpoint.model, case.turn_id, usage, local=self.endpoint.local)
+        )
+        return text
 
     async def vote(self, case: JudgeCase, budget: CallBudget) -> Vote:
         """One vote: the first attempt is pre-reserved; retries draw on the budget."""
@@ -303,15 +312,18 @@ class Judge:
             self.stats.seconds += loop.time() - start
 
 
-def reply_content(body: bytes) -> str:
+def parse_reply(body: bytes) -> tuple[str, Usage]:
     """The first choice's message text of a chat-completions body ("" when there is none: an
-    empty reply is an invalid vote, not a failed call)."""
+    empty reply is an invalid vote, not a failed call) and the tokens the call was billed."""
     try:
         data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "", Usage()
+    try:
         content = data["choices"][0]["message"]["content"]
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-        return ""
-    return content if isinstance(content, str) else ""
+    except (KeyError, IndexError, TypeError):
+        content = ""
+    return (content if isinstance(content, str) else ""), of_response(data)
 
 
 def _retry_after(exc: Exception) -> float:

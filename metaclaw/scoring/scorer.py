@@ -14,6 +14,7 @@ same steps as tasks.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
@@ -21,7 +22,9 @@ from typing import Any
 
 import openai
 
-from metaclaw.config import Settings
+from metaclaw.config import JudgeSettings, Settings
+from metaclaw.costs.calls import record_calls
+from metaclaw.costs.store import daily_budget
 from metaclaw.ledger.reader import connect
 from metaclaw.ledger.records import Row, now_micros
 from metaclaw.scoring.adaptive import Refresh, predict_contexts, refresh
@@ -55,6 +58,8 @@ from metaclaw.scoring.votes import majority_reason
 BATCH_SESSIONS = 200
 MAX_ERRORS_REPORTED = 10
 
+log = logging.getLogger("metaclaw.scoring")
+
 
 @dataclass
 class ScorePlan:
@@ -67,15 +72,19 @@ class ScorePlan:
     now: float
     implicit_pending: set[str] = field(default_factory=set)
     reward_model: ModelInfo | None = None  # the model that triages the judge, if any
+    judge_votes: int = 0  # votes per turn this run: judge.votes, fewer near the daily budget
+    budget_note: str | None = None  # why the daily budget cut the judge's votes, if it did
 
     @property
     def sessions(self) -> int:
         return sum(len(b) for b in self.batches)
 
-    def worth_loading(self, index: int, budget_left: int, votes: int) -> bool:
+    def worth_loading(self, index: int, budget_left: int) -> bool:
         """A batch that only waits for the judge is not read once the call budget is spent
         (re-scoring a long history must not reload all of it on every run)."""
-        return budget_left >= votes or any(s in self.implicit_pending for s in self.batches[index])
+        return budget_left >= self.judge_votes or any(
+            s in self.implicit_pending for s in self.batches[index]
+        )
 
 
 @dataclass
@@ -125,6 +134,7 @@ class ScoreReport:
     rewards_by_source: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     reward_model: dict[str, Any] | None = None  # the model in force and its held-out figures
+    budget_note: str | None = None  # the daily budget's cut-over, when it held the judge back
 
     def to_dict(self) -> dict[str, Any]:
         t = self.totals
@@ -146,12 +156,22 @@ class ScoreReport:
             "rewards_by_source": self.rewards_by_source,
             "seconds": round(self.seconds, 3),
             "reward_model": self.reward_model,
+            "daily_budget": self.budget_note,
         }
 
 
-def current_judge(settings: Settings) -> tuple[JudgeEndpoint | None, str | None]:
+def current_judge(
+    settings: Settings, judge: JudgeSettings | None = None
+) -> tuple[JudgeEndpoint | None, str | None]:
+    """The judge and its scorer version (under `judge`, default the configured settings)."""
     endpoint = judge_endpoint(settings)
-    return endpoint, scorer_version(endpoint, settings.judge) if endpoint else None
+    return endpoint, scorer_version(endpoint, judge or settings.judge) if endpoint else None
+
+
+def judge_at(settings: Settings, votes: int) -> JudgeSettings:
+    """The judge's settings at `votes` per turn; 0 (no calls today) leaves them as configured,
+    which only names the version turns are pending for."""
+    return settings.judge.model_copy(update={"votes": votes}) if votes else settings.judge
 
 
 def plan(
@@ -161,8 +181,14 @@ def plan(
     now: float | None = None,
     batch_sessions: int = BATCH_SESSIONS,
 ) -> ScorePlan:
-    """Find the sessions with something left to score at the current scorer versions."""
-    _, version = current_judge(settings)
+    """Find the sessions with something left to score at the current scorer versions, and how
+    many votes the daily budget allows the judge (`metaclaw.costs.budget`)."""
+    budget = daily_budget(settings)
+    votes = budget.judge_votes(settings.judge.votes)
+    note = budget.note()
+    if note:
+        log.warning("%s", note)
+    _, version = current_judge(settings, judge_at(settings, votes))
     con = connect(settings.paths)
     try:
         pending = pending_sessions(
@@ -180,6 +206,8 @@ def plan(
         time.time() if now is None else now,
         {sid for sid, imp in pending if imp},
         current_info(settings.paths.reward_models) if settings.reward_model.enabled else None,
+        votes,
+        note,
     )
 
 
@@ -322,14 +350,18 @@ def triage_ready(
 async def _judge(
     endpoint: JudgeEndpoint,
     settings: Settings,
+    judge_settings: JudgeSettings,
     contexts: list[TurnContext],
     budget: CallBudget,
     client: openai.AsyncOpenAI | None,
     ts: int,
     report: BatchReport,
 ) -> list[Row]:
-    async with Judge(endpoint, settings.judge, client) as judge:
-        outcomes = await judge.judge_all([build_case(c) for c in contexts], budget)
+    async with Judge(endpoint, judge_settings, client) as judge:
+        try:
+            outcomes = await judge.judge_all([build_case(c) for c in contexts], budget)
+        finally:  # every answered call was billed, whatever became of the run
+            record_calls(settings.paths, judge.call_rows)
         stats = judge.stats
         report.calls += stats.calls
         report.retries += stats.retries
@@ -373,12 +405,16 @@ def score_batch(
         if ready and plan.reward_model is not None:
             ready, scored, routed = triage_ready(settings, plan.reward_model, ready, ts, report)
             rows += scored
-        affordable = budget_left // settings.judge.votes
+        votes = plan.judge_votes
+        affordable = budget_left // votes if votes else 0  # 0 votes: the daily budget is spent
         report.judge_skipped += max(0, len(ready) - affordable)
         ready = ready[:affordable]
         if ready:
             budget = CallBudget(budget_left)
-            judged = asyncio.run(_judge(endpoint, settings, ready, budget, client, ts, report))
+            judge = judge_at(settings, votes)
+            judged = asyncio.run(
+                _judge(endpoint, settings, judge, ready, budget, client, ts, report)
+            )
             if plan.reward_model is not None:  # what the model said of the turns it passed on
                 for row in judged:
                     row["votes"]["reward_model"] = routed[row["turn_id"]].details(
@@ -414,7 +450,7 @@ def score(
     budget = settings.judge.max_calls_per_run if max_calls is None else max_calls
     totals = BatchReport()
     for index, batch in enumerate(the_plan.batches):
-        if the_plan.worth_loading(index, budget - totals.calls, settings.judge.votes):
+        if the_plan.worth_loading(index, budget - totals.calls):
             totals.merge(score_batch(settings, the_plan, batch, budget - totals.calls, client))
     agreement, by_source = score_summary(settings)
     return ScoreReport(
@@ -427,6 +463,7 @@ def score(
         by_source,
         time.perf_counter() - start,
         model_summary(refreshed),
+        the_plan.budget_note,
     )
 
 

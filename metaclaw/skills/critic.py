@@ -4,7 +4,8 @@ Why validated: the critic's output becomes diagnoses and then skills that are in
 every later conversation. A reply that is not the JSON asked for (prose, a code fence around
 half an object, an unknown category) is retried and then rejected, never repaired by guessing.
 Every call counts against `critic.max_calls_per_run`, retries included, so a run's cost is
-bounded whatever the critic does.
+bounded whatever the critic does; every answered call is a `model_calls` row (its tokens, the turn
+it was about), and once the daily budget is spent (`costs.daily_budget_usd`) no call is made.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from metaclaw.config import LedgerPaths
+from metaclaw.costs.calls import call_row, record_calls
+from metaclaw.costs.store import daily_budget
+from metaclaw.costs.usage import normalise
 from metaclaw.serving.constrained import response_format
 from metaclaw.serving.priority import BACKGROUND_HEADERS
 
@@ -49,6 +54,7 @@ class CriticEndpoint:
     model: str
     api_key: str
     azure_api_version: str | None = None  # set: Azure OpenAI (base_url = resource endpoint)
+    local: bool = False  # the local policy server: its calls cost nothing
 
     def __repr__(self) -> str:  # never print the key
         return f"CriticEndpoint(base_url={self.base_url!r}, model={self.model!r})"
@@ -75,7 +81,7 @@ def critic_endpoint(settings: Any) -> CriticEndpoint | None:
 
         local = local_policy_endpoint(settings)
         key = local.api_key.get_secret_value() if local.api_key else "not-needed"
-        return CriticEndpoint(local.base_url, policy_model(settings), key)
+        return CriticEndpoint(local.base_url, policy_model(settings), key, local=True)
     base_url = critic.base_url or settings.upstream.base_url
     if not base_url:
         return None
@@ -125,7 +131,11 @@ class Critic:
         max_tokens: int = 1500,
         backoff_s: float = 0.5,
         json_schema: bool = True,
+        ledger: LedgerPaths | None = None,
+        refused: str | None = None,
     ) -> None:
+        """`ledger`: where each answered call is recorded (`model_calls`); `refused`: why no
+        call may be made at all (the daily budget is spent), raised by every `ask`."""
         from metaclaw.providers import openai_client
 
         self.endpoint = endpoint
@@ -136,6 +146,8 @@ class Critic:
         self.max_tokens = max_tokens
         self.backoff_s = backoff_s
         self.json_schema = json_schema
+        self.ledger = ledger
+        self.refused = refused
         self.calls = 0
         self.invalid = 0
         self.client = openai_client(endpoint, timeout=timeout_s, max_retries=0)  # or Azure
@@ -146,6 +158,9 @@ class Critic:
         if endpoint is None:
             raise CriticNotConfigured(NOT_CONFIGURED)
         c = settings.critic
+        budget = daily_budget(settings)
+        if budget.exhausted:
+            log.warning("critic: %s", budget.note())
         return cls(
             endpoint,
             timeout_s=c.timeout_s,
@@ -154,14 +169,19 @@ class Critic:
             temperature=c.temperature,
             max_tokens=c.max_tokens,
             json_schema=c.json_schema,
+            ledger=settings.paths,
+            refused=budget.note() if budget.exhausted else None,
         )
 
     @property
     def budget_left(self) -> int:
         return max(0, self.max_calls - self.calls)
 
-    def ask(self, system: str, user: str, schema: type[T]) -> T:
-        """One validated answer; CriticError after `retries` invalid or failed attempts."""
+    def ask(self, system: str, user: str, schema: type[T], turn_id: str | None = None) -> T:
+        """One validated answer; CriticError after `retries` invalid or failed attempts.
+        `turn_id`: the turn the question is about, which its calls' costs are booked to."""
+        if self.refused is not None:
+            raise CriticBudgetExceeded(self.refused)
         problems: list[str] = []
         unreachable = 0
         for attempt in range(self.retries + 1):
@@ -172,7 +192,7 @@ class Critic:
                 )
             self.calls += 1
             try:
-                text = self._complete(system, user, schema)
+                text = self._complete(system, user, schema, turn_id)
                 return schema.model_validate(extract_json(text))
             except (ValueError, ValidationError) as exc:
                 self.invalid += 1
@@ -189,7 +209,9 @@ class Critic:
             )
         raise CriticError("the critic gave no valid answer: " + " | ".join(problems))
 
-    def _complete(self, system: str, user: str, schema: type[BaseModel]) -> str:
+    def _complete(
+        self, system: str, user: str, schema: type[BaseModel], turn_id: str | None
+    ) -> str:
         resp = self.client.chat.completions.create(
             model=self.model,
             messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
@@ -202,6 +224,10 @@ class Critic:
                 else {"type": "json_object"}
             ),
         )
+        if self.ledger is not None:  # answered, so billed, whether the answer is valid or not
+            usage = normalise(resp.usage.model_dump() if resp.usage else None)
+            row = call_row("critic", self.model, turn_id, usage, local=self.endpoint.local)
+            record_calls(self.ledger, [row])
         return resp.choices[0].message.content or ""
 
 

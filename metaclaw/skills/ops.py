@@ -172,7 +172,9 @@ def diagnose_groups(critic: Critic, groups: list[dx.FailureGroup]) -> DiagnoseRe
     report = DiagnoseReport(groups=len(groups))
     for group in groups:
         try:
-            answer = critic.ask(dx.SYSTEM_PROMPT, dx.user_prompt(group), dx.DiagnosisAnswer)
+            answer = critic.ask(
+                dx.SYSTEM_PROMPT, dx.user_prompt(group), dx.DiagnosisAnswer, group.turn_ids[0]
+            )
         except CriticBudgetExceeded as exc:
             report.errors.append(str(exc))
             report.budget_exhausted = True
@@ -220,7 +222,10 @@ def propose(
         )
         try:
             proposal.answer = critic.ask(
-                evolution.SYSTEM_PROMPT, evolution.user_prompt(group, shown), evolution.EvolveAnswer
+                evolution.SYSTEM_PROMPT,
+                evolution.user_prompt(group, shown),
+                evolution.EvolveAnswer,
+                next((t for d in group for t in d.turn_ids), None),
             )
         except (CriticBudgetExceeded, CriticUnavailable):
             break  # the diagnoses not asked about stay pending for the next run

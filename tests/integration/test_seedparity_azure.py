@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -44,9 +45,9 @@ class Answer(BaseModel):
     category: str
 
 
-def test_critic_uses_the_azure_deployment(azure_env: AzureStub) -> None:
+def test_critic_uses_the_azure_deployment(azure_env: AzureStub, home: Path) -> None:
     azure_env.set_reply('{"category": "tool_misuse"}')
-    critic = Critic.from_settings(Settings(azure_openai_deployment="gpt-5.2"))
+    critic = Critic.from_settings(Settings(azure_openai_deployment="gpt-5.2"))  # records in home
     assert isinstance(critic.client, openai.AzureOpenAI)
     assert critic.ask("system", "why did it fail?", Answer).category == "tool_misuse"
     last = azure_env.requests()[-1]
