@@ -158,6 +158,10 @@ def status() -> None:
     from metaclaw.scoring.adaptive import status_line as reward_model_status
 
     console.print(reward_model_status(settings))
+    from metaclaw.costs.overview import cost_status
+
+    for line in cost_status(settings):
+        console.print(line, markup=False, highlight=False)
     from metaclaw.training.report import status_line as training_status
 
     _, latest = run_query(

@@ -85,6 +85,7 @@ def test_status_counts_rows(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "turns" in out.stdout and "4" in out.stdout
     assert "not running" in out.stdout
+    assert "costs today (UTC): user 4 calls" in out.stdout and "daily budget: none" in out.stdout
 
 
 def test_run_ingest_against_prefect(tmp_path: Path, prefect_harness: str) -> None:
