@@ -80,6 +80,8 @@ def test_score_flow(
     assert "judge–human agreement: 100% (1/1" in earlier
     table = asyncio.run(_artifacts("score-rewards"))
     assert table and "explicit" in str(table[0].data)
+    chart = asyncio.run(_artifacts("daily-cost"))[0].data  # six votes and two turns, none priced
+    assert "## Daily cost (last 14 days, UTC)" in chart and "8 calls have no price" in chart
 
     from metaclaw.cli import app
 
@@ -87,3 +89,4 @@ def test_score_flow(
     assert result.exit_code == 0, result.output
     assert "judge–human agreement: 100% (1/1" in result.output
     assert "judge/stub-judge/p1/m3" in result.output
+    assert "judge 6 calls, 12 tokens, $0.0000 (+6 unpriced)" in result.output
