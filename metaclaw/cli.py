@@ -361,10 +361,10 @@ def demo(
     preference: Annotated[
         str,
         typer.Option(
-            help="What the scripted user wants: sign_off, opener, terse, brevity, "
+            help="What the scripted user wants: opener, sign_off, terse, brevity, "
             "one_sentence or french.",
         ),
-    ] = "sign_off",
+    ] = "opener",
 ) -> None:
     """A scripted user teaches a preference; held-out compliance before and after the loop."""
     import os

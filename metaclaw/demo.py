@@ -1,8 +1,8 @@
 """`metaclaw demo`: a scripted user teaches a preference through the proxy; the loop learns it.
 
-The user has one preference from `metaclaw.learning.preferences` (by default: every answer ends
-with the sign-off "Cheers!"). It asks questions plainly through the proxy; when a reply ignores
-the preference it corrects the agent as a person would ("No, you forgot to end with 'Cheers!'")
+The user has one preference from `metaclaw.learning.preferences` (by default: every answer
+starts with "Sure!"). It asks questions plainly through the proxy; when a reply ignores
+the preference it corrects the agent as a person would ("No, you forgot to start with 'Sure!'")
 and rates the turn −1 (+1 when it complies) through `POST /v1/feedback`. After each teaching
 round the pipeline runs once (ingest → score → diagnose → evolve → train → deploy).
 
@@ -27,8 +27,6 @@ from metaclaw.learning.preferences import (
     TEACHING_QUESTIONS,
     Preference,
 )
-
-DEFAULT_PREFERENCE = "sign_off"
 
 
 @dataclass
@@ -140,12 +138,12 @@ DEMO_ENV = {
     # take teaching data away from a run this short
     "METACLAW_DEPLOY__EVAL_FRACTION": "0",
     "METACLAW_DEPLOY__MAX_NEW_TOKENS": "64",
-    # what bench/learning.py measured to teach the embedded model a sign-off in two rounds
+    # what bench/learning.py measured to teach the embedded model an opener in one round
     # (docs/learning.md "Figures"): large steps, a round's turns trained in that round,
     # rule-holding replies from the users' corrections, and a gate that compares the two
     # policies' greedy replies (at T = 1 the 135M model's replies are mostly noise)
     "METACLAW_TRAINING__BATCH_SIZE": "8",
-    "METACLAW_TRAINING__LEARNING_RATE": "5e-3",
+    "METACLAW_TRAINING__LEARNING_RATE": "2e-3",
     "METACLAW_TRAINING__MAX_STEPS_PER_RUN": "3",
     "METACLAW_TRAINING__MAX_UPDATE_KL": "5",
     "METACLAW_TRAINING__MAX_UNPROMOTED_STEPS": "9",
