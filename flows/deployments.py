@@ -2,8 +2,9 @@
 
 `tests/integration/test_flows.py` checks the two agree, so a schedule is changed in one place
 and the test points at the other. Besides their schedules, `score` runs when ingest lands new
-turns and `train` when score writes new rewards (event triggers; a train run with less than a
-micro-batch skips cleanly). `pipeline` and `backfill` run on demand.
+turns, `train` when score writes new rewards (a train run with less than a micro-batch skips
+cleanly) and `deploy` when train saves a candidate (event triggers). `pipeline` and `backfill`
+run on demand.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from flows.ingest import TURNS_LANDED
 from flows.pipeline import pipeline_flow
 from flows.score import REWARDS_LANDED
 from flows.steps import STEP_FLOWS
+from flows.train import CANDIDATE_SAVED
 from metaclaw.config import FlowSettings, Settings
 
 FLOWS = {**STEP_FLOWS, "backfill": backfill_flow, "pipeline": pipeline_flow}
@@ -66,6 +68,7 @@ SPECS: dict[str, Spec] = {
         "deploy",
         "Candidate vs current on held-out prompts → promote or reject; hot-swap.",
         lambda f: f.deploy_interval_s,
+        (CANDIDATE_SAVED, "metaclaw.ledger.checkpoints"),
     ),
     "pipeline": Spec(
         "pipeline",

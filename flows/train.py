@@ -8,7 +8,7 @@ their reward is high enough, never an importance-sampling loss. When at least on
 (`training.batch_size` sequences) is ready it runs forward_backward + optim_step on the
 configured backend (local transformers+peft, or Tinker), saves a checkpoint, and records a
 `train_steps` row and a **candidate** `checkpoints` row. It never promotes: the deploy flow
-gates that.
+gates that, started at once by the `metaclaw.checkpoint.candidate` event this flow emits.
 
 Only one training run exists at a time: the deployment's concurrency limit covers scheduled
 runs, and the strict global limit `metaclaw-training` also covers hand-started runs
@@ -23,10 +23,15 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.concurrency.sync import concurrency
+from prefect.events import emit_event
 
 from metaclaw.config import Settings
 from metaclaw.training.report import run_markdown
 from tasks.training import TRAINING_LIMIT, ensure_training_limit, train_history, train_steps
+
+# the deploy deployment is triggered by this event: a candidate is gated as soon as it exists,
+# not at the next deploy interval (freshness: feedback → a promoted policy serving users)
+CANDIDATE_SAVED = "metaclaw.checkpoint.candidate"
 
 
 @flow(name="train", retries=1, retry_delay_seconds=30)
@@ -53,11 +58,18 @@ def train_flow(max_steps: int | None = None) -> dict[str, Any]:
             key="train-curve",
             description="reward and loss per training step",
         )
+    candidates = [o["checkpoint_id"] for o in outcomes if o["checkpoint_id"]]
+    if candidates:
+        emit_event(
+            event=CANDIDATE_SAVED,
+            resource={"prefect.resource.id": "metaclaw.ledger.checkpoints"},
+            payload={"checkpoints": candidates},
+        )
     return {
         "steps": [o["step"] for o in outcomes if o["status"] == "trained"],
         "failed": [o["step"] for o in outcomes if o["status"] == "failed"],
         "stalled": [o["reason"] for o in outcomes if o["status"] == "stalled"],
-        "checkpoints": [o["checkpoint_id"] for o in outcomes if o["checkpoint_id"]],
+        "checkpoints": candidates,
         "outcomes": [
             {
                 k: o[k]
