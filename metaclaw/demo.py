@@ -145,6 +145,9 @@ DEMO_ENV = {
     "METACLAW_TRAINING__BATCH_SIZE": "8",
     "METACLAW_TRAINING__LEARNING_RATE": "2e-3",
     "METACLAW_TRAINING__MAX_STEPS_PER_RUN": "3",
+    # the learner runs whole rounds of large steps ahead of the served policy; the staleness
+    # bound's default (0.05) is sized for the default learning rate, 1e-4
+    "METACLAW_TRAINING__MAX_KL": "1.0",
     "METACLAW_TRAINING__MAX_UPDATE_KL": "5",
     "METACLAW_TRAINING__MAX_UNPROMOTED_STEPS": "9",
     "METACLAW_TRAINING__MAX_STALENESS": "8",
