@@ -109,6 +109,9 @@ def arm_env(
         "METACLAW_TRAINING__HINT_ROLLOUTS": str(args.hint_rollouts),
         "METACLAW_DEPLOY__JUDGE_BASE_URL": judge_url,
         "METACLAW_DEPLOY__JUDGE_MODEL": "rule",
+        # the rule judge alone decides, as in every run reported so far (the product's gate
+        # would otherwise check the users' stated rule first: the same verdicts, fewer calls)
+        "METACLAW_DEPLOY__STATED_RULES": "false",
         "METACLAW_DEPLOY__PROMPTS_FILE": str(prompts),
         "METACLAW_DEPLOY__EVAL_FRACTION": "0",  # the gate's prompts are the file's, below
         "METACLAW_DEPLOY__MIN_EVAL_PROMPTS": str(min(8, len(TEACHING_QUESTIONS))),
