@@ -44,7 +44,7 @@ from tests.helpers import REPO, free_port
 from tests.stubs.deploy_server import PairwiseJudgeStub
 from tests.tiny_model import save_tiny_model
 
-THREE_WORDS = "Too long. At most three words, please."
+TWO_WORDS = "Too long. At most two words, please."
 
 torch.set_num_threads(1)
 # trains LoRA checkpoints (and starts processes) once per module: ~15-25 s
@@ -179,18 +179,24 @@ def test_a_position_biased_judge_cannot_promote_anything(
 def test_a_rule_users_keep_stating_decides_the_pairs_a_biased_judge_cannot(
     home: Path, tiny: Path, ckpts: dict[str, Path], stub: PairwiseJudgeStub, rules_on: bool
 ) -> None:
-    """Users said "at most three words" about two turns; the candidate answers "Paris" and the
+    """Users said "at most two words" about two turns; the candidate answers "Paris" and the
     base rambles. The judge is position-biased (decides nothing), so only the users' rule can
     promote, and only while `deploy.stated_rules` is on."""
     stub.set_mode("always-a")
     settings = deploy_settings(
-        home, tiny, stub.base_url, free_port(), stated_rules=rules_on, eval_size=16
+        home,
+        tiny,
+        stub.base_url,
+        free_port(),
+        stated_rules=rules_on,
+        eval_size=16,
+        max_new_tokens=32,  # the base's garbage runs past two words; "Paris" stops at one
     )
     turns = eval_turn_ids(settings, 16)
     seed_turns(settings.paths, turns, MANY_QUESTIONS[:16])
     with WalWriter(settings.paths.wal) as wal:
         wal.append(
-            "feedback", [comment_row(f"c{i}", tid, THREE_WORDS) for i, tid in enumerate(turns[:2])]
+            "feedback", [comment_row(f"c{i}", tid, TWO_WORDS) for i, tid in enumerate(turns[:2])]
         )
     add_candidates(settings.paths, candidate_row("ckpt-good", ckpts["good"], 1))
 
@@ -202,12 +208,12 @@ def test_a_rule_users_keep_stating_decides_the_pairs_a_biased_judge_cannot(
         assert outcome.status == "rejected" and ev.stated_rule is None and ev.rule_decided == 0
         return
     assert outcome.status == "promoted", (outcome.reason, [p.current.text for p in ev.pairs])
-    assert ev.stated_rule == "at most 3 words" and ev.rule_decided == ev.test.wins >= 6
+    assert ev.stated_rule == "at most 2 words" and ev.rule_decided == ev.test.wins >= 6
     # the rule decided those pairs without asking; the judge got only the rest
     judged = sum(1 for p in ev.pairs if not p.identical)
     assert stub.stats()["calls"] == 2 * (judged - ev.rule_decided)
     recorded = read_book(settings.paths).get("ckpt-good").latest.eval_metrics
-    assert recorded["judge"]["stated_rule"] == "at most 3 words"
+    assert recorded["judge"]["stated_rule"] == "at most 2 words"
     assert recorded["judge"]["rule_decided"] == ev.rule_decided
 
 
