@@ -80,7 +80,7 @@ def test_every_critic_answer_of_the_135m_model_passes_its_schema(server: str) ->
         )
         texts = pool.map(
             lambda p: critic._complete(
-                p.messages[0]["content"], p.messages[1]["content"], p.schema
+                p.messages[0]["content"], p.messages[1]["content"], p.schema, None
             ),
             proposals,
         )
