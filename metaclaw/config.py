@@ -255,7 +255,20 @@ class RewardModelSettings(_Section):
         default=10.0, gt=0, description="L2 penalty (the Gaussian prior's precision)."
     )
     explicit_weight: float = Field(default=1.0, ge=0, description="Weight of a user's label.")
-    judge_weight: float = Field(default=0.5, ge=0, description="Weight of a judge verdict.")
+    judge_weight: float = Field(
+        default=0.5,
+        ge=0,
+        description="Weight of a judge verdict, times how decisive its panel was (3-0 counts "
+        "more than 2-1: see judge_vote_accuracy).",
+    )
+    judge_vote_accuracy: float = Field(
+        default=0.8,
+        gt=0.5,
+        lt=1.0,
+        description="The assumed chance that one judge vote is right: a verdict whose majority "
+        "led by d votes is right with probability q^d / (q^d + (1-q)^d), and its label counts "
+        "2r - 1 of a sure one (0.97 for 3-0, 0.6 for 2-1 or a single vote at 0.8).",
+    )
     implicit_weight: float = Field(
         default=0.25, ge=0, description="Weight of an implicit-signal label."
     )

@@ -2,7 +2,9 @@
 
 Labels: one per turn, from `turn_rewards`' per-source columns in the order of trust — the
 user's explicit feedback, else the judge's verdict, else the implicit signals — each weighted by
-its source (`reward_model.*_weight`); a zero (no evidence either way) is not a label, and the
+its source (`reward_model.*_weight`) and a judge verdict also by how decisive its panel was
+(`decisiveness`: a 2–1 verdict is a noisier label than a 3–0 one, and fitting both alike makes
+the model as unsure as its noisiest labels); a zero (no evidence either way) is not a label, and the
 model's own `reward_model` rows never are (it must not learn from itself). A retrain happens
 when there is no model yet and `min_labels` exist, when `retrain_new_labels` labels have landed
 since the current one, or when `retrain_interval_s` has passed and any have. A hash of each
@@ -13,6 +15,7 @@ rest, so its held-out figures are about that very model.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 
 import duckdb
 import numpy as np
+import orjson
 
 from metaclaw.config import RewardModelSettings, Settings
 from metaclaw.ledger.reader import connect
@@ -31,14 +35,21 @@ from metaclaw.scoring.store import load_sessions
 from metaclaw.scoring.transcript import TurnContext, assemble
 
 _LABELS_SQL = """
+WITH judge_votes AS (
+    SELECT turn_id, arg_max(votes, ts) AS votes FROM rewards WHERE signal = 'judge'
+    GROUP BY turn_id
+)
 SELECT r.turn_id, r.session_id,
        CASE WHEN r.explicit_value IS NOT NULL THEN r.explicit_value
             WHEN r.judge_value IS NOT NULL THEN r.judge_value
             ELSE r.implicit_value END AS value,
        CASE WHEN r.explicit_value IS NOT NULL THEN 'explicit'
             WHEN r.judge_value IS NOT NULL THEN 'judge'
-            ELSE 'implicit' END AS source
+            ELSE 'implicit' END AS source,
+       CASE WHEN r.explicit_value IS NULL AND r.judge_value IS NOT NULL
+            THEN CAST(v.votes AS VARCHAR) END AS judge_votes
 FROM turn_rewards r JOIN turns t ON t.turn_id = r.turn_id
+LEFT JOIN judge_votes v ON v.turn_id = r.turn_id
 WHERE coalesce(r.explicit_value, r.judge_value, r.implicit_value) IS NOT NULL
   AND coalesce(r.explicit_value, r.judge_value, r.implicit_value) <> 0
 """
@@ -50,6 +61,49 @@ class Label:
     session_id: str
     value: float
     source: str  # explicit | judge | implicit
+    margin: int | None = None  # judge labels: votes for the verdict minus valid votes against
+
+
+def panel_margin(votes_json: str | None, verdict: float) -> int | None:
+    """How far the judge's majority led (3–0 → 3, 2–1 → 1, a single vote → 1), read from the
+    judge row's `votes` details; None when the row records no panel."""
+    if votes_json is None:
+        return None
+    try:
+        details = orjson.loads(votes_json)
+    except orjson.JSONDecodeError:
+        return None
+    votes = details.get("votes") if isinstance(details, dict) else None
+    if not isinstance(votes, list):
+        return None
+    sign = int(np.sign(verdict))
+    valid = [v for v in votes if isinstance(v, int) and not isinstance(v, bool)]
+    return sum(v == sign for v in valid) - sum(v != sign for v in valid)
+
+
+def decisiveness(margin: int, vote_accuracy: float) -> float:
+    """What a verdict whose majority led by `margin` votes is worth next to a sure label.
+
+    With independent votes each right with probability q, Bayes makes the majority right with
+    probability r = q^d / (q^d + (1 - q)^d) for a lead of d votes, whatever the panel's size;
+    a ±1 label right with probability r carries (2r - 1) of the truth's signal in expectation,
+    and 2r - 1 = tanh(d · logit(q) / 2). At q = 0.8: 3–0 → 0.97, 2–1 (or one vote) → 0.6."""
+    if margin <= 0:
+        return 0.0
+    return math.tanh(margin * math.log(vote_accuracy / (1.0 - vote_accuracy)) / 2.0)
+
+
+def label_weight(label: Label, rm: RewardModelSettings) -> float:
+    """A label's weight in the fit: its source's trust (`reward_model.*_weight`) times how sure
+    the label is — a fractional value counts for its size, a judge verdict for how decisive
+    its panel was (`decisiveness`; a verdict whose panel was not recorded counts as one vote)."""
+    size = min(1.0, abs(label.value))
+    if label.source == "explicit":
+        return rm.explicit_weight * size
+    if label.source == "judge":
+        lead = 1 if label.margin is None else label.margin
+        return rm.judge_weight * size * decisiveness(lead, rm.judge_vote_accuracy)
+    return rm.implicit_weight * size
 
 
 def count_labels(con: duckdb.DuckDBPyConnection) -> int:
@@ -64,7 +118,10 @@ def load_labels(con: duckdb.DuckDBPyConnection, limit: int) -> list[Label]:
         "ORDER BY t.ts_start DESC, l.turn_id LIMIT $limit",
         {"limit": limit},
     ).fetchall()
-    return [Label(*r) for r in rows]
+    return [
+        Label(turn_id, session_id, value, source, panel_margin(votes, value))
+        for turn_id, session_id, value, source, votes in rows
+    ]
 
 
 def held_out(turn_id: str, share: float) -> bool:
@@ -103,12 +160,7 @@ def train(
     chosen = [by_turn[c.turn.turn_id] for c in contexts]
     x = features(contexts, embedder)
     y = np.array([lb.value > 0 for lb in chosen], np.float64)
-    weight_of = {
-        "explicit": rm.explicit_weight,
-        "judge": rm.judge_weight,
-        "implicit": rm.implicit_weight,
-    }
-    w = np.array([weight_of[lb.source] * min(1.0, abs(lb.value)) for lb in chosen])
+    w = np.array([label_weight(lb, rm) for lb in chosen])
     test = np.array([held_out(lb.turn_id, rm.holdout_share) for lb in chosen], bool)
     fit_rows = ~test & (w > 0)
     if len(set(y[fit_rows])) < 2:
@@ -127,6 +179,16 @@ def train(
         train_turns=int(fit_rows.sum()),
         seconds=round(seconds, 3),
         sources=dict(Counter(lb.source for lb, f in zip(chosen, fit_rows, strict=True) if f)),
+        judge_margins={
+            str(lead): n
+            for lead, n in sorted(
+                Counter(
+                    1 if lb.margin is None else lb.margin
+                    for lb, f in zip(chosen, fit_rows, strict=True)
+                    if f and lb.source == "judge"
+                ).items()
+            )
+        },
         holdout=report,
     )
     return model, info

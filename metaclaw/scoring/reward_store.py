@@ -31,6 +31,9 @@ class ModelInfo:
     train_turns: int
     seconds: float
     sources: dict[str, int] = field(default_factory=dict)  # training labels by source
+    # training judge labels by their panel's lead ("3": 3–0, "1": 2–1 or one vote), which
+    # sets their weight (adaptive.decisiveness)
+    judge_margins: dict[str, int] = field(default_factory=dict)
     holdout: HoldoutReport | None = None
 
     @property

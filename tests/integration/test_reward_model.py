@@ -18,7 +18,10 @@ from metaclaw.ledger import WalWriter
 from metaclaw.ledger.reader import connect
 from metaclaw.ledger.records import now_micros
 from metaclaw.scoring.adaptive import (
+    Label,
+    decisiveness,
     label_contexts,
+    label_weight,
     load_labels,
     predict_contexts,
     refresh,
@@ -187,16 +190,19 @@ def test_learns_a_sign_off_rule_and_generalises(home: Path) -> None:
 
 def test_labels_follow_trust_order_and_never_the_models_own(home: Path) -> None:
     settings = _settings(home)
-    data = corpus("lb", 4, 3, BODIES, PLAIN_ENDS, SIGN_OFFS)
+    data = corpus("lb", 6, 3, BODIES, PLAIN_ENDS, SIGN_OFFS)
     turns = [t for t, _ in data]
     ts = now_micros()
 
-    def reward(turn: str, signal: str, value: float) -> dict[str, Any]:
+    def reward(
+        turn: str, signal: str, value: float, votes: list[int | None] | None = None
+    ) -> dict[str, Any]:
         return {
             "reward_id": f"{turn}-{signal}",
             "turn_id": turn,
             "signal": signal,
             "value": value,
+            "votes": None if votes is None else {"votes": votes, "agreement": 0.0},
             "scorer_version": "v",
             "ts": ts,
         }
@@ -207,23 +213,95 @@ def test_labels_follow_trust_order_and_never_the_models_own(home: Path) -> None:
         wal.append(
             "rewards",
             [
-                reward("lb0-0", "judge", 1.0),  # the user's word beats the judge's
-                reward("lb1-0", "judge", 1.0),
+                reward("lb0-0", "judge", 1.0, [1, 1, 1]),  # the user's word beats the judge's
+                reward("lb1-0", "judge", 1.0, [1, -1, 1]),
                 reward("lb1-0", "implicit:correction", -1.0),  # the judge's beats implicit
                 reward("lb2-0", "implicit:correction", -1.0),
                 reward("lb3-0", "reward_model", 0.9),  # the model's own: never a label
+                reward("lb4-0", "judge", -1.0, [-1, -1, None]),  # an invalid vote: 2-0
+                reward("lb5-0", "judge", -1.0),  # no panel recorded
             ],
         )
     con = connect(settings.paths)
     try:
-        got = {lb.turn_id: (lb.value, lb.source) for lb in load_labels(con, 100)}
+        labels = load_labels(con, 100)
     finally:
         con.close()
+    got = {lb.turn_id: (lb.value, lb.source, lb.margin) for lb in labels}
     assert got == {
-        "lb0-0": (-1.0, "explicit"),
-        "lb1-0": (1.0, "judge"),
-        "lb2-0": (-1.0, "implicit"),
+        "lb0-0": (-1.0, "explicit", None),
+        "lb1-0": (1.0, "judge", 1),
+        "lb2-0": (-1.0, "implicit", None),
+        "lb4-0": (-1.0, "judge", 2),
+        "lb5-0": (-1.0, "judge", None),
     }
+    rm = settings.reward_model
+    weight = {lb.turn_id: label_weight(lb, rm) for lb in labels}
+    assert weight["lb0-0"] == rm.explicit_weight and weight["lb2-0"] == rm.implicit_weight
+    assert weight["lb1-0"] == pytest.approx(rm.judge_weight * 0.6)  # 2-1 at q = 0.8
+    assert weight["lb4-0"] == pytest.approx(rm.judge_weight * (0.64 - 0.04) / (0.64 + 0.04))
+    assert weight["lb5-0"] == weight["lb1-0"]  # unknown panel: no more than one vote
+
+
+def test_a_unanimous_panel_outweighs_split_ones(home: Path) -> None:
+    """Judge labels only: the 3-0 verdicts follow the users' rule, the (more numerous) 2-1
+    verdicts contradict it. Weighted by their panels' lead (votes each right 60 % of the time:
+    a 3-0 verdict counts 0.54, a 2-1 one 0.2) the model learns the rule; counted alike it
+    learns the contradiction."""
+    settings = _settings(home, judge_vote_accuracy=0.6)
+    data = corpus("vw", 200, 4, BODIES[:8], PLAIN_ENDS[:4], SIGN_OFFS[:6])
+    # replies on topics it never saw, never labelled: what both models are tried on
+    unseen = corpus("vu", 40, 5, BODIES[8:], PLAIN_ENDS[:4], SIGN_OFFS[:6])
+    rng = random.Random(9)
+    ts = now_micros()
+    verdicts = []
+    for turn, signed in data:
+        split = rng.random() < 0.55
+        truth = 1.0 if signed else -1.0
+        value = -truth if split else truth
+        v = int(value)
+        verdicts.append(
+            {
+                "reward_id": f"{turn['turn_id']}-judge",
+                "turn_id": turn["turn_id"],
+                "signal": "judge",
+                "value": value,
+                "votes": {"votes": [v, -v, v] if split else [v, v, v]},
+                "scorer_version": "judge/stub/j1/m3",
+                "ts": ts,
+            }
+        )
+    with WalWriter(settings.paths.wal) as wal:
+        wal.append("turns", [t for t, _ in data + unseen])
+        wal.append("rewards", verdicts)
+    con = connect(settings.paths)
+    try:
+        contexts = label_contexts(
+            con, [Label(t["turn_id"], t["session_id"], 0.0, "none") for t, _ in unseen]
+        )
+    finally:
+        con.close()
+    truth = {t["turn_id"]: signed for t, signed in unseen}
+    splits = sum(r["votes"]["votes"][1] != r["votes"]["votes"][0] for r in verdicts)
+    assert splits > len(data) / 2  # the split verdicts are the majority of labels
+
+    made = refresh(settings)
+    assert made.info is not None
+    margins = made.info.judge_margins
+    assert set(margins) == {"1", "3"} and sum(margins.values()) == made.info.train_turns
+    p = predict_contexts(settings, made.info, contexts).p
+    right = sum((pi >= 0.5) == truth[c.turn.turn_id] for c, pi in zip(contexts, p, strict=True))
+    assert len(contexts) == 40 and right / len(contexts) >= 0.8, right
+
+    # the same labels, every panel counted as sure: the split majority wins
+    sure = settings.reward_model.model_copy(update={"judge_vote_accuracy": 0.999999})
+    alike = settings.model_copy(update={"reward_model": sure})
+    assert decisiveness(1, 0.999999) == pytest.approx(1.0, abs=1e-5)
+    flat = refresh(alike, force=True)
+    assert flat.info is not None and flat.info.version != made.info.version
+    q = predict_contexts(alike, flat.info, contexts).p
+    wrong = sum((qi >= 0.5) != truth[c.turn.turn_id] for c, qi in zip(contexts, q, strict=True))
+    assert wrong / len(contexts) >= 0.5, wrong
 
 
 def test_triage_judges_only_uncertain_and_audited_turns(home: Path, judge_stub: StubJudge) -> None:
