@@ -347,6 +347,10 @@ from metaclaw.connect.cli import app as connect_app  # noqa: E402  (`connect [op
 
 app.add_typer(connect_app, name="connect")
 
+from metaclaw.agents.cli import app as agents_app  # noqa: E402  (`agents add|list|...`)
+
+app.add_typer(agents_app, name="agents")
+
 
 @app.command()
 def demo(

@@ -26,7 +26,7 @@ import duckdb
 import orjson
 
 from metaclaw.ledger.records import parse_line
-from metaclaw.ledger.schemas import TURNS
+from metaclaw.ledger.schemas import DEFAULT_AGENT, TURNS
 from metaclaw.ledger.storage import LedgerStorage, open_storage
 from metaclaw.ledger.wal import list_segments
 
@@ -39,6 +39,7 @@ class TurnRef:
     turn_id: str
     session_id: str | None
     status: str | None
+    agent_id: str
 
 
 def _matches_in(data: mmap.mmap, needle: bytes, column: str, value: str) -> list[dict[str, Any]]:
@@ -95,10 +96,15 @@ def _parquet_rows(
     con = _cursor()
     try:
         store.register(con)
+        # The typed empty row first: files written before `agent_id` existed lack the column
+        # (they read as the default agent); DuckDB still reads only the four columns, filtered.
         return con.execute(
-            "SELECT turn_id, session_id, status FROM read_parquet(?, union_by_name=true) "
+            "SELECT turn_id, session_id, status, COALESCE(agent_id, ?) FROM ("
+            "SELECT NULL::VARCHAR AS turn_id, NULL::VARCHAR AS session_id, "
+            "NULL::VARCHAR AS status, NULL::VARCHAR AS agent_id WHERE false "
+            "UNION ALL BY NAME SELECT * FROM read_parquet(?, union_by_name=true)) "
             f"WHERE {sql_filter} LIMIT 1",
-            [[store.url(f) for f in files], *params],
+            [DEFAULT_AGENT, [store.url(f) for f in files], *params],
         ).fetchall()
     finally:
         con.close()
@@ -107,18 +113,33 @@ def _parquet_rows(
 def find_turn(paths: Any, turn_id: str) -> TurnRef | None:
     """The turn with this id, from the WAL or the Parquet ledger; None when there is none."""
     for row in _wal_matches(paths, "turn_id", turn_id):
-        return TurnRef(turn_id, row.get("session_id"), row.get("status"))
+        return TurnRef(turn_id, row.get("session_id"), row.get("status"), _agent(row))
     store = open_storage(paths)
     files = store.load_manifest().files.get(TURNS.name, [])
-    for tid, sid, status in _parquet_rows(store, files, "turn_id = ?", [turn_id]):
-        return TurnRef(tid, sid, status)
+    for tid, sid, status, agent in _parquet_rows(store, files, "turn_id = ?", [turn_id]):
+        return TurnRef(tid, sid, status, agent)
     return None
 
 
-def session_has_completed_turn(paths: Any, session_id: str) -> bool:
-    """Whether the session has at least one turn with status `ok`."""
-    if any(r.get("status") == "ok" for r in _wal_matches(paths, "session_id", session_id)):
+def _agent(row: dict[str, Any]) -> str:
+    return row.get("agent_id") or DEFAULT_AGENT
+
+
+def session_has_completed_turn(paths: Any, session_id: str, agent_id: str) -> bool:
+    """Whether the session has at least one turn with status `ok` of this agent (sessions are
+    named by clients, so two agents may use the same session id)."""
+    if any(
+        r.get("status") == "ok" and _agent(r) == agent_id
+        for r in _wal_matches(paths, "session_id", session_id)
+    ):
         return True
     store = open_storage(paths)
     files = store.load_manifest().files.get(TURNS.name, [])
-    return bool(_parquet_rows(store, files, "session_id = ? AND status = 'ok'", [session_id]))
+    return bool(
+        _parquet_rows(
+            store,
+            files,
+            "session_id = ? AND status = 'ok' AND COALESCE(agent_id, ?) = ?",
+            [session_id, DEFAULT_AGENT, agent_id],
+        )
+    )

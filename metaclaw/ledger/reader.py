@@ -34,8 +34,12 @@ def read_wal(paths: LedgerPaths) -> dict[str, dict[str, list[Row]]]:
     return out
 
 
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
 def _sql_list(values: list[str]) -> str:
-    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
+    return "[" + ", ".join(_sql_text(v) for v in values) + "]"
 
 
 def _view_sql(spec: TableSpec, parquet: str, wal: str | None) -> str:
@@ -45,11 +49,13 @@ def _view_sql(spec: TableSpec, parquet: str, wal: str | None) -> str:
             f" UNION ALL BY NAME SELECT * FROM {wal} WHERE {spec.id_column} NOT IN "
             f"(SELECT {spec.id_column} FROM {parquet})"
         )
-    if spec.json_columns:
-        # TRY_CAST: text that is not JSON (an old file, written before values were coerced)
-        # reads as NULL instead of failing every query on the table.
-        casts = ", ".join(f"TRY_CAST({c} AS JSON) AS {c}" for c in spec.json_columns)
-        return f"SELECT * REPLACE ({casts}) FROM ({body})"
+    # TRY_CAST: text that is not JSON (an old file, written before values were coerced) reads
+    # as NULL instead of failing every query on the table.
+    casts = [f"TRY_CAST({c} AS JSON) AS {c}" for c in spec.json_columns]
+    # a column added later reads as its default in rows written without it (schemas.py)
+    casts += [f"COALESCE({c}, {_sql_text(v)}) AS {c}" for c, v in spec.read_defaults]
+    if casts:
+        return f"SELECT * REPLACE ({', '.join(casts)}) FROM ({body})"
     return body
 
 

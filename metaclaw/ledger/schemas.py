@@ -19,6 +19,9 @@ import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
 PARTITION_COLUMN = "date"
+DEFAULT_AGENT = "default"
+"""The agent of every row when no agents are configured, and of rows written before agents
+existed (their `agent_id` is NULL, or the column is absent from their Parquet files)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ class TableSpec:
     id_column: str
     time_column: str
     json_columns: tuple[str, ...] = ()
+    # (column, value) of columns added after rows were written without them: readers see the
+    # value where the row holds NULL (reader views, point lookups), so no file is rewritten
+    read_defaults: tuple[tuple[str, str], ...] = ()
 
     def partition_value(self, row: dict[str, Any]) -> str:
         """The `date=` partition of a row, from its time column (epoch µs or datetime)."""
@@ -82,7 +88,9 @@ TURNS = TableSpec(
         ("sampling_temperature", pa.float64()),
         ("sampling_top_p", pa.float64()),
         ("injected_text", pa.string()),
+        ("agent_id", pa.string()),
     ),
+    read_defaults=(("agent_id", DEFAULT_AGENT),),
 )
 
 FEEDBACK = TableSpec(
@@ -96,7 +104,9 @@ FEEDBACK = TableSpec(
         ("value", pa.float64(), False),
         ("comment", pa.string()),
         ("ts", TS, False),
+        ("agent_id", pa.string()),
     ),
+    read_defaults=(("agent_id", DEFAULT_AGENT),),
 )
 
 REWARDS = TableSpec(
@@ -227,7 +237,11 @@ COLUMN_NOTES: dict[tuple[str, str], str] = {
     ("turns", "sampling_top_p"): "top_p the policy sampled with (its trace); null if upstream",
     ("turns", "injected_text"): "skills block appended to the system prompt; null when none "
     "(served messages = skills.query.inject(request messages, injected_text))",
+    ("turns", "agent_id"): "the agent whose key the request carried (docs/agents.md); rows "
+    "written before agents read as default",
     ("feedback", "value"): "-1 .. 1",
+    ("feedback", "agent_id"): "the agent whose key posted it: always the agent of its turn; "
+    "rows written before agents read as default",
     ("rewards", "reward_id"): "hash of (turn_id, signal, scorer_version)",
     ("rewards", "scorer_version"): "what produced the value: judge/<model>/<prompt>/m<votes>, "
     "the implicit version, or rm/<features>/<digest> (the reward model version)",

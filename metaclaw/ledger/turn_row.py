@@ -49,6 +49,7 @@ class TurnRow:
     sampling_temperature: float | None
     sampling_top_p: float | None
     injected_text: str | None
+    agent_id: str  # metaclaw.ledger.schemas.DEFAULT_AGENT when no agents are configured
 
     def as_row(self) -> Row:
         """The row for the WAL (shallow: the request and response documents are not copied)."""

@@ -37,6 +37,7 @@ from metaclaw.proxy.relay import (
     ProxyState,
     RelayResponse,
     StreamRelay,
+    client_headers,
     finish_turn,
     json_response,
     open_upstream,
@@ -171,8 +172,9 @@ async def messages(request: Request) -> Response:
                 **upstream_body,
                 "system": inject_system(body.get("system"), injection.block),
             }
+        headers = client_headers(request)
         resp = await open_upstream(
-            state, draft, lambda: state.upstream.open_anthropic(upstream_body, request.headers)
+            state, draft, lambda: state.upstream.open_anthropic(upstream_body, headers)
         )
         if resp.status_code >= 400:
             return await relay_upstream_error(state, draft, resp, anthropic=True)
@@ -190,7 +192,7 @@ async def messages(request: Request) -> Response:
 
     def opener(policy: bool) -> Awaitable[UpstreamResponse]:
         return state.upstream.open_openai(
-            "/chat/completions", openai_body, request.headers, policy=policy
+            "/chat/completions", openai_body, client_headers(request), policy=policy
         )
 
     if state.upstream.anthropic_native:  # a fallback there would need the Anthropic body

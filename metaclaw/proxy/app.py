@@ -18,8 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from metaclaw.agents.registry import agent_for_key
+from metaclaw.agents.store import AgentKeys, registry_path
 from metaclaw.config import Settings
 from metaclaw.endpoints import policy_base_url
+from metaclaw.ledger.schemas import DEFAULT_AGENT
 from metaclaw.ledger.wal import WalWriter
 from metaclaw.providers import azure_endpoint
 from metaclaw.proxy.anthropic_api import messages
@@ -29,7 +32,7 @@ from metaclaw.proxy.feedback_api import feedback
 from metaclaw.proxy.guard import LocalGuard, Refusal
 from metaclaw.proxy.heap import HeapGuard
 from metaclaw.proxy.openai_api import chat_completions, list_models
-from metaclaw.proxy.relay import ProxyState, error_response, json_response
+from metaclaw.proxy.relay import CALLER, Caller, ProxyState, error_response, json_response
 from metaclaw.proxy.session import SESSIONS_FILE, SessionTracker, presented_key
 from metaclaw.proxy.upstream import AzureRoute, Upstream
 from metaclaw.skills.library import SkillLibrary
@@ -39,25 +42,48 @@ OPEN_PATHS = frozenset({"/healthz"})
 
 
 class AuthMiddleware:
-    """Bearer-key auth for every path but /healthz, when `proxy.api_keys` is set."""
+    """Who is calling, for every path but /healthz: the agent whose key the request carries
+    (`metaclaw agents`), or the `default` agent for one of `proxy.api_keys`. With neither
+    configured there is no auth and everything is the `default` agent."""
 
-    def __init__(self, app: ASGIApp, keys: list[bytes]) -> None:
+    def __init__(self, app: ASGIApp, keys: list[bytes], agents: AgentKeys) -> None:
         self.app = app
         self.keys = keys
+        self.agents = agents
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        index = self.agents.index()  # a stat; the file is read again only when it changed
+        if not self.keys and not index:
+            scope[CALLER] = Caller(DEFAULT_AGENT, proxy_key=False)
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         key = presented_key(headers)
-        if key is not None and any(hmac.compare_digest(key.encode(), k) for k in self.keys):
+        agent = agent_for_key(index, key)
+        if (
+            agent is None
+            and key is not None
+            and any(hmac.compare_digest(key.encode(), k) for k in self.keys)
+        ):
+            agent = DEFAULT_AGENT
+        if agent is not None:
+            scope[CALLER] = Caller(agent, proxy_key=True)
             await self.app(scope, receive, send)
             return
         reason = "missing API key" if key is None else "invalid API key"
+        if index:
+            fix = (
+                "send your agent's key (printed once by `metaclaw agents add NAME`; a lost key "
+                "is replaced by `metaclaw agents rotate-key NAME`)"
+            )
+        else:
+            fix = "send one of proxy.api_keys"
         err = ProxyError(
             401,
-            f"{reason}: send one of proxy.api_keys as 'Authorization: Bearer <key>'",
+            f"{reason}: {fix} as 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
             "authentication_error",
             "invalid_api_key",
         )
@@ -145,7 +171,9 @@ def create_app(
 
     app = FastAPI(title="MetaClaw proxy", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(
-        AuthMiddleware, keys=[k.get_secret_value().encode() for k in settings.proxy.api_keys]
+        AuthMiddleware,
+        keys=[k.get_secret_value().encode() for k in settings.proxy.api_keys],
+        agents=AgentKeys(registry_path(settings.paths.home)),
     )
     # Added last, so it runs first: a browser's request is refused before auth or any read.
     app.add_middleware(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metaclaw.ledger.records import Row, now_micros
-from metaclaw.ledger.schemas import TURNS
+from metaclaw.ledger.schemas import DEFAULT_AGENT, TURNS
 from metaclaw.ledger.turn_row import TurnRow
 from metaclaw.ledger.wal import WalWriter
 from metaclaw.proxy.completion import Completion
@@ -37,6 +37,7 @@ class TurnDraft:
     stream: bool
     model: str | None
     client_identity: str = ""  # hash of the presented key: seeds the session chain
+    agent_id: str = DEFAULT_AGENT  # whose key the request carried (proxy/app.py AuthMiddleware)
     turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     ts_start: int = field(default_factory=now_micros)
     started: float = field(default_factory=time.perf_counter)
@@ -104,6 +105,7 @@ class TurnDraft:
             sampling_temperature=policy.temperature if policy else None,
             sampling_top_p=policy.top_p if policy else None,
             injected_text=self.injected_text,
+            agent_id=self.agent_id,
         ).as_row()
 
 

@@ -21,7 +21,7 @@ from metaclaw.ledger.lookup import find_turn, session_has_completed_turn
 from metaclaw.ledger.records import now_micros
 from metaclaw.ledger.schemas import FEEDBACK
 from metaclaw.proxy.errors import ProxyError
-from metaclaw.proxy.relay import ProxyState, json_response, read_body
+from metaclaw.proxy.relay import ProxyState, caller, json_response, read_body
 from metaclaw.proxy.validate import parse_json_object
 from metaclaw.scoring.feedback import FeedbackError, feedback_id, feedback_row, parse_feedback
 
@@ -30,18 +30,21 @@ log = logging.getLogger("metaclaw.proxy")
 LOOKUP_TIMEOUT_S = 5.0
 
 
-def _lookup(state: ProxyState, turn_id: str | None, session_id: str | None) -> str | None:
-    """Why the ids do not name a known turn (None when they do). Point lookups: the cost does
-    not grow with the ledger (metaclaw/ledger/lookup.py)."""
+def _lookup(
+    state: ProxyState, turn_id: str | None, session_id: str | None, agent_id: str
+) -> str | None:
+    """Why the ids do not name a known turn of the calling agent (None when they do). Another
+    agent's turn gets exactly the answer an unknown id gets: no oracle for other agents' ids.
+    Point lookups: the cost does not grow with the ledger (metaclaw/ledger/lookup.py)."""
     paths = state.settings.paths
     if turn_id is not None:
         ref = find_turn(paths, turn_id)
-        if ref is None:
+        if ref is None or ref.agent_id != agent_id:
             return f"no turn with turn_id {turn_id!r} in the ledger"
         if session_id is not None and ref.session_id != session_id:
             return f"turn {turn_id!r} belongs to session {ref.session_id!r}, not {session_id!r}"
         return None
-    if not session_has_completed_turn(paths, session_id or ""):
+    if not session_has_completed_turn(paths, session_id or "", agent_id):
         return f"no completed turn in session {session_id!r} yet"
     return None
 
@@ -53,11 +56,12 @@ async def feedback(request: Request) -> Response:
         req = parse_feedback(body)
     except FeedbackError as err:
         raise ProxyError(400, err.message, code="invalid_value", param=err.param) from None
+    agent_id = caller(request).agent_id
     problem: str | None = None
     try:
         with anyio.fail_after(LOOKUP_TIMEOUT_S):
             problem = await anyio.to_thread.run_sync(
-                _lookup, state, req.turn_id, req.session_id, abandon_on_cancel=True
+                _lookup, state, req.turn_id, req.session_id, agent_id, abandon_on_cancel=True
             )
     except Exception as exc:  # the ledger cannot answer: store the feedback anyway
         log.warning(
@@ -69,7 +73,8 @@ async def feedback(request: Request) -> Response:
         raise ProxyError(
             404, problem, code="not_found", param="turn_id" if req.turn_id else "session_id"
         )
-    row = feedback_row(req, feedback_id(request.headers.get("idempotency-key")), now_micros())
+    fid = feedback_id(request.headers.get("idempotency-key"))
+    row = feedback_row(req, fid, now_micros(), agent_id)
     try:
         await state.recorder.wal.append_async(
             FEEDBACK.name, row, state.settings.proxy.capture_timeout_s

@@ -23,6 +23,7 @@ from metaclaw.proxy.relay import (
     ProxyState,
     RelayResponse,
     StreamRelay,
+    client_headers,
     finish_turn,
     json_response,
     read_body,
@@ -110,7 +111,7 @@ async def chat_completions(request: Request) -> Response:
         draft,
         to_policy,
         lambda policy: state.upstream.open_openai(
-            "/chat/completions", outgoing(policy), request.headers, policy=policy
+            "/chat/completions", outgoing(policy), client_headers(request), policy=policy
         ),
     )
     if resp.status_code >= 400:
@@ -135,7 +136,7 @@ async def list_models(request: Request) -> Response:
     fallback = state.settings.upstream.model or "metaclaw"
     if state.upstream.openai_configured:
         try:
-            status, content = await state.upstream.get_models(request.headers)
+            status, content = await state.upstream.get_models(client_headers(request))
             if status == 200:
                 return Response(content, media_type="application/json")
         except Exception:  # an unreachable upstream still leaves a usable answer

@@ -35,6 +35,32 @@ class BodyTooLargeError(Exception):
     pass
 
 
+CALLER = "metaclaw.caller"  # the ASGI scope key AuthMiddleware puts the `Caller` under
+_AUTH_HEADERS = frozenset({"authorization", "x-api-key"})
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request: its agent, and whether its key was one the proxy itself checked."""
+
+    agent_id: str
+    proxy_key: bool
+
+
+def caller(request: Request) -> Caller:
+    found: Caller = request.scope[CALLER]
+    return found
+
+
+def client_headers(request: Request) -> Mapping[str, str]:
+    """The client's headers as the upstream may see them. A key the proxy checked (an agent's
+    or one of `proxy.api_keys`) is the proxy's, never the upstream's: it is removed here, so no
+    path can forward it, whatever the upstream's own key settings."""
+    if not caller(request).proxy_key:
+        return request.headers
+    return {k: v for k, v in request.headers.items() if k not in _AUTH_HEADERS}
+
+
 @dataclass
 class ProxyState:
     settings: Settings

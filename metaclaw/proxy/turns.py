@@ -13,7 +13,7 @@ from typing import Any
 from starlette.requests import Request
 
 from metaclaw.proxy.capture import TurnDraft
-from metaclaw.proxy.relay import ProxyState
+from metaclaw.proxy.relay import ProxyState, caller
 from metaclaw.proxy.session import client_identity, explicit_session_id, turn_index
 from metaclaw.skills.library import Injection
 
@@ -41,6 +41,7 @@ async def open_turn(
         stream=bool(body.get("stream")),
         model=body.get("model"),
         client_identity=identity,
+        agent_id=caller(request).agent_id,
     )
     injection = await state.select_skills(history, draft.session_id)
     draft.injected_skills = injection.skills

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from metaclaw.ledger.schemas import DEFAULT_AGENT
 from metaclaw.ledger.turn_row import TurnRow
 from metaclaw.replay.model import Row
 
@@ -116,6 +117,7 @@ def turn_row(
         sampling_temperature=None,  # someone else's model sampled it, at settings unknown
         sampling_top_p=None,
         injected_text=None,
+        agent_id=DEFAULT_AGENT,  # imported logs name no agent key
     ).as_row()
 
 

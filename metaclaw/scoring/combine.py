@@ -51,16 +51,19 @@ TURN_FEEDBACK_SQL = """
 SELECT f.feedback_id, f.turn_id, coalesce(f.session_id, t.session_id) AS session_id,
        f.value, f.comment, f.ts, 'turn' AS resolved_by
 FROM feedback f LEFT JOIN turns t ON t.turn_id = f.turn_id
-WHERE f.turn_id IS NOT NULL
+WHERE f.turn_id IS NOT NULL AND (t.turn_id IS NULL OR t.agent_id = f.agent_id)
 UNION ALL BY NAME
 SELECT f.feedback_id, t.turn_id, f.session_id, f.value, f.comment, f.ts,
        'session' AS resolved_by
 FROM (SELECT * FROM feedback WHERE turn_id IS NULL AND session_id IS NOT NULL) f
-ASOF JOIN (SELECT turn_id, session_id, coalesce(ts_end, ts_start) AS done_at
+ASOF JOIN (SELECT turn_id, session_id, agent_id, coalesce(ts_end, ts_start) AS done_at
            FROM turns WHERE status = 'ok') t
-  ON f.session_id = t.session_id AND f.ts >= t.done_at
+  ON f.session_id = t.session_id AND f.agent_id = t.agent_id AND f.ts >= t.done_at
 """
-"""Explicit feedback tied to turns: by turn id, or by session (the latest completed turn)."""
+"""Explicit feedback tied to turns of the agent that posted it: by turn id, or by session (its
+latest completed turn of that agent: clients name sessions, so two agents may share an id). The
+proxy already refuses another agent's turn; this keeps feedback it stored while the ledger could
+not answer from counting on another agent's turn."""
 
 
 def turn_rewards_sql(

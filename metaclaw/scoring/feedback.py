@@ -99,7 +99,7 @@ def feedback_id(idempotency_key: str | None = None) -> str:
     return uuid.uuid4().hex
 
 
-def feedback_row(req: FeedbackRequest, fid: str, ts_micros: int) -> Row:
+def feedback_row(req: FeedbackRequest, fid: str, ts_micros: int, agent_id: str) -> Row:
     return {
         "feedback_id": fid,
         "turn_id": req.turn_id,
@@ -107,4 +107,5 @@ def feedback_row(req: FeedbackRequest, fid: str, ts_micros: int) -> Row:
         "value": req.value,
         "comment": req.comment,
         "ts": ts_micros,
+        "agent_id": agent_id,
     }

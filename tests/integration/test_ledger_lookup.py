@@ -50,7 +50,7 @@ def test_lookups_agree_with_the_views_in_wal_and_parquet(paths: LedgerPaths) -> 
         wal.append("turns", [active])  # the segment is still locked by its writer
         for row in (landed, failed_only, sealed, active, decoy):
             assert find_turn(paths, row["turn_id"]) == TurnRef(
-                row["turn_id"], row["session_id"], row["status"]
+                row["turn_id"], row["session_id"], row["status"], "default"
             )
             sql = f"SELECT session_id FROM turns WHERE turn_id = '{row['turn_id']}'"
             got = query(paths, sql)[1]
@@ -58,9 +58,10 @@ def test_lookups_agree_with_the_views_in_wal_and_parquet(paths: LedgerPaths) -> 
         assert find_turn(paths, "ghost") is None
         assert find_turn(paths, "no-such-turn") is None
         for session in ("s-parquet", "s-sealed", "s-active", "s-decoy"):
-            assert session_has_completed_turn(paths, session)
+            assert session_has_completed_turn(paths, session, "default")
+            assert not session_has_completed_turn(paths, session, "other-agent")
         for session in ("s-failed", "s-ghost", "nobody"):
-            assert not session_has_completed_turn(paths, session)
+            assert not session_has_completed_turn(paths, session, "default")
 
 
 def test_parquet_files_carry_bloom_filters_on_lookup_columns(paths: LedgerPaths) -> None:

@@ -65,7 +65,7 @@ def test_invalid(body: dict[str, Any], param: str, words: str) -> None:
 def test_ids_and_row() -> None:
     assert feedback_id("key-1") == feedback_id("key-1") != feedback_id("key-2")
     assert feedback_id() != feedback_id()
-    row = feedback_row(parse_feedback({"session_id": "s", "value": 1}), "f1", 123)
+    row = feedback_row(parse_feedback({"session_id": "s", "value": 1}), "f1", 123, "coder")
     assert row == {
         "feedback_id": "f1",
         "turn_id": None,
@@ -73,4 +73,5 @@ def test_ids_and_row() -> None:
         "value": 1.0,
         "comment": None,
         "ts": 123,
+        "agent_id": "coder",
     }
