@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def test_concurrent_changes_are_never_lost(tmp_path: Path) -> None:
 
 def test_the_proxy_view_follows_the_file(tmp_path: Path) -> None:
     path = registry_path(tmp_path)
-    keys = AgentKeys(path)
+    keys = AgentKeys(path, recheck_s=0)
     assert keys.index() == {}, "no file: no agents"
     first = new_key()
     update(path, lambda r: r.add("coder", first, [], NOW))
@@ -105,3 +106,15 @@ def test_the_proxy_view_follows_the_file(tmp_path: Path) -> None:
     assert agent_for_key(keys.index(), second) == "coder"
     with pytest.raises(AgentError, match="cannot read the agent registry"):
         AgentKeys(path)  # ... but nothing starts on a registry it cannot read
+
+
+def test_the_proxy_view_looks_at_the_file_at_most_every_recheck(tmp_path: Path) -> None:
+    path = registry_path(tmp_path)
+    keys = AgentKeys(path, recheck_s=0.3)
+    key = new_key()
+    update(path, lambda r: r.add("coder", key, [], NOW))
+    assert keys.index() == {}, "within recheck_s of the last look: the registry as it was"
+    deadline = time.monotonic() + 5
+    while agent_for_key(keys.index(), key) is None:
+        assert time.monotonic() < deadline, "the change was never picked up"
+        time.sleep(0.05)
