@@ -450,9 +450,14 @@ def _print_round(measured: Any, questions: tuple[str, ...]) -> None:
 
 
 def _train_line(result: Any) -> str:
+    """The train flow's steps in one line (`flows/train.py` returns steps, failures, stalls)."""
     if not isinstance(result, dict):
         return str(result)
-    return f"{result.get('status', '?')} {result.get('reason') or ''}".strip()[:120]
+    parts = [f"{len(result.get('steps') or [])} step(s)"]
+    if result.get("failed"):
+        parts.append(f"{len(result['failed'])} failed")
+    parts += [f"stalled: {reason}" for reason in result.get("stalled") or []]
+    return ", ".join(parts)[:160]
 
 
 def curve_table(points: list[Any]) -> Table:

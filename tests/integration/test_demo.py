@@ -4,6 +4,7 @@ compliance rule; the real embedded model run is what `metaclaw demo` does by def
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,7 @@ def test_demo_runs_the_loop_and_reports_what_it_measured(
         out.stdout
     )
     assert "round 1: teaching compliance 0% (0/3)" in out.stdout
+    assert re.search(r"train: \d+ step\(s\)", out.stdout), out.stdout[-3000:]
     paths = LedgerPaths(home)
     # 2 held-out questions before, 3 questions + 3 corrections while teaching, 2 after
     assert rows(paths, "SELECT count(*) AS n FROM turns") == [{"n": 10}]
