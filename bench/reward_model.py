@@ -8,7 +8,9 @@ in the same waves, through the real `score` path (ledger, DuckDB views, judge ov
 
 - **judge only** (`reward_model.enabled = false`): every turn gets m = 3 judge votes;
 - **triage**: the reward model retrains from the ledger's labels as they land and takes the
-  turns it is confident about; the judge gets the rest plus the audit share.
+  turns it is confident about; the judge gets the rest plus the audit share (an uncertain turn
+  gets one vote first, and the rest of the panel only when that vote disagrees with the
+  model's lean: `reward_model.one_vote_confirms`).
 
 The judge is a stand-in served over HTTP that reads the question and the reply and votes the
 truth, each vote wrong with probability `--judge-error` (0.2: the majority of 3 is right ~90 %
@@ -107,6 +109,7 @@ def run_arm(
                     "model_scored": t.model_scored,
                     "uncertain": t.model_uncertain,
                     "audited": t.model_audited,
+                    "confirmed": t.model_confirmed,
                     "retrained": bool(report.reward_model and report.reward_model["retrained"]),
                     "seconds": round(time.perf_counter() - start, 2),
                 }
@@ -192,7 +195,17 @@ def main() -> None:
         timing = speed(tri["settings"])
     print(f"{len(turns)} turns in {waves} waves; stand-in judge vote error {args.judge_error}")
     print_table(
-        ["wave", "turns", "judge calls", "model scored", "uncertain", "audited", "retrained", "s"],
+        [
+            "wave",
+            "turns",
+            "judge calls",
+            "model scored",
+            "uncertain",
+            "1 vote agreed",
+            "audited",
+            "retrained",
+            "s",
+        ],
         [
             [
                 w["wave"],
@@ -200,6 +213,7 @@ def main() -> None:
                 w["judge_calls"],
                 w["model_scored"],
                 w["uncertain"],
+                w["confirmed"],
                 w["audited"],
                 w["retrained"],
                 w["seconds"],

@@ -240,6 +240,13 @@ class RewardModelSettings(_Section):
         le=1.0,
         description="Share of confident turns judged anyway (agreement audit and new labels).",
     )
+    one_vote_confirms: bool = Field(
+        default=True,
+        description="A turn the model is unsure of gets one judge vote first; when it agrees "
+        "with the model's lean that vote is the verdict, otherwise the rest of the panel is "
+        "asked and the majority of all judge.votes decides. Audited turns always get the "
+        "whole panel.",
+    )
     min_labels: int = Field(default=200, ge=10, description="Labels before the first model.")
     retrain_new_labels: int = Field(
         default=200, ge=1, description="New labels since the current model that trigger a retrain."
@@ -803,6 +810,13 @@ class DeploySettings(_Section):
     )
     stated_rule_turns: int = Field(
         default=500, ge=1, description="How many of the newest turns are read for stated rules."
+    )
+    reward_model_pairs: bool = Field(
+        default=False,
+        description="Let the reward model in force decide a pair (after the stated rule) when "
+        "it is sure, at reward_model.confidence, that exactly one reply is good; the rest go "
+        "to the judge. Off by default: the model learned from the same users' labels the "
+        "policy was trained on (docs/deploy.md).",
     )
     max_kl: float = Field(
         default=1.0,

@@ -23,7 +23,7 @@ from metaclaw.deploy.durable import (
 from metaclaw.deploy.evalset import EvalSet, build_eval_set
 from metaclaw.deploy.evaluate import CandidateBrokenError, Evaluation, Progress, evaluate
 from metaclaw.deploy.notify import SwapNotice, notify_policy_server
-from metaclaw.deploy.pairwise import PairwiseJudge
+from metaclaw.deploy.pairwise import PairDecider, PairwiseJudge
 from metaclaw.deploy.registry import (
     CANDIDATE,
     REJECTED,
@@ -35,6 +35,7 @@ from metaclaw.deploy.registry import (
     plan_rollback,
 )
 from metaclaw.deploy.replycache import ReplyCache
+from metaclaw.deploy.reward_pairs import pair_decider
 from metaclaw.deploy.sampling import BASE, PolicyRef, Sampler, make_sampler
 from metaclaw.deploy.stated_rules import users_rule
 from metaclaw.deploy.store import append, read_book, registry_lock
@@ -183,6 +184,7 @@ class Prepared:
     promoted_id: str | None = None  # what was promoted when the comparison was set up
     prior_decisions: dict[str, int] = field(default_factory=dict)  # per current policy
     stated_rule: HintRule | None = None  # decides pairs first (`deploy.stated_rules`)
+    decider: PairDecider | None = None  # the reward model, next (`deploy.reward_model_pairs`)
 
 
 @dataclass
@@ -298,6 +300,7 @@ def prepare(
         book.promoted.checkpoint_id if book.promoted else None,
         book.decisions_against(),
         users_rule(settings),
+        pair_decider(settings),
     )
 
 
@@ -331,6 +334,8 @@ def assess(
         )
     if judge.rule is None:
         judge.rule = prepared.stated_rule
+    if judge.decider is None:
+        judge.decider = prepared.decider
     eval_set = prepared.eval_set or build_eval_set(settings)
     if len(eval_set.prompts) < cfg.min_eval_prompts:
         return Assessment(

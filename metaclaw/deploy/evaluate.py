@@ -112,6 +112,8 @@ class Evaluation:
     current_cached: int = 0  # prompts whose current-policy replies came from the reply cache
     stated_rule: str | None = None  # the users' rule that decided pairs first (described)
     rule_decided: int = 0
+    reward_model: str | None = None  # the reward model version that decided pairs it was sure of
+    model_decided: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     turn_ids: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -160,6 +162,8 @@ class Evaluation:
                     "invalid_verdicts": self.invalid_verdicts,
                     "stated_rule": self.stated_rule,
                     "rule_decided": self.rule_decided,
+                    "reward_model": self.reward_model,
+                    "model_decided": self.model_decided,
                 },
                 "eval_set": {
                     "split": self.eval_split,
@@ -240,16 +244,20 @@ def _sample_all(
 async def _judge_all(
     judge: PairwiseJudge,
     pairs: list[Pair],
-    conversations: dict[str, str],
+    prompts: dict[str, EvalPrompt],
     progress: Progress | None,
 ) -> None:
     todo = [p for p in pairs if not p.identical]
     done = 0
+    conversations = {pid: render_conversation(p.messages) for pid, p in prompts.items()}
 
     async def one(pair: Pair) -> None:
         nonlocal done
         pair.first, pair.second = await judge.both_orders(
-            conversations[pair.prompt_id], pair.candidate.text, pair.current.text
+            conversations[pair.prompt_id],
+            pair.candidate.text,
+            pair.current.text,
+            prompts[pair.prompt_id].messages,
         )
         done += 1
         if progress:
@@ -336,9 +344,9 @@ def evaluate(
     seconds["kl"] = time.monotonic() - t
 
     pairs: list[Pair] = []
-    conversations: dict[str, str] = {}
+    prompts: dict[str, EvalPrompt] = {}
     for (prompt, _), c_replies, u_replies in zip(encoded, cand, current, strict=True):
-        conversations[prompt.prompt_id] = render_conversation(prompt.messages)
+        prompts[prompt.prompt_id] = prompt
         for i, (c, u) in enumerate(zip(c_replies, u_replies, strict=True)):
             pairs.append(
                 Pair(
@@ -352,7 +360,7 @@ def evaluate(
                 )
             )
     t = time.monotonic()
-    asyncio.run(_judge_all(judge, pairs, conversations, progress))
+    asyncio.run(_judge_all(judge, pairs, prompts, progress))
     seconds["judge"] = time.monotonic() - t
 
     cand_replies = [p.candidate for p in pairs]
@@ -393,6 +401,8 @@ def evaluate(
         current_cached=cached,
         stated_rule=judge.rule.describe() if judge.rule else None,
         rule_decided=judge.stats.rule_decided,
+        reward_model=judge.decider.version if judge.decider else None,
+        model_decided=judge.stats.model_decided,
         skipped=skipped,
         turn_ids=[p.prompt_id for p, _ in encoded if p.source == "ledger"],
         seconds=seconds,

@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import openai
 
@@ -114,6 +114,17 @@ def parse_verdict(text: str | None) -> Verdict | None:
     return "tie" if word == "tie" else ("A" if word == "a" else "B")
 
 
+class PairDecider(Protocol):
+    """Decides a pair without the judge, or returns None (`reward_pairs.RewardModelPairs`)."""
+
+    @property
+    def version(self) -> str: ...
+
+    def __call__(
+        self, messages: Sequence[dict[str, Any]], candidate: str, current: str
+    ) -> tuple[Verdict, Verdict] | None: ...
+
+
 class JudgeUnavailableError(RuntimeError):
     """The judge could not be reached or refused us; the evaluation is retried later."""
 
@@ -123,6 +134,7 @@ class JudgeStats:
     calls: int = 0
     invalid: int = 0
     rule_decided: int = 0  # pairs the stated rule decided without a call
+    model_decided: int = 0  # pairs the reward model decided without a call
     errors: list[str] = field(default_factory=list)
 
 
@@ -131,6 +143,8 @@ class PairwiseJudge:
 
     `rule`: the rule users keep stating (`deploy.stated_rules`), checked first: a pair where
     exactly one reply keeps it is decided by it, both orders agreeing, with no call.
+    `decider`: the reward model (`deploy.reward_model_pairs`, `reward_pairs.py`), checked next:
+    a pair it is sure of is decided by it, both orders agreeing, with no call.
     """
 
     def __init__(
@@ -151,6 +165,7 @@ class PairwiseJudge:
         self.max_tokens = max_tokens
         self.stats = JudgeStats()
         self.rule: HintRule | None = None
+        self.decider: PairDecider | None = None
         self._client_kw = {
             "base_url": base_url,
             "api_key": api_key or PLACEHOLDER_KEY,
@@ -225,14 +240,24 @@ class PairwiseJudge:
         return verdict
 
     async def both_orders(
-        self, conversation: str, candidate: str, current: str
+        self,
+        conversation: str,
+        candidate: str,
+        current: str,
+        messages: Sequence[dict[str, Any]] = (),
     ) -> tuple[Verdict | None, Verdict | None]:
-        """(verdict with the candidate as A, verdict with the candidate as B)."""
+        """(verdict with the candidate as A, verdict with the candidate as B). `messages`: the
+        prompt `conversation` was rendered from (what the `decider` reads)."""
         if self.rule is not None:
             kept = self.rule.holds(candidate)
             if kept != self.rule.holds(current):
                 self.stats.rule_decided += 1
                 return ("A", "B") if kept else ("B", "A")
+        if self.decider is not None:
+            decided = self.decider(messages, candidate, current)
+            if decided is not None:
+                self.stats.model_decided += 1
+                return decided
         first, second = await asyncio.gather(
             self.verdict(conversation, candidate, current),
             self.verdict(conversation, current, candidate),

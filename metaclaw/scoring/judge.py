@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -281,33 +281,55 @@ class Judge:
         return min(max(delay, _retry_after(exc)), self.settings.retry_max_backoff_s)
 
     # -- one turn, many turns -------------------------------------------------------------
-    async def judge(self, case: JudgeCase, budget: CallBudget) -> JudgeOutcome:
-        m = self.settings.votes
+    async def judge(
+        self,
+        case: JudgeCase,
+        budget: CallBudget,
+        votes: int | None = None,
+        earlier: Sequence[Vote] = (),
+    ) -> JudgeOutcome:
+        """Cast `votes` (default `judge.votes`) new votes; the verdict is the majority of
+        those and the `earlier` ones (a panel completed in a second round)."""
+        m = self.settings.votes if votes is None else votes
         if self.broken is not None:
-            return JudgeOutcome(case, error=self.broken, skipped=True)
+            return JudgeOutcome(case, list(earlier), error=self.broken, skipped=True)
         if not budget.reserve(m):
-            return JudgeOutcome(case, error="judge call budget for this run is spent", skipped=True)
+            return JudgeOutcome(
+                case, list(earlier), error="judge call budget for this run is spent", skipped=True
+            )
         tasks = [asyncio.create_task(self.vote(case, budget)) for _ in range(m)]
         results = await asyncio.gather(*tasks, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
-        votes = [r for r in results if isinstance(r, Vote)]
+        panel = [*earlier, *(r for r in results if isinstance(r, Vote))]
         if errors:
             for e in errors:
                 if not isinstance(e, JudgeCallError):
                     raise e
-            return JudgeOutcome(case, votes, error=f"{len(errors)}/{m} votes failed: {errors[0]}")
-        verdict = majority(votes)
+            return JudgeOutcome(case, panel, error=f"{len(errors)}/{m} votes failed: {errors[0]}")
+        verdict = majority(panel)
         if verdict is None:
-            reasons = "; ".join(sorted({v.error or "?" for v in votes}))
-            return JudgeOutcome(case, votes, error=f"no valid vote ({reasons})")
-        return JudgeOutcome(case, votes, verdict)
+            reasons = "; ".join(sorted({v.error or "?" for v in panel}))
+            return JudgeOutcome(case, panel, error=f"no valid vote ({reasons})")
+        return JudgeOutcome(case, panel, verdict)
 
-    async def judge_all(self, cases: Sequence[JudgeCase], budget: CallBudget) -> list[JudgeOutcome]:
-        """Judge every case; calls run `concurrency` at a time (FIFO, so turns finish in order)."""
+    async def judge_all(
+        self,
+        cases: Sequence[JudgeCase],
+        budget: CallBudget,
+        votes: int | None = None,
+        earlier: Mapping[str, Sequence[Vote]] | None = None,
+    ) -> list[JudgeOutcome]:
+        """Judge every case (`votes` new votes each, added to its `earlier` ones); calls run
+        `concurrency` at a time (FIFO, so turns finish in order)."""
         loop = asyncio.get_running_loop()
         start = loop.time()
+        before = earlier or {}
         try:
-            return list(await asyncio.gather(*(self.judge(c, budget) for c in cases)))
+            return list(
+                await asyncio.gather(
+                    *(self.judge(c, budget, votes, before.get(c.turn_id, ())) for c in cases)
+                )
+            )
         finally:
             self.stats.seconds += loop.time() - start
 

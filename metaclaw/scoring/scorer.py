@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -39,7 +40,7 @@ from metaclaw.scoring.judge import (
     outcome_details,
     scorer_version,
 )
-from metaclaw.scoring.prompt import build_case
+from metaclaw.scoring.prompt import JudgeCase, build_case
 from metaclaw.scoring.reward_store import ModelInfo, current_info
 from metaclaw.scoring.store import (
     Agreement,
@@ -102,6 +103,7 @@ class BatchReport:
     model_scored: int = 0  # turns the reward model scored instead of the judge
     model_uncertain: int = 0  # turns the model sent to the judge (below its confidence)
     model_audited: int = 0  # confident turns judged anyway (the audit sample)
+    model_confirmed: int = 0  # uncertain turns settled by one vote agreeing with the model
     agreement_sum: float = 0.0  # Σ share of votes backing each verdict (inter-vote agreement)
     unanimous: int = 0
     ties: int = 0
@@ -347,6 +349,34 @@ def triage_ready(
 # -- one batch ------------------------------------------------------------------------------
 
 
+async def _panels(
+    judge: Judge,
+    cases: list[JudgeCase],
+    budget: CallBudget,
+    confirm: Mapping[str, Decision],
+    report: BatchReport,
+) -> list[JudgeOutcome]:
+    """A whole panel for each case, except those in `confirm` (the model was unsure of them):
+    one vote first, and the rest of the panel only where that vote does not agree with the
+    model's lean (`Decision.confirmed_by`). A first vote that failed leaves its turn pending."""
+    full = [c for c in cases if c.turn_id not in confirm]
+    first = [c for c in cases if c.turn_id in confirm]
+    outcomes, probes = await asyncio.gather(
+        judge.judge_all(full, budget), judge.judge_all(first, budget, votes=1)
+    )
+    agreed = [confirm[o.case.turn_id].confirmed_by(o.verdict) for o in probes]
+    settled = [o for o, ok in zip(probes, agreed, strict=True) if ok]
+    unsettled = [o for o, ok in zip(probes, agreed, strict=True) if not ok and o.votes]
+    report.model_confirmed += len(settled)
+    more = await judge.judge_all(
+        [o.case for o in unsettled],
+        budget,
+        votes=judge.settings.votes - 1,
+        earlier={o.case.turn_id: o.votes for o in unsettled},
+    )
+    return [*outcomes, *settled, *more, *(o for o in probes if not o.votes)]
+
+
 async def _judge(
     endpoint: JudgeEndpoint,
     settings: Settings,
@@ -356,10 +386,12 @@ async def _judge(
     client: openai.AsyncOpenAI | None,
     ts: int,
     report: BatchReport,
+    confirm: Mapping[str, Decision],
 ) -> list[Row]:
     async with Judge(endpoint, judge_settings, client) as judge:
         try:
-            outcomes = await judge.judge_all([build_case(c) for c in contexts], budget)
+            cases = [build_case(c) for c in contexts]
+            outcomes = await _panels(judge, cases, budget, confirm, report)
         finally:  # every answered call was billed, whatever became of the run
             record_calls(settings.paths, judge.call_rows)
         stats = judge.stats
@@ -412,8 +444,13 @@ def score_batch(
         if ready:
             budget = CallBudget(budget_left)
             judge = judge_at(settings, votes)
+            confirm = (
+                {t: d for t, d in routed.items() if d.route == "uncertain"}
+                if settings.reward_model.one_vote_confirms and votes > 1
+                else {}
+            )
             judged = asyncio.run(
-                _judge(endpoint, settings, judge, ready, budget, client, ts, report)
+                _judge(endpoint, settings, judge, ready, budget, client, ts, report, confirm)
             )
             if plan.reward_model is not None:  # what the model said of the turns it passed on
                 for row in judged:

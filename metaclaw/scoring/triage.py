@@ -6,7 +6,9 @@ and the judge gets the rest. A share of the confident turns (`reward_model.audit
 to the judge anyway: it measures the model's agreement on exactly the turns it would have
 taken, and its verdicts are the labels the next model learns from — without them the model
 would only ever be retrained on the turns it found hard. Audit picks are a hash of the turn
-id, so a re-run makes the same choice.
+id, so a re-run makes the same choice. An uncertain turn may be settled by a single vote that
+agrees with the model's lean (`Decision.confirmed_by`, `reward_model.one_vote_confirms`);
+audited turns always get the whole panel, so the audit stays independent of the model.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from metaclaw.scoring.reward_model import Predictions
+from metaclaw.scoring.votes import Verdict
 
 Route = Literal["model", "uncertain", "audit"]
 
@@ -43,6 +46,21 @@ class Decision:
     @property
     def confidence(self) -> float:
         return max(self.p, 1.0 - self.p)
+
+    @property
+    def sign(self) -> int:
+        """The verdict the model leans to: +1, -1, or 0 when it has no lean at all."""
+        return 1 if self.p > 0.5 else -1 if self.p < 0.5 else 0
+
+    def confirmed_by(self, verdict: Verdict | None) -> bool:
+        """Whether one judge vote settles an uncertain turn: it agrees with the model's lean.
+
+        Why that is enough: two independent witnesses agreeing is strong evidence even when
+        each is unsure — a vote right 80 % of the time that agrees with a model leaning right
+        65 % of the time is right ~88 % of the time (odds 4 × 1.9), about what a 3-vote panel
+        is (~90 %), for a third of its calls. Where they disagree the rest of the panel is
+        asked, so the model never overrules a vote on its own."""
+        return verdict is not None and self.sign != 0 and verdict.value == self.sign
 
     def details(self, version: str) -> dict[str, object]:
         """What the reward row (or the judge row of an audited turn) records of the model."""

@@ -215,6 +215,8 @@ def test_a_rule_users_keep_stating_decides_the_pairs_a_biased_judge_cannot(
     recorded = read_book(settings.paths).get("ckpt-good").latest.eval_metrics
     assert recorded["judge"]["stated_rule"] == "at most 2 words"
     assert recorded["judge"]["rule_decided"] == ev.rule_decided
+    # the reward model decides pairs only with deploy.reward_model_pairs on (off by default)
+    assert recorded["judge"]["reward_model"] is None and recorded["judge"]["model_decided"] == 0
 
 
 def test_repeated_aa_candidates_are_not_promoted_and_a_better_one_still_is(

@@ -5,6 +5,7 @@ the model is unsure of (plus the audit sample)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
-from metaclaw.config import JudgeSettings, RewardModelSettings, Settings
+from metaclaw.config import DeploySettings, JudgeSettings, RewardModelSettings, Settings
+from metaclaw.deploy.pairwise import PairwiseJudge
+from metaclaw.deploy.reward_pairs import pair_decider
 from metaclaw.ledger import WalWriter
 from metaclaw.ledger.reader import connect
 from metaclaw.ledger.records import now_micros
@@ -27,10 +30,12 @@ from metaclaw.scoring.adaptive import (
     refresh,
 )
 from metaclaw.scoring.adaptive import status_line as model_status
+from metaclaw.scoring.hint_rules import HintRule
 from metaclaw.scoring.reward_store import current_info
 from metaclaw.scoring.scorer import score, status_line
 from metaclaw.scoring.triage import audited
 from tests.helpers import rows
+from tests.stubs.deploy_server import PairwiseJudgeStub
 from tests.stubs.judge_server import StubJudge
 
 S = 1_000_000
@@ -338,7 +343,8 @@ def test_triage_judges_only_uncertain_and_audited_turns(home: Path, judge_stub: 
     }
     everything = {t["turn_id"] for t, _ in train} | {t["turn_id"] for t in fresh + odd}
     assert set(judged) | set(scored) == everything and not set(judged) & set(scored)
-    assert judge_stub.stats()["calls"] == 3 * len(judged) == report.totals.calls
+    panels = {t: orjson.loads(r["votes"])["votes"] for t, r in judged.items()}
+    assert judge_stub.stats()["calls"] == sum(map(len, panels.values())) == report.totals.calls
     assert report.totals.model_scored == len(scored) and len(scored) > 0
     for turn_id, row in scored.items():
         details = orjson.loads(row["votes"])
@@ -346,14 +352,24 @@ def test_triage_judges_only_uncertain_and_audited_turns(home: Path, judge_stub: 
         assert row["scorer_version"] == first.info.version == details["model_version"]
         assert row["value"] == pytest.approx(2 * details["p_good"] - 1, abs=1e-3)
     routes = {"uncertain": 0, "audit": 0}
+    leans = {"+": 0, "-": 0}
     for turn_id, row in judged.items():
         seen = orjson.loads(row["votes"])["reward_model"]
         routes[seen["route"]] += 1
-        if seen["route"] == "audit":
+        if seen["route"] == "audit":  # the whole panel, whatever the model thinks
             assert seen["confidence"] >= SURE and audited(turn_id, 0.25)
+            assert panels[turn_id] == [1, 1, 1]
         else:
             assert seen["confidence"] < SURE
+            # the stub votes +1: one vote settles a turn the model leans to +1; a turn it
+            # leans to -1 gets the rest of the panel, and the majority of all three decides
+            lean = "+" if seen["p_good"] > 0.5 else "-"
+            leans[lean] += 1
+            assert panels[turn_id] == ([1] if lean == "+" else [1, 1, 1]), (seen, panels[turn_id])
+        assert row["value"] == 1.0
     assert routes["uncertain"] > 0 and routes["audit"] > 0, routes
+    assert leans["+"] > 0 and leans["-"] > 0, leans
+    assert report.totals.model_confirmed == leans["+"]
     assert routes["uncertain"] == report.totals.model_uncertain
     assert routes["audit"] == report.totals.model_audited
 
@@ -370,3 +386,53 @@ def test_triage_judges_only_uncertain_and_audited_turns(home: Path, judge_stub: 
 
     again = score(settings)  # nothing left: no call, no row
     assert again.totals.calls == 0 and again.totals.rewards_written == 0
+
+
+def test_the_reward_model_decides_the_gate_pairs_it_is_sure_of(home: Path) -> None:
+    """`deploy.reward_model_pairs`: a pair the model is sure has exactly one good reply is
+    decided by it in both orders with no judge call; pairs of two good replies and replies
+    unlike anything labelled go to the judge (a real server); the users' rule comes first."""
+    train = corpus("gp", 160, 1, BODIES[:8], PLAIN_ENDS[:4], SIGN_OFFS[:6])
+    off = _settings(home)
+    seed_labelled(off, train)
+    assert refresh(off).info is not None
+    assert pair_decider(off) is None  # off by default
+    with PairwiseJudgeStub("always-a") as stub:
+        settings = off.model_copy(
+            update={
+                "deploy": DeploySettings(reward_model_pairs=True),
+                "judge": JudgeSettings(base_url=stub.base_url, model="stub-judge"),
+            }
+        )
+        decider = pair_decider(settings)
+        assert decider is not None
+        info = current_info(settings.paths.reward_models)
+        assert info is not None and decider.version == info.version
+        judge = PairwiseJudge.from_settings(settings)
+        assert judge is not None
+        judge.decider = decider
+
+        signed = [f"{BODIES[k]}\n\n{SIGN_OFFS[k % 6]}" for k in range(8)]
+        plain = [f"{BODIES[k]}\n\n{PLAIN_ENDS[k % 4]}" for k in range(8)]
+
+        async def ask(k: int, candidate: str, current: str) -> tuple[Any, Any]:
+            messages = [{"role": "user", "content": QUESTIONS[k]}]
+            return await judge.both_orders("conversation", candidate, current, messages)
+
+        async def session() -> None:  # one event loop, as an evaluation has
+            sure = [await ask(k, signed[k], plain[k]) for k in range(8)]
+            sure += [await ask(k, plain[k], signed[k]) for k in range(8)]
+            assert sure == [("A", "B")] * 8 + [("B", "A")] * 8  # the model's rule, both orders
+            assert judge.stats.model_decided == 16 and stub.stats()["calls"] == 0
+
+            both_good = await ask(0, signed[0], f"{BODIES[0]}\n\n{SIGN_OFFS[5]}")
+            odd = await ask(0, "Grey silk on the roofs", "```\n1\n2\n3\n```")
+            assert both_good == odd == ("A", "A")  # the position-biased judge answered
+            assert judge.stats.model_decided == 16 and stub.stats()["calls"] == 4
+
+            judge.rule = HintRule(prefix="Sure!")  # the users' rule decides before the model
+            assert await ask(1, f"Sure! {plain[1]}", signed[1]) == ("A", "B")
+            assert judge.stats.rule_decided == 1 and judge.stats.model_decided == 16
+            await judge.close()
+
+        asyncio.run(session())

@@ -14,7 +14,8 @@ from metaclaw.scoring.reward_metrics import (
     holdout_report,
 )
 from metaclaw.scoring.reward_model import Predictions, dumps, fit, loads, predict
-from metaclaw.scoring.triage import audited, triage
+from metaclaw.scoring.triage import Decision, audited, triage
+from metaclaw.scoring.votes import Vote, majority
 
 
 def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,3 +114,12 @@ def test_triage_routes_and_a_stable_audit_share() -> None:
     decisions = triage([sure[0], sure[1], sure[2], checked], Predictions(p, np.zeros(4)), 0.9, 0.5)
     assert [d.route for d in decisions] == ["model", "uncertain", "model", "audit"]
     assert [d.to_judge for d in decisions] == [False, True, False, True]
+
+
+def test_one_vote_settles_a_turn_only_when_it_agrees_with_the_models_lean() -> None:
+    leans_good, leans_bad, no_lean = (Decision("t", "uncertain", p, 1.0) for p in (0.6, 0.35, 0.5))
+    up, down, neutral = (majority([Vote(v)]) for v in (1, -1, 0))
+    assert [leans_good.confirmed_by(v) for v in (up, down, neutral)] == [True, False, False]
+    assert [leans_bad.confirmed_by(v) for v in (up, down, neutral)] == [False, True, False]
+    assert not any(no_lean.confirmed_by(v) for v in (up, down, neutral))
+    assert not leans_good.confirmed_by(majority([Vote(None, error="garbage")]))
