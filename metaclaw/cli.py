@@ -419,12 +419,22 @@ def demo(
         for n in range(1, rounds + 1):
             with console.status(f"round {n}: the scripted user asks, corrects and rates …"):
                 round_ = teacher.ask(f"teach{n}", taught, teach=True)
-            with console.status(f"round {n}: ingest → score → diagnose → evolve → train → deploy"):
-                results = pipeline()
+            try:
+                loop = "ingest → score → diagnose → evolve → train → deploy"
+                with console.status(f"round {n}: {loop}"):
+                    results = pipeline()
+                outcome = (
+                    f"train: {_train_line(results.get('train'))}; "
+                    f"{script.deploy_line(results.get('deploy'))}"
+                )
+            except Exception as exc:  # a failed step ends its round, not the measurement
+                outcome = (
+                    f"the loop stopped ({type(exc).__name__}: {exc}); "
+                    "the policy the gate promoted before keeps serving"
+                )
             console.print(
                 f"round {n}: teaching compliance {round_.rate:.0%} "
-                f"({sum(round_.complied)}/{len(round_.complied)}); train: "
-                f"{_train_line(results.get('train'))}; {script.deploy_line(results.get('deploy'))}"
+                f"({sum(round_.complied)}/{len(round_.complied)}); {outcome}"
             )
         with console.status("held-out questions, after …"):
             after = greedy.ask("after", measured, teach=False)
