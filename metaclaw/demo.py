@@ -132,6 +132,11 @@ DEMO_ENV = {
     "METACLAW_CRITIC__RETRIES": "0",
     "METACLAW_CRITIC__MAX_CALLS_PER_RUN": "4",  # the skills path runs; it does not set the pace
     "METACLAW_JUDGE__SESSION_IDLE_S": "0",
+    # the embedded judge is the policy server itself, one reply at a time on two cores: in the
+    # last round's gate both policies keep the users' rule, so the judge gets all 24 pairs (48
+    # calls); 16 in flight with 60 s each timed out while they queued
+    "METACLAW_JUDGE__CONCURRENCY": "4",
+    "METACLAW_JUDGE__TIMEOUT_S": "300",
     "METACLAW_DEPLOY__MIN_EVAL_PROMPTS": "4",
     # the gate's yardstick is the fixed prompts file below: holding out a share of the
     # teaching sessions (and, by prompt digest, every repeat of their questions) would only
