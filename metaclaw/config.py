@@ -78,7 +78,8 @@ class ProxySettings(_Section):
     port: int = 30000
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="Bearer keys clients must present; empty disables auth. "
+        description="Bearer keys clients must present (they act as the `default` agent); "
+        "with none and no `metaclaw agents` keys there is no auth. "
         "Environment form: comma-separated.",
     )
     max_body_bytes: int = 10 * 1024 * 1024
