@@ -77,7 +77,9 @@ def _markdown(outcome: GateOutcome) -> str:
             f"- win rate {w.win_rate:.3f}, {w.confidence:.0%} Wilson interval "
             f"[{w.low:.3f}, {w.high:.3f}] (ties as half-points; descriptive)",
             f"- judge `{ev.judge_model}`: {ev.judge_calls} calls, {ev.invalid_verdicts} "
-            "unreadable verdicts",
+            f"unreadable verdicts; pairs decided without a call: {ev.rule_decided} by the "
+            f"users' rule, {ev.model_decided} by the reward model "
+            f"(`{ev.reward_model or 'off'}`)",
             "- time: " + ", ".join(f"{k} {v:.1f} s" for k, v in ev.seconds.items()),
             "",
             "| guard | tripped | value | limit | detail |",

@@ -64,7 +64,8 @@ def _report_markdown(report: ScoreReport) -> str:
         f"{t.judge_skipped}",
         f"- implicit signals: **{t.implicit_rows}** ({kinds})",
         f"- reward model: **{t.model_scored}** turns scored without the judge; to the judge: "
-        f"{t.model_uncertain} uncertain, {t.model_audited} audited",
+        f"{t.model_uncertain} uncertain ({t.model_confirmed} settled by one vote agreeing "
+        f"with the model), {t.model_audited} audited",
         f"- judge agreement between votes: {inter}",
         f"- judge–human agreement: {human}",
         f"- cost: **{t.calls}** judge calls of a budget of {report.budget} ({t.retries} retries, "
