@@ -73,7 +73,7 @@ async def feedback(request: Request) -> Response:
         raise ProxyError(
             404, problem, code="not_found", param="turn_id" if req.turn_id else "session_id"
         )
-    fid = feedback_id(request.headers.get("idempotency-key"))
+    fid = feedback_id(request.headers.get("idempotency-key"), agent_id)
     row = feedback_row(req, fid, now_micros(), agent_id)
     try:
         await state.recorder.wal.append_async(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from metaclaw.ledger.records import Row
+from metaclaw.ledger.schemas import DEFAULT_AGENT
 
 FIELDS = ("turn_id", "session_id", "value", "comment")
 MAX_ID_CHARS = 512
@@ -91,12 +92,16 @@ def parse_feedback(body: dict[str, Any]) -> FeedbackRequest:
     return FeedbackRequest(float(value), turn_id, session_id, comment)
 
 
-def feedback_id(idempotency_key: str | None = None) -> str:
+def feedback_id(idempotency_key: str | None = None, agent_id: str = DEFAULT_AGENT) -> str:
     """A fresh id, or a stable one derived from the client's `Idempotency-Key` (so a retried
-    POST lands once: ingest drops known ids)."""
-    if idempotency_key:
-        return hashlib.sha256(b"feedback\x1f" + idempotency_key.encode()).hexdigest()[:32]
-    return uuid.uuid4().hex
+    POST lands once: ingest drops known ids). Keys are per agent: another agent sending the
+    same key (by chance, or to suppress this one's ratings) gets a different id. The default
+    agent's ids are derived as before agents existed, so a retry across an upgrade still
+    lands once."""
+    if not idempotency_key:
+        return uuid.uuid4().hex
+    scope = b"" if agent_id == DEFAULT_AGENT else agent_id.encode() + b"\x1f"
+    return hashlib.sha256(b"feedback\x1f" + scope + idempotency_key.encode()).hexdigest()[:32]
 
 
 def feedback_row(req: FeedbackRequest, fid: str, ts_micros: int, agent_id: str) -> Row:

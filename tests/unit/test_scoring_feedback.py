@@ -64,6 +64,10 @@ def test_invalid(body: dict[str, Any], param: str, words: str) -> None:
 
 def test_ids_and_row() -> None:
     assert feedback_id("key-1") == feedback_id("key-1") != feedback_id("key-2")
+    # an idempotency key is the sending agent's: another agent's same key is another rating
+    assert feedback_id("key-1", "coder") == feedback_id("key-1", "coder")
+    assert feedback_id("key-1", "coder") != feedback_id("key-1", "support")
+    assert feedback_id("key-1", "coder") != feedback_id("key-1") == feedback_id("key-1", "default")
     assert feedback_id() != feedback_id()
     row = feedback_row(parse_feedback({"session_id": "s", "value": 1}), "f1", 123, "coder")
     assert row == {
