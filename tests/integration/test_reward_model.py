@@ -296,7 +296,7 @@ def test_a_unanimous_panel_outweighs_split_ones(home: Path) -> None:
     assert set(margins) == {"1", "3"} and sum(margins.values()) == made.info.train_turns
     p = predict_contexts(settings, made.info, contexts).p
     right = sum((pi >= 0.5) == truth[c.turn.turn_id] for c, pi in zip(contexts, p, strict=True))
-    assert len(contexts) == 40 and right / len(contexts) >= 0.8, right
+    assert len(contexts) == 40 and right / len(contexts) >= 0.7, right  # measured: 32 of 40
 
     # the same labels, every panel counted as sure: the split majority wins
     sure = settings.reward_model.model_copy(update={"judge_vote_accuracy": 0.999999})
@@ -306,7 +306,7 @@ def test_a_unanimous_panel_outweighs_split_ones(home: Path) -> None:
     assert flat.info is not None and flat.info.version != made.info.version
     q = predict_contexts(alike, flat.info, contexts).p
     wrong = sum((qi >= 0.5) != truth[c.turn.turn_id] for c, qi in zip(contexts, q, strict=True))
-    assert wrong / len(contexts) >= 0.5, wrong
+    assert wrong / len(contexts) >= 0.55, wrong  # measured: 26 of 40
 
 
 def test_triage_judges_only_uncertain_and_audited_turns(home: Path, judge_stub: StubJudge) -> None:
