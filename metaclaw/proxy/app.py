@@ -57,7 +57,7 @@ class AuthMiddleware:
             return
         index = self.agents.index()  # a stat; the file is read again only when it changed
         if not self.keys and not index:
-            scope[CALLER] = Caller(DEFAULT_AGENT, proxy_key=False)
+            scope[CALLER] = Caller(DEFAULT_AGENT, proxy_key=False, libraries=(DEFAULT_AGENT,))
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
@@ -70,7 +70,8 @@ class AuthMiddleware:
         ):
             agent = DEFAULT_AGENT
         if agent is not None:
-            scope[CALLER] = Caller(agent, proxy_key=True)
+            libraries = self.agents.registry.skill_libraries(agent)
+            scope[CALLER] = Caller(agent, proxy_key=True, libraries=libraries)
             await self.app(scope, receive, send)
             return
         reason = "missing API key" if key is None else "invalid API key"

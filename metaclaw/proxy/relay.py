@@ -41,10 +41,13 @@ _AUTH_HEADERS = frozenset({"authorization", "x-api-key"})
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who sent a request: its agent, and whether its key was one the proxy itself checked."""
+    """Who sent a request: its agent, whether its key was one the proxy itself checked, and
+    the skill libraries its turns read (its own, then those it shares; looked up once, by the
+    middleware that already holds the registry)."""
 
     agent_id: str
     proxy_key: bool
+    libraries: tuple[str, ...]
 
 
 def caller(request: Request) -> Caller:
@@ -81,14 +84,15 @@ class ProxyState:
         )
 
     async def select_skills(
-        self, messages: list[dict[str, Any]], session_id: str | None = None
+        self, messages: list[dict[str, Any]], session_id: str | None, libraries: tuple[str, ...]
     ) -> Injection:
         """Skills for this request (never raises: retrieval failure injects nothing), chosen
         in a worker thread: cleaning and embedding a long message is CPU work that must not
-        stall the event loop. `session_id` scopes proposed skills and pins the selection."""
+        stall the event loop. `session_id` scopes proposed skills and pins the selection;
+        `libraries` are the agents whose skills the caller may get."""
         if self.skills is None:
             return Injection()
-        return await anyio.to_thread.run_sync(self.skills.select, messages, session_id)
+        return await anyio.to_thread.run_sync(self.skills.select, messages, session_id, libraries)
 
     def upstream_body(self, body: dict[str, Any], *, policy: bool = False) -> dict[str, Any]:
         """The body sent upstream: the client's, unknown fields kept, model pinned if set (the

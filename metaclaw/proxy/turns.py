@@ -43,7 +43,7 @@ async def open_turn(
         client_identity=identity,
         agent_id=caller(request).agent_id,
     )
-    injection = await state.select_skills(history, draft.session_id)
+    injection = await state.select_skills(history, draft.session_id, caller(request).libraries)
     draft.injected_skills = injection.skills
     draft.injected_text = injection.block or None
     draft.skill_set_version = injection.skill_set_version

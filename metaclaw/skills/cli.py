@@ -52,6 +52,7 @@ def _skill_dict(skill: Any, stats: dict[str, Any] | None = None) -> dict[str, An
         "skill_id": skill.skill_id,
         "ref": skill.ref,
         "name": skill.name,
+        "agent_id": skill.agent_id,
         "version": skill.version,
         "status": skill.status,
         "category": skill.category,
@@ -82,17 +83,25 @@ def _print_json(value: Any) -> None:
 @app.command("list")
 def list_skills(
     status: Annotated[str, typer.Option(help="active, retired, superseded or all.")] = "active",
+    agent: Annotated[
+        str | None, typer.Option(help="Only this agent's library (docs/agents.md).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
-    """The current version of each skill, with its efficacy statistics."""
+    """The current version of each skill, with its agent and efficacy statistics."""
     store = _store(_settings())
-    skills = store.current(None if status == "all" else status)
+    skills = [
+        s
+        for s in store.current(None if status == "all" else status)
+        if agent is None or s.agent_id == agent
+    ]
     stats = _stats(store)
     if as_json:
         _print_json([_skill_dict(s, stats.get(s.ref, {})) for s in skills])
         return
     table = Table(
         "name",
+        "agent",
         "version",
         "status",
         "category",
@@ -106,6 +115,7 @@ def list_skills(
         effect = st.get("effect")
         table.add_row(
             s.name,
+            s.agent_id,
             str(s.version),
             s.status + (" (pinned)" if s.pinned else ""),
             s.category,
@@ -119,14 +129,17 @@ def list_skills(
 @app.command()
 def show(
     skill: Annotated[str, typer.Argument(help="Name, skill id, or skill_id@version.")],
+    agent: Annotated[
+        str | None, typer.Option(help="The agent whose skill of that name (docs/agents.md).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """One skill: its instructions, lineage and every version."""
+    """One skill: its agent, instructions, lineage and every version."""
     from metaclaw.skills.store import SkillNotFoundError
 
     store = _store(_settings())
     try:
-        found = store.get(skill)
+        found = store.get(skill, agent_id=agent)
     except SkillNotFoundError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -143,7 +156,7 @@ def show(
         return
     console.print(
         f"[bold]{found.name}[/bold] v{found.version} ({found.status}) "
-        f"`{found.ref}` · {found.category}"
+        f"`{found.ref}` · {found.category} · agent {found.agent_id}"
     )
     console.print(f"[italic]{found.description}[/italic]")
     if found.when_to_use:

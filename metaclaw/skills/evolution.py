@@ -12,7 +12,9 @@ Steps (each testable on its own):
    rules of `safety`); a `create` that lands within `skills.dedup_similarity` of an existing
    skill revises that skill instead, and one naming a retired or rejected skill is refused (those
    are sticky); a version identical to the current one is dropped;
-4. every accepted text starts `proposed`, scoped to the sessions whose failures produced it, and
+4. a cluster belongs to one agent (the agent of its diagnoses' turns): the critic sees only that
+   agent's skills, and its create / revise / merge lands in that agent's library only;
+5. every accepted text starts `proposed`, scoped to the sessions whose failures produced it, and
    is committed as one skill-set version with lineage (diagnosis ids, parent version,
    merged-from); every considered diagnosis is logged so it is not re-sent.
 
@@ -30,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from metaclaw.ledger.schemas import DEFAULT_AGENT
 from metaclaw.skills import skillmd
 from metaclaw.skills.model import Skill, SkillValidationError, validate
 from metaclaw.skills.safety import data_json
@@ -105,6 +108,7 @@ class PendingDiagnosis:
     turn_ids: tuple[str, ...]
     injected: tuple[str, ...] = ()  # skill refs injected into those turns
     session_id: str = ""  # where the failures happened: a proposal is tried there first
+    agent_id: str = DEFAULT_AGENT  # whose turns failed: whose library a fix goes to
 
     @property
     def text(self) -> str:
@@ -120,6 +124,7 @@ class Proposal:
     answer: EvolveAnswer | None = None
     error: str | None = None
     sessions: list[str] = field(default_factory=list)  # of the diagnoses: the proposal's scope
+    agent_id: str = DEFAULT_AGENT  # of the diagnoses: the library the change is made in
 
 
 @dataclass
@@ -141,7 +146,8 @@ def cluster(
     threshold: float = CLUSTER_SIMILARITY,
     max_size: int = MAX_CLUSTER,
 ) -> list[list[PendingDiagnosis]]:
-    """Greedy clusters: same category, explanation cosine ≥ threshold to the cluster's first."""
+    """Greedy clusters: same agent and category, explanation cosine ≥ threshold to the
+    cluster's first (one agent's failures never shape another's skills)."""
     if not diagnoses:
         return []
     vecs = embed([d.text for d in diagnoses])
@@ -152,6 +158,7 @@ def cluster(
             if (
                 len(members) < max_size
                 and diagnoses[head].category == d.category
+                and diagnoses[head].agent_id == d.agent_id
                 and float(vecs[head] @ vecs[i]) >= threshold
             ):
                 members.append(i)
@@ -171,7 +178,10 @@ def nearest_skills(
     embed: Callable[[list[str]], np.ndarray],
     k: int = NEAREST,
 ) -> list[Skill]:
-    """The k active skills closest to the cluster, plus any injected into its failed turns."""
+    """The k active skills of the cluster's agent closest to the cluster, plus any of its
+    skills injected into its failed turns (a skill shared from another agent is that agent's to
+    change, so the critic is not shown it)."""
+    active = [s for s in active if s.agent_id == group[0].agent_id]
     if not active:
         return []
     q = embed([" ".join(d.text for d in group)])[0]
@@ -253,7 +263,9 @@ class Planner:
             self.outcome.skipped.append((ids, "skills.max_new_skills_per_run reached"))
             return  # not marked considered: a later run takes it
         try:
-            changes = self._plan(answer, set(proposal.shown), ids, proposal.sessions)
+            changes = self._plan(
+                answer, set(proposal.shown), ids, proposal.sessions, proposal.agent_id
+            )
         except SkillValidationError as exc:
             self._reject(ids, str(exc))
             return
@@ -283,9 +295,16 @@ class Planner:
             self.outcome.considered[d] = what
 
     def _new_text(
-        self, proposed: ProposedSkill, base: Skill | None, ids: list[str], sessions: list[str]
+        self,
+        proposed: ProposedSkill,
+        base: Skill | None,
+        ids: list[str],
+        sessions: list[str],
+        agent_id: str,
     ) -> Skill:
-        composes = tuple(c for c in proposed.composes if c in self.current)
+        composes = tuple(
+            c for c in proposed.composes if c in self.current and self._mine(c, agent_id)
+        )
         fields: dict[str, Any] = {
             "description": proposed.description,
             "when_to_use": proposed.when_to_use,
@@ -298,14 +317,22 @@ class Planner:
             "origin_sessions": tuple(dict.fromkeys(sessions)),
         }
         if base is None:
-            skill = Skill(name=proposed.name, **fields)
+            skill = Skill(name=proposed.name, agent_id=agent_id, **fields)
         else:
             top = self.latest.get(base.skill_id, base)
             skill = replace(base.next_version(**fields, merged_from=()), version=top.version + 1)
         return validate(skill, max_instruction_chars=self.max_chars)
 
+    def _mine(self, skill_id: str, agent_id: str) -> bool:
+        return self.current[skill_id].agent_id == agent_id
+
     def _plan(
-        self, answer: EvolveAnswer, shown: set[str], ids: list[str], sessions: list[str]
+        self,
+        answer: EvolveAnswer,
+        shown: set[str],
+        ids: list[str],
+        sessions: list[str],
+        agent_id: str,
     ) -> list[Change]:
         assert answer.skill is not None
         reason = answer.rationale[:500]
@@ -316,6 +343,7 @@ class Planner:
                     description=answer.skill.description,
                     when_to_use=answer.skill.when_to_use,
                     instructions=answer.skill.instructions,
+                    agent_id=agent_id,
                 ),
                 max_instruction_chars=self.max_chars,
             )
@@ -327,20 +355,20 @@ class Planner:
                 )
             target = self.current.get(draft.skill_id) or self._duplicate_of(draft)
             if target is None:
-                skill = self._new_text(answer.skill, None, ids, sessions)
+                skill = self._new_text(answer.skill, None, ids, sessions, agent_id)
                 return [Change("created", skill, reason=reason, diagnosis_id=ids[0])]
             return self._revision(
                 target, answer.skill, ids, sessions, f"dedup: close to {target.name}; {reason}"
             )
         if answer.action == "revise":
-            target = self._shown(answer.target_skill_id or "", shown)
+            target = self._shown(answer.target_skill_id or "", shown, agent_id)
             return self._revision(target, answer.skill, ids, sessions, reason)
         keep, *others = list(dict.fromkeys(answer.merge_skill_ids))
-        target = self._shown(keep, shown)
-        victims = [self._shown(o, shown) for o in others]
+        target = self._shown(keep, shown, agent_id)
+        victims = [self._shown(o, shown, agent_id) for o in others]
         for skill in (target, *victims):
             self._not_curated(skill)
-        merged = self._new_text(answer.skill, target, ids, sessions)
+        merged = self._new_text(answer.skill, target, ids, sessions, agent_id)
         merged = replace(
             merged,
             merged_from=tuple(v.skill_id for v in victims),
@@ -360,7 +388,7 @@ class Planner:
         if target.skill_id in self._touched:
             raise SkillValidationError(f"{target.name} was already changed in this run")
         self._not_curated(target)
-        skill = self._new_text(proposed, target, ids, sessions)
+        skill = self._new_text(proposed, target, ids, sessions, target.agent_id)
         if skill.content_hash == target.content_hash:
             return []
         if (skill.skill_id, skill.content_hash) in self.rejected:
@@ -378,20 +406,25 @@ class Planner:
                 f"{skill.name} is {why}: evolution may not rewrite it; edit it by hand"
             )
 
-    def _shown(self, skill_id: str, shown: set[str]) -> Skill:
-        if skill_id not in shown or skill_id not in self.current:
+    def _shown(self, skill_id: str, shown: set[str], agent_id: str) -> Skill:
+        if (
+            skill_id not in shown
+            or skill_id not in self.current
+            or not self._mine(skill_id, agent_id)
+        ):
             raise SkillValidationError(
                 f"the critic named skill {skill_id!r}, which it was not shown or is not active"
             )
         return self.current[skill_id]
 
     def _duplicate_of(self, draft: Skill) -> Skill | None:
-        if not self.vectors:
+        """The agent's own skill this draft is within `dedup_similarity` of (another agent's
+        near-twin is that agent's, and the point of separate libraries)."""
+        mine = [(sid, v) for sid, v in self.vectors.items() if self._mine(sid, draft.agent_id)]
+        if not mine:
             return None
         vec = self.embed([draft.search_text])[0]
-        best_id, best = max(
-            ((sid, float(v @ vec)) for sid, v in self.vectors.items()), key=lambda x: x[1]
-        )
+        best_id, best = max(((sid, float(v @ vec)) for sid, v in mine), key=lambda x: x[1])
         return self.current[best_id] if best >= self.dedup else None
 
 
@@ -405,7 +438,8 @@ def diff(old: Skill | None, new: Skill, event: str) -> str:
 
 
 def pending_sql() -> str:
-    """Every diagnosis with the skills injected into its turns (an equi-join on unnested ids)."""
+    """Every diagnosis with the skills injected into its turns (an equi-join on unnested ids)
+    and the agent of its first turn (a diagnosis is about one session's turns)."""
     return """
 WITH injected AS (
     SELECT x.diagnosis_id,
@@ -415,7 +449,8 @@ WITH injected AS (
     GROUP BY x.diagnosis_id
 )
 SELECT d.diagnosis_id, d.root_cause_category, d.explanation, CAST(d.evidence AS VARCHAR),
-       d.turn_ids, d.critic_model, i.injected, d.session_id
+       d.turn_ids, d.critic_model, i.injected, d.session_id,
+       (SELECT any_value(t.agent_id) FROM turns t WHERE t.turn_id = d.turn_ids[1]) AS agent_id
 FROM diagnoses d LEFT JOIN injected i ON i.diagnosis_id = d.diagnosis_id
 ORDER BY d.diagnosis_id
 """
@@ -425,7 +460,8 @@ def to_pending(rows: Sequence[tuple[Any, ...]], done: set[str]) -> list[PendingD
     import orjson
 
     out = []
-    for did, category, explanation, evidence, turn_ids, _critic, injected, session_id in rows:
+    for row in rows:
+        did, category, explanation, evidence, turn_ids, _critic, injected, session_id, agent = row
         if did in done:
             continue
         quotes = ""
@@ -443,6 +479,7 @@ def to_pending(rows: Sequence[tuple[Any, ...]], done: set[str]) -> list[PendingD
                 tuple(turn_ids or ()),
                 tuple(injected or ()),
                 session_id or "",
+                agent or DEFAULT_AGENT,
             )
         )
     return out

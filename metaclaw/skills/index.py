@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from metaclaw.ledger.schemas import DEFAULT_AGENT
+
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = (
     "a an and are as at be but by can could do does for from had has have how i if in into is it "
@@ -66,6 +68,7 @@ class Entry:
     failures: float = 0.0
     status: str = "active"  # or "proposed": only for the sessions in `origin` (or the trial)
     origin: frozenset[str] = frozenset()
+    agent_id: str = DEFAULT_AGENT  # whose library: only turns reading that library get it
 
 
 @dataclass
@@ -232,14 +235,20 @@ class VectorIndex:
         self.coarse = np.ascontiguousarray(coarse[self.order], dtype=np.float32)
         self.bounds = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=nlist))])
 
-    def search(self, q: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-        """Up to `m` (positions, exact cosines), best first."""
+    def search(
+        self, q: np.ndarray, m: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Up to `m` (positions, exact cosines), best first; only positions `allowed` (a bool
+        per position) when given, filtered before the top-k so other libraries' skills cannot
+        crowd the calling agent's out of it."""
         if self.n == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         cq = q @ self.projection if self.projection is not None else q
         if self.centroids is None:
             approx = np.einsum("ij,j->i", self.coarse, cq)
-            slots = None
+            slots = None if allowed is None else np.flatnonzero(allowed)  # flat: order = identity
+            if slots is not None:
+                approx = approx[slots]
         else:
             lists = np.argpartition(np.einsum("ij,j->i", self.centroids, cq), -self.nprobe)[
                 -self.nprobe :
@@ -254,6 +263,11 @@ class VectorIndex:
                 return np.zeros(0, np.int64), np.zeros(0, np.float32)
             approx = np.concatenate(parts)
             slots = np.concatenate(slot_parts)
+            if allowed is not None:
+                keep = allowed[self.order[slots]]
+                approx, slots = approx[keep], slots[keep]
+        if len(approx) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
         k = min(len(approx), 4 * m if self.projection is not None else m)
         top = np.argpartition(approx, -k)[-k:]
         positions = self.order[top if slots is None else slots[top]]
@@ -337,6 +351,23 @@ class SkillIndex:
         self.successes = np.array([e.successes for e in entries], np.float64)
         self.failures = np.array([e.failures for e in entries], np.float64)
         self.bm25 = Bm25([terms(t) for t in search_texts])
+        self.agent_ids = np.array([e.agent_id for e in entries], dtype=object)
+        self.libraries = frozenset(e.agent_id for e in entries)
+        self._masks: dict[tuple[str, ...], np.ndarray | None] = {}
+
+    def allowed(self, libraries: tuple[str, ...]) -> np.ndarray | None:
+        """Which positions a turn reading `libraries` may get (None: all of them). Computed once
+        per set of libraries per snapshot, so a request pays a dict lookup, not a scan; with one
+        library in the snapshot (no agents, or all theirs shared) it is None and retrieval is
+        exactly what it was before agents."""
+        if libraries not in self._masks:
+            wanted = set(libraries)
+            self._masks[libraries] = (
+                None
+                if self.libraries <= wanted
+                else np.fromiter((a in wanted for a in self.agent_ids), bool, len(self.entries))
+            )
+        return self._masks[libraries]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -349,12 +380,16 @@ class SkillIndex:
         text_weight: float,
         prior: tuple[float, float],
         pool: int = 64,
+        allowed: np.ndarray | None = None,
     ) -> Candidates:
-        """Vector top-`pool` ∪ lexical top-`pool`, ranked by hybrid similarity × rate."""
+        """Vector top-`pool` ∪ lexical top-`pool`, ranked by hybrid similarity × rate, among
+        the `allowed` positions (`allowed()`; None: all)."""
         if not self.entries:
             return Candidates.empty()
-        vec_pos, _ = self.vectors.search(qvec, pool)
+        vec_pos, _ = self.vectors.search(qvec, pool, allowed)
         lexical = self.bm25.scores(qterms) if text_weight > 0 else None
+        if lexical is not None and allowed is not None:
+            lexical = np.where(allowed, lexical, 0.0)
         positions = vec_pos
         if lexical is not None:
             hits = np.flatnonzero(lexical)
@@ -396,9 +431,11 @@ class SkillIndex:
         token_budget: int,
         session_id: str | None = None,
         trial_share: float = 0.0,
+        allowed: np.ndarray | None = None,
     ) -> Selection:
         """Greedy by score within the budget; a skill comes with its (active) parents first.
-        Proposed skills only reach the sessions in their scope (`hidden`)."""
+        Proposed skills only reach the sessions in their scope (`hidden`), and a parent from a
+        library the turn does not read is left out (`allowed`, as for `candidates`)."""
         chosen: list[int] = []
         used = self.header_tokens
         primaries = 0
@@ -413,7 +450,9 @@ class SkillIndex:
             ):
                 continue
             group = [
-                p for p in self._with_parents(cand.position) if p not in chosen and p not in hidden
+                p
+                for p in self._with_parents(cand.position)
+                if p not in chosen and p not in hidden and (allowed is None or allowed[p])
             ]
             cost = sum(self.entries[p].tokens for p in group)
             if used + cost > token_budget:
@@ -488,6 +527,7 @@ def build_entries(
                 failures=fail,
                 status=row.get("status") or "active",
                 origin=frozenset(row.get("origin_sessions") or ()),
+                agent_id=row.get("agent_id") or DEFAULT_AGENT,
             )
         )
     return out

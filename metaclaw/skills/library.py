@@ -14,6 +14,12 @@ sits in the system prompt, so a block that changed from turn to turn would void 
 long agent context on every turn. So the first non-empty selection of a session is pinned: its
 later turns get the same block (the same skill versions, whose text is immutable) until one of
 them leaves the library (retired, or a proposal out of scope) — then the session selects anew.
+A pin is per agent (per set of libraries read): two agents sending one session id never get
+each other's block, and a change to an agent's shares starts its sessions afresh.
+
+Agents (docs/agents.md): a turn reads its agent's library plus those the agent shares. The
+snapshot holds every library; `SkillIndex.allowed` filters it in memory, so an agent costs the
+hot path nothing beyond a dict lookup and the filter itself.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from metaclaw.ledger.schemas import DEFAULT_AGENT
 from metaclaw.skills.index import BLOCK_FOOTER, BLOCK_HEADER, SkillIndex, build_entries, terms
 from metaclaw.skills.query import extract_query
 
@@ -75,7 +82,9 @@ class SkillLibrary:
         self._refreshing = threading.Lock()
         self._thread: threading.Thread | None = None
         self._token_counts: dict[str, int] = {}
-        self._pins: OrderedDict[str, tuple[list[str], str, int]] = OrderedDict()
+        self._pins: OrderedDict[tuple[tuple[str, ...], str], tuple[list[str], str, int]] = (
+            OrderedDict()
+        )
         self._pin_lock = threading.Lock()
 
     @classmethod
@@ -95,11 +104,17 @@ class SkillLibrary:
         return lib
 
     # -- the hot path ------------------------------------------------------------------------
-    def select(self, messages: Any, session_id: str | None = None) -> Injection:
+    def select(
+        self,
+        messages: Any,
+        session_id: str | None = None,
+        libraries: tuple[str, ...] = (DEFAULT_AGENT,),
+    ) -> Injection:
         """The skills for a request's messages (OpenAI or Anthropic `messages`); never raises.
 
         `session_id` scopes proposed skills (only their origin sessions, or the trial share)
-        and pins the session's selection so its prompt prefix stays cacheable.
+        and pins the session's selection so its prompt prefix stays cacheable. `libraries`: the
+        agents whose skills this turn may get (`Registry.skill_libraries`).
         """
         start = time.perf_counter()
         index = self._index
@@ -110,7 +125,8 @@ class SkillLibrary:
             if index is None or not self.config.enabled or self.config.top_k == 0:
                 return Injection(skill_set_version=version)
             cfg = self.config
-            pinned = self._pinned(index, session_id) if session_id else None
+            pin_key = (libraries, session_id) if session_id else None
+            pinned = self._pinned(index, pin_key) if pin_key else None
             if pinned is not None:
                 refs, block, tokens = pinned
                 self.health.injections += 1
@@ -125,11 +141,13 @@ class SkillLibrary:
             if not query or len(index) == 0:
                 return Injection(skill_set_version=version, query=query)
             qvec = self._embedder.embed_one(query)
+            allowed = index.allowed(libraries)
             candidates = index.candidates(
                 qvec,
                 terms(query),
                 text_weight=cfg.text_weight,
                 prior=(cfg.prior_alpha, cfg.prior_beta),
+                allowed=allowed,
             )
             chosen = index.select(
                 candidates,
@@ -138,11 +156,12 @@ class SkillLibrary:
                 token_budget=cfg.token_budget,
                 session_id=session_id,
                 trial_share=cfg.trial_share,
+                allowed=allowed,
             )
             if chosen.refs:
                 self.health.injections += 1
-                if session_id:
-                    self._pin(session_id, (chosen.refs, chosen.block, chosen.tokens))
+                if pin_key:
+                    self._pin(pin_key, (chosen.refs, chosen.block, chosen.tokens))
             return Injection(
                 skills=chosen.refs,
                 block=chosen.block,
@@ -155,25 +174,28 @@ class SkillLibrary:
             self._fail("select", exc)
             return Injection(skill_set_version=version)
 
-    def _pinned(self, index: SkillIndex, session_id: str) -> tuple[list[str], str, int] | None:
+    def _pinned(
+        self, index: SkillIndex, key: tuple[tuple[str, ...], str]
+    ) -> tuple[list[str], str, int] | None:
         """The session's pinned selection while every skill in it is still injectable here."""
+        session_id = key[1]
         with self._pin_lock:
-            pin = self._pins.get(session_id)
+            pin = self._pins.get(key)
             if pin is None:
                 return None
-            self._pins.move_to_end(session_id)
+            self._pins.move_to_end(key)
         positions = [index.by_ref.get(ref) for ref in pin[0]]
         hidden = index.hidden(session_id, self.config.trial_share) if index.proposed else set()
         if any(p is None or p in hidden for p in positions):
             with self._pin_lock:
-                self._pins.pop(session_id, None)
+                self._pins.pop(key, None)
             return None
         return pin
 
-    def _pin(self, session_id: str, pin: tuple[list[str], str, int]) -> None:
+    def _pin(self, key: tuple[tuple[str, ...], str], pin: tuple[list[str], str, int]) -> None:
         with self._pin_lock:
-            self._pins[session_id] = pin
-            self._pins.move_to_end(session_id)
+            self._pins[key] = pin
+            self._pins.move_to_end(key)
             while len(self._pins) > PINNED_SESSIONS:
                 self._pins.popitem(last=False)
 

@@ -1,9 +1,11 @@
 """What a skill is, and what a skill may say (pure: no I/O).
 
-A skill is one version of a named piece of advice the proxy can add to the system prompt. Its id
-is derived from its name (`sk-` + hash), so it stays the same across versions, and importing the
-same SKILL.md folder twice finds the skills it made the first time. Content is immutable per
-version; only the lifecycle fields (`status`, `pinned`, `updated_at`) ever change on a row.
+A skill is one version of a named piece of advice the proxy can add to the system prompt. It
+belongs to one agent's library (docs/agents.md). Its id is derived from its agent and name
+(`sk-` + hash), so it stays the same across versions, importing the same SKILL.md folder twice
+finds the skills it made the first time, and two agents' skills of the same name are two skills.
+Content is immutable per version; only the lifecycle fields (`status`, `pinned`, `updated_at`)
+ever change on a row.
 
 Validation matters because skills are a prompt-injection persistence vector: text an attacker
 gets into a conversation could be turned by the critic into a skill that is then injected into
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from metaclaw.ledger.schemas import DEFAULT_AGENT
 from metaclaw.skills.safety import hard_problems
 
 # proposed: quarantined (only its origin sessions, until its efficacy clears the bar);
@@ -42,9 +45,15 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[^a-z0-9_-]+", "_", name).strip("_-")
 
 
-def skill_id_for(name: str) -> str:
-    """The stable id of the skill called `name` (`-` and `_` are the same letter here)."""
+def skill_id_for(name: str, agent_id: str = DEFAULT_AGENT) -> str:
+    """The stable id of `agent_id`'s skill called `name` (`-` and `_` are the same letter here).
+
+    The agent is part of the hash, so one agent's skill never shares an id, a version lineage or
+    efficacy statistics with another's of the same name; the `default` agent's ids are derived as
+    before agents existed, so libraries and turns written then keep their ids."""
     key = normalize_name(name).replace("-", "_")
+    if agent_id != DEFAULT_AGENT:
+        key = f"{agent_id}\x1f{key}"
     return "sk-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -86,11 +95,12 @@ class Skill:
     created_at: datetime = field(default_factory=now)
     updated_at: datetime = field(default_factory=now)
     set_version: int = 0  # the skill-set version that wrote this row
+    agent_id: str = DEFAULT_AGENT  # whose library it is in (docs/agents.md)
     skill_id: str = ""
 
     def __post_init__(self) -> None:
         if not self.skill_id:
-            object.__setattr__(self, "skill_id", skill_id_for(self.name))
+            object.__setattr__(self, "skill_id", skill_id_for(self.name, self.agent_id))
 
     @property
     def ref(self) -> str:

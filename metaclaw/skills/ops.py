@@ -219,6 +219,7 @@ def propose(
             [d.diagnosis_id for d in group],
             [s.skill_id for s in shown],
             sessions=[d.session_id for d in group if d.session_id],
+            agent_id=group[0].agent_id,
         )
         try:
             proposal.answer = critic.ask(

@@ -274,17 +274,26 @@ class SkillStore:
             self.all_versions(f"skill_id = {sql_literal(skill_id)}"), key=lambda s: s.version
         )
 
-    def get(self, key: str) -> Skill:
+    def get(self, key: str, agent_id: str | None = None) -> Skill:
         """A skill by `skill_id@version`, skill id, or name (the current version of the last
-        two); SkillNotFoundError names what was looked for."""
+        two), of `agent_id`'s library when given; SkillNotFoundError names what was looked for.
+        A name several agents' libraries hold is ambiguous without `agent_id`: acting on
+        whichever has the higher version would touch another agent's skill by surprise."""
         if "@" in key:
             skill_id, version = parse_ref(key)
             rows = self.all_versions(f"skill_id = {sql_literal(skill_id)} AND version = {version}")
         else:
             rows = self.all_versions(f"skill_id = {sql_literal(key)} OR name = {sql_literal(key)}")
-            if rows:
-                top = max(rows, key=lambda s: s.version)
-                rows = [top]
+            if agent_id is None and len({s.agent_id for s in rows}) > 1:
+                agents = ", ".join(sorted({s.agent_id for s in rows}))
+                raise SkillNotFoundError(
+                    f"skill {key!r} is in several agents' libraries ({agents}): give its skill "
+                    "id (`metaclaw skills list`) or the agent"
+                )
+        if agent_id is not None:
+            rows = [s for s in rows if s.agent_id == agent_id]
+        if "@" not in key and rows:
+            rows = [max(rows, key=lambda s: s.version)]
         if not rows:
             raise SkillNotFoundError(f"no skill {key!r} (give a name, a skill id or id@version)")
         return rows[0]

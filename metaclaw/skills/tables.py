@@ -15,6 +15,7 @@ import pyarrow as pa
 from lancedb.embeddings import get_registry
 from lancedb.pydantic import LanceModel, Vector
 
+from metaclaw.ledger.schemas import DEFAULT_AGENT
 from metaclaw.skills import embedding as _embedding  # registers the embedding functions
 from metaclaw.skills.model import Skill
 
@@ -45,9 +46,15 @@ ROW_COLUMNS = (
     "updated_at",
     "origin_sessions",
     "scan",
+    "agent_id",
 )
 # columns added after the first release: (name, type) added all-null to an older library
-ADDED_COLUMNS = (("origin_sessions", pa.list_(pa.string())), ("scan", pa.string()))
+# (an older library's skills have a null `agent_id`: they are the `default` agent's)
+ADDED_COLUMNS = (
+    ("origin_sessions", pa.list_(pa.string())),
+    ("scan", pa.string()),
+    ("agent_id", pa.string()),
+)
 
 
 def skill_model(kind: str) -> type[LanceModel]:
@@ -76,6 +83,7 @@ def skill_model(kind: str) -> type[LanceModel]:
         updated_at: datetime
         origin_sessions: list[str] | None = None
         scan: str | None = None
+        agent_id: str | None = None
         search_text: str = func.SourceField()
         vector: Vector(_embedding.DIM) = func.VectorField()  # type: ignore[valid-type]
 
@@ -152,6 +160,7 @@ def row_to_skill(row: dict[str, Any]) -> Skill:
         set_version=int(row["set_version"] or 0),
         origin_sessions=tuple(row.get("origin_sessions") or ()),
         scan=row.get("scan") or "",
+        agent_id=row.get("agent_id") or DEFAULT_AGENT,
     )
 
 
@@ -179,5 +188,6 @@ def skill_to_row(skill: Skill) -> dict[str, Any]:
         "updated_at": skill.updated_at,
         "origin_sessions": list(skill.origin_sessions),
         "scan": skill.scan,
+        "agent_id": skill.agent_id,
         "search_text": skill.search_text,
     }
