@@ -208,10 +208,16 @@ def outcome_lines(paths: Any, before: Round, after: Round) -> list[str]:
     )
     _, rows = query(paths, f"SELECT {counts}")
     turns, rewards, feedback, diagnoses, skill_events, steps = rows[0]
+    # the newest verdict, and separately the newest promotion: a candidate superseded before
+    # its evaluation is written last and would otherwise read as the run's outcome
     _, latest = query(
         paths,
         "SELECT checkpoint_id, status, reason, eval_metrics FROM checkpoints "
         "ORDER BY ts DESC LIMIT 1",
+    )
+    _, promoted = query(
+        paths,
+        "SELECT checkpoint_id FROM checkpoints WHERE status = 'promoted' ORDER BY ts DESC LIMIT 1",
     )
     lines = [
         f"held-out compliance (asked plainly, T = 0): before {before.rate:.0%} "
@@ -225,4 +231,7 @@ def outcome_lines(paths: Any, before: Round, after: Round) -> list[str]:
         lines.append(f"checkpoint {checkpoint}: {status} — {reason}")
     else:
         lines.append("no checkpoint: training found no full micro-batch with a learning signal")
+    lines.append(
+        f"newest promotion: {promoted[0][0]}" if promoted else "no promotion: the base model serves"
+    )
     return lines

@@ -81,4 +81,5 @@ def test_demo_runs_the_loop_and_reports_what_it_measured(
     assert rows(paths, "SELECT count(*) AS n FROM feedback WHERE value = -1") == [{"n": 3}]
     assert "ledger: 10 turns, 3 explicit ratings" in out.stdout
     assert "users' mean reward per served policy" in out.stdout
+    assert "no promotion: the base model serves" in out.stdout  # nothing was trained
     assert "demo wall time" in out.stdout and "deploy: " in out.stdout
