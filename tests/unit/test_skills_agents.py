@@ -75,6 +75,25 @@ def _index(embedder: StaticEmbedder, skills: list[Skill], ivf_min: int) -> Skill
     )
 
 
+def _chosen(
+    index: SkillIndex,
+    embedder: StaticEmbedder,
+    query: str,
+    libraries: tuple[str, ...],
+    top_k: int,
+) -> list[str]:
+    """The refs the proxy's selection injects for a turn that reads these libraries."""
+    allowed = index.allowed(libraries)
+    cands = index.candidates(
+        embedder.embed_one(query), terms(query), text_weight=0.3, prior=(2.0, 2.0), allowed=allowed
+    )
+    return list(
+        index.select(
+            cands, top_k=top_k, min_similarity=0.1, token_budget=2000, allowed=allowed
+        ).refs
+    )
+
+
 @pytest.mark.parametrize("ivf_min", [20_000, 50], ids=["flat", "ivf"])
 def test_the_index_serves_only_the_libraries_a_turn_reads(
     embedder: StaticEmbedder, ivf_min: int
@@ -97,18 +116,8 @@ def test_the_index_serves_only_the_libraries_a_turn_reads(
     query = "my python script crashes with a traceback"
 
     def served(libraries: tuple[str, ...]) -> set[str]:
-        allowed = index.allowed(libraries)
-        cands = index.candidates(
-            embedder.embed_one(query),
-            terms(query),
-            text_weight=0.3,
-            prior=(2.0, 2.0),
-            allowed=allowed,
-        )
-        chosen = index.select(
-            cands, top_k=3, min_similarity=0.1, token_budget=2000, allowed=allowed
-        )
-        return {index.entries[index.by_ref[r]].agent_id for r in chosen.refs}
+        refs = _chosen(index, embedder, query, libraries, top_k=3)
+        return {index.entries[index.by_ref[r]].agent_id for r in refs}
 
     assert served(("mine",)) == {"mine"}
     assert served(("crowd",)) == {"crowd"}
@@ -126,17 +135,7 @@ def test_a_parent_from_a_library_the_turn_does_not_read_is_left_out(
     index = _index(embedder, [parent, child], 20_000)
     query = "python traceback crash"
     for libraries, expected in ((("mine",), [child.ref]), (("mine", "other"), None)):
-        allowed = index.allowed(libraries)
-        cands = index.candidates(
-            embedder.embed_one(query),
-            terms(query),
-            text_weight=0.3,
-            prior=(2.0, 2.0),
-            allowed=allowed,
-        )
-        refs = index.select(
-            cands, top_k=1, min_similarity=0.1, token_budget=2000, allowed=allowed
-        ).refs
+        refs = _chosen(index, embedder, query, libraries, top_k=1)
         assert refs == (expected or [parent.ref, child.ref])
 
 
