@@ -22,6 +22,7 @@ from pathlib import Path
 import orjson
 
 from metaclaw.agents.registry import AgentError, Registry
+from metaclaw.ledger.wal import fsync_dir
 
 log = logging.getLogger("metaclaw.agents")
 REGISTRY_FILE = "agents.json"
@@ -59,11 +60,7 @@ def _save(path: Path, registry: Registry) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)  # the rename itself survives a crash
 
 
 @contextmanager
