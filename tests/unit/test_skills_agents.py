@@ -52,21 +52,8 @@ def test_a_row_keeps_its_agent_and_a_row_without_one_is_the_default_agents() -> 
 
 
 def _index(embedder: StaticEmbedder, skills: list[Skill], ivf_min: int) -> SkillIndex:
-    rows = [
-        {
-            "row_id": s.ref,
-            "skill_id": s.skill_id,
-            "version": s.version,
-            "name": s.name,
-            "when_to_use": s.when_to_use,
-            "instructions": s.instructions,
-            "composes": list(s.composes),
-            "agent_id": s.agent_id,
-        }
-        for s in skills
-    ]
     return SkillIndex(
-        build_entries(rows, {}, embedder.count_tokens),
+        build_entries([skill_to_row(s) for s in skills], {}, embedder.count_tokens),
         embedder.embed([s.search_text for s in skills]),
         [s.search_text for s in skills],
         skill_set_version=1,
