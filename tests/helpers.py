@@ -100,6 +100,26 @@ class ProxyProcess:
         return rows(self.paths, f"SELECT {params} FROM turns WHERE {where} ORDER BY ts_start")
 
 
+def metaclaw_cli(home: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """`metaclaw ARGS` as a user runs it against `home` (no config file); its stdout, after
+    asserting it succeeded."""
+    done = subprocess.run(
+        [sys.executable, "-m", "metaclaw", *args],
+        env={
+            **os.environ,
+            "METACLAW_HOME": str(home),
+            "METACLAW_CONFIG": str(home / "none.toml"),
+            **(env or {}),
+        },
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def rows(paths: LedgerPaths, sql: str) -> list[dict[str, Any]]:
     columns, values = query(paths, sql)
     return [dict(zip(columns, v, strict=True)) for v in values]

@@ -6,9 +6,6 @@ nothing changes. A ledger written before agents reads as the `default` agent."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,27 +25,13 @@ from metaclaw.ledger.lookup import find_turn, session_has_completed_turn
 from metaclaw.ledger.manifest import Manifest
 from metaclaw.ledger.records import now_micros
 from metaclaw.ledger.schemas import FEEDBACK, TURNS
-from tests.helpers import REPO, ProxyProcess, rows
+from tests.helpers import ProxyProcess, metaclaw_cli, rows
 from tests.stubs.upstream_server import StubUpstream
 
 
 def _cli(home: Path, *args: str) -> str:
     """`metaclaw agents ...` as a user runs it; its stdout (a key, for add / rotate-key)."""
-    env = {
-        **os.environ,
-        "METACLAW_HOME": str(home),
-        "METACLAW_CONFIG": str(home / "none.toml"),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "metaclaw", "agents", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+    return metaclaw_cli(home, "agents", *args)
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,6 @@ library only, and a library written before agents reads as the `default` agent's
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +21,7 @@ from metaclaw.skills.critic import Critic, CriticEndpoint
 from metaclaw.skills.library import SkillLibrary
 from metaclaw.skills.model import Skill, skill_id_for, validate
 from metaclaw.skills.store import Change, SkillStore
-from tests.helpers import REPO, ProxyProcess
+from tests.helpers import ProxyProcess, metaclaw_cli
 from tests.integration.test_agents_proxy import _cli
 from tests.integration.test_proxy_skills import _wait_ready
 from tests.skills_helpers import EMBEDDINGS, skills_settings
@@ -185,22 +182,10 @@ def test_evolution_from_one_agents_failed_turn_lands_in_its_library_only(
 
 
 def _skills_cli(home: Path, *args: str) -> list[dict[str, object]]:
-    env = {
-        **os.environ,
-        "METACLAW_HOME": str(home),
-        "METACLAW_CONFIG": str(home / "none.toml"),
-        "METACLAW_SKILLS__EMBEDDINGS_DIR": str(EMBEDDINGS),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "metaclaw", "skills", *args, "--json"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    out = metaclaw_cli(
+        home, "skills", *args, "--json", env={"METACLAW_SKILLS__EMBEDDINGS_DIR": str(EMBEDDINGS)}
     )
-    assert done.returncode == 0, done.stderr
-    found: list[dict[str, object]] = json.loads(done.stdout)
+    found: list[dict[str, object]] = json.loads(out)
     return found
 
 
